@@ -1,0 +1,69 @@
+// curve.wgsl: the Hilbert curve for every kernel (no entry point; prepended to each kernel).
+// Rust twin: src/curve.rs (`d2xy`, `xy2d`), the single source of truth; formats.md §1.
+
+// Curve index to (column, row) on a square of side 2^order.
+fn d2xy(order: u32, index: u32) -> vec2<u32> {
+    let n = 1u << order;
+    var x = 0u;
+    var y = 0u;
+    var t = index;
+    var s = 1u;
+    loop {
+        if (s >= n) { break; }
+        let rx = 1u & (t >> 1u);
+        let ry = 1u & (t ^ rx);
+        if (ry == 0u) {
+            if (rx == 1u) {
+                x = s - 1u - x;
+                y = s - 1u - y;
+            }
+            let swapped = x;
+            x = y;
+            y = swapped;
+        }
+        x = x + s * rx;
+        y = y + s * ry;
+        t = t >> 2u;
+        s = s << 1u;
+    }
+    return vec2<u32>(x, y);
+}
+
+// (column, row) to the curve index on a square of side 2^order.
+fn xy2d(order: u32, column: u32, row: u32) -> u32 {
+    var x = column;
+    var y = row;
+    var d = 0u;
+    var s = (1u << order) >> 1u;
+    loop {
+        if (s == 0u) { break; }
+        let rx = select(0u, 1u, (x & s) != 0u);
+        let ry = select(0u, 1u, (y & s) != 0u);
+        d = d + s * s * ((3u * rx) ^ ry);
+        x = x & (s - 1u);
+        y = y & (s - 1u);
+        if (ry == 0u) {
+            if (rx == 1u) {
+                x = s - 1u - x;
+                y = s - 1u - y;
+            }
+            let swapped = x;
+            x = y;
+            y = swapped;
+        }
+        s = s >> 1u;
+    }
+    return d;
+}
+
+// The parameter block of every fold/unfold kernel. Rust twin: kernels::CurveParams.
+struct CurveParams {
+    order: u32,
+    origin_x: u32,
+    origin_y: u32,
+    block_side: u32,
+    base: u32,
+    valid: u32,
+    row_threads: u32,
+    pad: u32,
+}

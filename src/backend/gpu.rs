@@ -1,0 +1,514 @@
+//! The wgpu machinery: adapter choice, device limits, pipelines, chunked upload, dispatch and readback.
+//!
+//! Every kernel runs over chunks that fit the device's storage-buffer binding
+//! limit (read from the adapter, never assumed). A fold/unfold chunk is a run
+//! of `4^j` curve cells, which is exactly one aligned `2^j x 2^j` square of the
+//! texture, so each chunk uploads one contiguous slice and reads back one
+//! square. Chunks made only of padding never reach the device.
+
+use crate::curve::d2xy;
+use crate::error::{Error, Result};
+use crate::kernels::preview_stats::{EntropyTable, RunStats, STATS_WORDS};
+use crate::kernels::{CurveParams, Layout};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use wgpu::util::DeviceExt;
+
+const CURVE_WGSL: &str = include_str!("../../shaders/curve.wgsl");
+
+/// Every kernel's WGSL source (curve library prepended), by kernel name.
+pub const KERNELS: [(&str, &str); 5] = [
+    ("fold_brick", include_str!("../../shaders/fold_brick.wgsl")),
+    ("fold_rts", include_str!("../../shaders/fold_rts.wgsl")),
+    (
+        "unfold_brick",
+        include_str!("../../shaders/unfold_brick.wgsl"),
+    ),
+    ("unfold_rts", include_str!("../../shaders/unfold_rts.wgsl")),
+    (
+        "preview_stats",
+        include_str!("../../shaders/preview_stats.wgsl"),
+    ),
+];
+
+/// The full WGSL module of one kernel, as the device compiles it.
+pub fn kernel_source(kernel_wgsl: &str) -> String {
+    format!("{CURVE_WGSL}\n{kernel_wgsl}")
+}
+
+/// Whether the adapter is real silicon or a software rasteriser.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdapterKind {
+    /// A hardware GPU (discrete, integrated or virtual).
+    Hardware,
+    /// llvmpipe, lavapipe, SwiftShader: correct, but slower than the CPU path.
+    Software,
+}
+
+/// What the caller may tune about the GPU path.
+#[derive(Clone, Debug, Default)]
+pub struct GpuOptions {
+    /// Cap on one chunk's buffer size in bytes (tests force small chunks).
+    pub max_chunk_bytes: Option<u64>,
+}
+
+/// Name, driver and kind of the adapter that did the work.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AdapterDescription {
+    pub name: String,
+    pub driver: String,
+    pub backend: String,
+    pub kind: AdapterKind,
+}
+
+fn classify(info: &wgpu::AdapterInfo) -> AdapterKind {
+    let name = info.name.to_ascii_lowercase();
+    let software = info.device_type == wgpu::DeviceType::Cpu
+        || ["llvmpipe", "lavapipe", "swiftshader", "softpipe"]
+            .iter()
+            .any(|s| name.contains(s));
+    if software {
+        AdapterKind::Software
+    } else {
+        AdapterKind::Hardware
+    }
+}
+
+fn preference(info: &wgpu::AdapterInfo) -> u8 {
+    match (classify(info), info.device_type) {
+        (AdapterKind::Hardware, wgpu::DeviceType::DiscreteGpu) => 0,
+        (AdapterKind::Hardware, wgpu::DeviceType::IntegratedGpu) => 1,
+        (AdapterKind::Hardware, _) => 2,
+        (AdapterKind::Software, _) => 3,
+    }
+}
+
+fn instance() -> wgpu::Instance {
+    let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle();
+    descriptor.backends = wgpu::Backends::VULKAN;
+    // Validation layers are rarely installed and slow every dispatch; keep
+    // them opt-in through WGPU_* environment variables.
+    descriptor.flags = wgpu::InstanceFlags::empty().with_env();
+    wgpu::Instance::new(descriptor)
+}
+
+/// All adapters wgpu can see, best first.
+fn adapters() -> Vec<wgpu::Adapter> {
+    let mut adapters = pollster::block_on(instance().enumerate_adapters(wgpu::Backends::VULKAN));
+    adapters.sort_by_key(|a| preference(&a.get_info()));
+    adapters
+}
+
+/// True when a hardware GPU is present (what `--backend auto` asks).
+pub fn hardware_adapter_present() -> bool {
+    adapters()
+        .first()
+        .is_some_and(|a| classify(&a.get_info()) == AdapterKind::Hardware)
+}
+
+struct Pipelines {
+    by_name: Vec<(&'static str, wgpu::ComputePipeline)>,
+}
+
+impl Pipelines {
+    fn get(&self, name: &str) -> &wgpu::ComputePipeline {
+        &self
+            .by_name
+            .iter()
+            .find(|(n, _)| *n == name)
+            .expect("every kernel is compiled at start-up")
+            .1
+    }
+}
+
+/// An open device with the kernels compiled.
+pub struct GpuBackend {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    adapter: AdapterDescription,
+    max_chunk_bytes: u64,
+    max_groups_per_dimension: u32,
+    pipelines: Pipelines,
+    dispatches: AtomicU64,
+    uncaptured: Arc<Mutex<Option<String>>>,
+}
+
+impl GpuBackend {
+    /// Opens the best adapter (hardware first) with its own limits, or says why not.
+    pub fn open(options: &GpuOptions) -> Result<Self> {
+        let adapter = adapters().into_iter().next().ok_or_else(|| {
+            Error::Gpu(
+                "no wgpu adapter found: install a Vulkan driver (Debian: mesa-vulkan-drivers \
+                 gives the lavapipe software adapter) or use --backend cpu"
+                    .into(),
+            )
+        })?;
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("foundry-gpu"),
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .map_err(|e| Error::Gpu(format!("{}: cannot open device: {e}", info.name)))?;
+        let uncaptured = Arc::new(Mutex::new(None));
+        let sink = Arc::clone(&uncaptured);
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            *sink.lock().expect("error sink") = Some(e.to_string());
+        }));
+        let device_limit = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size);
+        let max_chunk_bytes = options
+            .max_chunk_bytes
+            .map_or(device_limit, |cap| cap.min(device_limit))
+            .max(64);
+        let by_name = KERNELS
+            .iter()
+            .map(|(name, wgsl)| {
+                let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(name),
+                    source: wgpu::ShaderSource::Wgsl(kernel_source(wgsl).into()),
+                });
+                let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(name),
+                    layout: None,
+                    module: &module,
+                    entry_point: Some("main"),
+                    compilation_options: Default::default(),
+                    cache: None,
+                });
+                (*name, pipeline)
+            })
+            .collect();
+        let backend = GpuBackend {
+            device,
+            queue,
+            adapter: AdapterDescription {
+                name: info.name.clone(),
+                driver: format!("{} {}", info.driver, info.driver_info)
+                    .trim()
+                    .to_string(),
+                backend: format!("{:?}", info.backend),
+                kind: classify(&info),
+            },
+            max_chunk_bytes,
+            max_groups_per_dimension: limits.max_compute_workgroups_per_dimension,
+            pipelines: Pipelines { by_name },
+            dispatches: AtomicU64::new(0),
+            uncaptured,
+        };
+        backend.check_uncaptured()?;
+        Ok(backend)
+    }
+
+    /// The adapter doing the work.
+    pub fn adapter(&self) -> &AdapterDescription {
+        &self.adapter
+    }
+
+    /// Compute dispatches submitted so far (proof that wgpu ran the work).
+    pub fn dispatch_count(&self) -> u64 {
+        self.dispatches.load(Ordering::Relaxed)
+    }
+
+    /// Largest buffer one chunk may bind.
+    pub fn max_chunk_bytes(&self) -> u64 {
+        self.max_chunk_bytes
+    }
+
+    fn check_uncaptured(&self) -> Result<()> {
+        match self.uncaptured.lock().expect("error sink").take() {
+            Some(message) => Err(Error::Gpu(format!("{}: {message}", self.adapter.name))),
+            None => Ok(()),
+        }
+    }
+
+    /// Order of the largest square chunk whose texels (and source) fit one binding.
+    fn chunk_order(&self, order: u32) -> u32 {
+        let mut j = order;
+        while j > 0 && (4u64 << (2 * j)) > self.max_chunk_bytes {
+            j -= 1;
+        }
+        j
+    }
+
+    fn storage_buffer(&self, label: &str, bytes: &[u8]) -> wgpu::Buffer {
+        // Bindings must be non-empty and whole words.
+        let mut padded;
+        let contents = if bytes.is_empty() || bytes.len() % 4 != 0 {
+            padded = bytes.to_vec();
+            padded.resize(bytes.len().div_ceil(4).max(1) * 4, 0);
+            &padded[..]
+        } else {
+            bytes
+        };
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents,
+                usage: wgpu::BufferUsages::STORAGE,
+            })
+    }
+
+    /// Runs `kernel` once: binding 0 is `params`, then `inputs`, then an output of
+    /// `output_words` words, which is read back.
+    fn dispatch(
+        &self,
+        kernel: &str,
+        params: &[u8],
+        inputs: &[&[u8]],
+        output_words: usize,
+        groups: (u32, u32),
+    ) -> Result<Vec<u32>> {
+        let scope_oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let scope_validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let output_bytes = (output_words.max(1) * 4) as u64;
+        let uniform = self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("params"),
+                contents: params,
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
+        let input_buffers: Vec<_> = inputs
+            .iter()
+            .map(|b| self.storage_buffer(kernel, b))
+            .collect();
+        let output = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("output"),
+            size: output_bytes,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let readback = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: output_bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let pipeline = self.pipelines.get(kernel);
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: uniform.as_entire_binding(),
+        }];
+        for (i, buffer) in input_buffers.iter().enumerate() {
+            entries.push(wgpu::BindGroupEntry {
+                binding: i as u32 + 1,
+                resource: buffer.as_entire_binding(),
+            });
+        }
+        entries.push(wgpu::BindGroupEntry {
+            binding: inputs.len() as u32 + 1,
+            resource: output.as_entire_binding(),
+        });
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(kernel),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        let mut encoder = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some(kernel),
+            });
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(kernel),
+                timestamp_writes: None,
+            });
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, &bind_group, &[]);
+            pass.dispatch_workgroups(groups.0.max(1), groups.1.max(1), 1);
+        }
+        encoder.copy_buffer_to_buffer(&output, 0, &readback, 0, output_bytes);
+        self.queue.submit([encoder.finish()]);
+        self.dispatches.fetch_add(1, Ordering::Relaxed);
+
+        let (tx, rx) = std::sync::mpsc::channel();
+        readback.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(format!("{}: {e}", self.adapter.name)))?;
+        for scope in [scope_validation, scope_oom] {
+            if let Some(e) = pollster::block_on(scope.pop()) {
+                return Err(Error::Gpu(format!("{}: {kernel}: {e}", self.adapter.name)));
+            }
+        }
+        self.check_uncaptured()?;
+        rx.recv()
+            .map_err(|_| Error::Gpu(format!("{}: readback never completed", self.adapter.name)))?
+            .map_err(|e| Error::Gpu(format!("{}: readback failed: {e}", self.adapter.name)))?;
+        let words = {
+            let view = readback
+                .get_mapped_range(..)
+                .map_err(|e| Error::Gpu(format!("{}: readback: {e}", self.adapter.name)))?;
+            bytemuck::pod_collect_to_vec::<u8, u32>(&view[..output_words * 4])
+        };
+        readback.unmap();
+        Ok(words)
+    }
+
+    /// Splits a thread count into a 2-D grid of `size`-wide groups within the device's limit.
+    fn flat_grid(&self, threads: u64, size: u64) -> ((u32, u32), u32) {
+        let groups = threads.div_ceil(size).max(1);
+        let max = u64::from(self.max_groups_per_dimension);
+        let x = groups.min(max);
+        let y = groups.div_ceil(x);
+        ((x as u32, y as u32), (x * size) as u32)
+    }
+
+    /// GPU twin of `fold_brick` / `fold_rts`: folds `data` into `texture` (side `2^order`).
+    pub fn fold(&self, layout: Layout, data: &[u8], order: u32, texture: &mut [u32]) -> Result<()> {
+        let side = 1usize << order;
+        let j = self.chunk_order(order);
+        let block_side = 1usize << j;
+        let block_cells = block_side * block_side;
+        let bpp = layout.bytes_per_pixel();
+        let kernel = match layout {
+            Layout::Brick => "fold_brick",
+            Layout::Rts => "fold_rts",
+        };
+        for chunk in 0..1usize << (2 * (order - j)) {
+            let base = chunk * block_cells;
+            let (x, y) = d2xy(order, base as u64);
+            let origin = (
+                x as usize & !(block_side - 1),
+                y as usize & !(block_side - 1),
+            );
+            let start = (base * bpp).min(data.len());
+            let end = ((base + block_cells) * bpp).min(data.len());
+            let texels = if start == end {
+                vec![layout.padding_pixel(); block_cells]
+            } else {
+                let params = CurveParams {
+                    order,
+                    origin_x: origin.0 as u32,
+                    origin_y: origin.1 as u32,
+                    block_side: block_side as u32,
+                    base: base as u32,
+                    valid: layout.pixels_for((end - start) as u64) as u32,
+                    ..Default::default()
+                };
+                let groups = block_side.div_ceil(8) as u32;
+                self.dispatch(
+                    kernel,
+                    bytemuck::bytes_of(&params),
+                    &[&data[start..end]],
+                    block_cells,
+                    (groups, groups),
+                )?
+            };
+            for (row, texel_row) in texels.chunks_exact(block_side).enumerate() {
+                let at = (origin.1 + row) * side + origin.0;
+                texture[at..at + block_side].copy_from_slice(texel_row);
+            }
+        }
+        Ok(())
+    }
+
+    /// GPU twin of `unfold_brick` / `unfold_rts`: reads `out.len()` bytes back from `texture`.
+    pub fn unfold(
+        &self,
+        layout: Layout,
+        texture: &[u32],
+        order: u32,
+        out: &mut [u8],
+    ) -> Result<()> {
+        let side = 1usize << order;
+        let j = self.chunk_order(order);
+        let block_side = 1usize << j;
+        let block_cells = block_side * block_side;
+        let bpp = layout.bytes_per_pixel();
+        let kernel = match layout {
+            Layout::Brick => "unfold_brick",
+            Layout::Rts => "unfold_rts",
+        };
+        let chunk_bytes = block_cells * bpp;
+        for (chunk, out_chunk) in out.chunks_mut(chunk_bytes).enumerate() {
+            let base = chunk * block_cells;
+            let (x, y) = d2xy(order, base as u64);
+            let origin = (
+                x as usize & !(block_side - 1),
+                y as usize & !(block_side - 1),
+            );
+            let mut texels = Vec::with_capacity(block_cells);
+            for row in 0..block_side {
+                let at = (origin.1 + row) * side + origin.0;
+                texels.extend_from_slice(&texture[at..at + block_side]);
+            }
+            // Brick threads pack four pixels into a word; rts threads move one pixel each.
+            let valid = layout.pixels_for(out_chunk.len() as u64) as usize;
+            let words = out_chunk.len().div_ceil(4);
+            let (groups, row_threads) = self.flat_grid(words as u64, 64);
+            let params = CurveParams {
+                order,
+                origin_x: origin.0 as u32,
+                origin_y: origin.1 as u32,
+                block_side: block_side as u32,
+                base: base as u32,
+                valid: valid as u32,
+                row_threads,
+                ..Default::default()
+            };
+            let result = self.dispatch(
+                kernel,
+                bytemuck::bytes_of(&params),
+                &[bytemuck::cast_slice(&texels)],
+                words,
+                groups,
+            )?;
+            let bytes: &[u8] = bytemuck::cast_slice(&result);
+            out_chunk.copy_from_slice(&bytes[..out_chunk.len()]);
+        }
+        Ok(())
+    }
+
+    /// GPU twin of `preview_stats`: stats of `runs` runs of `run_len` bytes of `data`.
+    pub fn preview_stats(
+        &self,
+        data: &[u8],
+        run_len: usize,
+        runs: usize,
+        table: &EntropyTable,
+    ) -> Result<Vec<RunStats>> {
+        // Chunks hold whole runs, a multiple of four of them so every chunk
+        // starts on a word and the channel of byte i stays i % 4.
+        let runs_per_chunk = ((self.max_chunk_bytes as usize / run_len) & !3).max(4);
+        let mut stats = Vec::with_capacity(runs);
+        let mut first_run = 0;
+        while first_run < runs {
+            let chunk_runs = runs_per_chunk.min(runs - first_run);
+            let start = (first_run * run_len).min(data.len());
+            let end = ((first_run + chunk_runs) * run_len).min(data.len());
+            if start == end {
+                stats.resize(first_run + chunk_runs, RunStats::default());
+            } else {
+                let ((gx, gy), _) = self.flat_grid(chunk_runs as u64, 1);
+                let params: [u32; 8] = [
+                    run_len as u32,
+                    (end - start) as u32,
+                    chunk_runs as u32,
+                    gx,
+                    table.shift,
+                    0,
+                    0,
+                    0,
+                ];
+                let words = self.dispatch(
+                    "preview_stats",
+                    bytemuck::cast_slice(&params),
+                    &[&data[start..end], bytemuck::cast_slice(&table.nlogn)],
+                    chunk_runs * STATS_WORDS,
+                    (gx, gy),
+                )?;
+                stats.extend_from_slice(bytemuck::cast_slice(&words));
+            }
+            first_run += chunk_runs;
+        }
+        Ok(stats)
+    }
+}

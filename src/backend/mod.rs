@@ -1,0 +1,138 @@
+//! Which engine does the work: the CPU twins (rayon) or the WGSL kernels (wgpu), chosen by `--backend`.
+
+pub mod gpu;
+
+use crate::error::{Error, Result};
+use crate::kernels::preview_stats::{preview_stats, EntropyTable, RunStats};
+use crate::kernels::{fold_brick, fold_rts, unfold_brick, unfold_rts, Layout};
+pub use gpu::{AdapterDescription, AdapterKind, GpuBackend, GpuOptions};
+
+/// What `--backend` asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChoice {
+    /// A hardware GPU when one exists, else the CPU (which beats a software GPU).
+    Auto,
+    /// wgpu on whatever adapter exists, software ones included; fails without one.
+    Gpu,
+    /// The multi-threaded CPU twins.
+    Cpu,
+}
+
+/// An engine ready to fold.
+pub enum Backend {
+    Cpu,
+    Gpu(Box<GpuBackend>),
+}
+
+impl Backend {
+    /// Opens the engine `choice` names.
+    pub fn select(choice: BackendChoice, options: &GpuOptions) -> Result<Self> {
+        match choice {
+            BackendChoice::Cpu => Ok(Backend::Cpu),
+            BackendChoice::Gpu => Ok(Backend::Gpu(Box::new(GpuBackend::open(options)?))),
+            BackendChoice::Auto if gpu::hardware_adapter_present() => {
+                Ok(Backend::Gpu(Box::new(GpuBackend::open(options)?)))
+            }
+            BackendChoice::Auto => Ok(Backend::Cpu),
+        }
+    }
+
+    /// `cpu`, `gpu(hw)` or `gpu(sw)`: what did the work.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Backend::Cpu => "cpu",
+            Backend::Gpu(g) if g.adapter().kind == AdapterKind::Hardware => "gpu(hw)",
+            Backend::Gpu(_) => "gpu(sw)",
+        }
+    }
+
+    /// The wgpu adapter, when the GPU path is in use.
+    pub fn adapter(&self) -> Option<&AdapterDescription> {
+        match self {
+            Backend::Cpu => None,
+            Backend::Gpu(g) => Some(g.adapter()),
+        }
+    }
+
+    /// Folds `data` into a new texture of side `2^order` (row-major RGBA words).
+    pub fn fold(&self, layout: Layout, data: &[u8], order: u32) -> Result<Vec<u32>> {
+        let capacity = 1u64 << (2 * order);
+        if layout.pixels_for(data.len() as u64) > capacity {
+            return Err(Error::Usage(format!(
+                "{} bytes do not fit a texture of side {}",
+                data.len(),
+                1u64 << order
+            )));
+        }
+        let mut texture = vec![0u32; capacity as usize];
+        self.fold_into(layout, data, order, &mut texture)?;
+        Ok(texture)
+    }
+
+    /// Folds into a caller-owned texture (benchmarks reuse one allocation).
+    pub fn fold_into(
+        &self,
+        layout: Layout,
+        data: &[u8],
+        order: u32,
+        texture: &mut [u32],
+    ) -> Result<()> {
+        match (self, layout) {
+            (Backend::Cpu, Layout::Brick) => fold_brick::fold_brick(data, order, texture),
+            (Backend::Cpu, Layout::Rts) => fold_rts::fold_rts(data, order, texture),
+            (Backend::Gpu(g), _) => g.fold(layout, data, order, texture)?,
+        }
+        Ok(())
+    }
+
+    /// Reads `len` source bytes back from a texture of side `2^order`.
+    pub fn unfold(
+        &self,
+        layout: Layout,
+        texture: &[u32],
+        order: u32,
+        len: usize,
+    ) -> Result<Vec<u8>> {
+        let mut out = vec![0u8; len];
+        self.unfold_into(layout, texture, order, &mut out)?;
+        Ok(out)
+    }
+
+    /// Unfolds into a caller-owned buffer of exactly the source length.
+    pub fn unfold_into(
+        &self,
+        layout: Layout,
+        texture: &[u32],
+        order: u32,
+        out: &mut [u8],
+    ) -> Result<()> {
+        if layout.pixels_for(out.len() as u64) > texture.len() as u64 {
+            return Err(Error::Usage(format!(
+                "{} bytes cannot come out of a texture of {} pixels",
+                out.len(),
+                texture.len()
+            )));
+        }
+        match (self, layout) {
+            (Backend::Cpu, Layout::Brick) => unfold_brick::unfold_brick(texture, order, out),
+            (Backend::Cpu, Layout::Rts) => unfold_rts::unfold_rts(texture, order, out),
+            (Backend::Gpu(g), _) => g.unfold(layout, texture, order, out)?,
+        }
+        Ok(())
+    }
+
+    /// Per-run statistics for previews (see `kernels::preview_stats`).
+    pub fn preview_stats(
+        &self,
+        data: &[u8],
+        run_len: usize,
+        runs: usize,
+        table: &EntropyTable,
+    ) -> Result<Vec<RunStats>> {
+        match self {
+            Backend::Cpu => Ok(preview_stats(data, run_len, runs, table)),
+            Backend::Gpu(g) => g.preview_stats(data, run_len, runs, table),
+        }
+    }
+}

@@ -1,0 +1,382 @@
+//! The `foundry-gpu` command line: arguments, progress bars, output and exit codes; the work is in the library.
+
+use clap::{Args, Parser, Subcommand};
+use foundry_gpu::backend::{Backend, BackendChoice, GpuOptions};
+use foundry_gpu::fold::{
+    self, human_bytes, FoldOptions, OutputTarget, DEFAULT_MAX_SIDE, DEFAULT_PREVIEW_SIDE,
+};
+use foundry_gpu::format::preview::Palette;
+use foundry_gpu::format::rts_png::PngCompression;
+use foundry_gpu::progress::Progress;
+use foundry_gpu::Error;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const EXIT_FAILED: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+
+#[derive(Parser)]
+#[command(
+    name = "foundry-gpu",
+    version,
+    about = "Fold Linux artifacts into Hilbert-curve textures (.brick, .rts.png) and back, bit for bit.",
+    after_help = "Examples:\n  foundry-gpu fold /usr/bin/ls -o out/\n  foundry-gpu unfold out/ls.rts.png -o ls.bin\n  foundry-gpu info out/ls.brick\n  foundry-gpu preview out/ls.rts.png --palette entropy -o ls-entropy.png\n\nExit codes: 0 success, 1 the work failed (hash mismatch, GPU error, write error, invalid verdict), 2 bad usage or unreadable/malformed input."
+)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct Global {
+    /// Engine: auto (hardware GPU if present, else CPU), gpu (any wgpu adapter, fails without one), cpu.
+    #[arg(long, global = true, value_enum, default_value_t = BackendChoice::Auto)]
+    backend: BackendChoice,
+    /// Print the result as JSON on stdout (no progress bar).
+    #[arg(long, global = true)]
+    json: bool,
+    /// Say which backend and adapter did the work, and other details, on stderr.
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    /// No progress bar.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fold a file into NAME.brick, NAME.rts.png and NAME.preview.png (or the one file -o names).
+    #[command(
+        after_help = "Examples:\n  foundry-gpu fold /usr/bin/ls -o out/            # out/ls.brick, out/ls.rts.png, out/ls.preview.png\n  foundry-gpu fold hello.txt -o hello.brick --texture-size 8\n  foundry-gpu fold /proc/meminfo -o meminfo.rts.png\n  foundry-gpu fold big.img -o out/ --max-side 4096   # parts big.img.000.brick ... + big.img.parts.json\n\nIf -o ends in .brick, .rts.png or .png only that file is written; otherwise -o is a directory.\nInputs larger than one --max-side texture are split into parts with an index NAME.parts.json."
+    )]
+    Fold {
+        /// File to fold (regular files are memory-mapped; /proc and /sys files are read to EOF).
+        input: PathBuf,
+        /// Output directory, or one .brick / .rts.png / .png file.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Texture side to use; grown to the next power of two that fits (with a note), never truncating.
+        #[arg(long)]
+        texture_size: Option<u32>,
+        /// Largest texture side; bigger inputs are split into parts.
+        #[arg(long, default_value_t = DEFAULT_MAX_SIDE)]
+        max_side: u32,
+        #[command(flatten)]
+        look: PreviewArgs,
+        /// Deflate effort for .rts.png.
+        #[arg(long, value_enum, default_value_t = PngCompression::Fast)]
+        compression: PngCompression,
+        /// Also write both .rts.png sidecars (X.rts.meta.json and X.rts.png.meta.json).
+        #[arg(long)]
+        sidecars: bool,
+    },
+    /// Rebuild the original bytes from a .brick, .rts.png or NAME.parts.json, verifying SHA-256.
+    #[command(
+        after_help = "Examples:\n  foundry-gpu unfold out/ls.brick -o ls.bin\n  foundry-gpu unfold out/big.img.parts.json -o big.img\n\nNothing is written unless every SHA-256 matches."
+    )]
+    Unfold {
+        /// A .brick, .rts.png or parts index.
+        input: PathBuf,
+        /// File to write.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Show a brick's header or metadata, capacity, entropy, and whether it is valid.
+    #[command(
+        after_help = "Examples:\n  foundry-gpu info out/ls.brick\n  foundry-gpu info out/ls.rts.png --json\n\nExit code 1 when the verdict is invalid."
+    )]
+    Info {
+        /// A .brick, .rts.png or parts index.
+        input: PathBuf,
+    },
+    /// Render a preview PNG of a .brick, .rts.png or any file.
+    #[command(
+        after_help = "Examples:\n  foundry-gpu preview out/ls.brick -o ls.png\n  foundry-gpu preview out/ls.rts.png --palette entropy --legend -o ls-entropy.png"
+    )]
+    Preview {
+        /// A .brick, .rts.png or any other file (shown as it would fold into a .brick).
+        input: PathBuf,
+        /// PNG to write.
+        #[arg(short, long)]
+        output: PathBuf,
+        #[command(flatten)]
+        look: PreviewArgs,
+    },
+}
+
+#[derive(Args)]
+struct PreviewArgs {
+    /// Preview colours.
+    #[arg(long, value_enum, default_value_t = Palette::Byteclass)]
+    palette: Palette,
+    /// Preview side in pixels (power of two, 16..=8192); each pixel summarises its whole byte range.
+    #[arg(long, default_value_t = DEFAULT_PREVIEW_SIDE)]
+    preview_side: u32,
+    /// Add a legend strip under the preview.
+    #[arg(long)]
+    legend: bool,
+}
+
+/// An indicatif bar, drawn only on a terminal.
+struct Bar(ProgressBar);
+
+impl Bar {
+    fn new(enabled: bool) -> Self {
+        let target = if enabled && std::io::stderr().is_terminal() {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        };
+        let bar = ProgressBar::with_draw_target(None, target);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{msg:>10} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        Bar(bar)
+    }
+}
+
+impl Progress for Bar {
+    fn stage(&self, name: &str, total: u64) {
+        self.0.set_length(total);
+        self.0.set_position(0);
+        self.0.set_message(name.to_string());
+    }
+    fn advance(&self, done: u64) {
+        self.0.inc(done);
+    }
+}
+
+impl Drop for Bar {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+    }
+}
+
+fn print_json(value: &impl serde::Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("reports serialise")
+    );
+}
+
+fn open_backend(global: &Global) -> Result<Backend, Error> {
+    let backend = Backend::select(global.backend, &GpuOptions::default())?;
+    if global.verbose {
+        match backend.adapter() {
+            Some(a) => eprintln!(
+                "backend: {} on {} ({}, {})",
+                backend.label(),
+                a.name,
+                a.driver,
+                a.backend
+            ),
+            None => eprintln!("backend: cpu ({} threads)", rayon::current_num_threads()),
+        }
+    }
+    Ok(backend)
+}
+
+fn run(cli: Cli) -> Result<ExitCode, Error> {
+    let global = &cli.global;
+    let bar = Bar::new(!global.json && !global.quiet);
+    match cli.command {
+        Command::Fold {
+            input,
+            output,
+            texture_size,
+            max_side,
+            look,
+            compression,
+            sidecars,
+        } => {
+            let opts = FoldOptions {
+                texture_size,
+                max_side,
+                palette: look.palette,
+                preview_side: look.preview_side,
+                legend: look.legend,
+                compression,
+                sidecars,
+            };
+            let backend = open_backend(global)?;
+            let report = fold::fold_file(
+                &backend,
+                &input,
+                &OutputTarget::from_path(&output),
+                &opts,
+                &bar,
+            )?;
+            drop(bar);
+            if global.json {
+                print_json(&report);
+            } else {
+                println!(
+                    "folded {} ({}, {:.2} bits/byte{}{}) on {} in {:.2} s",
+                    input.display(),
+                    human_bytes(report.source.size),
+                    report.source.entropy,
+                    if report.flags.is_empty() { "" } else { ", " },
+                    report.flags.join(" "),
+                    report.backend,
+                    report.seconds
+                );
+                for o in &report.outputs {
+                    let side = o.side.map(|s| format!("{s}x{s}")).unwrap_or_default();
+                    println!(
+                        "  {:<13} {:<11} {:>10}  {}",
+                        o.kind,
+                        side,
+                        human_bytes(o.bytes),
+                        o.path.display()
+                    );
+                }
+                for note in &report.notes {
+                    eprintln!("note: {note}");
+                }
+            }
+        }
+        Command::Unfold { input, output } => {
+            let backend = open_backend(global)?;
+            let report = fold::unfold_file(&backend, &input, &output, &bar)?;
+            drop(bar);
+            if global.json {
+                print_json(&report);
+            } else {
+                println!(
+                    "unfolded {} -> {} ({}, SHA-256 {} verified)",
+                    input.display(),
+                    output.display(),
+                    human_bytes(report.size),
+                    report.sha256
+                );
+            }
+        }
+        Command::Info { input } => {
+            let backend = open_backend(global)?;
+            let report = fold::info(&backend, &input)?;
+            drop(bar);
+            if global.json {
+                print_json(&report);
+            } else {
+                print_info(&report);
+            }
+            if !report.valid {
+                return Ok(ExitCode::from(EXIT_FAILED));
+            }
+        }
+        Command::Preview {
+            input,
+            output,
+            look,
+        } => {
+            let backend = open_backend(global)?;
+            let record = fold::preview_file(
+                &backend,
+                &input,
+                &output,
+                look.palette,
+                look.preview_side,
+                look.legend,
+            )?;
+            drop(bar);
+            if global.json {
+                print_json(&record);
+            } else {
+                println!(
+                    "preview {} -> {} ({})",
+                    input.display(),
+                    output.display(),
+                    human_bytes(record.bytes)
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_info(r: &fold::InfoReport) {
+    println!("{}: {:?}", r.path.display(), r.kind);
+    if let Some(h) = &r.header {
+        println!("  version        {}", h.version);
+        println!(
+            "  texture        {}x{} (hilbert order {})",
+            h.width, h.height, h.hilbert_order
+        );
+        println!(
+            "  original_size  {} ({})",
+            h.original_size,
+            human_bytes(h.original_size)
+        );
+        println!("  entropy        {:.4} bits/byte (header)", h.entropy);
+        println!("  sha256         {}", hex::encode(h.hash));
+        println!("  flags          0x{:02x} {}", h.flags, r.flags.join(" "));
+    }
+    if let Some(m) = &r.metadata {
+        for key in [
+            "format",
+            "name",
+            "description",
+            "grid_size",
+            "data_size",
+            "data_hash",
+        ] {
+            if let Some(v) = m.get(key) {
+                println!("  {key:<14} {v}");
+            }
+        }
+    }
+    if let Some(p) = &r.parts {
+        println!(
+            "  parts          {} of up to {} bytes, whole {} bytes",
+            p.parts.len(),
+            p.part_size,
+            p.size
+        );
+    }
+    if let (Some(cap), Some(fill)) = (r.capacity_bytes, r.fill_percent) {
+        println!("  capacity       {cap} bytes, {fill:.1}% used");
+    }
+    if let Some(e) = r.entropy {
+        println!("  data entropy   {e:.4} bits/byte");
+    }
+    for w in &r.warnings {
+        println!("  warning: {w}");
+    }
+    if r.valid {
+        println!("  verdict        valid");
+    } else {
+        println!("  verdict        INVALID");
+        for p in &r.problems {
+            println!("    - {p}");
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    // Mesa's Vulkan drivers probe Wayland and print an error line for every
+    // probe when XDG_RUNTIME_DIR is unset (headless servers, CI). Any value
+    // silences the probe; this runs before any thread exists.
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir());
+    }
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("foundry-gpu: error: {e}");
+            ExitCode::from(if e.is_input_error() {
+                EXIT_USAGE
+            } else {
+                EXIT_FAILED
+            })
+        }
+    }
+}

@@ -1,0 +1,908 @@
+//! The operations the CLI exposes: fold a file into bricks, unfold any brick back, inspect, preview.
+
+use crate::analysis::{byte_facts, sha256, ByteFacts};
+use crate::backend::{AdapterDescription, Backend};
+use crate::curve::{order_for_cells, MAX_ORDER};
+use crate::error::{Error, Result};
+use crate::format::brick::{self, flags, Brick, BrickHeader};
+use crate::format::parts::{self, PartEntry, PartsIndex};
+use crate::format::preview::{self, Palette, PREVIEW_SIDES};
+use crate::format::rts_png::{self, PngCompression, RtsPng};
+use crate::format::staged::StagedOutputs;
+use crate::format::{brick_min_side, detect, order_of_side, rts_min_side, FileKind};
+use crate::kernels::Layout;
+use crate::progress::Progress;
+use crate::source::read_input;
+use serde_json::{json, Map, Value};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Default `--max-side`: the largest texture Geometry OS's readers hold in practice.
+pub const DEFAULT_MAX_SIDE: u32 = 8192;
+/// Default `--preview-side`.
+pub const DEFAULT_PREVIEW_SIDE: u32 = 1024;
+
+/// Everything `fold` can be told.
+#[derive(Clone, Debug)]
+pub struct FoldOptions {
+    /// Requested texture side; grown (with a note) when too small, never truncating.
+    pub texture_size: Option<u32>,
+    /// Largest side of one texture; bigger inputs are split into parts.
+    pub max_side: u32,
+    pub palette: Palette,
+    pub preview_side: u32,
+    pub legend: bool,
+    pub compression: PngCompression,
+    /// Write both `.rts.png` sidecars (`X.rts.meta.json`, `X.rts.png.meta.json`).
+    pub sidecars: bool,
+}
+
+impl Default for FoldOptions {
+    fn default() -> Self {
+        FoldOptions {
+            texture_size: None,
+            max_side: DEFAULT_MAX_SIDE,
+            palette: Palette::default(),
+            preview_side: DEFAULT_PREVIEW_SIDE,
+            legend: false,
+            compression: PngCompression::default(),
+            sidecars: false,
+        }
+    }
+}
+
+/// Where `fold` writes, decided by the `-o` path's suffix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OutputTarget {
+    /// A directory receiving `NAME.brick`, `NAME.rts.png`, `NAME.preview.png`.
+    Directory(PathBuf),
+    Brick(PathBuf),
+    RtsPng(PathBuf),
+    Preview(PathBuf),
+}
+
+impl OutputTarget {
+    /// `.brick`, `.rts.png` and `.png` name one file; anything else is a directory.
+    pub fn from_path(path: &Path) -> Self {
+        let s = path.to_string_lossy();
+        if s.ends_with(".brick") {
+            OutputTarget::Brick(path.into())
+        } else if s.ends_with(".rts.png") {
+            OutputTarget::RtsPng(path.into())
+        } else if s.ends_with(".png") {
+            OutputTarget::Preview(path.into())
+        } else {
+            OutputTarget::Directory(path.into())
+        }
+    }
+
+    /// Directory the outputs go to and the NAME they are named after.
+    fn dir_and_name(&self, input: &Path) -> (PathBuf, String) {
+        let parent = |p: &Path| p.parent().map(Path::to_path_buf).unwrap_or_default();
+        let file_name = |p: &Path| {
+            p.file_name()
+                .map_or("input".into(), |n| n.to_string_lossy().into_owned())
+        };
+        match self {
+            OutputTarget::Directory(d) => (d.clone(), file_name(input)),
+            OutputTarget::Brick(p) => (parent(p), file_name(p).trim_end_matches(".brick").into()),
+            OutputTarget::RtsPng(p) => {
+                (parent(p), file_name(p).trim_end_matches(".rts.png").into())
+            }
+            OutputTarget::Preview(p) => (parent(p), file_name(p).trim_end_matches(".png").into()),
+        }
+    }
+}
+
+/// One file a command wrote.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct OutputRecord {
+    pub path: PathBuf,
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub side: Option<u32>,
+    pub bytes: u64,
+}
+
+/// What a fold did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FoldReport {
+    pub input: PathBuf,
+    pub name: String,
+    pub source: ByteFacts,
+    pub flags: Vec<&'static str>,
+    pub backend: &'static str,
+    pub adapter: Option<AdapterDescription>,
+    pub parts: usize,
+    pub outputs: Vec<OutputRecord>,
+    pub notes: Vec<String>,
+    pub seconds: f64,
+}
+
+fn check_side_option(what: &str, side: u32) -> Result<()> {
+    if !side.is_power_of_two() || side.trailing_zeros() > MAX_ORDER {
+        return Err(Error::Usage(format!(
+            "{what} {side} must be a power of two from 1 to {}",
+            1u32 << MAX_ORDER
+        )));
+    }
+    Ok(())
+}
+
+/// Side for `needed`, honouring a requested size; growth is explained in `notes`.
+fn grown_side(
+    needed: u32,
+    requested: Option<u32>,
+    what: &str,
+    len: u64,
+    notes: &mut Vec<String>,
+) -> u32 {
+    match requested {
+        Some(r) if r >= needed => r.next_power_of_two(),
+        Some(r) => {
+            notes.push(format!(
+                "texture size {r} is too small for {len} bytes as {what}; grew to {needed}"
+            ));
+            needed
+        }
+        None => needed,
+    }
+}
+
+/// A short description the map can show (its first 40 characters).
+fn describe(facts: &ByteFacts) -> String {
+    let kind = if facts.elf {
+        "ELF binary"
+    } else if facts.utf8_text {
+        "UTF-8 text"
+    } else {
+        "data"
+    };
+    format!(
+        "{kind}, {}, H={:.2}",
+        human_bytes(facts.size),
+        facts.entropy
+    )
+}
+
+/// `1.5 MiB`-style sizes.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+struct PartPlan {
+    range: std::ops::Range<usize>,
+    brick_side: u32,
+    rts_side: u32,
+}
+
+fn plan_parts(len: u64, opts: &FoldOptions, notes: &mut Vec<String>) -> Vec<PartPlan> {
+    let part_size = u64::from(opts.max_side) * u64::from(opts.max_side);
+    let count = len.div_ceil(part_size).max(1);
+    if count > 1 {
+        notes.push(format!(
+            "{len} bytes exceed one side-{} texture ({part_size} bytes); split into {count} parts",
+            opts.max_side
+        ));
+    }
+    (0..count)
+        .map(|i| {
+            let start = i * part_size;
+            let end = (start + part_size).min(len);
+            let part_len = end - start;
+            let requested = opts.texture_size.map(|r| r.min(opts.max_side));
+            PartPlan {
+                range: start as usize..end as usize,
+                brick_side: grown_side(
+                    brick_min_side(part_len),
+                    requested,
+                    ".brick",
+                    part_len,
+                    notes,
+                ),
+                rts_side: grown_side(
+                    rts_min_side(part_len),
+                    requested,
+                    ".rts.png",
+                    part_len,
+                    notes,
+                ),
+            }
+        })
+        .collect()
+}
+
+/// Folds the file at `input` into the outputs `target` names.
+pub fn fold_file(
+    backend: &Backend,
+    input: &Path,
+    target: &OutputTarget,
+    opts: &FoldOptions,
+    progress: &dyn Progress,
+) -> Result<FoldReport> {
+    let started = Instant::now();
+    check_side_option("--max-side", opts.max_side)?;
+    if let Some(size) = opts.texture_size {
+        if size == 0 || size > 1 << MAX_ORDER {
+            return Err(Error::Usage(format!(
+                "--texture-size {size} must be from 1 to {}",
+                1u32 << MAX_ORDER
+            )));
+        }
+        if size > opts.max_side {
+            return Err(Error::Usage(format!(
+                "--texture-size {size} is larger than --max-side {}; raise --max-side",
+                opts.max_side
+            )));
+        }
+    }
+    if !opts.preview_side.is_power_of_two() || !PREVIEW_SIDES.contains(&opts.preview_side) {
+        return Err(Error::Usage(format!(
+            "--preview-side {} must be a power of two from {} to {}",
+            opts.preview_side,
+            PREVIEW_SIDES.start(),
+            PREVIEW_SIDES.end()
+        )));
+    }
+    let data = read_input(input)?;
+    let (dir, name) = target.dir_and_name(input);
+    let mut notes = Vec::new();
+    if let Some(size) = opts.texture_size.filter(|s| !s.is_power_of_two()) {
+        notes.push(format!(
+            "texture size {size} is not a power of two; using {}",
+            size.next_power_of_two()
+        ));
+    }
+
+    progress.stage("hashing", data.len() as u64);
+    let facts = byte_facts(&data);
+    progress.advance(data.len() as u64);
+    let plans = plan_parts(facts.size, opts, &mut notes);
+    let multi = plans.len() > 1;
+    let (want_brick, want_rts, want_preview) = match target {
+        OutputTarget::Directory(_) => (true, true, true),
+        OutputTarget::Brick(_) => (true, false, false),
+        OutputTarget::RtsPng(_) => (false, true, false),
+        OutputTarget::Preview(_) => (false, false, true),
+    };
+
+    let mut staged = StagedOutputs::new();
+    let mut records: Vec<(&'static str, Option<u32>)> = Vec::new();
+    let mut index_parts = Vec::new();
+    progress.stage("folding", data.len() as u64);
+    for (i, plan) in plans.iter().enumerate() {
+        let bytes = &data[plan.range.clone()];
+        let part_facts = if multi {
+            byte_facts(bytes)
+        } else {
+            facts.clone()
+        };
+        let part_name = if multi {
+            parts::part_file_name(&name, i, plans.len(), "")
+                .trim_end_matches('.')
+                .to_string()
+        } else {
+            name.clone()
+        };
+        let part_info = multi.then(|| {
+            json!({"index": i, "count": plans.len(), "offset": plan.range.start, "size": bytes.len(),
+                   "whole_size": facts.size, "whole_sha256": facts.sha256_hex(),
+                   "index_file": parts::index_file_name(&name)})
+        });
+        let mut entry = PartEntry {
+            index: i,
+            offset: plan.range.start as u64,
+            size: bytes.len() as u64,
+            sha256: part_facts.sha256_hex(),
+            brick: None,
+            rts_png: None,
+        };
+        if want_brick {
+            let path = match (target, multi) {
+                (OutputTarget::Brick(p), false) => p.clone(),
+                _ => dir.join(format!("{part_name}.brick")),
+            };
+            let texture = backend.fold(Layout::Brick, bytes, order_of_side(plan.brick_side))?;
+            // Type flags describe the whole source; entropy flags the part itself.
+            let mut header_flags = brick::flags_for(&facts) & !flags::IS_ENCRYPTED;
+            header_flags |= brick::flags_for(&part_facts) & flags::IS_ENCRYPTED;
+            if let Some(info) = &part_info {
+                header_flags |= flags::HAS_METADATA;
+                let sidecar = json!({"version": "1", "name": part_name, "part": info});
+                staged.write(&brick::sidecar_path(&path), |w| {
+                    w.write_all(rts_png::ascii_json(&sidecar).as_bytes())
+                })?;
+                records.push(("brick_sidecar", None));
+            }
+            let header = BrickHeader::new(plan.brick_side, &part_facts, header_flags);
+            staged.write(&path, |w| brick::write_brick(w, &header, &texture))?;
+            records.push(("brick", Some(plan.brick_side)));
+            entry.brick = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        }
+        if want_rts {
+            let path = match (target, multi) {
+                (OutputTarget::RtsPng(p), false) => p.clone(),
+                _ => dir.join(format!("{part_name}.rts.png")),
+            };
+            let texture = backend.fold(Layout::Rts, bytes, order_of_side(plan.rts_side))?;
+            let mut extra = Map::new();
+            extra.insert("content".into(), json!(content_kind(&facts)));
+            if let Some(info) = &part_info {
+                extra.insert("part".into(), info.clone());
+            }
+            let meta = rts_png::metadata(
+                &part_name,
+                &part_facts,
+                plan.rts_side,
+                &describe(&facts),
+                extra,
+            );
+            let text = rts_png::ascii_json(&meta);
+            staged.write(&path, |w| {
+                rts_png::write_rts_png(w, plan.rts_side, &texture, &text, None, opts.compression)
+            })?;
+            records.push(("rts_png", Some(plan.rts_side)));
+            if opts.sidecars {
+                for sidecar in rts_png::sidecar_paths(&path) {
+                    staged.write(&sidecar, |w| w.write_all(text.as_bytes()))?;
+                    records.push(("rts_sidecar", None));
+                }
+            }
+            entry.rts_png = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        }
+        index_parts.push(entry);
+        progress.advance(bytes.len() as u64);
+    }
+    if multi && (want_brick || want_rts) {
+        let index = PartsIndex {
+            format: parts::FORMAT.into(),
+            version: 1,
+            name: name.clone(),
+            size: facts.size,
+            sha256: facts.sha256_hex(),
+            part_size: u64::from(opts.max_side) * u64::from(opts.max_side),
+            max_side: opts.max_side,
+            parts: index_parts,
+        };
+        let text = serde_json::to_string_pretty(&index).expect("index serialises");
+        staged.write(&dir.join(parts::index_file_name(&name)), |w| {
+            w.write_all(text.as_bytes())
+        })?;
+        records.push(("parts_index", None));
+    }
+    if want_preview {
+        progress.stage("preview", 1);
+        let order = if multi {
+            order_for_cells(facts.size)
+        } else {
+            order_of_side(plans[0].brick_side)
+        };
+        let image = preview::render(
+            backend,
+            &data,
+            Layout::Brick,
+            order,
+            opts.palette,
+            opts.preview_side,
+            opts.legend,
+        )?;
+        let path = match target {
+            OutputTarget::Preview(p) => p.clone(),
+            _ => dir.join(format!("{name}.preview.png")),
+        };
+        staged.write(&path, |w| preview::write_png(w, &image))?;
+        records.push(("preview", Some(opts.preview_side)));
+        progress.advance(1);
+    }
+    progress.stage("writing", records.len() as u64);
+    let written = staged.commit()?;
+    let outputs = written
+        .into_iter()
+        .zip(records)
+        .map(|(w, (kind, side))| OutputRecord {
+            path: w.path,
+            kind,
+            side,
+            bytes: w.bytes,
+        })
+        .collect();
+    Ok(FoldReport {
+        input: input.to_path_buf(),
+        name,
+        flags: flags::names(brick::flags_for(&facts)),
+        source: facts,
+        backend: backend.label(),
+        adapter: backend.adapter().cloned(),
+        parts: plans.len(),
+        outputs,
+        notes,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+fn content_kind(facts: &ByteFacts) -> &'static str {
+    if facts.elf {
+        "elf"
+    } else if facts.utf8_text {
+        "text"
+    } else {
+        "data"
+    }
+}
+
+/// Bytes decoded from one `.brick` or `.rts.png`, with what the file recorded.
+pub struct Decoded {
+    pub kind: FileKind,
+    pub bytes: Vec<u8>,
+    /// The SHA-256 the file recorded, lowercase hex.
+    pub recorded_sha256: String,
+    pub layout: Layout,
+    pub order: u32,
+}
+
+/// Decodes a single `.brick` or `.rts.png` (no hash check: see [`verify`]).
+pub fn decode(backend: &Backend, path: &Path) -> Result<Decoded> {
+    match detect(path)? {
+        FileKind::Brick => {
+            let b = Brick::read(path)?;
+            let order = b.header.hilbert_order;
+            let bytes = backend.unfold(
+                Layout::Brick,
+                &b.texture,
+                order,
+                b.header.original_size as usize,
+            )?;
+            Ok(Decoded {
+                kind: FileKind::Brick,
+                bytes,
+                recorded_sha256: hex::encode(b.header.hash),
+                layout: Layout::Brick,
+                order,
+            })
+        }
+        FileKind::RtsPng => {
+            let r = RtsPng::read(path)?;
+            let recorded = r.data_hash().ok_or_else(|| {
+                Error::malformed(path, "metadata has no data_hash to verify against")
+            })?;
+            let order = order_of_side(r.side);
+            let bytes = backend.unfold(Layout::Rts, &r.texture, order, r.data_size() as usize)?;
+            Ok(Decoded {
+                kind: FileKind::RtsPng,
+                bytes,
+                recorded_sha256: recorded,
+                layout: Layout::Rts,
+                order,
+            })
+        }
+        FileKind::PartsIndex => Err(Error::malformed(
+            path,
+            "is a parts index; expected one .brick or .rts.png",
+        )),
+        FileKind::Raw => Err(Error::malformed(
+            path,
+            "not a .brick (V2BR), .rts.png (PixelRTS) or parts index",
+        )),
+    }
+}
+
+/// Fails with [`Error::HashMismatch`] unless `bytes` hash to `expected`.
+pub fn verify(path: &Path, bytes: &[u8], expected: &str) -> Result<String> {
+    let actual = hex::encode(sha256(bytes));
+    if actual != expected.to_ascii_lowercase() {
+        return Err(Error::HashMismatch {
+            path: path.to_path_buf(),
+            expected: expected.into(),
+            actual,
+        });
+    }
+    Ok(actual)
+}
+
+/// What an unfold did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct UnfoldReport {
+    pub input: PathBuf,
+    pub kind: FileKind,
+    pub output: PathBuf,
+    pub size: u64,
+    pub sha256: String,
+    pub verified: bool,
+    pub parts: usize,
+    pub backend: &'static str,
+    pub adapter: Option<AdapterDescription>,
+}
+
+/// Rebuilds the original bytes of a `.brick`, `.rts.png` or parts index into `output`,
+/// verifying every SHA-256; nothing is written unless all of them match.
+pub fn unfold_file(
+    backend: &Backend,
+    input: &Path,
+    output: &Path,
+    progress: &dyn Progress,
+) -> Result<UnfoldReport> {
+    let kind = detect(input)?;
+    let mut staged = StagedOutputs::new();
+    let (size, sha, parts) = if kind == FileKind::PartsIndex {
+        let index = PartsIndex::read(input)?;
+        let dir = input.parent().unwrap_or(Path::new("."));
+        progress.stage("unfolding parts", index.size);
+        let mut whole = sha2::Sha256::default();
+        staged
+            .write(output, |w| {
+                for part in &index.parts {
+                    let bytes = decode_part(backend, dir, part).map_err(std::io::Error::other)?;
+                    sha2::Digest::update(&mut whole, &bytes);
+                    w.write_all(&bytes)?;
+                    progress.advance(part.size);
+                }
+                Ok(())
+            })
+            .map_err(|e| match e {
+                // Surface the part's own error (hash mismatch, malformed) rather than a write error.
+                Error::Io { source, .. } if source.get_ref().is_some_and(|s| s.is::<Error>()) => {
+                    *source
+                        .into_inner()
+                        .expect("checked")
+                        .downcast::<Error>()
+                        .expect("checked")
+                }
+                other => other,
+            })?;
+        let actual = hex::encode(sha2::Digest::finalize(whole));
+        if actual != index.sha256.to_ascii_lowercase() {
+            return Err(Error::HashMismatch {
+                path: input.to_path_buf(),
+                expected: index.sha256,
+                actual,
+            });
+        }
+        (index.size, actual, index.parts.len())
+    } else {
+        progress.stage("unfolding", 1);
+        let decoded = decode(backend, input)?;
+        let sha = verify(input, &decoded.bytes, &decoded.recorded_sha256)?;
+        staged.write(output, |w| w.write_all(&decoded.bytes))?;
+        progress.advance(1);
+        (decoded.bytes.len() as u64, sha, 1)
+    };
+    staged.commit()?;
+    Ok(UnfoldReport {
+        input: input.to_path_buf(),
+        kind,
+        output: output.to_path_buf(),
+        size,
+        sha256: sha,
+        verified: true,
+        parts,
+        backend: backend.label(),
+        adapter: backend.adapter().cloned(),
+    })
+}
+
+/// Decodes one part of a split, preferring its `.brick`, and checks its size and hash.
+fn decode_part(backend: &Backend, dir: &Path, part: &PartEntry) -> Result<Vec<u8>> {
+    let name = part
+        .brick
+        .iter()
+        .chain(part.rts_png.iter())
+        .find(|n| dir.join(n).exists())
+        .ok_or_else(|| {
+            Error::malformed(
+                dir.join(
+                    part.brick
+                        .as_ref()
+                        .or(part.rts_png.as_ref())
+                        .expect("index checked"),
+                ),
+                format!("part {} is missing", part.index),
+            )
+        })?;
+    let path = dir.join(name);
+    let decoded = decode(backend, &path)?;
+    if decoded.bytes.len() as u64 != part.size {
+        return Err(Error::malformed(
+            &path,
+            format!(
+                "holds {} bytes but the index says part {} has {}",
+                decoded.bytes.len(),
+                part.index,
+                part.size
+            ),
+        ));
+    }
+    verify(&path, &decoded.bytes, &decoded.recorded_sha256)?;
+    verify(&path, &decoded.bytes, &part.sha256)?;
+    Ok(decoded.bytes)
+}
+
+/// Renders the preview of a `.brick`, `.rts.png` or any other file into `output`.
+pub fn preview_file(
+    backend: &Backend,
+    input: &Path,
+    output: &Path,
+    palette: Palette,
+    side: u32,
+    legend: bool,
+) -> Result<OutputRecord> {
+    let (bytes, layout, order) = match detect(input)? {
+        FileKind::Brick | FileKind::RtsPng => {
+            let d = decode(backend, input)?;
+            (d.bytes, d.layout, d.order)
+        }
+        FileKind::PartsIndex => {
+            return Err(Error::malformed(
+                input,
+                "preview a part, or unfold the index first",
+            ));
+        }
+        FileKind::Raw => {
+            let data = read_input(input)?.to_vec();
+            let order = order_for_cells(data.len() as u64);
+            (data, Layout::Brick, order)
+        }
+    };
+    let image = preview::render(backend, &bytes, layout, order, palette, side, legend)?;
+    let mut staged = StagedOutputs::new();
+    staged.write(output, |w| preview::write_png(w, &image))?;
+    let written = staged.commit()?.remove(0);
+    Ok(OutputRecord {
+        path: written.path,
+        kind: "preview",
+        side: Some(side),
+        bytes: written.bytes,
+    })
+}
+
+/// What `info` found.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct InfoReport {
+    pub path: PathBuf,
+    pub kind: FileKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub header: Option<BrickHeader>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parts: Option<PartsIndex>,
+    pub side: Option<u32>,
+    pub capacity_bytes: Option<u64>,
+    pub data_size: u64,
+    pub fill_percent: Option<f64>,
+    pub entropy: Option<f64>,
+    pub flags: Vec<&'static str>,
+    pub sha256: Option<String>,
+    pub valid: bool,
+    pub problems: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+impl InfoReport {
+    fn new(path: &Path, kind: FileKind) -> Self {
+        InfoReport {
+            path: path.to_path_buf(),
+            kind,
+            header: None,
+            metadata: None,
+            parts: None,
+            side: None,
+            capacity_bytes: None,
+            data_size: 0,
+            fill_percent: None,
+            entropy: None,
+            flags: Vec::new(),
+            sha256: None,
+            valid: false,
+            problems: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    fn set_payload(
+        &mut self,
+        side: u32,
+        capacity: u64,
+        data_size: u64,
+        bytes: Option<&[u8]>,
+        recorded: &str,
+    ) {
+        self.side = Some(side);
+        self.capacity_bytes = Some(capacity);
+        self.data_size = data_size;
+        self.fill_percent = Some(if capacity == 0 {
+            0.0
+        } else {
+            100.0 * data_size as f64 / capacity as f64
+        });
+        if let Some(bytes) = bytes {
+            let facts = byte_facts(bytes);
+            self.entropy = Some(facts.entropy);
+            if facts.sha256_hex() != recorded.to_ascii_lowercase() {
+                self.problems.push(format!(
+                    "SHA-256 mismatch: recorded {recorded}, decoded bytes hash to {}",
+                    facts.sha256_hex()
+                ));
+            }
+            self.sha256 = Some(facts.sha256_hex());
+        }
+    }
+}
+
+/// Reads a `.brick`, `.rts.png` or parts index and judges it against the contract.
+/// Only files that cannot be parsed at all are errors; everything else is a verdict.
+pub fn info(backend: &Backend, path: &Path) -> Result<InfoReport> {
+    let kind = detect(path)?;
+    let mut report = InfoReport::new(path, kind);
+    match kind {
+        FileKind::Brick => info_brick(backend, path, &mut report)?,
+        FileKind::RtsPng => info_rts(backend, path, &mut report)?,
+        FileKind::PartsIndex => info_parts(backend, path, &mut report)?,
+        FileKind::Raw => {
+            return Err(Error::malformed(
+                path,
+                "not a .brick (V2BR), .rts.png (PixelRTS) or parts index",
+            ))
+        }
+    }
+    report.valid = report.problems.is_empty();
+    Ok(report)
+}
+
+fn info_brick(backend: &Backend, path: &Path, report: &mut InfoReport) -> Result<()> {
+    let b = Brick::read_lenient(path)?;
+    let h = &b.header;
+    report.flags = flags::names(h.flags);
+    report.problems.extend(h.fatal_problems());
+    report.warnings.extend(h.minor_problems());
+    let decoded = if report.problems.is_empty() {
+        report.problems.extend(b.pixel_problems());
+        Some(backend.unfold(
+            Layout::Brick,
+            &b.texture,
+            h.hilbert_order,
+            h.original_size as usize,
+        )?)
+    } else {
+        None
+    };
+    report.set_payload(
+        h.width,
+        h.capacity(),
+        h.original_size,
+        decoded.as_deref(),
+        &hex::encode(h.hash),
+    );
+    if let (Some(recorded), Some(actual)) = (Some(h.entropy), report.entropy) {
+        if (f64::from(recorded) - actual).abs() > 1e-3 {
+            report.warnings.push(format!(
+                "header entropy {recorded} differs from the data's {actual:.4}"
+            ));
+        }
+    }
+    let sidecar = brick::sidecar_path(path);
+    let has_flag = h.flags & flags::HAS_METADATA != 0;
+    match (has_flag, sidecar.exists()) {
+        (true, false) => report.problems.push(format!(
+            "HAS_METADATA is set but {} is missing",
+            sidecar.display()
+        )),
+        (false, true) => report.warnings.push(format!(
+            "{} exists but HAS_METADATA is not set",
+            sidecar.display()
+        )),
+        (true, true) => {
+            match std::fs::read_to_string(&sidecar).map(|t| serde_json::from_str::<Value>(&t)) {
+                Ok(Ok(meta)) => {
+                    if meta.get("version").is_some_and(|v| !v.is_string()) {
+                        report.problems.push(format!(
+                            "{}: \"version\" must be a string",
+                            sidecar.display()
+                        ));
+                    }
+                    report.metadata = Some(meta);
+                }
+                _ => report
+                    .problems
+                    .push(format!("{} is not valid JSON", sidecar.display())),
+            }
+        }
+        (false, false) => {}
+    }
+    report.header = Some(b.header);
+    Ok(())
+}
+
+fn info_rts(backend: &Backend, path: &Path, report: &mut InfoReport) -> Result<()> {
+    let r = RtsPng::read(path)?;
+    report.warnings.extend(r.warnings.iter().cloned());
+    let chunks = rts_png::chunk_list(path)?;
+    let position = |kind: &str, key: Option<&str>| {
+        chunks
+            .iter()
+            .position(|(k, kw)| k == kind && (key.is_none() || kw.as_deref() == key))
+    };
+    let first_idat = position("IDAT", None).unwrap_or(usize::MAX);
+    let first_text = position("tEXt", None);
+    if first_text != position("tEXt", Some(rts_png::TEXT_KEY)) {
+        report
+            .warnings
+            .push("the PixelRTS tEXt is not the first text chunk".into());
+    }
+    if let Some(bp) = position("tEXt", Some(rts_png::BLUEPRINT_KEY)) {
+        if bp > first_idat {
+            report
+                .problems
+                .push("the PixelRTS-Blueprint tEXt comes after IDAT".into());
+        }
+    }
+    let order = order_of_side(r.side);
+    let capacity = u64::from(r.side) * u64::from(r.side) * 4;
+    let bytes = backend.unfold(Layout::Rts, &r.texture, order, r.data_size() as usize)?;
+    match r.data_hash() {
+        Some(recorded) => {
+            report.set_payload(r.side, capacity, r.data_size(), Some(&bytes), &recorded)
+        }
+        None => {
+            report.problems.push("metadata has no data_hash".into());
+            report.set_payload(r.side, capacity, r.data_size(), None, "");
+        }
+    }
+    let sidecars = rts_png::sidecar_paths(path);
+    let present: Vec<_> = sidecars.iter().filter(|p| p.exists()).collect();
+    if present.len() == 1 {
+        report.problems.push(format!(
+            "only one sidecar exists ({}); write both or none",
+            present[0].display()
+        ));
+    }
+    for sidecar in present {
+        let same = std::fs::read_to_string(sidecar)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .is_some_and(|v| v == r.metadata);
+        if !same {
+            report.problems.push(format!(
+                "{} differs from the embedded text (the Python tools would use the sidecar)",
+                sidecar.display()
+            ));
+        }
+    }
+    report.metadata = Some(r.metadata);
+    Ok(())
+}
+
+fn info_parts(backend: &Backend, path: &Path, report: &mut InfoReport) -> Result<()> {
+    let index = PartsIndex::read(path)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut whole = sha2::Sha256::default();
+    for part in &index.parts {
+        match decode_part(backend, dir, part) {
+            Ok(bytes) => sha2::Digest::update(&mut whole, &bytes),
+            Err(e) => report.problems.push(format!("part {}: {e}", part.index)),
+        }
+    }
+    report.data_size = index.size;
+    if report.problems.is_empty() {
+        let actual = hex::encode(sha2::Digest::finalize(whole));
+        if actual != index.sha256 {
+            report.problems.push(format!(
+                "whole SHA-256 mismatch: index says {}, parts give {actual}",
+                index.sha256
+            ));
+        }
+        report.sha256 = Some(actual);
+    }
+    report.parts = Some(index);
+    Ok(())
+}

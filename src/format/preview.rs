@@ -1,0 +1,347 @@
+//! `NAME.preview.png`: palettes people know from binvis (byte class, entropy, gray, raw RGBA),
+//! downscaled by summarising each pixel's whole run of bytes, never by point-sampling.
+
+use crate::backend::Backend;
+use crate::curve::d2xy;
+use crate::error::{Error, Result};
+use crate::kernels::preview_stats::{EntropyTable, RunStats, CLASS_NAMES, MAX_RUN_LEN};
+use crate::kernels::Layout;
+use std::io::Write;
+
+/// How bytes become colours.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Palette {
+    /// binvis classes: 0x00 black, low blue-green, ASCII blue, high red, 0xFF white; mixed runs blend.
+    #[default]
+    Byteclass,
+    /// True Shannon entropy of the bytes behind each pixel, scurve/binvis colour curve.
+    Entropy,
+    /// Mean byte value.
+    Gray,
+    /// Mean texture colour: the raw pixels as stored.
+    Rgba,
+}
+
+/// Colour of each byte class, in `CLASS_NAMES` order (formats.md §6).
+pub const CLASS_COLOURS: [[u8; 3]; 5] = [
+    [0x00, 0x00, 0x00],
+    [0x4d, 0xaf, 0x4a],
+    [0x10, 0x72, 0xb8],
+    [0xe4, 0x1a, 0x1c],
+    [0xff, 0xff, 0xff],
+];
+
+/// Colour of pixels with no source bytes behind them (texture padding).
+pub const NO_DATA: [u8; 3] = [0x38, 0x38, 0x38];
+
+/// Smallest block, in bytes, whose entropy the entropy palette shows.
+pub const ENTROPY_WINDOW: u64 = 256;
+
+/// Smallest and largest `--preview-side`.
+pub const PREVIEW_SIDES: std::ops::RangeInclusive<u32> = 16..=8192;
+
+/// A rendered preview, RGBA rows top first.
+pub struct PreviewImage {
+    pub width: u32,
+    pub height: u32,
+    pub rgba: Vec<u8>,
+}
+
+fn scurve(v: f64) -> f64 {
+    (4.0 * v - 4.0 * v * v).powi(4).max(0.0)
+}
+
+/// The binvis entropy colour for `e` in 0..=1 (entropy / 8 bits).
+pub fn entropy_colour(e: f64) -> [u8; 3] {
+    let r = if e > 0.5 { scurve(e - 0.5) } else { 0.0 };
+    let b = e * e;
+    [(r * 255.0).round() as u8, 0, (b * 255.0).round() as u8]
+}
+
+/// Bytes at absolute offsets `start..start+len` that fall on channel `c` (offset % 4).
+fn channel_count(start: u64, len: u64, c: u64) -> u64 {
+    let first = (c + 4 - start % 4) % 4;
+    if first >= len {
+        0
+    } else {
+        (len - first).div_ceil(4)
+    }
+}
+
+fn colour(
+    stats: &RunStats,
+    run_start: u64,
+    palette: Palette,
+    layout: Layout,
+    table: &EntropyTable,
+) -> [u8; 4] {
+    let n = u64::from(stats.bytes());
+    if n == 0 {
+        return match (palette, layout) {
+            (Palette::Rgba, Layout::Rts) => [0, 0, 0, 0],
+            (Palette::Rgba, Layout::Brick) => [0, 0, 0, 255],
+            _ => [NO_DATA[0], NO_DATA[1], NO_DATA[2], 255],
+        };
+    }
+    let mean = |sum: u64, count: u64| ((sum + count / 2) / count.max(1)) as u8;
+    let gray = || {
+        let v = mean(stats.channel_sums.iter().map(|&s| u64::from(s)).sum(), n);
+        [v, v, v, 255]
+    };
+    match palette {
+        Palette::Byteclass => {
+            let mut rgb = [0u64; 3];
+            for (count, colour) in stats.classes.iter().zip(CLASS_COLOURS) {
+                for (acc, c) in rgb.iter_mut().zip(colour) {
+                    *acc += u64::from(*count) * u64::from(c);
+                }
+            }
+            [mean(rgb[0], n), mean(rgb[1], n), mean(rgb[2], n), 255]
+        }
+        Palette::Entropy => {
+            let [r, g, b] = entropy_colour(table.bits(stats.entropy_fixed) / 8.0);
+            [r, g, b, 255]
+        }
+        Palette::Gray => gray(),
+        // A brick's texels are gray already, so its raw view is the gray one.
+        Palette::Rgba if layout == Layout::Brick => gray(),
+        Palette::Rgba => {
+            let mut px = [0u8; 4];
+            for (c, out) in px.iter_mut().enumerate() {
+                *out = mean(
+                    u64::from(stats.channel_sums[c]),
+                    channel_count(run_start, n, c as u64),
+                );
+            }
+            px
+        }
+    }
+}
+
+/// Renders the preview of `data` laid out as a texture of `order` in `layout`,
+/// `side` pixels wide (a power of two), with an optional legend strip below.
+pub fn render(
+    backend: &Backend,
+    data: &[u8],
+    layout: Layout,
+    order: u32,
+    palette: Palette,
+    side: u32,
+    legend: bool,
+) -> Result<PreviewImage> {
+    if !side.is_power_of_two() || !PREVIEW_SIDES.contains(&side) {
+        return Err(Error::Usage(format!(
+            "preview side {side} must be a power of two from {} to {}",
+            PREVIEW_SIDES.start(),
+            PREVIEW_SIDES.end()
+        )));
+    }
+    let preview_order = side.trailing_zeros();
+    let bpp = layout.bytes_per_pixel() as u64;
+    // Entropy of a handful of bytes says nothing (4 bytes hold at most 2 bits),
+    // so the entropy palette measures aligned curve blocks of at least
+    // ENTROPY_WINDOW bytes, each a square of the texture, and says so.
+    let min_run = if palette == Palette::Entropy {
+        ENTROPY_WINDOW
+    } else {
+        1
+    };
+    let mut stats_order = order.min(preview_order);
+    while stats_order > 0 && (1u64 << (2 * (order - stats_order))) * bpp < min_run {
+        stats_order -= 1;
+    }
+    let run_len = (1u64 << (2 * (order - stats_order))) * bpp;
+    if run_len > MAX_RUN_LEN as u64 {
+        return Err(Error::Usage(format!(
+            "a {side}-pixel preview of a side-{} texture would summarise {run_len} bytes a pixel; use a larger --preview-side",
+            1u64 << order
+        )));
+    }
+    let runs = 1usize << (2 * stats_order);
+    let table = EntropyTable::for_run_len(run_len as usize);
+    let stats = backend.preview_stats(data, run_len as usize, runs, &table)?;
+
+    let scale = 1usize << (preview_order - stats_order);
+    let width = side as usize;
+    let mut rgba = vec![0u8; width * width * 4];
+    for (run, s) in stats.iter().enumerate() {
+        let px = colour(s, run as u64 * run_len, palette, layout, &table);
+        let (x, y) = d2xy(stats_order, run as u64);
+        for row in 0..scale {
+            let at = ((y as usize * scale + row) * width + x as usize * scale) * 4;
+            for cell in rgba[at..at + scale * 4].chunks_exact_mut(4) {
+                cell.copy_from_slice(&px);
+            }
+        }
+    }
+    let mut image = PreviewImage {
+        width: side,
+        height: side,
+        rgba,
+    };
+    if legend {
+        add_legend(&mut image, palette, layout);
+    }
+    Ok(image)
+}
+
+/// Draws `text` in the 8x8 font at `(x, y)`, `scale` pixels per font pixel.
+pub fn draw_text(
+    image: &mut PreviewImage,
+    x: usize,
+    y: usize,
+    text: &str,
+    scale: usize,
+    colour: [u8; 4],
+) {
+    let (w, h) = (image.width as usize, image.height as usize);
+    for (i, ch) in text.chars().enumerate() {
+        let glyph = font8x8::legacy::BASIC_LEGACY
+            .get(ch as usize)
+            .copied()
+            .unwrap_or(font8x8::legacy::BASIC_LEGACY[b'?' as usize]);
+        for (gy, bits) in glyph.iter().enumerate() {
+            for gx in 0..8 {
+                if bits >> gx & 1 == 0 {
+                    continue;
+                }
+                for sy in 0..scale {
+                    for sx in 0..scale {
+                        let px = x + (i * 8 + gx) * scale + sx;
+                        let py = y + gy * scale + sy;
+                        if px < w && py < h {
+                            image.rgba[(py * w + px) * 4..][..4].copy_from_slice(&colour);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Fills a rectangle, clipped to the image.
+pub fn fill_rect(
+    image: &mut PreviewImage,
+    x: usize,
+    y: usize,
+    w: usize,
+    h: usize,
+    colour: [u8; 4],
+) {
+    let (iw, ih) = (image.width as usize, image.height as usize);
+    for py in y..(y + h).min(ih) {
+        for px in x..(x + w).min(iw) {
+            image.rgba[(py * iw + px) * 4..][..4].copy_from_slice(&colour);
+        }
+    }
+}
+
+fn add_legend(image: &mut PreviewImage, palette: Palette, layout: Layout) {
+    let scale = if image.width >= 1024 { 2 } else { 1 };
+    let strip = 12 * scale;
+    let width = image.width as usize;
+    let top = image.height as usize;
+    image.height += strip as u32;
+    image.rgba.resize(width * image.height as usize * 4, 0);
+    fill_rect(image, 0, top, width, strip, [0x18, 0x18, 0x18, 255]);
+    let text_y = top + 2 * scale;
+    let white = [0xee, 0xee, 0xee, 255];
+    let swatch = |image: &mut PreviewImage, x: usize, rgb: [u8; 3], label: &str| -> usize {
+        fill_rect(
+            image,
+            x,
+            text_y,
+            8 * scale,
+            8 * scale,
+            [rgb[0], rgb[1], rgb[2], 255],
+        );
+        draw_text(image, x + 10 * scale, text_y, label, scale, white);
+        x + (12 + 8 * label.len()) * scale
+    };
+    match palette {
+        Palette::Byteclass => {
+            let mut x = 2 * scale;
+            for (name, rgb) in CLASS_NAMES.iter().zip(CLASS_COLOURS) {
+                x = swatch(image, x, rgb, name);
+            }
+            swatch(image, x, NO_DATA, "none");
+        }
+        Palette::Entropy | Palette::Gray => {
+            draw_text(image, 2 * scale, text_y, "0", scale, white);
+            let bar_x = 12 * scale;
+            let bar_w = (width / 3).max(16);
+            for i in 0..bar_w {
+                let v = i as f64 / (bar_w - 1) as f64;
+                let rgb = if palette == Palette::Entropy {
+                    entropy_colour(v)
+                } else {
+                    [(v * 255.0).round() as u8; 3]
+                };
+                fill_rect(
+                    image,
+                    bar_x + i,
+                    text_y,
+                    1,
+                    8 * scale,
+                    [rgb[0], rgb[1], rgb[2], 255],
+                );
+            }
+            let label = if palette == Palette::Entropy {
+                "8 bits/B, 256 B blocks"
+            } else {
+                "255"
+            };
+            draw_text(
+                image,
+                bar_x + bar_w + 2 * scale,
+                text_y,
+                label,
+                scale,
+                white,
+            );
+        }
+        Palette::Rgba => {
+            let label = if layout == Layout::Rts {
+                "raw RGBA texels"
+            } else {
+                "raw bytes (gray)"
+            };
+            draw_text(image, 2 * scale, text_y, label, scale, white);
+        }
+    }
+}
+
+/// Writes `image` as an 8-bit RGBA PNG.
+pub fn write_png(out: &mut dyn Write, image: &PreviewImage) -> std::io::Result<()> {
+    let mut encoder = png::Encoder::new(out, image.width, image.height);
+    encoder.set_color(png::ColorType::Rgba);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder.set_compression(png::Compression::Fast);
+    let to_io = |e: png::EncodingError| std::io::Error::other(e.to_string());
+    let mut writer = encoder.write_header().map_err(to_io)?;
+    writer.write_image_data(&image.rgba).map_err(to_io)?;
+    writer.finish().map_err(to_io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entropy_colours_follow_binvis_curve() {
+        assert_eq!(entropy_colour(0.0), [0, 0, 0]);
+        assert_eq!(entropy_colour(1.0), [0, 0, 255]);
+        assert_eq!(entropy_colour(0.5), [0, 0, 64]);
+        let [r, _, _] = entropy_colour(0.75);
+        assert_eq!(r, 255);
+    }
+
+    #[test]
+    fn channel_counts() {
+        assert_eq!(channel_count(0, 8, 0), 2);
+        assert_eq!(channel_count(1, 3, 0), 0);
+        assert_eq!(channel_count(1, 3, 3), 1);
+        assert_eq!(channel_count(4, 5, 0), 2);
+    }
+}

@@ -1,0 +1,107 @@
+//! Atomic output: every file is written to a temporary sibling and renamed into place only
+//! when the whole set succeeded, so a failed run leaves no partial file and keeps old outputs.
+
+use crate::error::{Error, Result};
+use std::fs::Permissions;
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use tempfile::NamedTempFile;
+
+/// Files written but not yet renamed into place.
+#[derive(Default)]
+pub struct StagedOutputs {
+    staged: Vec<(NamedTempFile, PathBuf)>,
+}
+
+/// One file once it is in place.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct WrittenFile {
+    pub path: PathBuf,
+    pub bytes: u64,
+}
+
+impl StagedOutputs {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Writes `path`'s future content through `write` into a temporary file beside it.
+    pub fn write(
+        &mut self,
+        path: &Path,
+        write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+    ) -> Result<()> {
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create directory", e))?;
+        let name = path
+            .file_name()
+            .map_or_else(Default::default, |n| n.to_string_lossy());
+        let mut temp = tempfile::Builder::new()
+            .prefix(&format!(".{name}."))
+            .suffix(".tmp")
+            .permissions(Permissions::from_mode(0o644))
+            .tempfile_in(dir)
+            .map_err(|e| Error::io(dir, "create temporary file", e))?;
+        {
+            let mut writer = BufWriter::with_capacity(1 << 20, temp.as_file_mut());
+            write(&mut writer)
+                .and_then(|()| writer.flush())
+                .map_err(|e| Error::io(path, "write", e))?;
+        }
+        self.staged.push((temp, path.to_path_buf()));
+        Ok(())
+    }
+
+    /// Paths staged so far, in order.
+    pub fn paths(&self) -> impl Iterator<Item = &Path> {
+        self.staged.iter().map(|(_, p)| p.as_path())
+    }
+
+    /// Renames every staged file into place, in the order they were written.
+    pub fn commit(self) -> Result<Vec<WrittenFile>> {
+        let mut written = Vec::with_capacity(self.staged.len());
+        for (temp, path) in self.staged {
+            let bytes = temp
+                .as_file()
+                .metadata()
+                .map_err(|e| Error::io(&path, "stat", e))?
+                .len();
+            temp.persist(&path)
+                .map_err(|e| Error::io(&path, "rename into place", e.error))?;
+            written.push(WrittenFile { path, bytes });
+        }
+        Ok(written)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nothing_lands_until_commit_and_failures_leave_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.bin");
+        let mut staged = StagedOutputs::new();
+        staged.write(&a, |w| w.write_all(b"first")).unwrap();
+        assert!(!a.exists());
+        let failed = staged.write(&dir.path().join("b.bin"), |_| {
+            Err(std::io::Error::other("disk full"))
+        });
+        assert!(failed.is_err());
+        drop(staged);
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(leftovers.is_empty(), "temporary files must be removed");
+
+        let mut staged = StagedOutputs::new();
+        staged.write(&a, |w| w.write_all(b"second")).unwrap();
+        let written = staged.commit().unwrap();
+        assert_eq!(written[0].bytes, 6);
+        assert_eq!(std::fs::read(&a).unwrap(), b"second");
+    }
+}

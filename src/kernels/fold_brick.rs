@@ -1,0 +1,35 @@
+//! `fold_brick`: CPU twin of `shaders/fold_brick.wgsl` (one byte per pixel, R=G=B=byte, A=255).
+
+use super::{fold_tiled, Layout, PixelSource};
+
+struct BrickBytes<'a>(&'a [u8]);
+
+impl PixelSource for BrickBytes<'_> {
+    fn whole_pixels(&self) -> usize {
+        self.0.len()
+    }
+    #[inline(always)]
+    fn pixel(&self, p: usize) -> u32 {
+        brick_pixel(self.0[p])
+    }
+    fn pixel_or_padding(&self, p: usize) -> u32 {
+        self.0
+            .get(p)
+            .map_or(Layout::Brick.padding_pixel(), |&b| brick_pixel(b))
+    }
+}
+
+/// The `.brick` pixel of one source byte, as little-endian RGBA.
+#[inline(always)]
+pub fn brick_pixel(byte: u8) -> u32 {
+    u32::from(byte) * 0x0001_0101 | 0xFF00_0000
+}
+
+/// Folds `data` into `texture` (side `2^order`, `data.len() <= 4^order`).
+pub fn fold_brick(data: &[u8], order: u32, texture: &mut [u32]) {
+    assert!(
+        data.len() <= texture.len(),
+        "source larger than the texture"
+    );
+    fold_tiled(order, &BrickBytes(data), texture);
+}

@@ -1,0 +1,188 @@
+//! `preview_stats`: CPU twin of `shaders/preview_stats.wgsl`: per run of consecutive bytes,
+//! the binvis byte-class counts, the Shannon entropy in fixed point, and per-channel sums.
+//!
+//! A `2^k x 2^k` block of a Hilbert texture is exactly one run of `4^k`
+//! consecutive curve cells, so these runs are what one preview pixel shows.
+//! Every figure is an integer computed the same way on both backends; the
+//! entropy uses a shared table of `c * log2(c)` so no float reaches the result.
+
+use rayon::prelude::*;
+
+/// `u32` words per run in the kernel's output.
+pub const STATS_WORDS: usize = 10;
+
+/// Largest run one preview pixel may summarise (keeps every sum inside `u32`).
+pub const MAX_RUN_LEN: usize = 1 << 24;
+
+/// The binvis byte classes, in the order of [`RunStats::classes`].
+pub const CLASS_NAMES: [&str; 5] = ["0x00", "low", "ascii", "high", "0xFF"];
+
+/// Index into [`CLASS_NAMES`] of a byte.
+#[inline(always)]
+pub fn byte_class(byte: u8) -> usize {
+    match byte {
+        0x00 => 0,
+        0x09 | 0x0A | 0x0D | 0x20..=0x7E => 2,
+        0x01..=0x1F => 1,
+        0x7F..=0xFE => 3,
+        0xFF => 4,
+    }
+}
+
+/// What one preview pixel knows about its run of bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct RunStats {
+    /// Bytes of each class (see [`CLASS_NAMES`]); their sum is the run's byte count.
+    pub classes: [u32; 5],
+    /// Shannon entropy in bits/byte, scaled by `2^EntropyTable::shift`.
+    pub entropy_fixed: u32,
+    /// Sums of the bytes whose absolute offset is 0, 1, 2, 3 modulo 4.
+    pub channel_sums: [u32; 4],
+}
+
+impl RunStats {
+    /// Bytes of source data behind this run (0 for a run made only of padding).
+    pub fn bytes(&self) -> u32 {
+        self.classes.iter().sum()
+    }
+}
+
+/// `round(c * log2(c) * 2^shift)` for `c` in `0..=run_len`, shared by both backends.
+#[derive(Clone, Debug)]
+pub struct EntropyTable {
+    /// Fixed-point shift of every value and of [`RunStats::entropy_fixed`].
+    pub shift: u32,
+    /// The table itself, uploaded as-is to the GPU.
+    pub nlogn: Vec<u32>,
+}
+
+impl EntropyTable {
+    /// The table for runs of at most `run_len` bytes, with the largest shift
+    /// (at most 16) that keeps `run_len * log2(run_len)` inside `u32`.
+    pub fn for_run_len(run_len: usize) -> Self {
+        assert!(
+            (1..=MAX_RUN_LEN).contains(&run_len),
+            "run length out of range"
+        );
+        let top = run_len as f64 * (run_len as f64).log2();
+        let mut shift = 16;
+        while shift > 0 && top * f64::from(1u32 << shift) >= f64::from(u32::MAX) {
+            shift -= 1;
+        }
+        let scale = f64::from(1u32 << shift);
+        let nlogn = (0..=run_len)
+            .map(|c| {
+                let c = c as f64;
+                if c < 2.0 {
+                    0
+                } else {
+                    (c * c.log2() * scale).round() as u32
+                }
+            })
+            .collect();
+        EntropyTable { shift, nlogn }
+    }
+
+    /// Fixed-point entropy of a histogram with `total` bytes and `sum_nlogn` = sum of table values.
+    pub fn entropy_fixed(&self, total: u32, sum_nlogn: u32) -> u32 {
+        if total == 0 {
+            return 0;
+        }
+        let cap = 8u32 << self.shift;
+        (self.nlogn[total as usize].saturating_sub(sum_nlogn) / total).min(cap)
+    }
+
+    /// Entropy in bits/byte (0..=8) of a fixed-point value from this table.
+    pub fn bits(&self, entropy_fixed: u32) -> f64 {
+        f64::from(entropy_fixed) / f64::from(1u32 << self.shift)
+    }
+}
+
+/// Stats of one run starting at absolute byte offset `start`.
+fn run_stats(run: &[u8], start: usize, table: &EntropyTable) -> RunStats {
+    let mut histogram = [0u32; 256];
+    let mut stats = RunStats::default();
+    for (i, &b) in run.iter().enumerate() {
+        histogram[b as usize] += 1;
+        stats.channel_sums[(start + i) & 3] += u32::from(b);
+    }
+    let mut sum_nlogn = 0u32;
+    for (value, &count) in histogram.iter().enumerate() {
+        stats.classes[byte_class(value as u8)] += count;
+        sum_nlogn = sum_nlogn.wrapping_add(table.nlogn[count as usize]);
+    }
+    stats.entropy_fixed = table.entropy_fixed(run.len() as u32, sum_nlogn);
+    stats
+}
+
+/// Stats of `runs` consecutive runs of `run_len` bytes of `data` (runs past
+/// the end of `data` are all zero: no bytes behind them).
+pub fn preview_stats(
+    data: &[u8],
+    run_len: usize,
+    runs: usize,
+    table: &EntropyTable,
+) -> Vec<RunStats> {
+    assert!(
+        table.nlogn.len() > run_len,
+        "entropy table too short for the run length"
+    );
+    (0..runs)
+        .into_par_iter()
+        .with_min_len(64)
+        .map(|r| {
+            let start = r.saturating_mul(run_len).min(data.len());
+            let end = start.saturating_add(run_len).min(data.len());
+            run_stats(&data[start..end], start, table)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes_follow_binvis() {
+        assert_eq!(byte_class(0), 0);
+        assert_eq!(byte_class(b'\n'), 2);
+        assert_eq!(byte_class(b'A'), 2);
+        assert_eq!(byte_class(0x01), 1);
+        assert_eq!(byte_class(0x7F), 3);
+        assert_eq!(byte_class(0xFE), 3);
+        assert_eq!(byte_class(0xFF), 4);
+    }
+
+    #[test]
+    fn entropy_of_uniform_and_constant_runs() {
+        let table = EntropyTable::for_run_len(256);
+        let uniform: Vec<u8> = (0..=255).collect();
+        let stats = preview_stats(&uniform, 256, 1, &table);
+        assert!((table.bits(stats[0].entropy_fixed) - 8.0).abs() < 1e-3);
+        let constant = vec![7u8; 256];
+        assert_eq!(preview_stats(&constant, 256, 1, &table)[0].entropy_fixed, 0);
+        let half: Vec<u8> = (0..256).map(|i| (i % 2) as u8).collect();
+        assert!(
+            (table.bits(preview_stats(&half, 256, 1, &table)[0].entropy_fixed) - 1.0).abs() < 1e-3
+        );
+    }
+
+    #[test]
+    fn runs_past_the_end_are_empty() {
+        let table = EntropyTable::for_run_len(4);
+        let stats = preview_stats(&[1, 2, 3, 4, 5], 4, 3, &table);
+        assert_eq!(stats[0].bytes(), 4);
+        assert_eq!(stats[1].bytes(), 1);
+        assert_eq!(stats[1].channel_sums, [5, 0, 0, 0]);
+        assert_eq!(stats[2], RunStats::default());
+    }
+
+    #[test]
+    fn table_shift_shrinks_for_long_runs() {
+        assert_eq!(EntropyTable::for_run_len(64).shift, 16);
+        let long = EntropyTable::for_run_len(1 << 20);
+        assert!(long.shift < 16);
+        assert!(*long.nlogn.last().unwrap() < u32::MAX);
+    }
+}

@@ -1,0 +1,19 @@
+//! `unfold_rts`: CPU twin of `shaders/unfold_rts.wgsl` (RGBA bytes of each pixel, truncated to the length).
+
+use super::{unfold_tiled, PixelSink};
+
+struct DenseRgba;
+
+impl PixelSink for DenseRgba {
+    const BYTES_PER_PIXEL: usize = 4;
+    #[inline(always)]
+    fn put(pixel: u32, out: &mut [u8]) {
+        let n = out.len();
+        out.copy_from_slice(&pixel.to_le_bytes()[..n]);
+    }
+}
+
+/// Reads `out.len()` bytes back from an `.rts.png` texture of side `2^order`.
+pub fn unfold_rts(texture: &[u32], order: u32, out: &mut [u8]) {
+    unfold_tiled::<DenseRgba>(order, texture, out);
+}

@@ -1,0 +1,31 @@
+//! foundry-gpu: folds Linux artifacts into Hilbert-curve textures ("bricks") and back, losslessly.
+//!
+//! The map of the crate (see `shared/docs/architecture.md`):
+//!
+//! - [`curve`]: the Hilbert curve, the single source of truth for `d2xy`/`xy2d`.
+//! - [`kernels`]: CPU twins of the WGSL kernels in `shaders/` (same names, same bytes).
+//! - [`backend`]: choosing and driving an engine: CPU (rayon) or GPU (wgpu).
+//! - [`format`]: `.brick` (V2BR), `.rts.png` (PixelRTS v2), parts indexes, previews.
+//! - [`fold`]: the operations the CLI exposes: fold, unfold, info, preview.
+//! - [`analysis`]: local, deterministic facts about the bytes (entropy, text, ELF magic).
+//!
+//! The library never prints; the `foundry-gpu` binary does.
+
+#[cfg(target_endian = "big")]
+compile_error!(
+    "foundry-gpu stores pixels as little-endian RGBA words and supports little-endian hosts only"
+);
+
+pub mod analysis;
+pub mod backend;
+pub mod curve;
+pub mod error;
+pub mod fold;
+pub mod format;
+pub mod kernels;
+pub mod progress;
+pub mod source;
+
+pub use backend::{Backend, BackendChoice, GpuOptions};
+pub use error::{Error, Result};
+pub use kernels::Layout;

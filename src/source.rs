@@ -1,0 +1,68 @@
+//! Reading what gets folded: regular files through mmap, everything else (pipes, `/proc`, `/sys`) to EOF.
+
+use crate::error::{Error, Result};
+use std::io::Read;
+use std::ops::Deref;
+use std::path::Path;
+
+/// Below this size a plain read beats setting up a mapping.
+const MMAP_THRESHOLD: u64 = 1 << 20;
+
+/// The bytes of one input, mapped or owned.
+pub enum InputBytes {
+    Mapped(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl Deref for InputBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            InputBytes::Mapped(m) => m,
+            InputBytes::Owned(v) => v,
+        }
+    }
+}
+
+/// Reads `path` whole. `/proc` and `/sys` files report size 0, so anything that
+/// is not a regular file of known size is read to EOF, never sized by `stat`.
+pub fn read_input(path: &Path) -> Result<InputBytes> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, "read", e))?;
+    if meta.is_dir() {
+        return Err(Error::malformed(
+            path,
+            "is a directory; fold takes one file",
+        ));
+    }
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, "read", e))?;
+    if meta.is_file() && meta.len() >= MMAP_THRESHOLD {
+        // SAFETY: the mapping is read-only and private to this process. Another
+        // process truncating the file while we read it could fault; the
+        // alternative, copying every input into memory first, doubles peak
+        // memory for multi-GiB inputs.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, "map", e))?;
+        return Ok(InputBytes::Mapped(map));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, "read", e))?;
+    Ok(InputBytes::Owned(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_files_are_read_to_eof() {
+        let bytes = read_input(Path::new("/proc/self/status")).unwrap();
+        assert!(bytes.starts_with(b"Name:"));
+    }
+
+    #[test]
+    fn directories_are_refused_by_name() {
+        let err = read_input(Path::new("/tmp")).err().unwrap();
+        assert!(err.to_string().starts_with("/tmp: is a directory"));
+        assert!(err.is_input_error());
+    }
+}
