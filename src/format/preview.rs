@@ -331,10 +331,10 @@ mod tests {
     #[test]
     fn entropy_colours_follow_binvis_curve() {
         assert_eq!(entropy_colour(0.0), [0, 0, 0]);
-        assert_eq!(entropy_colour(1.0), [0, 0, 255]);
+        assert_eq!(entropy_colour(1.0), [255, 0, 255]);
         assert_eq!(entropy_colour(0.5), [0, 0, 64]);
-        let [r, _, _] = entropy_colour(0.75);
-        assert_eq!(r, 255);
+        // f(0.25) = (1 - 0.25)^4 = 0.3164; b = 0.5625.
+        assert_eq!(entropy_colour(0.75), [81, 0, 143]);
     }
 
     #[test]

@@ -1,0 +1,124 @@
+//! Test harness: which GPU legs run (`FOUNDRY_TEST_GPU`), shared backends, test data,
+//! an independent reference fold written from formats.md, and a byte comparison that reports where.
+
+use foundry_gpu::backend::{Backend, BackendChoice, GpuOptions};
+use std::sync::OnceLock;
+
+/// `FOUNDRY_TEST_GPU`: `require` (CI: fail without an adapter), `auto` (default: skip without one), `off`.
+pub fn gpu_mode() -> String {
+    std::env::var("FOUNDRY_TEST_GPU").unwrap_or_else(|_| "auto".into())
+}
+
+fn open_gpu(options: GpuOptions) -> Option<Backend> {
+    match gpu_mode().as_str() {
+        "off" => None,
+        mode => match Backend::select(BackendChoice::Gpu, &options) {
+            Ok(b) => Some(b),
+            Err(e) if mode == "require" => panic!("FOUNDRY_TEST_GPU=require but no GPU: {e}"),
+            Err(e) => {
+                eprintln!("skipping GPU leg (FOUNDRY_TEST_GPU=auto): {e}");
+                None
+            }
+        },
+    }
+}
+
+/// The GPU backend with the device's own chunk size, shared by all tests.
+pub fn gpu() -> Option<&'static Backend> {
+    static GPU: OnceLock<Option<Backend>> = OnceLock::new();
+    GPU.get_or_init(|| open_gpu(GpuOptions::default())).as_ref()
+}
+
+/// A GPU backend forced to 16 KiB chunks, so ordinary inputs span many chunks.
+pub fn gpu_small_chunks() -> Option<&'static Backend> {
+    static GPU: OnceLock<Option<Backend>> = OnceLock::new();
+    GPU.get_or_init(|| {
+        open_gpu(GpuOptions {
+            max_chunk_bytes: Some(16 << 10),
+        })
+    })
+    .as_ref()
+}
+
+/// Deterministic bytes with the structure real files have: zero runs, text, noise.
+pub fn sample_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let text = b"The quick brown fox jumps over the lazy dog.\n";
+    (0..len)
+        .map(|i| match (i / 1500) % 4 {
+            0 => 0,
+            1 => text[i % text.len()],
+            _ => next() as u8,
+        })
+        .collect()
+}
+
+/// formats.md §1 pseudo-code, transcribed independently of the crate.
+pub fn spec_d2xy(order: u32, d: u64) -> (usize, usize) {
+    let n = 1u64 << order;
+    let (mut x, mut y, mut t, mut s) = (0u64, 0u64, d, 1u64);
+    while s < n {
+        let rx = 1 & (t >> 1);
+        let ry = 1 & (t ^ rx);
+        if ry == 0 {
+            if rx == 1 {
+                x = s - 1 - x;
+                y = s - 1 - y;
+            }
+            std::mem::swap(&mut x, &mut y);
+        }
+        x += s * rx;
+        y += s * ry;
+        t >>= 2;
+        s <<= 1;
+    }
+    (x as usize, y as usize)
+}
+
+/// The naive per-byte fold the contract describes, as RGBA bytes.
+pub fn reference_fold(data: &[u8], bytes_per_pixel: usize, order: u32) -> Vec<u8> {
+    let side = 1usize << order;
+    let mut out = vec![0u8; side * side * 4];
+    if bytes_per_pixel == 1 {
+        for px in out.chunks_exact_mut(4) {
+            px[3] = 255;
+        }
+    }
+    for (p, group) in data.chunks(bytes_per_pixel).enumerate() {
+        let (x, y) = spec_d2xy(order, p as u64);
+        let at = (y * side + x) * 4;
+        if bytes_per_pixel == 1 {
+            out[at..at + 3].fill(group[0]);
+        } else {
+            out[at..at + group.len()].copy_from_slice(group);
+        }
+    }
+    out
+}
+
+/// `Ok` when equal, else where and how they first differ.
+pub fn compare_bytes(what: &str, expected: &[u8], actual: &[u8]) -> Result<(), String> {
+    if expected.len() != actual.len() {
+        return Err(format!("{what}: lengths differ: {} vs {}", expected.len(), actual.len()));
+    }
+    match expected.iter().zip(actual).position(|(a, b)| a != b) {
+        None => Ok(()),
+        Some(i) => Err(format!(
+            "{what}: first difference at byte {i}: {:#04x} vs {:#04x}",
+            expected[i], actual[i]
+        )),
+    }
+}
+
+/// Panics with the comparison's message when the bytes differ.
+pub fn assert_same(what: &str, expected: &[u8], actual: &[u8]) {
+    if let Err(message) = compare_bytes(what, expected, actual) {
+        panic!("{message}");
+    }
+}

@@ -1,0 +1,6 @@
+//! The one integration-test binary: engine twins, formats, and the command line.
+
+mod cli;
+mod formats;
+mod harness;
+mod twins;
