@@ -1,1 +1,203 @@
-fn main() {}
+//! Criterion benches of the fold engine, each measured beside its floor (memcpy of the same bytes) in the same run.
+//!
+//! Groups (see benches/README.md): memcpy, memset_texture (floors), fold_brick,
+//! fold_rts, unfold_brick, unfold_rts, fold_naive (the per-byte d2xy loop the
+//! tiled kernels replace), rts_png_encode, brick_write and rts_png_write
+//! (end-to-end `fold` of a file on disk). GPU legs run only on a hardware
+//! adapter, or on any adapter with FOUNDRY_BENCH_GPU=1, and are labelled with
+//! the adapter kind so software timings are never read as GPU performance.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use foundry_gpu::backend::{Backend, BackendChoice, GpuOptions};
+use foundry_gpu::curve::{d2xy, order_for_cells};
+use foundry_gpu::fold::{fold_file, FoldOptions, OutputTarget};
+use foundry_gpu::format::rts_png::{write_rts_png, PngCompression};
+use foundry_gpu::progress::Silent;
+use foundry_gpu::Layout;
+use std::hint::black_box;
+use std::time::Duration;
+
+const MIB: usize = 1 << 20;
+
+fn sizes() -> Vec<usize> {
+    match std::env::var("FOUNDRY_BENCH_SIZES_MIB") {
+        Ok(list) => list
+            .split(',')
+            .filter_map(|s| s.trim().parse().ok())
+            .map(|m: usize| m * MIB)
+            .collect(),
+        Err(_) => vec![MIB, 16 * MIB, 64 * MIB, 256 * MIB],
+    }
+}
+
+/// Bytes shaped like a binary: code-like noise, text, zero padding.
+fn input(len: usize) -> Vec<u8> {
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    (0..len)
+        .map(|i| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            match (i >> 12) % 8 {
+                0 => 0,
+                1 | 2 => b"mov rax, [rbp-8]\n"[i % 17],
+                _ => (state >> 24) as u8 & 0x7F,
+            }
+        })
+        .collect()
+}
+
+fn backends() -> Vec<(String, Backend)> {
+    let mut all = vec![("cpu".to_string(), Backend::Cpu)];
+    let forced = std::env::var("FOUNDRY_BENCH_GPU").is_ok_and(|v| v == "1");
+    if forced || foundry_gpu::backend::gpu::hardware_adapter_present() {
+        if let Ok(gpu) = Backend::select(BackendChoice::Gpu, &GpuOptions::default()) {
+            all.push((gpu.label().to_string(), gpu));
+        }
+    }
+    all
+}
+
+fn configure<'a>(
+    c: &'a mut Criterion,
+    name: &str,
+) -> criterion::BenchmarkGroup<'a, criterion::measurement::WallTime> {
+    let mut group = c.benchmark_group(name);
+    group.sample_size(10);
+    group.warm_up_time(Duration::from_millis(500));
+    group.measurement_time(Duration::from_secs(2));
+    group
+}
+
+fn floors(c: &mut Criterion) {
+    let mut memcpy = configure(c, "memcpy");
+    for len in sizes() {
+        let src = input(len);
+        let mut dst = vec![0u8; len];
+        memcpy.throughput(Throughput::Bytes(len as u64));
+        memcpy.bench_function(BenchmarkId::from_parameter(len / MIB), |b| {
+            b.iter(|| dst.copy_from_slice(black_box(&src)))
+        });
+    }
+    memcpy.finish();
+    let mut memset = configure(c, "memset_texture");
+    for len in sizes() {
+        let order = order_for_cells(len as u64);
+        let mut texture = vec![0u32; 1 << (2 * order)];
+        memset.throughput(Throughput::Bytes(len as u64));
+        memset.bench_function(BenchmarkId::from_parameter(len / MIB), |b| {
+            b.iter(|| texture.fill(black_box(0xFF00_0000)))
+        });
+    }
+    memset.finish();
+}
+
+fn kernels(c: &mut Criterion) {
+    for (label, backend) in backends() {
+        for layout in [Layout::Brick, Layout::Rts] {
+            let layout_name = if layout == Layout::Brick {
+                "brick"
+            } else {
+                "rts"
+            };
+            let mut fold = configure(c, &format!("fold_{layout_name}"));
+            for len in sizes() {
+                let data = input(len);
+                let order = order_for_cells(layout.pixels_for(len as u64));
+                let mut texture = vec![0u32; 1 << (2 * order)];
+                fold.throughput(Throughput::Bytes(len as u64));
+                fold.bench_function(BenchmarkId::new(&label, len / MIB), |b| {
+                    b.iter(|| {
+                        backend
+                            .fold_into(layout, black_box(&data), order, &mut texture)
+                            .unwrap()
+                    })
+                });
+            }
+            fold.finish();
+            let mut unfold = configure(c, &format!("unfold_{layout_name}"));
+            for len in sizes() {
+                let data = input(len);
+                let order = order_for_cells(layout.pixels_for(len as u64));
+                let texture = Backend::Cpu.fold(layout, &data, order).unwrap();
+                let mut out = vec![0u8; len];
+                unfold.throughput(Throughput::Bytes(len as u64));
+                unfold.bench_function(BenchmarkId::new(&label, len / MIB), |b| {
+                    b.iter(|| {
+                        backend
+                            .unfold_into(layout, black_box(&texture), order, &mut out)
+                            .unwrap()
+                    })
+                });
+            }
+            unfold.finish();
+        }
+    }
+    // The loop the tiled kernels replace: one full d2xy per byte, single thread.
+    let mut naive = configure(c, "fold_naive");
+    let len = 16 * MIB;
+    let data = input(len);
+    let order = order_for_cells(len as u64);
+    let side = 1usize << order;
+    let mut texture = vec![0u32; side * side];
+    naive.throughput(Throughput::Bytes(len as u64));
+    naive.bench_function(BenchmarkId::new("brick", len / MIB), |b| {
+        b.iter(|| {
+            for (i, &byte) in data.iter().enumerate() {
+                let (x, y) = d2xy(order, i as u64);
+                texture[y as usize * side + x as usize] =
+                    (u32::from(byte) * 0x0001_0101) | 0xFF00_0000;
+            }
+        })
+    });
+    naive.finish();
+}
+
+fn writers(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut encode = configure(c, "rts_png_encode");
+    for len in sizes() {
+        let data = input(len);
+        let order = order_for_cells(Layout::Rts.pixels_for(len as u64));
+        let texture = Backend::Cpu.fold(Layout::Rts, &data, order).unwrap();
+        let mut sink = Vec::with_capacity(len + len / 2);
+        encode.throughput(Throughput::Bytes(len as u64));
+        for compression in [PngCompression::Fast, PngCompression::Balanced] {
+            if compression == PngCompression::Balanced && len > 16 * MIB {
+                continue; // minutes per sample at this size; the 16 MiB point shows the ratio
+            }
+            encode.bench_function(
+                BenchmarkId::new(format!("{compression:?}").to_lowercase(), len / MIB),
+                |b| {
+                    b.iter(|| {
+                        sink.clear();
+                        write_rts_png(&mut sink, 1 << order, &texture, "{}", None, compression)
+                            .unwrap();
+                    })
+                },
+            );
+        }
+    }
+    encode.finish();
+    for (group, target_name) in [("brick_write", "x.brick"), ("rts_png_write", "x.rts.png")] {
+        let mut write = configure(c, group);
+        for len in sizes() {
+            let input_path = dir.path().join(format!("input-{len}"));
+            std::fs::write(&input_path, input(len)).unwrap();
+            let target = OutputTarget::from_path(&dir.path().join(target_name));
+            let opts = FoldOptions {
+                max_side: 16384,
+                ..Default::default()
+            };
+            write.throughput(Throughput::Bytes(len as u64));
+            write.bench_function(BenchmarkId::new("cpu", len / MIB), |b| {
+                b.iter(|| fold_file(&Backend::Cpu, &input_path, &target, &opts, &Silent).unwrap())
+            });
+            std::fs::remove_file(&input_path).unwrap();
+        }
+        write.finish();
+    }
+}
+
+criterion_group!(benches, floors, kernels, writers);
+criterion_main!(benches);

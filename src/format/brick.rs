@@ -318,11 +318,10 @@ impl Brick {
         for (at, &px) in self.texture.iter().enumerate() {
             let d = crate::curve::xy2d(order, (at % side) as u32, (at / side) as u32) as usize;
             if d < data_pixels {
-                let r = px & 0xFF;
-                if px != (r * 0x0001_0101 | 0xFF00_0000) {
+                if px != crate::kernels::fold_brick::brick_pixel(px as u8) {
                     non_gray += 1;
                 }
-            } else if px != 0xFF00_0000 {
+            } else if px != crate::Layout::Brick.padding_pixel() {
                 bad_padding += 1;
             }
         }

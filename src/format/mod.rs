@@ -39,6 +39,31 @@ pub fn detect(path: &Path) -> Result<FileKind> {
         }
     }
     let head = &head[..filled];
+    let name = path.to_string_lossy();
+    if name.ends_with(".brick") && !head.starts_with(brick::MAGIC) {
+        if filled < brick::MAGIC.len() {
+            return Err(Error::malformed(
+                path,
+                format!(
+                    "truncated header: {filled} bytes, a .brick header needs {}",
+                    brick::HEADER_LEN
+                ),
+            ));
+        }
+        return Err(Error::malformed(
+            path,
+            format!(
+                "not a .brick: magic is {:?}, expected \"V2BR\"",
+                String::from_utf8_lossy(&head[..4])
+            ),
+        ));
+    }
+    if name.ends_with(".png") && !head.starts_with(rts_png::PNG_SIGNATURE) {
+        return Err(Error::malformed(
+            path,
+            "not a PNG: the file does not start with the PNG signature",
+        ));
+    }
     Ok(if head.starts_with(brick::MAGIC) {
         FileKind::Brick
     } else if head.starts_with(rts_png::PNG_SIGNATURE) {

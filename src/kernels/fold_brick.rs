@@ -1,16 +1,18 @@
 //! `fold_brick`: CPU twin of `shaders/fold_brick.wgsl` (one byte per pixel, R=G=B=byte, A=255).
 
 use super::{fold_tiled, Layout, PixelSource};
+use crate::curve::TILE_PIXELS;
 
 struct BrickBytes<'a>(&'a [u8]);
 
 impl PixelSource for BrickBytes<'_> {
-    fn whole_pixels(&self) -> usize {
-        self.0.len()
+    type Cell = u8;
+    fn whole_tile(&self, tile: usize) -> Option<&[u8; TILE_PIXELS]> {
+        self.0.get(tile * TILE_PIXELS..)?.first_chunk()
     }
     #[inline(always)]
-    fn pixel(&self, p: usize) -> u32 {
-        brick_pixel(self.0[p])
+    fn pixel(byte: u8) -> u32 {
+        brick_pixel(byte)
     }
     fn pixel_or_padding(&self, p: usize) -> u32 {
         self.0
@@ -22,7 +24,7 @@ impl PixelSource for BrickBytes<'_> {
 /// The `.brick` pixel of one source byte, as little-endian RGBA.
 #[inline(always)]
 pub fn brick_pixel(byte: u8) -> u32 {
-    u32::from(byte) * 0x0001_0101 | 0xFF00_0000
+    (u32::from(byte) * 0x0001_0101) | 0xFF00_0000
 }
 
 /// Folds `data` into `texture` (side `2^order`, `data.len() <= 4^order`).

@@ -1,17 +1,22 @@
 //! `fold_rts`: CPU twin of `shaders/fold_rts.wgsl` (four dense bytes per pixel, zero-padded tail).
 
 use super::{fold_tiled, PixelSource};
+use crate::curve::TILE_PIXELS;
 
 struct RtsWords<'a>(&'a [u8]);
 
 impl PixelSource for RtsWords<'_> {
-    fn whole_pixels(&self) -> usize {
-        self.0.len() / 4
+    type Cell = [u8; 4];
+    fn whole_tile(&self, tile: usize) -> Option<&[[u8; 4]; TILE_PIXELS]> {
+        let bytes = self
+            .0
+            .get(tile * TILE_PIXELS * 4..)?
+            .get(..TILE_PIXELS * 4)?;
+        bytemuck::cast_slice::<u8, [u8; 4]>(bytes).try_into().ok()
     }
     #[inline(always)]
-    fn pixel(&self, p: usize) -> u32 {
-        let bytes: [u8; 4] = self.0[p * 4..p * 4 + 4].try_into().expect("four bytes");
-        u32::from_le_bytes(bytes)
+    fn pixel(cell: [u8; 4]) -> u32 {
+        u32::from_le_bytes(cell)
     }
     fn pixel_or_padding(&self, p: usize) -> u32 {
         let mut bytes = [0u8; 4];

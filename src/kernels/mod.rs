@@ -47,12 +47,16 @@ impl Layout {
     }
 }
 
-/// Reads the pixel for curve index `p` from the source bytes.
+/// Reads source cells (one per pixel) along the curve.
 pub(crate) trait PixelSource: Sync {
-    /// Pixels whose source bytes are all present (no padding needed).
-    fn whole_pixels(&self) -> usize;
-    /// Pixel `p`, with `p < whole_pixels()`.
-    fn pixel(&self, p: usize) -> u32;
+    /// What one pixel is made of: a byte (brick) or four (rts).
+    type Cell: Copy;
+    /// The cells of whole tile `tile`, when all its source bytes are present.
+    /// A fixed-size array lets the tile loop index with a `u8` offset and no
+    /// bounds check.
+    fn whole_tile(&self, tile: usize) -> Option<&[Self::Cell; TILE_PIXELS]>;
+    /// The pixel of one cell.
+    fn pixel(cell: Self::Cell) -> u32;
     /// Pixel `p` for any `p`, padding what lies past the end.
     fn pixel_or_padding(&self, p: usize) -> u32;
 }
@@ -65,7 +69,7 @@ fn side_of(order: u32, texture_len: usize) -> usize {
 }
 
 /// Fills `texture` (row-major, side `2^order`) from `source` along the curve.
-pub(crate) fn fold_tiled(order: u32, source: &impl PixelSource, texture: &mut [u32]) {
+pub(crate) fn fold_tiled<S: PixelSource>(order: u32, source: &S, texture: &mut [u32]) {
     let side = side_of(order, texture.len());
     if order < TILE_ORDER {
         for (at, pixel) in texture.iter_mut().enumerate() {
@@ -75,26 +79,32 @@ pub(crate) fn fold_tiled(order: u32, source: &impl PixelSource, texture: &mut [u
         return;
     }
     let tables = tile_tables();
-    let whole = source.whole_pixels();
     texture
         .par_chunks_mut(side * TILE_SIDE)
         .enumerate()
         .for_each(|(tile_row, stripe)| {
             for tile_col in 0..side / TILE_SIDE {
-                let tile = xy2d(order - TILE_ORDER, tile_col as u32, tile_row as u32);
-                let (_, transform) = tile_placement(order, tile);
+                let tile = xy2d(order - TILE_ORDER, tile_col as u32, tile_row as u32) as usize;
+                let (_, transform) = tile_placement(order, tile as u64);
                 let offsets = &tables.offset_at[transform];
-                let base = tile as usize * TILE_PIXELS;
                 let column = tile_col * TILE_SIDE;
-                for (ly, row_offsets) in offsets.chunks_exact(TILE_SIDE).enumerate() {
-                    let row = &mut stripe[ly * side + column..][..TILE_SIDE];
-                    if base + TILE_PIXELS <= whole {
-                        for (out, &off) in row.iter_mut().zip(row_offsets) {
-                            *out = source.pixel(base + off as usize);
+                let rows = offsets.chunks_exact(TILE_SIDE).enumerate();
+                match source.whole_tile(tile) {
+                    Some(cells) => {
+                        for (ly, row_offsets) in rows {
+                            let row = &mut stripe[ly * side + column..][..TILE_SIDE];
+                            for (out, &off) in row.iter_mut().zip(row_offsets) {
+                                *out = S::pixel(cells[off as usize]);
+                            }
                         }
-                    } else {
-                        for (out, &off) in row.iter_mut().zip(row_offsets) {
-                            *out = source.pixel_or_padding(base + off as usize);
+                    }
+                    None => {
+                        let base = tile * TILE_PIXELS;
+                        for (ly, row_offsets) in rows {
+                            let row = &mut stripe[ly * side + column..][..TILE_SIDE];
+                            for (out, &off) in row.iter_mut().zip(row_offsets) {
+                                *out = source.pixel_or_padding(base + off as usize);
+                            }
                         }
                     }
                 }
@@ -104,47 +114,69 @@ pub(crate) fn fold_tiled(order: u32, source: &impl PixelSource, texture: &mut [u
 
 /// Receives unfolded pixels: the inverse of [`PixelSource`].
 pub(crate) trait PixelSink {
-    /// Source bytes per pixel.
-    const BYTES_PER_PIXEL: usize;
-    /// Writes the bytes of `pixel` into `out` (at most `BYTES_PER_PIXEL` long).
-    fn put(pixel: u32, out: &mut [u8]);
+    /// The source bytes of one pixel.
+    type Cell: bytemuck::Pod + Send;
+    /// The cell stored in `pixel`.
+    fn cell(pixel: u32) -> Self::Cell;
 }
 
 /// Reads `out.len()` source bytes back out of `texture` along the curve.
 pub(crate) fn unfold_tiled<S: PixelSink>(order: u32, texture: &[u32], out: &mut [u8]) {
     let side = side_of(order, texture.len());
-    let bpp = S::BYTES_PER_PIXEL;
+    let bpp = std::mem::size_of::<S::Cell>();
     assert!(
         out.len() <= texture.len() * bpp,
         "output longer than the texture holds"
     );
+    // Whole cells go through the tile loop; a partial last cell is copied after.
+    let whole_len = out.len() / bpp * bpp;
+    let (whole, tail) = out.split_at_mut(whole_len);
+    let cells: &mut [S::Cell] = bytemuck::cast_slice_mut(whole);
+    let pixel_at = |p: usize| {
+        let (x, y) = crate::curve::d2xy(order, p as u64);
+        texture[y as usize * side + x as usize]
+    };
+    if !tail.is_empty() {
+        let last = S::cell(pixel_at(cells.len()));
+        tail.copy_from_slice(&bytemuck::bytes_of(&last)[..tail.len()]);
+    }
     if order < TILE_ORDER {
-        for (p, bytes) in out.chunks_mut(bpp).enumerate() {
-            let (x, y) = crate::curve::d2xy(order, p as u64);
-            S::put(texture[y as usize * side + x as usize], bytes);
+        for (p, cell) in cells.iter_mut().enumerate() {
+            *cell = S::cell(pixel_at(p));
         }
         return;
     }
     let tables = tile_tables();
     // Several tiles per task keep rayon's per-task cost far below the copy.
     const TILES_PER_TASK: usize = 64;
-    out.par_chunks_mut(TILE_PIXELS * bpp * TILES_PER_TASK)
+    cells
+        .par_chunks_mut(TILE_PIXELS * TILES_PER_TASK)
         .enumerate()
-        .for_each(|(task, task_out)| {
-            for (i, tile_out) in task_out.chunks_mut(TILE_PIXELS * bpp).enumerate() {
+        .for_each(|(task, task_cells)| {
+            for (i, tile_cells) in task_cells.chunks_mut(TILE_PIXELS).enumerate() {
                 let tile = (task * TILES_PER_TASK + i) as u64;
                 let ((ox, oy), transform) = tile_placement(order, tile);
                 let offsets = &tables.offset_at[transform];
-                let whole_tile = tile_out.len() == TILE_PIXELS * bpp;
-                for (ly, row_offsets) in offsets.chunks_exact(TILE_SIDE).enumerate() {
-                    let row = &texture[(oy as usize + ly) * side + ox as usize..][..TILE_SIDE];
-                    for (&pixel, &off) in row.iter().zip(row_offsets) {
-                        let at = off as usize * bpp;
-                        if whole_tile {
-                            S::put(pixel, &mut tile_out[at..at + bpp]);
-                        } else if at < tile_out.len() {
-                            let end = (at + bpp).min(tile_out.len());
-                            S::put(pixel, &mut tile_out[at..end]);
+                let rows = offsets.chunks_exact(TILE_SIDE).enumerate();
+                match <&mut [S::Cell; TILE_PIXELS]>::try_from(&mut *tile_cells) {
+                    Ok(whole_tile) => {
+                        for (ly, row_offsets) in rows {
+                            let row =
+                                &texture[(oy as usize + ly) * side + ox as usize..][..TILE_SIDE];
+                            for (&pixel, &off) in row.iter().zip(row_offsets) {
+                                whole_tile[off as usize] = S::cell(pixel);
+                            }
+                        }
+                    }
+                    Err(_) => {
+                        for (ly, row_offsets) in rows {
+                            let row =
+                                &texture[(oy as usize + ly) * side + ox as usize..][..TILE_SIDE];
+                            for (&pixel, &off) in row.iter().zip(row_offsets) {
+                                if let Some(cell) = tile_cells.get_mut(off as usize) {
+                                    *cell = S::cell(pixel);
+                                }
+                            }
                         }
                     }
                 }

@@ -5,10 +5,10 @@ use super::{unfold_tiled, PixelSink};
 struct RedChannel;
 
 impl PixelSink for RedChannel {
-    const BYTES_PER_PIXEL: usize = 1;
+    type Cell = u8;
     #[inline(always)]
-    fn put(pixel: u32, out: &mut [u8]) {
-        out[0] = pixel as u8;
+    fn cell(pixel: u32) -> u8 {
+        pixel as u8
     }
 }
 

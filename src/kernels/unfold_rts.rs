@@ -5,11 +5,10 @@ use super::{unfold_tiled, PixelSink};
 struct DenseRgba;
 
 impl PixelSink for DenseRgba {
-    const BYTES_PER_PIXEL: usize = 4;
+    type Cell = [u8; 4];
     #[inline(always)]
-    fn put(pixel: u32, out: &mut [u8]) {
-        let n = out.len();
-        out.copy_from_slice(&pixel.to_le_bytes()[..n]);
+    fn cell(pixel: u32) -> [u8; 4] {
+        pixel.to_le_bytes()
     }
 }
 

@@ -105,7 +105,11 @@ pub fn reference_fold(data: &[u8], bytes_per_pixel: usize, order: u32) -> Vec<u8
 /// `Ok` when equal, else where and how they first differ.
 pub fn compare_bytes(what: &str, expected: &[u8], actual: &[u8]) -> Result<(), String> {
     if expected.len() != actual.len() {
-        return Err(format!("{what}: lengths differ: {} vs {}", expected.len(), actual.len()));
+        return Err(format!(
+            "{what}: lengths differ: {} vs {}",
+            expected.len(),
+            actual.len()
+        ));
     }
     match expected.iter().zip(actual).position(|(a, b)| a != b) {
         None => Ok(()),

@@ -1,7 +1,9 @@
 //! CPU and GPU twins: every kernel gives the same bytes on both backends and matches the
 //! reference fold from formats.md; the harness proves it can fail and that wgpu ran.
 
-use crate::harness::{assert_same, compare_bytes, gpu, gpu_small_chunks, reference_fold, sample_bytes};
+use crate::harness::{
+    assert_same, compare_bytes, gpu, gpu_small_chunks, reference_fold, sample_bytes,
+};
 use foundry_gpu::backend::gpu::{kernel_source, KERNELS};
 use foundry_gpu::curve::order_for_cells;
 use foundry_gpu::kernels::preview_stats::EntropyTable;
@@ -19,10 +21,20 @@ fn texture_bytes(texture: &[u32]) -> &[u8] {
 
 /// Folds and unfolds `data` on `backend`, checking against the CPU result.
 fn check_backend(backend: &Backend, layout: Layout, data: &[u8], order: u32, cpu_texture: &[u32]) {
-    let what = format!("{} {layout:?} {} bytes order {order}", backend.label(), data.len());
+    let what = format!(
+        "{} {layout:?} {} bytes order {order}",
+        backend.label(),
+        data.len()
+    );
     let texture = backend.fold(layout, data, order).unwrap();
-    assert_same(&format!("fold {what}"), texture_bytes(cpu_texture), texture_bytes(&texture));
-    let back = backend.unfold(layout, cpu_texture, order, data.len()).unwrap();
+    assert_same(
+        &format!("fold {what}"),
+        texture_bytes(cpu_texture),
+        texture_bytes(&texture),
+    );
+    let back = backend
+        .unfold(layout, cpu_texture, order, data.len())
+        .unwrap();
     assert_same(&format!("unfold {what}"), data, &back);
 }
 
@@ -35,7 +47,11 @@ fn fold_unfold_cpu_matches_reference_and_gpu_matches_cpu() {
             for order in [min_order(layout, len), min_order(layout, len) + 1] {
                 let cpu = Backend::Cpu.fold(layout, &data, order).unwrap();
                 let reference = reference_fold(&data, layout.bytes_per_pixel(), order);
-                assert_same(&format!("cpu {layout:?} {len} vs reference"), &reference, texture_bytes(&cpu));
+                assert_same(
+                    &format!("cpu {layout:?} {len} vs reference"),
+                    &reference,
+                    texture_bytes(&cpu),
+                );
                 let back = Backend::Cpu.unfold(layout, &cpu, order, len).unwrap();
                 assert_same(&format!("cpu unfold {layout:?} {len}"), &data, &back);
                 if let Some(gpu) = gpu() {
@@ -48,8 +64,12 @@ fn fold_unfold_cpu_matches_reference_and_gpu_matches_cpu() {
 
 #[test]
 fn gpu_streams_inputs_larger_than_one_chunk() {
-    let Some(gpu) = gpu_small_chunks() else { return };
-    let Backend::Gpu(device) = gpu else { panic!("gpu() must be a GPU backend") };
+    let Some(gpu) = gpu_small_chunks() else {
+        return;
+    };
+    let Backend::Gpu(device) = gpu else {
+        panic!("gpu() must be a GPU backend")
+    };
     assert_eq!(device.max_chunk_bytes(), 16 << 10);
     let data = sample_bytes((1 << 20) + 3, 7);
     for layout in [Layout::Brick, Layout::Rts] {
@@ -58,21 +78,39 @@ fn gpu_streams_inputs_larger_than_one_chunk() {
         let before = device.dispatch_count();
         check_backend(gpu, layout, &data, order, &cpu);
         let dispatches = device.dispatch_count() - before;
-        assert!(dispatches > 2 * 16, "{layout:?}: expected many chunks, got {dispatches} dispatches");
+        assert!(
+            dispatches > 2 * 16,
+            "{layout:?}: expected many chunks, got {dispatches} dispatches"
+        );
     }
 }
 
 #[test]
 fn gpu_leg_really_runs_on_wgpu() {
     let Some(gpu) = gpu() else { return };
-    let Backend::Gpu(device) = gpu else { panic!("gpu() must be a GPU backend") };
-    assert!(gpu.label() == "gpu(sw)" || gpu.label() == "gpu(hw)", "label {}", gpu.label());
+    let Backend::Gpu(device) = gpu else {
+        panic!("gpu() must be a GPU backend")
+    };
+    assert!(
+        gpu.label() == "gpu(sw)" || gpu.label() == "gpu(hw)",
+        "label {}",
+        gpu.label()
+    );
     let adapter = gpu.adapter().expect("GPU backend has an adapter");
     assert!(!adapter.name.is_empty());
-    eprintln!("GPU leg runs on {} ({}) as {}", adapter.name, adapter.driver, gpu.label());
+    eprintln!(
+        "GPU leg runs on {} ({}) as {}",
+        adapter.name,
+        adapter.driver,
+        gpu.label()
+    );
     let before = device.dispatch_count();
     gpu.fold(Layout::Brick, b"prove it", 2).unwrap();
-    assert_eq!(device.dispatch_count(), before + 1, "one fold of one chunk is one dispatch");
+    assert_eq!(
+        device.dispatch_count(),
+        before + 1,
+        "one fold of one chunk is one dispatch"
+    );
 }
 
 #[test]
@@ -87,7 +125,10 @@ fn comparison_fails_when_one_byte_is_perturbed() {
         assert!(compare_bytes("untouched", &reference, texture_bytes(&texture)).is_ok());
         texture[12345] ^= 0x0000_0100;
         let message = compare_bytes("perturbed", &reference, texture_bytes(&texture)).unwrap_err();
-        assert!(message.contains(&format!("byte {}", 12345 * 4 + 1)), "{message}");
+        assert!(
+            message.contains(&format!("byte {}", 12345 * 4 + 1)),
+            "{message}"
+        );
     }
 }
 
@@ -100,7 +141,9 @@ fn preview_stats_twins_agree() {
         for run_len in [1usize, 4, 64, 256, 4096] {
             let runs = len.div_ceil(run_len).next_power_of_two().max(4);
             let table = EntropyTable::for_run_len(run_len);
-            let cpu = Backend::Cpu.preview_stats(&data, run_len, runs, &table).unwrap();
+            let cpu = Backend::Cpu
+                .preview_stats(&data, run_len, runs, &table)
+                .unwrap();
             assert_eq!(cpu.len(), runs);
             let counted: u64 = cpu.iter().map(|s| u64::from(s.bytes())).sum();
             assert_eq!(counted, len as u64, "every byte lands in exactly one run");
@@ -120,13 +163,25 @@ fn preview_stats_twins_agree() {
 fn every_shader_validates_with_naga_and_names_its_twin() {
     for (name, wgsl) in KERNELS {
         let source = kernel_source(wgsl);
-        let module = naga::front::wgsl::parse_str(&source).unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&source)));
-        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty())
-            .validate(&module)
-            .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        let module = naga::front::wgsl::parse_str(&source)
+            .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&source)));
+        naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::empty(),
+        )
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{name}: {e:?}"));
         let twin = format!("src/kernels/{name}.rs");
-        assert!(wgsl.starts_with(&format!("// {name}:")), "{name}.wgsl must open with its name");
-        assert!(wgsl.contains(&twin), "{name}.wgsl must name its twin {twin}");
-        assert!(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(&twin).exists());
+        assert!(
+            wgsl.starts_with(&format!("// {name}:")),
+            "{name}.wgsl must open with its name"
+        );
+        assert!(
+            wgsl.contains(&twin),
+            "{name}.wgsl must name its twin {twin}"
+        );
+        assert!(std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(&twin)
+            .exists());
     }
 }
