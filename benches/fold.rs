@@ -11,7 +11,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use foundry_gpu::backend::{Backend, BackendChoice, GpuOptions};
 use foundry_gpu::curve::{d2xy, order_for_cells};
 use foundry_gpu::fold::{fold_file, FoldOptions, OutputTarget};
-use foundry_gpu::format::rts_png::{write_rts_png, PngCompression};
+use foundry_gpu::format::rts_png::{encode_texture, write_rts_png, PngCompression};
 use foundry_gpu::progress::Silent;
 use foundry_gpu::Layout;
 use std::hint::black_box;
@@ -30,21 +30,50 @@ fn sizes() -> Vec<usize> {
     }
 }
 
-/// Bytes shaped like a binary: code-like noise, text, zero padding.
+/// Deterministic bytes shaped like an executable: instruction-like tokens drawn
+/// with a skewed distribution from a small vocabulary (so deflate finds the
+/// repeats real code has), string tables, and zero padding. Entropy ~6 bits/byte.
 fn input(len: usize) -> Vec<u8> {
     let mut state = 0x2545_F491_4F6C_DD1Du64;
-    (0..len)
-        .map(|i| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            match (i >> 12) % 8 {
-                0 => 0,
-                1 | 2 => b"mov rax, [rbp-8]\n"[i % 17],
-                _ => (state >> 24) as u8 & 0x7F,
-            }
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let vocabulary: Vec<Vec<u8>> = (0..512)
+        .map(|_| {
+            let n = 1 + (next() % 7) as usize;
+            (0..n).map(|_| next() as u8).collect()
         })
-        .collect()
+        .collect();
+    let words = [
+        "error",
+        "malloc",
+        "/usr/lib",
+        "config",
+        "GLIBC_2.34",
+        "free",
+        "%s: %d\n",
+        "main",
+    ];
+    let mut out = Vec::with_capacity(len + 64);
+    while out.len() < len {
+        match (out.len() >> 14) % 10 {
+            0 => out.extend(std::iter::repeat_n(0u8, 1 + (next() % 4096) as usize)),
+            1 => {
+                out.extend_from_slice(words[(next() % 8) as usize].as_bytes());
+                out.push(0);
+            }
+            _ => {
+                // Squaring skews the pick towards the first tokens, as opcodes are skewed.
+                let r = (next() % 512) as f64 / 512.0;
+                out.extend_from_slice(&vocabulary[(r * r * 512.0) as usize]);
+            }
+        }
+    }
+    out.truncate(len);
+    out
 }
 
 fn backends() -> Vec<(String, Backend)> {
@@ -171,8 +200,8 @@ fn writers(c: &mut Criterion) {
                 |b| {
                     b.iter(|| {
                         sink.clear();
-                        write_rts_png(&mut sink, 1 << order, &texture, "{}", None, compression)
-                            .unwrap();
+                        let image = encode_texture(1 << order, &texture, compression).unwrap();
+                        write_rts_png(&mut sink, &image, "{}", None).unwrap();
                     })
                 },
             );

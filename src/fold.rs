@@ -6,6 +6,7 @@ use crate::curve::{order_for_cells, MAX_ORDER};
 use crate::error::{Error, Result};
 use crate::format::brick::{self, flags, Brick, BrickHeader};
 use crate::format::parts::{self, PartEntry, PartsIndex};
+use crate::format::png_writer::DeflatedRgba;
 use crate::format::preview::{self, Palette, PREVIEW_SIDES};
 use crate::format::rts_png::{self, PngCompression, RtsPng};
 use crate::format::staged::StagedOutputs;
@@ -181,6 +182,35 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+/// One part's textures, folded (and for `.rts.png` deflated) before its hash is known.
+struct PreparedPart {
+    brick: Option<Vec<u32>>,
+    rts: Option<DeflatedRgba>,
+}
+
+fn prepare_part(
+    backend: &Backend,
+    bytes: &[u8],
+    plan: &PartPlan,
+    want_brick: bool,
+    want_rts: bool,
+    compression: PngCompression,
+    name: &str,
+) -> Result<PreparedPart> {
+    let brick = want_brick
+        .then(|| backend.fold(Layout::Brick, bytes, order_of_side(plan.brick_side)))
+        .transpose()?;
+    let rts = if want_rts {
+        let texture = backend.fold(Layout::Rts, bytes, order_of_side(plan.rts_side))?;
+        let image = rts_png::encode_texture(plan.rts_side, &texture, compression)
+            .map_err(|e| Error::io(name, "compress", e))?;
+        Some(image)
+    } else {
+        None
+    };
+    Ok(PreparedPart { brick, rts })
+}
+
 struct PartPlan {
     range: std::ops::Range<usize>,
     brick_side: u32,
@@ -265,10 +295,7 @@ pub fn fold_file(
         ));
     }
 
-    progress.stage("hashing", data.len() as u64);
-    let facts = byte_facts(&data);
-    progress.advance(data.len() as u64);
-    let plans = plan_parts(facts.size, opts, &mut notes);
+    let plans = plan_parts(data.len() as u64, opts, &mut notes);
     let multi = plans.len() > 1;
     let (want_brick, want_rts, want_preview) = match target {
         OutputTarget::Directory(_) => (true, true, true),
@@ -276,6 +303,10 @@ pub fn fold_file(
         OutputTarget::RtsPng(_) => (false, true, false),
         OutputTarget::Preview(_) => (false, false, true),
     };
+    progress.stage("hashing", data.len() as u64);
+    // A single part's facts are the whole file's, computed beside the fold below.
+    let mut whole_facts = multi.then(|| byte_facts(&data));
+    progress.advance(data.len() as u64);
 
     let mut staged = StagedOutputs::new();
     let mut records: Vec<(&'static str, Option<u32>)> = Vec::new();
@@ -283,11 +314,25 @@ pub fn fold_file(
     progress.stage("folding", data.len() as u64);
     for (i, plan) in plans.iter().enumerate() {
         let bytes = &data[plan.range.clone()];
-        let part_facts = if multi {
-            byte_facts(bytes)
-        } else {
-            facts.clone()
-        };
+        // Hashing runs on one core while folding and deflating use the rest.
+        let (part_facts, prepared) = rayon::join(
+            || byte_facts(bytes),
+            || {
+                prepare_part(
+                    backend,
+                    bytes,
+                    plan,
+                    want_brick,
+                    want_rts,
+                    opts.compression,
+                    &name,
+                )
+            },
+        );
+        let prepared = prepared?;
+        let facts = whole_facts
+            .get_or_insert_with(|| part_facts.clone())
+            .clone();
         let part_name = if multi {
             parts::part_file_name(&name, i, plans.len(), "")
                 .trim_end_matches('.')
@@ -308,12 +353,11 @@ pub fn fold_file(
             brick: None,
             rts_png: None,
         };
-        if want_brick {
+        if let Some(texture) = &prepared.brick {
             let path = match (target, multi) {
                 (OutputTarget::Brick(p), false) => p.clone(),
                 _ => dir.join(format!("{part_name}.brick")),
             };
-            let texture = backend.fold(Layout::Brick, bytes, order_of_side(plan.brick_side))?;
             // Type flags describe the whole source; entropy flags the part itself.
             let mut header_flags = brick::flags_for(&facts) & !flags::IS_ENCRYPTED;
             header_flags |= brick::flags_for(&part_facts) & flags::IS_ENCRYPTED;
@@ -326,16 +370,15 @@ pub fn fold_file(
                 records.push(("brick_sidecar", None));
             }
             let header = BrickHeader::new(plan.brick_side, &part_facts, header_flags);
-            staged.write(&path, |w| brick::write_brick(w, &header, &texture))?;
+            staged.write(&path, |w| brick::write_brick(w, &header, texture))?;
             records.push(("brick", Some(plan.brick_side)));
             entry.brick = path.file_name().map(|n| n.to_string_lossy().into_owned());
         }
-        if want_rts {
+        if let Some(image) = &prepared.rts {
             let path = match (target, multi) {
                 (OutputTarget::RtsPng(p), false) => p.clone(),
                 _ => dir.join(format!("{part_name}.rts.png")),
             };
-            let texture = backend.fold(Layout::Rts, bytes, order_of_side(plan.rts_side))?;
             let mut extra = Map::new();
             extra.insert("content".into(), json!(content_kind(&facts)));
             if let Some(info) = &part_info {
@@ -349,9 +392,7 @@ pub fn fold_file(
                 extra,
             );
             let text = rts_png::ascii_json(&meta);
-            staged.write(&path, |w| {
-                rts_png::write_rts_png(w, plan.rts_side, &texture, &text, None, opts.compression)
-            })?;
+            staged.write(&path, |w| rts_png::write_rts_png(w, image, &text, None))?;
             records.push(("rts_png", Some(plan.rts_side)));
             if opts.sidecars {
                 for sidecar in rts_png::sidecar_paths(&path) {
@@ -364,6 +405,7 @@ pub fn fold_file(
         index_parts.push(entry);
         progress.advance(bytes.len() as u64);
     }
+    let facts = whole_facts.expect("there is always at least one part");
     if multi && (want_brick || want_rts) {
         let index = PartsIndex {
             format: parts::FORMAT.into(),

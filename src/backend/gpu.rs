@@ -122,6 +122,48 @@ impl Pipelines {
     }
 }
 
+/// A texture cut into chunks: runs of `block_cells` curve cells, each one
+/// aligned `block_side` square of the texture.
+struct ChunkGrid {
+    order: u32,
+    side: usize,
+    block_side: usize,
+    block_cells: usize,
+}
+
+impl ChunkGrid {
+    /// Top-left pixel of the square holding the chunk that starts at cell `base`.
+    fn origin(&self, base: usize) -> (usize, usize) {
+        let (x, y) = d2xy(self.order, base as u64);
+        let mask = !(self.block_side - 1);
+        (x as usize & mask, y as usize & mask)
+    }
+
+    /// Texture index ranges of the square's rows, top first.
+    fn rows(&self, base: usize) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+        let (ox, oy) = self.origin(base);
+        (0..self.block_side).map(move |r| {
+            let at = (oy + r) * self.side + ox;
+            at..at + self.block_side
+        })
+    }
+
+    /// The shader parameters for the chunk starting at cell `base`.
+    fn params(&self, base: usize, valid: u32, row_threads: u32) -> CurveParams {
+        let (ox, oy) = self.origin(base);
+        CurveParams {
+            order: self.order,
+            origin_x: ox as u32,
+            origin_y: oy as u32,
+            block_side: self.block_side as u32,
+            base: base as u32,
+            valid,
+            row_threads,
+            _pad: 0,
+        }
+    }
+}
+
 /// An open device with the kernels compiled.
 pub struct GpuBackend {
     device: wgpu::Device,
@@ -361,50 +403,44 @@ impl GpuBackend {
         ((x as u32, y as u32), (x * size) as u32)
     }
 
+    /// How a texture of `order` splits into chunks that fit one binding.
+    fn chunk_grid(&self, order: u32) -> ChunkGrid {
+        let block_side = 1usize << self.chunk_order(order);
+        ChunkGrid {
+            order,
+            side: 1 << order,
+            block_side,
+            block_cells: block_side * block_side,
+        }
+    }
+
     /// GPU twin of `fold_brick` / `fold_rts`: folds `data` into `texture` (side `2^order`).
     pub fn fold(&self, layout: Layout, data: &[u8], order: u32, texture: &mut [u32]) -> Result<()> {
-        let side = 1usize << order;
-        let j = self.chunk_order(order);
-        let block_side = 1usize << j;
-        let block_cells = block_side * block_side;
+        let grid = self.chunk_grid(order);
         let bpp = layout.bytes_per_pixel();
         let kernel = match layout {
             Layout::Brick => "fold_brick",
             Layout::Rts => "fold_rts",
         };
-        for chunk in 0..1usize << (2 * (order - j)) {
-            let base = chunk * block_cells;
-            let (x, y) = d2xy(order, base as u64);
-            let origin = (
-                x as usize & !(block_side - 1),
-                y as usize & !(block_side - 1),
-            );
+        for chunk in 0..grid.side * grid.side / grid.block_cells {
+            let base = chunk * grid.block_cells;
             let start = (base * bpp).min(data.len());
-            let end = ((base + block_cells) * bpp).min(data.len());
+            let end = ((base + grid.block_cells) * bpp).min(data.len());
             let texels = if start == end {
-                vec![layout.padding_pixel(); block_cells]
+                vec![layout.padding_pixel(); grid.block_cells]
             } else {
-                let params = CurveParams {
-                    order,
-                    origin_x: origin.0 as u32,
-                    origin_y: origin.1 as u32,
-                    block_side: block_side as u32,
-                    base: base as u32,
-                    valid: layout.pixels_for((end - start) as u64) as u32,
-                    ..Default::default()
-                };
-                let groups = block_side.div_ceil(8) as u32;
+                let params = grid.params(base, layout.pixels_for((end - start) as u64) as u32, 0);
+                let groups = grid.block_side.div_ceil(8) as u32;
                 self.dispatch(
                     kernel,
                     bytemuck::bytes_of(&params),
                     &[&data[start..end]],
-                    block_cells,
+                    grid.block_cells,
                     (groups, groups),
                 )?
             };
-            for (row, texel_row) in texels.chunks_exact(block_side).enumerate() {
-                let at = (origin.1 + row) * side + origin.0;
-                texture[at..at + block_side].copy_from_slice(texel_row);
+            for (at, texel_row) in grid.rows(base).zip(texels.chunks_exact(grid.block_side)) {
+                texture[at].copy_from_slice(texel_row);
             }
         }
         Ok(())
@@ -418,42 +454,24 @@ impl GpuBackend {
         order: u32,
         out: &mut [u8],
     ) -> Result<()> {
-        let side = 1usize << order;
-        let j = self.chunk_order(order);
-        let block_side = 1usize << j;
-        let block_cells = block_side * block_side;
-        let bpp = layout.bytes_per_pixel();
+        let grid = self.chunk_grid(order);
         let kernel = match layout {
             Layout::Brick => "unfold_brick",
             Layout::Rts => "unfold_rts",
         };
-        let chunk_bytes = block_cells * bpp;
+        let chunk_bytes = grid.block_cells * layout.bytes_per_pixel();
         for (chunk, out_chunk) in out.chunks_mut(chunk_bytes).enumerate() {
-            let base = chunk * block_cells;
-            let (x, y) = d2xy(order, base as u64);
-            let origin = (
-                x as usize & !(block_side - 1),
-                y as usize & !(block_side - 1),
-            );
-            let mut texels = Vec::with_capacity(block_cells);
-            for row in 0..block_side {
-                let at = (origin.1 + row) * side + origin.0;
-                texels.extend_from_slice(&texture[at..at + block_side]);
-            }
+            let base = chunk * grid.block_cells;
+            let texels: Vec<u32> = grid
+                .rows(base)
+                .flat_map(|at| &texture[at])
+                .copied()
+                .collect();
             // Brick threads pack four pixels into a word; rts threads move one pixel each.
-            let valid = layout.pixels_for(out_chunk.len() as u64) as usize;
+            let valid = layout.pixels_for(out_chunk.len() as u64) as u32;
             let words = out_chunk.len().div_ceil(4);
             let (groups, row_threads) = self.flat_grid(words as u64, 64);
-            let params = CurveParams {
-                order,
-                origin_x: origin.0 as u32,
-                origin_y: origin.1 as u32,
-                block_side: block_side as u32,
-                base: base as u32,
-                valid: valid as u32,
-                row_threads,
-                ..Default::default()
-            };
+            let params = grid.params(base, valid, row_threads);
             let result = self.dispatch(
                 kernel,
                 bytemuck::bytes_of(&params),

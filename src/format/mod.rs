@@ -2,6 +2,7 @@
 
 pub mod brick;
 pub mod parts;
+pub mod png_writer;
 pub mod preview;
 pub mod rts_png;
 pub mod staged;

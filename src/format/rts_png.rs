@@ -1,6 +1,7 @@
 //! `.rts.png` (PixelRTS v2, formats.md §3): RGBA PNG, four bytes a pixel along the curve,
 //! `PixelRTS` tEXt (ASCII-only JSON) before IDAT, and the two optional sidecars.
 
+use super::png_writer::DeflatedRgba;
 use crate::analysis::ByteFacts;
 use crate::error::{Error, Result};
 use serde_json::{json, Map, Value};
@@ -16,37 +17,29 @@ pub const BLUEPRINT_KEY: &str = "PixelRTS-Blueprint";
 /// Keys that change how the Python decoder reads the pixels: never written.
 pub const FORBIDDEN_KEYS: [&str; 3] = ["encoded_size", "compression", "original_data_b64"];
 
-/// Deflate effort for the PNG writer.
+/// Deflate effort for the `.rts.png` writer (zlib levels; rows unfiltered, bands in parallel).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PngCompression {
-    /// fdeflate with the Up filter: hundreds of MB/s, decent ratio (default).
+    /// zlib level 1: ~0.5 of the size on binaries, hundreds of MB/s on two cores (default).
     #[default]
     Fast,
-    /// zlib-level deflate with adaptive filtering: smaller, several times slower.
+    /// zlib level 6: a few percent smaller, several times slower.
     Balanced,
-    /// Maximum effort: smallest files, slowest.
+    /// zlib level 9: smallest files, slowest.
     High,
     /// Stored blocks: fastest, largest.
     None,
 }
 
 impl PngCompression {
-    fn apply<W: Write>(self, encoder: &mut png::Encoder<'_, W>) {
+    /// The zlib level this setting means.
+    pub fn level(self) -> u32 {
         match self {
-            // The Up filter costs one subtraction a byte and helps the
-            // row-to-row similarity a Hilbert layout creates; adaptive
-            // filtering would triple the encode time for a few percent.
-            PngCompression::Fast => {
-                encoder.set_deflate_compression(png::DeflateCompression::FdeflateUltraFast);
-                encoder.set_filter(png::Filter::Up);
-            }
-            PngCompression::Balanced => encoder.set_compression(png::Compression::Balanced),
-            PngCompression::High => encoder.set_compression(png::Compression::High),
-            PngCompression::None => {
-                encoder.set_deflate_compression(png::DeflateCompression::NoCompression);
-                encoder.set_filter(png::Filter::NoFilter);
-            }
+            PngCompression::Fast => 1,
+            PngCompression::Balanced => 6,
+            PngCompression::High => 9,
+            PngCompression::None => 0,
         }
     }
 }
@@ -109,33 +102,34 @@ pub fn metadata(
     meta
 }
 
+/// Deflates a texture of side `side` for [`write_rts_png`].
+pub fn encode_texture(
+    side: u32,
+    texture: &[u32],
+    compression: PngCompression,
+) -> std::io::Result<DeflatedRgba> {
+    DeflatedRgba::new(
+        side,
+        side,
+        bytemuck::cast_slice(texture),
+        compression.level(),
+    )
+}
+
 /// Writes the PNG: IHDR, `PixelRTS` tEXt, optional blueprint tEXt, IDAT, IEND.
 pub fn write_rts_png(
     out: &mut dyn Write,
-    side: u32,
-    texture: &[u32],
+    image: &DeflatedRgba,
     metadata_json: &str,
     blueprint_json: Option<&str>,
-    compression: PngCompression,
 ) -> std::io::Result<()> {
-    let mut encoder = png::Encoder::new(out, side, side);
-    encoder.set_color(png::ColorType::Rgba);
-    encoder.set_depth(png::BitDepth::Eight);
-    compression.apply(&mut encoder);
-    let to_io = |e: png::EncodingError| std::io::Error::other(e.to_string());
-    encoder
-        .add_text_chunk(TEXT_KEY.into(), format!("{TEXT_KEY}{metadata_json}"))
-        .map_err(to_io)?;
-    if let Some(blueprint) = blueprint_json {
-        encoder
-            .add_text_chunk(BLUEPRINT_KEY.into(), format!("{BLUEPRINT_KEY}{blueprint}"))
-            .map_err(to_io)?;
+    let metadata = format!("{TEXT_KEY}{metadata_json}");
+    let blueprint = blueprint_json.map(|b| format!("{BLUEPRINT_KEY}{b}"));
+    let mut texts = vec![(TEXT_KEY, metadata.as_str())];
+    if let Some(b) = &blueprint {
+        texts.push((BLUEPRINT_KEY, b.as_str()));
     }
-    let mut writer = encoder.write_header().map_err(to_io)?;
-    writer
-        .write_image_data(bytemuck::cast_slice(texture))
-        .map_err(to_io)?;
-    writer.finish().map_err(to_io)
+    image.write(out, &texts)
 }
 
 /// The two sidecars the Python tools read: `X.rts.meta.json` and `X.rts.png.meta.json`.

@@ -326,22 +326,42 @@ fn info_judges_pixels_padding_and_sidecar_flags() {
 
 #[test]
 fn forcing_the_gpu_without_an_adapter_fails_clearly() {
-    if gpu().is_some() {
-        return; // an adapter exists here; the other tests cover the GPU path
-    }
+    // Point the Vulkan loader at no driver at all: the machine now has no adapter.
     let dir = tempfile::tempdir().unwrap();
-    let o = foundry(&[
-        "fold",
-        s(&golden("hello.txt")),
-        "-o",
-        s(dir.path()),
-        "--backend",
-        "gpu",
-    ]);
-    assert_eq!(o.status.code(), Some(1));
+    let o = Command::new(env!("CARGO_BIN_EXE_foundry-gpu"))
+        .args([
+            "fold",
+            s(&golden("hello.txt")),
+            "-o",
+            s(dir.path()),
+            "--backend",
+            "gpu",
+        ])
+        .env("VK_DRIVER_FILES", "/nonexistent/icd.json")
+        .env("VK_ICD_FILENAMES", "/nonexistent/icd.json")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(
         stderr(&o).contains("no wgpu adapter found"),
         "{}",
         stderr(&o)
     );
+    assert!(listing(dir.path()).is_empty());
+    // auto falls back to the CPU on the same machine.
+    let o = Command::new(env!("CARGO_BIN_EXE_foundry-gpu"))
+        .args([
+            "fold",
+            s(&golden("hello.txt")),
+            "-o",
+            s(dir.path()),
+            "--json",
+        ])
+        .env("VK_DRIVER_FILES", "/nonexistent/icd.json")
+        .env("VK_ICD_FILENAMES", "/nonexistent/icd.json")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["backend"], "cpu");
 }

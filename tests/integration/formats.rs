@@ -446,3 +446,36 @@ fn failed_unfold_keeps_the_previous_output_and_leaves_no_temporary_files() {
         .collect();
     assert_eq!(names.len(), 3, "no temporary file left: {names:?}");
 }
+
+#[test]
+fn parallel_deflate_bands_join_into_one_valid_zlib_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("five-mib");
+    let data = sample_bytes(5 << 20, 21);
+    std::fs::write(&input, &data).unwrap();
+    for compression in [PngCompression::Fast, PngCompression::None] {
+        let out = dir.path().join(format!("{compression:?}.rts.png"));
+        let opts = FoldOptions {
+            compression,
+            ..Default::default()
+        };
+        fold_to(
+            &Backend::Cpu,
+            &input,
+            OutputTarget::RtsPng(out.clone()),
+            &opts,
+        );
+        let idats = rts_png::chunk_list(&out)
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| k == "IDAT")
+            .count();
+        let texture_bytes = 2048 * 2048 * 4;
+        assert_eq!(
+            idats,
+            texture_bytes / foundry_gpu::format::png_writer::BAND_BYTES,
+            "one IDAT per band"
+        );
+        assert_eq!(independent_decode(&out), data, "{compression:?}");
+    }
+}
