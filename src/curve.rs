@@ -137,6 +137,27 @@ pub fn tile_placement(order: u32, tile: u64) -> ((u32, u32), TileTransform) {
     ((first.0 & !mask, first.1 & !mask), transform)
 }
 
+/// The aligned squares `[x, y, side, side]` that cells `start..end` of a texture
+/// of `order` cover, largest first where alignment allows. An aligned run of
+/// `4^k` cells is one `2^k` square, so any range needs at most six squares a
+/// level: a handful of rectangles describes a section, a file or a mapping.
+pub fn range_squares(order: u32, start: u64, end: u64) -> Vec<[u32; 4]> {
+    let end = end.min(1u64 << (2 * order));
+    let mut squares = Vec::new();
+    let mut d = start;
+    while d < end {
+        let mut k = 0;
+        while k < order && d % (1u64 << (2 * (k + 1))) == 0 && d + (1u64 << (2 * (k + 1))) <= end {
+            k += 1;
+        }
+        let side = 1u32 << k;
+        let (x, y) = d2xy(order, d);
+        squares.push([x & !(side - 1), y & !(side - 1), side, side]);
+        d += 1u64 << (2 * k);
+    }
+    squares
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,6 +236,35 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn range_squares_cover_exactly_the_range() {
+        for order in 0..=6u32 {
+            let cells = 1u64 << (2 * order);
+            for (start, end) in [
+                (0, cells),
+                (1, cells - 1),
+                (3, 17),
+                (5, 5),
+                (cells / 3, cells / 2),
+            ] {
+                let (start, end) = (start.min(cells), end.min(cells));
+                let squares = range_squares(order, start, end);
+                let mut covered = std::collections::BTreeSet::new();
+                for [x, y, w, h] in &squares {
+                    for yy in *y..y + h {
+                        for xx in *x..x + w {
+                            assert!(covered.insert(xy2d(order, xx, yy)), "squares overlap");
+                        }
+                    }
+                }
+                let expected: std::collections::BTreeSet<u64> = (start..end).collect();
+                assert_eq!(covered, expected, "order {order} {start}..{end}");
+                assert!(squares.len() as u32 <= 6 * order.max(1));
+            }
+        }
+        assert_eq!(range_squares(8, 0, 65536), vec![[0, 0, 256, 256]]);
     }
 
     #[test]

@@ -7,12 +7,13 @@ use crate::error::{Error, Result};
 use crate::format::brick::{self, flags, Brick, BrickHeader};
 use crate::format::parts::{self, PartEntry, PartsIndex};
 use crate::format::png_writer::DeflatedRgba;
-use crate::format::preview::{self, Palette, PREVIEW_SIDES};
+use crate::format::preview::{self, LabelledRange, Palette, PREVIEW_SIDES};
 use crate::format::rts_png::{self, PngCompression, RtsPng};
 use crate::format::staged::StagedOutputs;
 use crate::format::{brick_min_side, detect, order_of_side, rts_min_side, FileKind};
 use crate::kernels::Layout;
 use crate::progress::Progress;
+use crate::source::elf::{parse_elf, ElfInfo, ElfParse, ElfSection, TextureLayout};
 use crate::source::read_input;
 use serde_json::{json, Map, Value};
 use std::path::{Path, PathBuf};
@@ -36,6 +37,34 @@ pub struct FoldOptions {
     pub compression: PngCompression,
     /// Write both `.rts.png` sidecars (`X.rts.meta.json`, `X.rts.png.meta.json`).
     pub sidecars: bool,
+    /// ELF sections that also get a brick of their own (`NAME.text.brick`).
+    pub sections: SectionChoice,
+}
+
+/// `--sections`: none (default), `all`, or a comma-separated list of names.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum SectionChoice {
+    #[default]
+    None,
+    All,
+    Named(Vec<String>),
+}
+
+impl SectionChoice {
+    /// Parses `all` or `.text,.data`.
+    pub fn parse(list: &str) -> Self {
+        if list == "all" {
+            SectionChoice::All
+        } else {
+            SectionChoice::Named(
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect(),
+            )
+        }
+    }
 }
 
 impl Default for FoldOptions {
@@ -48,6 +77,7 @@ impl Default for FoldOptions {
             legend: false,
             compression: PngCompression::default(),
             sidecars: false,
+            sections: SectionChoice::None,
         }
     }
 }
@@ -115,6 +145,8 @@ pub struct FoldReport {
     pub backend: &'static str,
     pub adapter: Option<AdapterDescription>,
     pub parts: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub elf: Option<ElfInfo>,
     pub outputs: Vec<OutputRecord>,
     pub notes: Vec<String>,
     pub seconds: f64,
@@ -303,6 +335,27 @@ pub fn fold_file(
         OutputTarget::RtsPng(_) => (false, true, false),
         OutputTarget::Preview(_) => (false, false, true),
     };
+    let part_size = u64::from(opts.max_side) * u64::from(opts.max_side);
+    let layout_of = |side: fn(&PartPlan) -> u32, bytes_per_pixel| TextureLayout {
+        part_size,
+        part_orders: plans.iter().map(|p| order_of_side(side(p))).collect(),
+        bytes_per_pixel,
+    };
+    let elf = match parse_elf(
+        &data,
+        &layout_of(|p| p.brick_side, 1),
+        &layout_of(|p| p.rts_side, 4),
+    ) {
+        ElfParse::NotElf => None,
+        ElfParse::Parsed(info) => Some(*info),
+        ElfParse::Corrupt(why) => {
+            notes.push(format!(
+                "{}: starts like ELF but does not parse ({why}); folded as plain bytes",
+                input.display()
+            ));
+            None
+        }
+    };
     progress.stage("hashing", data.len() as u64);
     // A single part's facts are the whole file's, computed beside the fold below.
     let mut whole_facts = multi.then(|| byte_facts(&data));
@@ -330,9 +383,12 @@ pub fn fold_file(
             },
         );
         let prepared = prepared?;
-        let facts = whole_facts
-            .get_or_insert_with(|| part_facts.clone())
-            .clone();
+        let facts = {
+            let whole = whole_facts.get_or_insert_with(|| part_facts.clone());
+            // Only an ELF that parses counts as one; a corrupt one is plain bytes.
+            whole.elf = elf.is_some();
+            whole.clone()
+        };
         let part_name = if multi {
             parts::part_file_name(&name, i, plans.len(), "")
                 .trim_end_matches('.')
@@ -361,9 +417,16 @@ pub fn fold_file(
             // Type flags describe the whole source; entropy flags the part itself.
             let mut header_flags = brick::flags_for(&facts) & !flags::IS_ENCRYPTED;
             header_flags |= brick::flags_for(&part_facts) & flags::IS_ENCRYPTED;
-            if let Some(info) = &part_info {
+            let elf_here = elf.as_ref().filter(|_| i == 0);
+            if part_info.is_some() || elf_here.is_some() {
                 header_flags |= flags::HAS_METADATA;
-                let sidecar = json!({"version": "1", "name": part_name, "part": info});
+                let mut sidecar = json!({"version": "1", "name": part_name});
+                if let Some(info) = &part_info {
+                    sidecar["part"] = info.clone();
+                }
+                if let Some(e) = elf_here {
+                    sidecar["elf"] = serde_json::to_value(e).expect("ELF info serialises");
+                }
                 staged.write(&brick::sidecar_path(&path), |w| {
                     w.write_all(rts_png::ascii_json(&sidecar).as_bytes())
                 })?;
@@ -384,13 +447,19 @@ pub fn fold_file(
             if let Some(info) = &part_info {
                 extra.insert("part".into(), info.clone());
             }
-            let meta = rts_png::metadata(
+            if let Some(e) = &elf {
+                extra.insert("elf".into(), elf_summary(e));
+            }
+            let mut meta = rts_png::metadata(
                 &part_name,
                 &part_facts,
                 plan.rts_side,
                 &describe(&facts),
                 extra,
             );
+            if let (Some(e), false) = (&elf, multi) {
+                add_section_offsets(&mut meta, e, bytes);
+            }
             let text = rts_png::ascii_json(&meta);
             staged.write(&path, |w| rts_png::write_rts_png(w, image, &text, None))?;
             records.push(("rts_png", Some(plan.rts_side)));
@@ -406,6 +475,20 @@ pub fn fold_file(
         progress.advance(bytes.len() as u64);
     }
     let facts = whole_facts.expect("there is always at least one part");
+    if let Some(e) = &elf {
+        if opts.sections != SectionChoice::None {
+            stage_section_bricks(
+                e,
+                &data,
+                &dir,
+                &name,
+                opts,
+                &mut staged,
+                &mut records,
+                &mut notes,
+            )?;
+        }
+    }
     if multi && (want_brick || want_rts) {
         let index = PartsIndex {
             format: parts::FORMAT.into(),
@@ -445,6 +528,30 @@ pub fn fold_file(
         };
         staged.write(&path, |w| preview::write_png(w, &image))?;
         records.push(("preview", Some(opts.preview_side)));
+        if let (Some(e), OutputTarget::Directory(_)) = (&elf, target) {
+            let ranges: Vec<LabelledRange> = e
+                .sections
+                .iter()
+                .filter(|s| s.size > 0)
+                .map(|s| LabelledRange {
+                    label: s.name.clone(),
+                    start: s.offset,
+                    end: s.offset + s.size,
+                })
+                .collect();
+            let overlay = preview::render_outlined(
+                backend,
+                &data,
+                Layout::Brick,
+                order,
+                opts.preview_side,
+                &ranges,
+            )?;
+            staged.write(&dir.join(format!("{name}.sections.png")), |w| {
+                preview::write_png(w, &overlay)
+            })?;
+            records.push(("sections_preview", Some(opts.preview_side)));
+        }
         progress.advance(1);
     }
     progress.stage("writing", records.len() as u64);
@@ -467,10 +574,109 @@ pub fn fold_file(
         backend: backend.label(),
         adapter: backend.adapter().cloned(),
         parts: plans.len(),
+        elf,
         outputs,
         notes,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// The small ELF summary the `.rts.png` text carries (the full map is in the brick sidecar).
+fn elf_summary(e: &ElfInfo) -> Value {
+    let mut v = json!({"class": e.class, "endian": e.endian, "kind": e.kind, "machine": e.machine,
+                       "entry": e.entry, "stripped": e.stripped, "sections": e.sections.len()});
+    if let Some(m) = &e.modinfo {
+        v["modinfo"] = serde_json::to_value(m).expect("modinfo serialises");
+    }
+    v
+}
+
+/// Adds each section with file bytes to the PixelRTS `offsets` table, where readers expect regions.
+fn add_section_offsets(meta: &mut Value, e: &ElfInfo, bytes: &[u8]) {
+    let offsets = meta["offsets"]
+        .as_object_mut()
+        .expect("metadata has offsets");
+    for s in e.sections.iter().filter(|s| s.size > 0) {
+        let mut key = s.name.clone();
+        let mut n = 1;
+        while offsets.contains_key(&key) {
+            n += 1;
+            key = format!("{}#{n}", s.name);
+        }
+        let range = s.offset as usize..(s.offset + s.size) as usize;
+        offsets.insert(
+            key,
+            json!({"offset": s.offset, "start": s.offset, "end": s.offset + s.size, "size": s.size,
+                   "type": "elf-section", "kind": s.kind, "flags": s.flags,
+                   "sha256": hex::encode(sha256(&bytes[range]))}),
+        );
+    }
+}
+
+/// Folds the sections `--sections` selects into `NAME.STEM.brick`, one texture each.
+#[allow(clippy::too_many_arguments)]
+fn stage_section_bricks(
+    e: &ElfInfo,
+    data: &[u8],
+    dir: &Path,
+    name: &str,
+    opts: &FoldOptions,
+    staged: &mut StagedOutputs,
+    records: &mut Vec<(&'static str, Option<u32>)>,
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    let chosen: Vec<&ElfSection> = match &opts.sections {
+        SectionChoice::None => Vec::new(),
+        SectionChoice::All => e.sections.iter().filter(|s| s.size > 0).collect(),
+        SectionChoice::Named(names) => {
+            for wanted in names {
+                if !e.sections.iter().any(|s| &s.name == wanted) {
+                    notes.push(format!("no section {wanted} in {name}"));
+                }
+            }
+            e.sections
+                .iter()
+                .filter(|s| names.contains(&s.name))
+                .collect()
+        }
+    };
+    let capacity = u64::from(opts.max_side) * u64::from(opts.max_side);
+    let mut used = std::collections::HashSet::new();
+    for s in chosen {
+        if s.size == 0 {
+            notes.push(format!(
+                "section {} has no bytes in the file (like .bss); no brick",
+                s.name
+            ));
+            continue;
+        }
+        if s.size > capacity {
+            notes.push(format!(
+                "section {} ({} bytes) exceeds one --max-side texture; no brick",
+                s.name, s.size
+            ));
+            continue;
+        }
+        let mut stem = crate::source::elf::section_file_stem(&s.name);
+        while !used.insert(stem.clone()) {
+            stem.push('_');
+        }
+        let bytes = &data[s.offset as usize..(s.offset + s.size) as usize];
+        let facts = byte_facts(bytes);
+        let side = brick_min_side(s.size);
+        // Sections are small next to the file: the CPU fold beats a GPU round trip.
+        let texture = Backend::Cpu.fold(Layout::Brick, bytes, order_of_side(side))?;
+        let mut header_flags = brick::flags_for(&facts);
+        if s.flags.contains('X') {
+            header_flags |= flags::IS_EXECUTABLE;
+        }
+        let header = BrickHeader::new(side, &facts, header_flags);
+        staged.write(&dir.join(format!("{name}.{stem}.brick")), |w| {
+            brick::write_brick(w, &header, &texture)
+        })?;
+        records.push(("section_brick", Some(side)));
+    }
+    Ok(())
 }
 
 fn content_kind(facts: &ByteFacts) -> &'static str {

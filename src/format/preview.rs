@@ -312,6 +312,170 @@ fn add_legend(image: &mut PreviewImage, palette: Palette, layout: Layout) {
     }
 }
 
+/// Outline colours for labelled regions, cycled.
+pub const REGION_COLOURS: [[u8; 3]; 10] = [
+    [0xff, 0xd7, 0x00],
+    [0x00, 0xe5, 0xff],
+    [0xff, 0x40, 0xff],
+    [0x7c, 0xff, 0x4f],
+    [0xff, 0x8c, 0x00],
+    [0x9d, 0x8c, 0xff],
+    [0xff, 0x52, 0x52],
+    [0x00, 0xff, 0xa3],
+    [0xff, 0xff, 0xff],
+    [0x40, 0x9c, 0xff],
+];
+
+/// A byte range to outline and label on a preview.
+#[derive(Clone, Debug)]
+pub struct LabelledRange {
+    pub label: String,
+    pub start: u64,
+    pub end: u64,
+}
+
+/// Renders the byte-class preview of `data` (as [`render`]) with every range in
+/// `ranges` outlined in its own colour, labelled where it is big enough, and a
+/// legend listing all of them below.
+pub fn render_outlined(
+    backend: &Backend,
+    data: &[u8],
+    layout: Layout,
+    order: u32,
+    side: u32,
+    ranges: &[LabelledRange],
+) -> Result<PreviewImage> {
+    let mut image = render(
+        backend,
+        data,
+        layout,
+        order,
+        Palette::Byteclass,
+        side,
+        false,
+    )?;
+    let preview_order = side.trailing_zeros();
+    let cell_order = order.min(preview_order);
+    let scale = 1u64 << (preview_order - cell_order);
+    let bytes_per_cell = (1u64 << (2 * (order - cell_order))) * layout.bytes_per_pixel() as u64;
+    let mut sorted: Vec<(usize, &LabelledRange)> = ranges
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.end > r.start)
+        .collect();
+    sorted.sort_by_key(|(_, r)| r.start);
+    // Which range owns the middle byte of each preview cell.
+    let owner = |cell: u64| -> Option<usize> {
+        let middle = cell * bytes_per_cell + bytes_per_cell / 2;
+        let i = sorted.partition_point(|(_, r)| r.start <= middle);
+        i.checked_sub(1)
+            .map(|i| sorted[i])
+            .filter(|(_, r)| middle < r.end)
+            .map(|(i, _)| i)
+    };
+    let width = side as usize;
+    let mut labels = vec![None; width * width];
+    for (y, row) in labels.chunks_exact_mut(width).enumerate() {
+        for (x, label) in row.iter_mut().enumerate() {
+            let cell = crate::curve::xy2d(
+                cell_order,
+                (x as u64 / scale) as u32,
+                (y as u64 / scale) as u32,
+            );
+            *label = owner(cell);
+        }
+    }
+    for y in 0..width {
+        for x in 0..width {
+            let Some(id) = labels[y * width + x] else {
+                continue;
+            };
+            let edge = [(0isize, -1isize), (0, 1), (-1, 0), (1, 0)]
+                .iter()
+                .any(|(dx, dy)| {
+                    let (nx, ny) = (x as isize + dx, y as isize + dy);
+                    nx < 0
+                        || ny < 0
+                        || nx >= width as isize
+                        || ny >= width as isize
+                        || labels[ny as usize * width + nx as usize] != Some(id)
+                });
+            if edge {
+                let [r, g, b] = REGION_COLOURS[id % REGION_COLOURS.len()];
+                image.rgba[(y * width + x) * 4..][..4].copy_from_slice(&[r, g, b, 255]);
+            }
+        }
+    }
+    // Label each range inside its largest square when the text fits.
+    for (id, range) in ranges.iter().enumerate() {
+        let first = range.start / bytes_per_cell;
+        let last = range.end.div_ceil(bytes_per_cell);
+        let biggest = crate::curve::range_squares(cell_order, first, last)
+            .into_iter()
+            .max_by_key(|sq| sq[2]);
+        if let Some([x, y, w, _]) = biggest {
+            let (px, py, pw) = (x as u64 * scale, y as u64 * scale, w as u64 * scale);
+            let text: String = range
+                .label
+                .chars()
+                .take(((pw.saturating_sub(4)) / 8) as usize)
+                .collect();
+            if pw >= 24 && !text.is_empty() {
+                let [r, g, b] = REGION_COLOURS[id % REGION_COLOURS.len()];
+                fill_rect(
+                    &mut image,
+                    px as usize + 2,
+                    py as usize + 2,
+                    text.len() * 8,
+                    8,
+                    [0, 0, 0, 200],
+                );
+                draw_text(
+                    &mut image,
+                    px as usize + 2,
+                    py as usize + 2,
+                    &text,
+                    1,
+                    [r, g, b, 255],
+                );
+            }
+        }
+    }
+    add_range_legend(&mut image, ranges);
+    Ok(image)
+}
+
+fn add_range_legend(image: &mut PreviewImage, ranges: &[LabelledRange]) {
+    let width = image.width as usize;
+    let entry_width = |label: &str| (12 + 8 * label.chars().count().min(40)) + 8;
+    let mut rows = 1;
+    let mut x = 2;
+    for r in ranges {
+        if x + entry_width(&r.label) > width && x > 2 {
+            rows += 1;
+            x = 2;
+        }
+        x += entry_width(&r.label);
+    }
+    let top = image.height as usize;
+    let strip = rows * 12 + 2;
+    image.height += strip as u32;
+    image.rgba.resize(width * image.height as usize * 4, 0);
+    fill_rect(image, 0, top, width, strip, [0x18, 0x18, 0x18, 255]);
+    let (mut x, mut y) = (2, top + 2);
+    for (id, r) in ranges.iter().enumerate() {
+        let label: String = r.label.chars().take(40).collect();
+        if x + entry_width(&label) > width && x > 2 {
+            x = 2;
+            y += 12;
+        }
+        let [cr, cg, cb] = REGION_COLOURS[id % REGION_COLOURS.len()];
+        fill_rect(image, x, y, 8, 8, [cr, cg, cb, 255]);
+        draw_text(image, x + 11, y, &label, 1, [0xee, 0xee, 0xee, 255]);
+        x += entry_width(&label);
+    }
+}
+
 /// Writes `image` as an 8-bit RGBA PNG.
 pub fn write_png(out: &mut dyn Write, image: &PreviewImage) -> std::io::Result<()> {
     let mut encoder = png::Encoder::new(out, image.width, image.height);

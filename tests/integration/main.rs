@@ -1,6 +1,7 @@
 //! The one integration-test binary: engine twins, formats, and the command line.
 
 mod cli;
+mod elf;
 mod formats;
 mod harness;
 mod twins;

@@ -3,7 +3,8 @@
 use clap::{Args, Parser, Subcommand};
 use foundry_gpu::backend::{Backend, BackendChoice, GpuOptions};
 use foundry_gpu::fold::{
-    self, human_bytes, FoldOptions, OutputTarget, DEFAULT_MAX_SIDE, DEFAULT_PREVIEW_SIDE,
+    self, human_bytes, FoldOptions, OutputTarget, SectionChoice, DEFAULT_MAX_SIDE,
+    DEFAULT_PREVIEW_SIDE,
 };
 use foundry_gpu::format::preview::Palette;
 use foundry_gpu::format::rts_png::PngCompression;
@@ -51,7 +52,7 @@ struct Global {
 enum Command {
     /// Fold a file into NAME.brick, NAME.rts.png and NAME.preview.png (or the one file -o names).
     #[command(
-        after_help = "Examples:\n  foundry-gpu fold /usr/bin/ls -o out/            # out/ls.brick, out/ls.rts.png, out/ls.preview.png\n  foundry-gpu fold hello.txt -o hello.brick --texture-size 8\n  foundry-gpu fold /proc/meminfo -o meminfo.rts.png\n  foundry-gpu fold big.img -o out/ --max-side 4096   # parts big.img.000.brick ... + big.img.parts.json\n\nIf -o ends in .brick, .rts.png or .png only that file is written; otherwise -o is a directory.\nInputs larger than one --max-side texture are split into parts with an index NAME.parts.json."
+        after_help = "Examples:\n  foundry-gpu fold /usr/bin/ls -o out/            # out/ls.brick, out/ls.rts.png, out/ls.preview.png\n  foundry-gpu fold hello.txt -o hello.brick --texture-size 8\n  foundry-gpu fold /proc/meminfo -o meminfo.rts.png\n  foundry-gpu fold big.img -o out/ --max-side 4096   # parts big.img.000.brick ... + big.img.parts.json\n  foundry-gpu fold /usr/bin/ls -o out/ --sections .text,.rodata   # + out/ls.text.brick, out/ls.rodata.brick\n\nIf -o ends in .brick, .rts.png or .png only that file is written; otherwise -o is a directory.\nInputs larger than one --max-side texture are split into parts with an index NAME.parts.json."
     )]
     Fold {
         /// File to fold (regular files are memory-mapped; /proc and /sys files are read to EOF).
@@ -73,6 +74,9 @@ enum Command {
         /// Also write both .rts.png sidecars (X.rts.meta.json and X.rts.png.meta.json).
         #[arg(long)]
         sidecars: bool,
+        /// ELF only: also fold these sections into NAME.SECTION.brick ("all", or ".text,.data").
+        #[arg(long, value_name = "all|LIST")]
+        sections: Option<String>,
     },
     /// Rebuild the original bytes from a .brick, .rts.png or NAME.parts.json, verifying SHA-256.
     #[command(
@@ -196,6 +200,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             look,
             compression,
             sidecars,
+            sections,
         } => {
             let opts = FoldOptions {
                 texture_size,
@@ -205,6 +210,9 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 legend: look.legend,
                 compression,
                 sidecars,
+                sections: sections
+                    .as_deref()
+                    .map_or(SectionChoice::None, SectionChoice::parse),
             };
             let backend = open_backend(global)?;
             let report = fold::fold_file(

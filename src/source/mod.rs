@@ -1,5 +1,7 @@
 //! Reading what gets folded: regular files through mmap, everything else (pipes, `/proc`, `/sys`) to EOF.
 
+pub mod elf;
+
 use crate::error::{Error, Result};
 use std::io::Read;
 use std::ops::Deref;
