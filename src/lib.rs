@@ -7,6 +7,8 @@
 //! - [`backend`]: choosing and driving an engine: CPU (rayon) or GPU (wgpu).
 //! - [`format`]: `.brick` (V2BR), `.rts.png` (PixelRTS v2), parts indexes, previews.
 //! - [`fold`]: the operations the CLI exposes: fold, unfold, info, preview.
+//! - [`source`]: what gets folded: files (mmap or read to EOF), ELF sections, directory trees.
+//! - [`snapshot`], [`district`]: whole trees folded into per-file bricks and one district.
 //! - [`analysis`]: local, deterministic facts about the bytes (entropy, text, ELF magic).
 //!
 //! The library never prints; the `foundry-gpu` binary does.
@@ -19,11 +21,13 @@ compile_error!(
 pub mod analysis;
 pub mod backend;
 pub mod curve;
+pub mod district;
 pub mod error;
 pub mod fold;
 pub mod format;
 pub mod kernels;
 pub mod progress;
+pub mod snapshot;
 pub mod source;
 
 pub use backend::{Backend, BackendChoice, GpuOptions};

@@ -6,6 +6,8 @@ pub trait Progress: Sync {
     fn stage(&self, name: &str, total: u64);
     /// `done` more units of the current stage are finished.
     fn advance(&self, done: u64);
+    /// `done` more files are finished (tree walks report files beside bytes).
+    fn files(&self, _done: u64) {}
 }
 
 /// Progress that goes nowhere.

@@ -246,7 +246,7 @@ fn malformed_inputs_give_one_clear_line_and_exit_2() {
     }
     expect_failure(&["unfold", s(d), "-o", s(&out)], 2, d, "is a directory", d);
     expect_failure(
-        &["fold", s(d), "-o", s(&d.join("o"))],
+        &["preview", s(d), "-o", s(&d.join("p.png"))],
         2,
         d,
         "is a directory",

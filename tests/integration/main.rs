@@ -4,4 +4,5 @@ mod cli;
 mod elf;
 mod formats;
 mod harness;
+mod tree;
 mod twins;

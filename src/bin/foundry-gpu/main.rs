@@ -9,6 +9,8 @@ use foundry_gpu::fold::{
 use foundry_gpu::format::preview::Palette;
 use foundry_gpu::format::rts_png::PngCompression;
 use foundry_gpu::progress::Progress;
+use foundry_gpu::snapshot::{self, SnapshotOptions};
+use foundry_gpu::source::tree::WalkOptions;
 use foundry_gpu::Error;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
@@ -50,7 +52,7 @@ struct Global {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Fold a file into NAME.brick, NAME.rts.png and NAME.preview.png (or the one file -o names).
+    /// Fold a file into NAME.brick, NAME.rts.png and NAME.preview.png (or the one file -o names); a directory as `snapshot` does.
     #[command(
         after_help = "Examples:\n  foundry-gpu fold /usr/bin/ls -o out/            # out/ls.brick, out/ls.rts.png, out/ls.preview.png\n  foundry-gpu fold hello.txt -o hello.brick --texture-size 8\n  foundry-gpu fold /proc/meminfo -o meminfo.rts.png\n  foundry-gpu fold big.img -o out/ --max-side 4096   # parts big.img.000.brick ... + big.img.parts.json\n  foundry-gpu fold /usr/bin/ls -o out/ --sections .text,.rodata   # + out/ls.text.brick, out/ls.rodata.brick\n\nIf -o ends in .brick, .rts.png or .png only that file is written; otherwise -o is a directory.\nInputs larger than one --max-side texture are split into parts with an index NAME.parts.json."
     )]
@@ -77,6 +79,28 @@ enum Command {
         /// ELF only: also fold these sections into NAME.SECTION.brick ("all", or ".text,.data").
         #[arg(long, value_name = "all|LIST")]
         sections: Option<String>,
+        #[command(flatten)]
+        tree: TreeArgs,
+    },
+    /// Fold one or more directory trees: a brick per file, one district of them all, an index.
+    #[command(
+        after_help = "Examples:\n  foundry-gpu snapshot /etc -o etc-snap/\n  foundry-gpu snapshot / -o rootfs/ --one-file-system --exclude 'proc/**' --max-bytes 2000000000\n  foundry-gpu snapshot /usr/bin /usr/lib -o usr/ --include '*.so*' --no-file-bricks\n\nOUT gets files/ROOT/PATH.brick for each file, district.NNN.brick/.rts.png (all files in path order),\ndistrict.parts.json (unfold it to get the concatenation back) and district.json (file -> bytes and pixels).\nSymlinks are recorded, never followed; unreadable, special, sparse and vanished files are skipped and counted."
+    )]
+    Snapshot {
+        /// Directories to fold, each becoming a contiguous region of the district.
+        #[arg(required = true)]
+        roots: Vec<PathBuf>,
+        /// Output directory.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Largest texture side; the district is split into parts of this side.
+        #[arg(long, default_value_t = DEFAULT_MAX_SIDE)]
+        max_side: u32,
+        /// Deflate effort for the district's .rts.png parts.
+        #[arg(long, value_enum, default_value_t = PngCompression::Fast)]
+        compression: PngCompression,
+        #[command(flatten)]
+        tree: TreeArgs,
     },
     /// Rebuild the original bytes from a .brick, .rts.png or NAME.parts.json, verifying SHA-256.
     #[command(
@@ -112,6 +136,46 @@ enum Command {
     },
 }
 
+/// Options for directory trees (`fold DIR`, `snapshot`).
+#[derive(Args)]
+struct TreeArgs {
+    /// Trees: fold at most this many files (the first in path order).
+    #[arg(long)]
+    max_files: Option<u64>,
+    /// Trees: stop adding files once their sizes reach this many bytes.
+    #[arg(long)]
+    max_bytes: Option<u64>,
+    /// Trees: only files whose path below the root matches (repeatable), e.g. '**/*.so'.
+    #[arg(long, value_name = "GLOB")]
+    include: Vec<String>,
+    /// Trees: leave out files and directories whose path below the root matches (repeatable).
+    #[arg(long, value_name = "GLOB")]
+    exclude: Vec<String>,
+    /// Trees: stay on each root's file system.
+    #[arg(long)]
+    one_file_system: bool,
+    /// Trees: write only the district, not a brick per file.
+    #[arg(long)]
+    no_file_bricks: bool,
+}
+
+impl TreeArgs {
+    fn options(&self, max_side: u32, compression: PngCompression) -> SnapshotOptions {
+        SnapshotOptions {
+            walk: WalkOptions {
+                max_files: self.max_files,
+                max_bytes: self.max_bytes,
+                include: self.include.clone(),
+                exclude: self.exclude.clone(),
+                one_file_system: self.one_file_system,
+            },
+            max_side,
+            compression,
+            file_bricks: !self.no_file_bricks,
+        }
+    }
+}
+
 #[derive(Args)]
 struct PreviewArgs {
     /// Preview colours.
@@ -125,8 +189,13 @@ struct PreviewArgs {
     legend: bool,
 }
 
-/// An indicatif bar, drawn only on a terminal.
-struct Bar(ProgressBar);
+/// An indicatif bar, drawn only on a terminal; tree walks add files and files/s.
+struct Bar {
+    bar: ProgressBar,
+    stage: std::sync::Mutex<String>,
+    files: std::sync::atomic::AtomicU64,
+    started: std::time::Instant,
+}
 
 impl Bar {
     fn new(enabled: bool) -> Self {
@@ -143,24 +212,38 @@ impl Bar {
             .expect("valid template")
             .progress_chars("=> "),
         );
-        Bar(bar)
+        Bar {
+            bar,
+            stage: Default::default(),
+            files: Default::default(),
+            started: std::time::Instant::now(),
+        }
     }
 }
 
 impl Progress for Bar {
     fn stage(&self, name: &str, total: u64) {
-        self.0.set_length(total);
-        self.0.set_position(0);
-        self.0.set_message(name.to_string());
+        self.bar.set_length(total);
+        self.bar.set_position(0);
+        self.bar.set_message(name.to_string());
+        *self.stage.lock().expect("stage") = name.to_string();
     }
     fn advance(&self, done: u64) {
-        self.0.inc(done);
+        self.bar.inc(done);
+    }
+    fn files(&self, done: u64) {
+        use std::sync::atomic::Ordering;
+        let files = self.files.fetch_add(done, Ordering::Relaxed) + done;
+        let rate = files as f64 / self.started.elapsed().as_secs_f64().max(1e-3);
+        let stage = self.stage.lock().expect("stage").clone();
+        self.bar
+            .set_message(format!("{stage} {files} files {rate:.0}/s"));
     }
 }
 
 impl Drop for Bar {
     fn drop(&mut self) {
-        self.0.finish_and_clear();
+        self.bar.finish_and_clear();
     }
 }
 
@@ -201,7 +284,16 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             compression,
             sidecars,
             sections,
+            tree,
         } => {
+            if input.is_dir() {
+                let backend = open_backend(global)?;
+                let opts = tree.options(max_side, compression);
+                let report = snapshot::snapshot(&backend, &[input], &output, &opts, &bar)?;
+                drop(bar);
+                print_snapshot(global, &report);
+                return Ok(ExitCode::SUCCESS);
+            }
             let opts = FoldOptions {
                 texture_size,
                 max_side,
@@ -250,6 +342,19 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                     eprintln!("note: {note}");
                 }
             }
+        }
+        Command::Snapshot {
+            roots,
+            output,
+            max_side,
+            compression,
+            tree,
+        } => {
+            let backend = open_backend(global)?;
+            let opts = tree.options(max_side, compression);
+            let report = snapshot::snapshot(&backend, &roots, &output, &opts, &bar)?;
+            drop(bar);
+            print_snapshot(global, &report);
         }
         Command::Unfold { input, output } => {
             let backend = open_backend(global)?;
@@ -308,6 +413,47 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_snapshot(global: &Global, r: &snapshot::SnapshotReport) {
+    if global.json {
+        print_json(r);
+        return;
+    }
+    let roots: Vec<String> = r.roots.iter().map(|p| p.display().to_string()).collect();
+    println!(
+        "folded {} files ({}) from {} on {} in {:.1} s: {:.0} files/s, {:.1} MB/s",
+        r.files,
+        human_bytes(r.bytes),
+        roots.join(", "),
+        r.backend,
+        r.seconds,
+        r.files_per_second,
+        r.megabytes_per_second
+    );
+    let skipped: u64 = r.skipped.values().sum();
+    if skipped > 0 {
+        let reasons: Vec<String> = r.skipped.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        println!("  skipped {skipped}: {}", reasons.join(", "));
+    }
+    if r.symlinks > 0 {
+        println!("  symlinks recorded (not followed): {}", r.symlinks);
+    }
+    if r.changed_while_read > 0 {
+        println!(
+            "  changed while read (folded as read): {}",
+            r.changed_while_read
+        );
+    }
+    println!(
+        "  district: {} part(s), index {}",
+        r.district_parts,
+        r.district_index.display()
+    );
+    println!(
+        "  unfold the concatenation with: foundry-gpu unfold {} -o FILE",
+        r.parts_index.display()
+    );
 }
 
 fn print_info(r: &fold::InfoReport) {

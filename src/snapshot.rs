@@ -1,0 +1,425 @@
+//! Folding whole trees (`fold DIR`, `snapshot DIR...`): a brick per file, one district of the
+//! tree in path order, and an index of where every file landed, in bounded memory.
+
+use crate::analysis::{byte_facts, ByteFacts};
+use crate::backend::{AdapterDescription, Backend};
+use crate::district::DistrictWriter;
+use crate::error::{Error, Result};
+use crate::fold::{fold_file, FoldOptions, OutputTarget};
+use crate::format::brick::{self, BrickHeader};
+use crate::format::parts::PartEntry;
+use crate::format::rts_png::PngCompression;
+use crate::format::staged::StagedOutputs;
+use crate::format::{brick_min_side, order_of_side};
+use crate::kernels::Layout;
+use crate::progress::{Progress, Silent};
+use crate::source::elf::PixelRegion;
+use crate::source::tree::{walk, FileEntry, SkipLog, SkipReason, SymlinkEntry, WalkOptions};
+use rayon::prelude::*;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Files are read and folded in batches of about this many bytes; memory
+/// holds one batch, one district part and the textures being written.
+const BATCH_BYTES: u64 = 64 << 20;
+/// Files at least this big fold on the chosen backend; smaller ones on the
+/// CPU, where a fold costs less than a GPU round trip. Small files still
+/// reach the GPU together, as district parts.
+const GPU_MIN_BYTES: u64 = 1 << 20;
+/// Chunk for streaming files too big for a batch into the district.
+const STREAM_CHUNK: usize = 8 << 20;
+
+/// Everything `snapshot` can be told.
+#[derive(Clone, Debug)]
+pub struct SnapshotOptions {
+    pub walk: WalkOptions,
+    pub max_side: u32,
+    pub compression: PngCompression,
+    /// Write `files/ROOT/PATH.brick` for every file (the district is always written).
+    pub file_bricks: bool,
+}
+
+impl Default for SnapshotOptions {
+    fn default() -> Self {
+        SnapshotOptions {
+            walk: WalkOptions::default(),
+            max_side: crate::fold::DEFAULT_MAX_SIDE,
+            compression: PngCompression::default(),
+            file_bricks: true,
+        }
+    }
+}
+
+/// Where one file landed.
+#[derive(Clone, Debug, Serialize)]
+pub struct FileRecord {
+    /// `ROOT/relative/path` (lossy UTF-8).
+    pub path: String,
+    /// The raw path bytes in hex, when the name is not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_hex: Option<String>,
+    pub root: usize,
+    /// Byte range in the district stream.
+    pub offset: u64,
+    pub size: u64,
+    pub sha256: String,
+    pub flags: Vec<&'static str>,
+    /// The file's size changed while it was read; what was read is folded.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub changed_while_read: bool,
+    /// The file's own brick (or, for a file bigger than one texture, its parts
+    /// index), relative to the output directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub brick: Option<String>,
+    /// Squares the file covers in the district's `.brick` parts.
+    pub regions: Vec<PixelRegion>,
+}
+
+/// `district.json`: the map from files to district bytes and pixels.
+#[derive(Debug, Serialize)]
+pub struct DistrictIndex {
+    pub format: &'static str,
+    pub version: u32,
+    pub roots: Vec<String>,
+    pub size: u64,
+    pub sha256: String,
+    /// The parts index `foundry-gpu unfold` takes.
+    pub parts_index: String,
+    pub parts: Vec<PartEntry>,
+    pub files: Vec<FileRecord>,
+    pub symlinks: Vec<SymlinkEntry>,
+    pub skipped: SkipLog,
+}
+
+/// What a snapshot did.
+#[derive(Clone, Debug, Serialize)]
+pub struct SnapshotReport {
+    pub roots: Vec<PathBuf>,
+    pub output: PathBuf,
+    pub files: u64,
+    pub bytes: u64,
+    pub skipped: BTreeMap<&'static str, u64>,
+    pub symlinks: usize,
+    pub changed_while_read: u64,
+    pub district_parts: usize,
+    pub district_index: PathBuf,
+    pub parts_index: PathBuf,
+    pub backend: &'static str,
+    pub adapter: Option<AdapterDescription>,
+    pub seconds: f64,
+    pub files_per_second: f64,
+    pub megabytes_per_second: f64,
+}
+
+/// A file read whole, or why not.
+struct ReadFile {
+    bytes: Vec<u8>,
+    changed: bool,
+}
+
+fn read_whole(entry: &FileEntry) -> std::result::Result<ReadFile, SkipReason> {
+    let mut file = std::fs::File::open(&entry.abs).map_err(|e| SkipReason::from_io(&e))?;
+    let mut bytes = Vec::with_capacity(entry.size.min(BATCH_BYTES) as usize);
+    file.read_to_end(&mut bytes)
+        .map_err(|e| SkipReason::from_io(&e))?;
+    let now = file.metadata().map(|m| m.len()).unwrap_or(entry.size);
+    let changed = bytes.len() as u64 != entry.size || now != entry.size;
+    Ok(ReadFile { bytes, changed })
+}
+
+fn root_names(roots: &[PathBuf]) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for root in roots {
+        let base = root
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "root".into());
+        let mut name = base.clone();
+        let mut n = 1;
+        while names.contains(&name) {
+            n += 1;
+            name = format!("{base}-{n}");
+        }
+        names.push(name);
+    }
+    names
+}
+
+/// The file's own brick, relative to the output directory.
+fn brick_rel_path(root_name: &str, rel: &Path) -> PathBuf {
+    let mut name = rel.as_os_str().to_owned();
+    name.push(".brick");
+    Path::new("files").join(root_name).join(name)
+}
+
+/// Writes one single-texture brick for `bytes` at `path`.
+fn write_file_brick(backend: &Backend, bytes: &[u8], facts: &ByteFacts, path: &Path) -> Result<()> {
+    let side = brick_min_side(bytes.len() as u64);
+    let engine = if (bytes.len() as u64) < GPU_MIN_BYTES {
+        &Backend::Cpu
+    } else {
+        backend
+    };
+    let texture = engine.fold(Layout::Brick, bytes, order_of_side(side))?;
+    let header = BrickHeader::new(side, facts, brick::flags_for(facts));
+    let mut staged = StagedOutputs::new();
+    staged.write(path, |w| brick::write_brick(w, &header, &texture))?;
+    staged.commit()?;
+    Ok(())
+}
+
+/// Folds the trees under `roots` into `out`.
+pub fn snapshot(
+    backend: &Backend,
+    roots: &[PathBuf],
+    out: &Path,
+    opts: &SnapshotOptions,
+    progress: &dyn Progress,
+) -> Result<SnapshotReport> {
+    let started = Instant::now();
+    if roots.is_empty() {
+        return Err(Error::Usage("snapshot needs at least one directory".into()));
+    }
+    progress.stage("walking", 0);
+    let found = walk(roots, &opts.walk)?;
+    let names = root_names(roots);
+    let total_bytes: u64 = found.files.iter().map(|f| f.size).sum();
+    progress.stage("folding", total_bytes);
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, "create directory", e))?;
+    let description = format!("district of {}", names.join(", "));
+    let mut district = DistrictWriter::new(
+        backend,
+        out,
+        "district",
+        &description,
+        opts.max_side,
+        opts.compression,
+    );
+    let mut skipped = found.skipped;
+    let mut records: Vec<FileRecord> = Vec::with_capacity(found.files.len());
+    let part_size = u64::from(opts.max_side) * u64::from(opts.max_side);
+    let stream_above = BATCH_BYTES.min(part_size);
+
+    let mut pending: &[FileEntry] = &found.files;
+    while !pending.is_empty() {
+        // A batch: files in path order until BATCH_BYTES, or one big file alone.
+        if pending[0].size > stream_above {
+            let entry = &pending[0];
+            match stream_big_file(backend, entry, &names, out, opts, &mut district) {
+                Ok(record) => records.push(record),
+                Err(reason) => skipped.add(&entry.abs, reason),
+            }
+            progress.advance(entry.size);
+            progress.files(1);
+            pending = &pending[1..];
+            continue;
+        }
+        let mut batch_bytes = 0;
+        let count = pending
+            .iter()
+            .take_while(|f| {
+                let fits = f.size <= stream_above
+                    && (batch_bytes == 0 || batch_bytes + f.size <= BATCH_BYTES);
+                batch_bytes += f.size;
+                fits
+            })
+            .count()
+            .max(1);
+        let (batch, rest) = pending.split_at(count);
+        pending = rest;
+        let folded: Vec<_> = batch
+            .par_iter()
+            .map(
+                |entry| -> std::result::Result<(ReadFile, ByteFacts, Option<String>), SkipReason> {
+                    let read = read_whole(entry)?;
+                    let facts = byte_facts(&read.bytes);
+                    let brick = if opts.file_bricks {
+                        let rel = brick_rel_path(&names[entry.root], &entry.rel);
+                        write_file_brick(backend, &read.bytes, &facts, &out.join(&rel))
+                            .map_err(|e| SkipReason::ReadError(e.to_string()))?;
+                        Some(rel.to_string_lossy().into_owned())
+                    } else {
+                        None
+                    };
+                    Ok((read, facts, brick))
+                },
+            )
+            .collect();
+        for (entry, result) in batch.iter().zip(folded) {
+            match result {
+                Ok((read, facts, brick)) => {
+                    let offset = district.offset();
+                    district.append(&read.bytes)?;
+                    records.push(record_for(
+                        entry,
+                        &names,
+                        offset,
+                        &facts,
+                        read.changed,
+                        brick,
+                    ));
+                }
+                Err(reason) => skipped.add(&entry.abs, reason),
+            }
+            progress.advance(entry.size);
+            progress.files(1);
+        }
+    }
+    let district = district.finish()?;
+    for record in &mut records {
+        record.regions = district
+            .layout
+            .regions(record.offset, record.offset + record.size);
+    }
+    let bytes: u64 = records.iter().map(|r| r.size).sum();
+    let changed = records.iter().filter(|r| r.changed_while_read).count() as u64;
+    let index = DistrictIndex {
+        format: "foundry-gpu-district",
+        version: 1,
+        roots: roots
+            .iter()
+            .map(|r| r.to_string_lossy().into_owned())
+            .collect(),
+        size: district.size,
+        sha256: district.sha256.clone(),
+        parts_index: district
+            .index_path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        parts: district.parts.clone(),
+        files: records,
+        symlinks: found.symlinks,
+        skipped,
+    };
+    let index_path = out.join("district.json");
+    let mut staged = StagedOutputs::new();
+    staged.write(&index_path, |w| {
+        serde_json::to_writer(&mut *w, &index).map_err(std::io::Error::other)
+    })?;
+    staged.commit()?;
+    let seconds = started.elapsed().as_secs_f64();
+    let files = index.files.len() as u64;
+    Ok(SnapshotReport {
+        roots: roots.to_vec(),
+        output: out.to_path_buf(),
+        files,
+        bytes,
+        skipped: index.skipped.counts.clone(),
+        symlinks: index.symlinks.len(),
+        changed_while_read: changed,
+        district_parts: index.parts.len(),
+        district_index: index_path,
+        parts_index: district.index_path,
+        backend: backend.label(),
+        adapter: backend.adapter().cloned(),
+        seconds,
+        files_per_second: files as f64 / seconds.max(1e-9),
+        megabytes_per_second: bytes as f64 / 1e6 / seconds.max(1e-9),
+    })
+}
+
+fn record_for(
+    entry: &FileEntry,
+    names: &[String],
+    offset: u64,
+    facts: &ByteFacts,
+    changed: bool,
+    brick: Option<String>,
+) -> FileRecord {
+    let path = Path::new(&names[entry.root]).join(&entry.rel);
+    let utf8 = std::str::from_utf8(path.as_os_str().as_bytes()).is_ok();
+    FileRecord {
+        path: path.to_string_lossy().into_owned(),
+        path_hex: (!utf8).then(|| hex::encode(path.as_os_str().as_bytes())),
+        root: entry.root,
+        offset,
+        size: facts.size,
+        sha256: facts.sha256_hex(),
+        flags: brick::flags::names(brick::flags_for(facts)),
+        changed_while_read: changed,
+        brick,
+        regions: Vec::new(),
+    }
+}
+
+/// A file too big for a batch: its own brick through the ordinary fold (mapped,
+/// split into parts if needed), and its bytes streamed into the district.
+fn stream_big_file(
+    backend: &Backend,
+    entry: &FileEntry,
+    names: &[String],
+    out: &Path,
+    opts: &SnapshotOptions,
+    district: &mut DistrictWriter,
+) -> std::result::Result<FileRecord, SkipReason> {
+    let brick = if opts.file_bricks {
+        let rel = brick_rel_path(&names[entry.root], &entry.rel);
+        let fold_opts = FoldOptions {
+            max_side: opts.max_side,
+            ..Default::default()
+        };
+        let target = OutputTarget::Brick(out.join(&rel));
+        let folded = fold_file(backend, &entry.abs, &target, &fold_opts, &Silent)
+            .map_err(|e| SkipReason::ReadError(e.to_string()))?;
+        // A file bigger than one texture is split; its parts index stands for it.
+        let rel = if folded.parts > 1 {
+            let mut index = rel.with_extension("").into_os_string();
+            index.push(".parts.json");
+            PathBuf::from(index)
+        } else {
+            rel
+        };
+        Some(rel.to_string_lossy().into_owned())
+    } else {
+        None
+    };
+    let mut file = std::fs::File::open(&entry.abs).map_err(|e| SkipReason::from_io(&e))?;
+    let offset = district.offset();
+    let mut hasher = Sha256::new();
+    let mut histogram = [0u64; 256];
+    let mut chunk = vec![0u8; STREAM_CHUNK];
+    let mut read_total = 0u64;
+    let mut elf = false;
+    let mut failed_midway = false;
+    loop {
+        let n = match file.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) if read_total == 0 => return Err(SkipReason::from_io(&e)),
+            // Bytes already went into the district: keep them, flag the file.
+            Err(_) => {
+                failed_midway = true;
+                break;
+            }
+        };
+        if read_total == 0 {
+            elf = crate::analysis::is_elf(&chunk[..n]);
+        }
+        hasher.update(&chunk[..n]);
+        for &b in &chunk[..n] {
+            histogram[b as usize] += 1;
+        }
+        district
+            .append(&chunk[..n])
+            .map_err(|e| SkipReason::ReadError(e.to_string()))?;
+        read_total += n as u64;
+    }
+    let facts = ByteFacts {
+        size: read_total,
+        sha256: hasher.finalize().into(),
+        entropy: crate::analysis::entropy_of(&histogram),
+        // Checking UTF-8 would need the whole file at once; big files are rarely text.
+        utf8_text: false,
+        elf,
+    };
+    let changed = failed_midway || read_total != entry.size;
+    Ok(record_for(entry, names, offset, &facts, changed, brick))
+}
