@@ -159,7 +159,12 @@ fn brick_rel_path(root_name: &str, rel: &Path) -> PathBuf {
 }
 
 /// Writes one single-texture brick for `bytes` at `path`.
-fn write_file_brick(backend: &Backend, bytes: &[u8], facts: &ByteFacts, path: &Path) -> Result<()> {
+pub(crate) fn write_file_brick(
+    backend: &Backend,
+    bytes: &[u8],
+    facts: &ByteFacts,
+    path: &Path,
+) -> Result<()> {
     let side = brick_min_side(bytes.len() as u64);
     let engine = if (bytes.len() as u64) < GPU_MIN_BYTES {
         &Backend::Cpu

@@ -1,6 +1,7 @@
 //! Reading what gets folded: regular files through mmap, everything else (pipes, `/proc`, `/sys`) to EOF.
 
 pub mod elf;
+pub mod process;
 pub mod tree;
 
 use crate::error::{Error, Result};

@@ -4,5 +4,6 @@ mod cli;
 mod elf;
 mod formats;
 mod harness;
+mod memory;
 mod tree;
 mod twins;

@@ -8,6 +8,7 @@ use foundry_gpu::fold::{
 };
 use foundry_gpu::format::preview::Palette;
 use foundry_gpu::format::rts_png::PngCompression;
+use foundry_gpu::process_memory::{self, MemOptions};
 use foundry_gpu::progress::Progress;
 use foundry_gpu::snapshot::{self, SnapshotOptions};
 use foundry_gpu::source::tree::WalkOptions;
@@ -101,6 +102,35 @@ enum Command {
         compression: PngCompression,
         #[command(flatten)]
         tree: TreeArgs,
+    },
+    /// Fold a running process's memory: a brick per mapping, one address-space district, a region table.
+    #[command(
+        after_help = "Examples:\n  foundry-gpu mem $$ -o shell-mem/\n  foundry-gpu mem 1234 -o snap/ --max-mapping-bytes 268435456 --no-mapping-bricks\n\nOUT gets mappings/NNNN-START-LABEL.brick, address-space.NNN.brick/.rts.png (readable mappings in address order),\naddress-space.parts.json, regions.json (address range, permissions, path, offset in the district, or why it was skipped)\nand address-space.preview.png with every mapping outlined and labelled. Reading another user's process needs\nptrace rights (same user and kernel.yama.ptrace_scope, or root); [vvar] and guard pages are skipped with a reason."
+    )]
+    Mem {
+        /// Process ID.
+        pid: u32,
+        /// Output directory.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Largest texture side; the district is split into parts of this side.
+        #[arg(long, default_value_t = DEFAULT_MAX_SIDE)]
+        max_side: u32,
+        /// Deflate effort for the district's .rts.png parts.
+        #[arg(long, value_enum, default_value_t = PngCompression::Fast)]
+        compression: PngCompression,
+        /// Mappings larger than this are listed but not read.
+        #[arg(long, default_value_t = 1 << 30)]
+        max_mapping_bytes: u64,
+        /// Stop reading mappings once the district holds this many bytes.
+        #[arg(long, default_value_t = 4 << 30)]
+        max_bytes: u64,
+        /// Write only the district, not a brick per mapping.
+        #[arg(long)]
+        no_mapping_bricks: bool,
+        /// Preview side in pixels (power of two, 16..=8192).
+        #[arg(long, default_value_t = DEFAULT_PREVIEW_SIDE)]
+        preview_side: u32,
     },
     /// Rebuild the original bytes from a .brick, .rts.png or NAME.parts.json, verifying SHA-256.
     #[command(
@@ -355,6 +385,48 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             let report = snapshot::snapshot(&backend, &roots, &output, &opts, &bar)?;
             drop(bar);
             print_snapshot(global, &report);
+        }
+        Command::Mem {
+            pid,
+            output,
+            max_side,
+            compression,
+            max_mapping_bytes,
+            max_bytes,
+            no_mapping_bricks,
+            preview_side,
+        } => {
+            let backend = open_backend(global)?;
+            let opts = MemOptions {
+                max_side,
+                compression,
+                max_mapping_bytes,
+                max_bytes,
+                mapping_bricks: !no_mapping_bricks,
+                preview_side,
+            };
+            let report = process_memory::snapshot_process(&backend, pid, &output, &opts, &bar)?;
+            drop(bar);
+            if global.json {
+                print_json(&report);
+            } else {
+                println!(
+                    "read {} of {} mappings of process {} ({}) on {} in {:.2} s",
+                    report.read,
+                    report.mappings,
+                    pid,
+                    human_bytes(report.bytes),
+                    report.backend,
+                    report.seconds
+                );
+                println!("  regions: {}", report.regions.display());
+                if let Some(p) = &report.preview {
+                    println!("  preview: {}", p.display());
+                }
+                for note in &report.notes {
+                    eprintln!("note: {note}");
+                }
+            }
         }
         Command::Unfold { input, output } => {
             let backend = open_backend(global)?;

@@ -1,0 +1,129 @@
+//! Process memory: a child the test starts writes a known pattern at a known address, and the
+//! pattern is found where the region table says, in the district and in the mapping's brick.
+
+use crate::harness::gpu;
+use foundry_gpu::fold;
+use foundry_gpu::process_memory::{snapshot_process, MemOptions};
+use foundry_gpu::progress::Silent;
+use foundry_gpu::Backend;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+
+const CHILD: &str = r#"
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+int main(void) {
+    unsigned char *p = mmap(NULL, 65536, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    for (int i = 0; i < 65536; i++) p[i] = (unsigned char)(i * 7 + 3);
+    memcpy(p + 12345, "FOUNDRY-PATTERN-0123456789", 26);
+    printf("%lx\n", (unsigned long)(p + 12345));
+    fflush(stdout);
+    char c;
+    read(0, &c, 1); /* hold still until the test closes stdin */
+    return 0;
+}
+"#;
+
+const PATTERN: &[u8] = b"FOUNDRY-PATTERN-0123456789";
+
+#[test]
+fn a_known_pattern_is_found_at_the_reported_place() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("child.c"), CHILD).unwrap();
+    let exe = dir.path().join("child");
+    assert!(Command::new("gcc")
+        .arg("-o")
+        .arg(&exe)
+        .arg(dir.path().join("child.c"))
+        .status()
+        .unwrap()
+        .success());
+    let mut child = Command::new(&exe)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let address = u64::from_str_radix(line.trim(), 16).unwrap();
+
+    let backends: Vec<&Backend> = std::iter::once(&Backend::Cpu).chain(gpu()).collect();
+    for backend in backends {
+        let out = dir.path().join(format!("mem-{}", backend.label()));
+        let opts = MemOptions {
+            preview_side: 256,
+            ..Default::default()
+        };
+        let report = snapshot_process(backend, child.id(), &out, &opts, &Silent).unwrap();
+        assert!(report.read > 3 && report.read <= report.mappings);
+        let table: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&report.regions).unwrap()).unwrap();
+        let regions = table["regions"].as_array().unwrap();
+        let region = regions
+            .iter()
+            .find(|r| {
+                r["start"].as_u64().unwrap() <= address && address < r["end"].as_u64().unwrap()
+            })
+            .expect("a mapping holds the pattern");
+        assert_eq!(region["perms"], "rw-p");
+        let inside = (address - region["start"].as_u64().unwrap()) as usize;
+        // In the district, at district_offset + (address - start).
+        let at = region["district_offset"].as_u64().unwrap() as usize + inside;
+        let whole = dir.path().join("whole.bin");
+        fold::unfold_file(&Backend::Cpu, &report.parts_index, &whole, &Silent).unwrap();
+        let bytes = std::fs::read(&whole).unwrap();
+        assert_eq!(&bytes[at..at + PATTERN.len()], PATTERN);
+        // In the mapping's own brick, at address - start.
+        let brick =
+            fold::decode(&Backend::Cpu, &out.join(region["brick"].as_str().unwrap())).unwrap();
+        assert_eq!(&brick.bytes[inside..inside + PATTERN.len()], PATTERN);
+        assert_eq!(brick.bytes[0], 3, "byte 0 of the mapping is 0*7+3");
+        // [vvar] (or any unreadable mapping) is listed with a reason, not read.
+        if let Some(vvar) = regions.iter().find(|r| r["path"] == "[vvar]") {
+            assert!(vvar["skipped"].as_str().unwrap().contains("EIO"), "{vvar}");
+            assert!(vvar.get("district_offset").is_none());
+        }
+        assert!(report.preview.unwrap().exists());
+    }
+    child.stdin.as_mut().unwrap().write_all(b"x").unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn missing_and_forbidden_processes_are_clear_errors() {
+    let err = snapshot_process(
+        &Backend::Cpu,
+        999_999_999,
+        std::path::Path::new("/tmp/unused"),
+        &MemOptions::default(),
+        &Silent,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("no process 999999999"), "{err}");
+    assert!(err.is_input_error());
+    // As an unprivileged user, PID 1 (root's) cannot be read: ptrace rules.
+    let is_root = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false);
+    let binary = env!("CARGO_BIN_EXE_foundry-gpu");
+    let out = tempfile::tempdir().unwrap();
+    let mut cmd = if is_root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "nobody", "--", binary]);
+        c
+    } else {
+        Command::new(binary)
+    };
+    let o = cmd
+        .args(["mem", "1", "-o", out.path().join("m").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("ptrace"), "{stderr}");
+    assert!(!stderr.contains("panicked"));
+}
