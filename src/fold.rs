@@ -689,6 +689,51 @@ fn content_kind(facts: &ByteFacts) -> &'static str {
     }
 }
 
+/// Publishes a fold's `.rts.png` (each part, when split) with its `.brick` to the map.
+pub fn publish(report: &FoldReport, builder: &Path) -> Result<crate::map::PublishReport> {
+    let key = report
+        .input
+        .canonicalize()
+        .unwrap_or_else(|_| report.input.clone())
+        .to_string_lossy()
+        .into_owned();
+    let pngs: Vec<&OutputRecord> = report
+        .outputs
+        .iter()
+        .filter(|o| o.kind == "rts_png")
+        .collect();
+    if pngs.is_empty() {
+        return Err(Error::Usage(
+            "--publish needs an .rts.png: fold into a directory or a .rts.png".into(),
+        ));
+    }
+    let bricks: Vec<&OutputRecord> = report
+        .outputs
+        .iter()
+        .filter(|o| o.kind == "brick")
+        .collect();
+    let rels: Vec<String> = (0..pngs.len())
+        .map(|i| {
+            if pngs.len() == 1 {
+                key.clone()
+            } else {
+                format!("{key}#{i:03}")
+            }
+        })
+        .collect();
+    let tiles: Vec<crate::map::Tile> = pngs
+        .iter()
+        .enumerate()
+        .map(|(i, png)| crate::map::Tile {
+            root: "files",
+            rel: &rels[i],
+            rts_png: &png.path,
+            brick: bricks.get(i).map(|b| b.path.as_path()),
+        })
+        .collect();
+    crate::map::BuilderRoot::open(builder)?.publish(&tiles)
+}
+
 /// Bytes decoded from one `.brick` or `.rts.png`, with what the file recorded.
 pub struct Decoded {
     pub kind: FileKind,

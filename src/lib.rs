@@ -26,6 +26,7 @@ pub mod error;
 pub mod fold;
 pub mod format;
 pub mod kernels;
+pub mod map;
 pub mod process_memory;
 pub mod progress;
 pub mod snapshot;

@@ -30,6 +30,8 @@ pub struct MemOptions {
     /// Write `mappings/NNNN-START-LABEL.brick` for every mapping read.
     pub mapping_bricks: bool,
     pub preview_side: u32,
+    /// Publish the address-space parts to this builder root.
+    pub publish: Option<PathBuf>,
 }
 
 impl Default for MemOptions {
@@ -41,6 +43,7 @@ impl Default for MemOptions {
             max_bytes: 4 << 30,
             mapping_bricks: true,
             preview_side: crate::fold::DEFAULT_PREVIEW_SIDE,
+            publish: None,
         }
     }
 }
@@ -82,6 +85,8 @@ pub struct MemReport {
     pub backend: &'static str,
     pub adapter: Option<AdapterDescription>,
     pub seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub published: Option<crate::map::PublishReport>,
 }
 
 /// Largest address space kept in memory to draw the preview.
@@ -220,6 +225,36 @@ pub fn snapshot_process(
         None
     };
     staged.commit()?;
+    let published = match &opts.publish {
+        Some(builder) => {
+            // Processes come and go; their command name keeps one square on the map.
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            let root = format!("mem:{}", comm.trim());
+            let items: Vec<(String, PathBuf, Option<PathBuf>)> = district
+                .parts
+                .iter()
+                .filter_map(|p| {
+                    let png = p.rts_png.as_ref()?;
+                    Some((
+                        png.clone(),
+                        out.join(png),
+                        p.brick.as_ref().map(|b| out.join(b)),
+                    ))
+                })
+                .collect();
+            let tiles: Vec<crate::map::Tile> = items
+                .iter()
+                .map(|(rel, png, brick)| crate::map::Tile {
+                    root: &root,
+                    rel,
+                    rts_png: png,
+                    brick: brick.as_deref(),
+                })
+                .collect();
+            Some(crate::map::BuilderRoot::open(builder)?.publish(&tiles)?)
+        }
+        None => None,
+    };
     let read = records
         .iter()
         .filter(|r| r.district_offset.is_some())
@@ -239,5 +274,6 @@ pub fn snapshot_process(
         backend: backend.label(),
         adapter: backend.adapter().cloned(),
         seconds: started.elapsed().as_secs_f64(),
+        published,
     })
 }

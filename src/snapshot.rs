@@ -42,6 +42,8 @@ pub struct SnapshotOptions {
     pub compression: PngCompression,
     /// Write `files/ROOT/PATH.brick` for every file (the district is always written).
     pub file_bricks: bool,
+    /// Publish every file (as `files/ROOT/PATH.rts.png`) and the district parts to this builder root.
+    pub publish: Option<PathBuf>,
 }
 
 impl Default for SnapshotOptions {
@@ -51,6 +53,7 @@ impl Default for SnapshotOptions {
             max_side: crate::fold::DEFAULT_MAX_SIDE,
             compression: PngCompression::default(),
             file_bricks: true,
+            publish: None,
         }
     }
 }
@@ -76,6 +79,9 @@ pub struct FileRecord {
     /// index), relative to the output directory.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub brick: Option<String>,
+    /// The file's `.rts.png` tile, written when publishing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rts_png: Option<String>,
     /// Squares the file covers in the district's `.brick` parts.
     pub regions: Vec<PixelRegion>,
 }
@@ -114,6 +120,8 @@ pub struct SnapshotReport {
     pub seconds: f64,
     pub files_per_second: f64,
     pub megabytes_per_second: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub published: Option<crate::map::PublishReport>,
 }
 
 /// A file read whole, or why not.
@@ -179,6 +187,54 @@ pub(crate) fn write_file_brick(
     Ok(())
 }
 
+/// One file read and folded, waiting for its turn in the district.
+struct FoldedFile {
+    read: ReadFile,
+    facts: ByteFacts,
+    brick: Option<String>,
+    tile: Option<String>,
+}
+
+/// Reads one file and writes its own brick (and tile, when publishing).
+fn fold_one(
+    backend: &Backend,
+    entry: &FileEntry,
+    names: &[String],
+    out: &Path,
+    opts: &SnapshotOptions,
+) -> std::result::Result<FoldedFile, SkipReason> {
+    let read = read_whole(entry)?;
+    let facts = byte_facts(&read.bytes);
+    let as_skip = |e: Error| SkipReason::ReadError(e.to_string());
+    let rel = brick_rel_path(&names[entry.root], &entry.rel);
+    let brick = if opts.file_bricks {
+        write_file_brick(backend, &read.bytes, &facts, &out.join(&rel)).map_err(as_skip)?;
+        Some(rel.to_string_lossy().into_owned())
+    } else {
+        None
+    };
+    let tile = if opts.publish.is_some() {
+        let rel = rel.with_extension("rts.png");
+        write_file_tile(
+            &read.bytes,
+            &facts,
+            &entry.rel,
+            &out.join(&rel),
+            opts.compression,
+        )
+        .map_err(as_skip)?;
+        Some(rel.to_string_lossy().into_owned())
+    } else {
+        None
+    };
+    Ok(FoldedFile {
+        read,
+        facts,
+        brick,
+        tile,
+    })
+}
+
 /// Folds the trees under `roots` into `out`.
 pub fn snapshot(
     backend: &Backend,
@@ -240,35 +296,23 @@ pub fn snapshot(
         pending = rest;
         let folded: Vec<_> = batch
             .par_iter()
-            .map(
-                |entry| -> std::result::Result<(ReadFile, ByteFacts, Option<String>), SkipReason> {
-                    let read = read_whole(entry)?;
-                    let facts = byte_facts(&read.bytes);
-                    let brick = if opts.file_bricks {
-                        let rel = brick_rel_path(&names[entry.root], &entry.rel);
-                        write_file_brick(backend, &read.bytes, &facts, &out.join(&rel))
-                            .map_err(|e| SkipReason::ReadError(e.to_string()))?;
-                        Some(rel.to_string_lossy().into_owned())
-                    } else {
-                        None
-                    };
-                    Ok((read, facts, brick))
-                },
-            )
+            .map(|entry| fold_one(backend, entry, &names, out, opts))
             .collect();
         for (entry, result) in batch.iter().zip(folded) {
             match result {
-                Ok((read, facts, brick)) => {
+                Ok(one) => {
                     let offset = district.offset();
-                    district.append(&read.bytes)?;
-                    records.push(record_for(
+                    district.append(&one.read.bytes)?;
+                    let mut record = record_for(
                         entry,
                         &names,
                         offset,
-                        &facts,
-                        read.changed,
-                        brick,
-                    ));
+                        &one.facts,
+                        one.read.changed,
+                        one.brick,
+                    );
+                    record.rts_png = one.tile;
+                    records.push(record);
                 }
                 Err(reason) => skipped.add(&entry.abs, reason),
             }
@@ -309,6 +353,10 @@ pub fn snapshot(
         serde_json::to_writer(&mut *w, &index).map_err(std::io::Error::other)
     })?;
     staged.commit()?;
+    let published = match &opts.publish {
+        Some(builder) => Some(publish_snapshot(builder, roots, out, &index)?),
+        None => None,
+    };
     let seconds = started.elapsed().as_secs_f64();
     let files = index.files.len() as u64;
     Ok(SnapshotReport {
@@ -327,7 +375,87 @@ pub fn snapshot(
         seconds,
         files_per_second: files as f64 / seconds.max(1e-9),
         megabytes_per_second: bytes as f64 / 1e6 / seconds.max(1e-9),
+        published,
     })
+}
+
+/// Publishes every file tile and every district part to the map.
+fn publish_snapshot(
+    builder: &Path,
+    roots: &[PathBuf],
+    out: &Path,
+    index: &DistrictIndex,
+) -> Result<crate::map::PublishReport> {
+    let root_keys: Vec<String> = roots
+        .iter()
+        .map(|r| {
+            r.canonicalize()
+                .unwrap_or_else(|_| r.clone())
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    let district_key = format!("district:{}", root_keys.join(","));
+    let files = index.files.iter().filter_map(|f| {
+        let tile = f.rts_png.as_ref()?;
+        let rel = f
+            .path
+            .split_once('/')
+            .map_or(f.path.as_str(), |(_, rel)| rel);
+        let brick = f
+            .brick
+            .as_ref()
+            .filter(|b| b.ends_with(".brick"))
+            .map(|b| out.join(b));
+        Some((
+            root_keys[f.root].clone(),
+            rel.to_string(),
+            out.join(tile),
+            brick,
+        ))
+    });
+    let parts = index.parts.iter().filter_map(|p| {
+        let png = p.rts_png.as_ref()?;
+        Some((
+            district_key.clone(),
+            png.clone(),
+            out.join(png),
+            p.brick.as_ref().map(|b| out.join(b)),
+        ))
+    });
+    let items: Vec<(String, String, PathBuf, Option<PathBuf>)> = files.chain(parts).collect();
+    let tiles: Vec<crate::map::Tile> = items
+        .iter()
+        .map(|(root, rel, png, brick)| crate::map::Tile {
+            root,
+            rel,
+            rts_png: png,
+            brick: brick.as_deref(),
+        })
+        .collect();
+    crate::map::BuilderRoot::open(builder)?.publish(&tiles)
+}
+
+/// Writes a file's own `.rts.png` (its map tile).
+fn write_file_tile(
+    bytes: &[u8],
+    facts: &ByteFacts,
+    rel: &Path,
+    path: &Path,
+    compression: PngCompression,
+) -> Result<()> {
+    use crate::format::rts_png;
+    let side = crate::format::rts_min_side(bytes.len() as u64);
+    let texture = Backend::Cpu.fold(Layout::Rts, bytes, order_of_side(side))?;
+    let image = rts_png::encode_texture(side, &texture, compression)
+        .map_err(|e| Error::io(path, "compress", e))?;
+    let name = rel.to_string_lossy();
+    let meta = rts_png::metadata(&name, facts, side, &name, serde_json::Map::new());
+    let text = rts_png::ascii_json(&meta);
+    let mut staged = StagedOutputs::new();
+    staged.write(path, |w| rts_png::write_rts_png(w, &image, &text, None))?;
+    staged.commit()?;
+    Ok(())
 }
 
 fn record_for(
@@ -350,6 +478,7 @@ fn record_for(
         flags: brick::flags::names(brick::flags_for(facts)),
         changed_while_read: changed,
         brick,
+        rts_png: None,
         regions: Vec::new(),
     }
 }

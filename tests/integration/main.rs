@@ -4,6 +4,7 @@ mod cli;
 mod elf;
 mod formats;
 mod harness;
+mod map;
 mod memory;
 mod tree;
 mod twins;

@@ -128,6 +128,9 @@ enum Command {
         /// Write only the district, not a brick per mapping.
         #[arg(long)]
         no_mapping_bricks: bool,
+        /// Publish the address-space parts to this Geometry OS builder root.
+        #[arg(long, value_name = "BUILDER_ROOT")]
+        publish: Option<PathBuf>,
         /// Preview side in pixels (power of two, 16..=8192).
         #[arg(long, default_value_t = DEFAULT_PREVIEW_SIDE)]
         preview_side: u32,
@@ -187,6 +190,9 @@ struct TreeArgs {
     /// Trees: write only the district, not a brick per file.
     #[arg(long)]
     no_file_bricks: bool,
+    /// Publish the .rts.png tiles to this Geometry OS builder root (queue/ + map/manifest.json).
+    #[arg(long, value_name = "BUILDER_ROOT")]
+    publish: Option<PathBuf>,
 }
 
 impl TreeArgs {
@@ -202,6 +208,7 @@ impl TreeArgs {
             max_side,
             compression,
             file_bricks: !self.no_file_bricks,
+            publish: self.publish.clone(),
         }
     }
 }
@@ -345,6 +352,16 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 &bar,
             )?;
             drop(bar);
+            if let Some(builder) = &tree.publish {
+                let published = fold::publish(&report, builder)?;
+                if !global.json {
+                    println!(
+                        "published {} tile(s) to {}",
+                        published.tiles,
+                        published.manifest.display()
+                    );
+                }
+            }
             if global.json {
                 print_json(&report);
             } else {
@@ -395,6 +412,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             max_bytes,
             no_mapping_bricks,
             preview_side,
+            publish,
         } => {
             let backend = open_backend(global)?;
             let opts = MemOptions {
@@ -404,6 +422,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 max_bytes,
                 mapping_bricks: !no_mapping_bricks,
                 preview_side,
+                publish,
             };
             let report = process_memory::snapshot_process(&backend, pid, &output, &opts, &bar)?;
             drop(bar);

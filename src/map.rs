@@ -1,0 +1,271 @@
+//! Publishing to Geometry OS's infinite map (formats.md §5): tiles into the builder's `queue/`,
+//! `map/manifest.json` merged atomically under a lock, and the System District placement.
+//!
+//! The System District is our own layout. It starts at tile (64, 64), well away from the
+//! origin and from the security tile at (-10, -10). Each source root gets a square of
+//! `2^k` tiles, side by side along +x with a one-tile gap, sized when the root is first
+//! published to hold four times its file count. Inside a root, a file's tile is its path's
+//! lexicographic position (first eight bytes as a fraction) mapped onto that square's
+//! Hilbert curve, so files that sort together sit together; a taken cell moves the file on
+//! to the next free one along the curve. Every placement is recorded in
+//! `metadata/foundry_placement.json`, so a file keeps its tile from run to run.
+
+use crate::curve::d2xy;
+use crate::error::{Error, Result};
+use crate::format::staged::StagedOutputs;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+/// Top-left tile of the System District.
+pub const DISTRICT_ORIGIN: (i64, i64) = (64, 64);
+/// Smallest side, in tiles, of one root's square.
+const MIN_ROOT_ORDER: u32 = 4;
+
+/// One root's square of tiles.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct RootRegion {
+    origin: (i64, i64),
+    order: u32,
+    /// Relative path -> curve index inside the square.
+    tiles: BTreeMap<String, u64>,
+}
+
+/// Every placement ever made, persisted between runs.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Placement {
+    roots: BTreeMap<String, RootRegion>,
+}
+
+/// A tile to publish: where it comes from and what it is called in the district.
+pub struct Tile<'a> {
+    /// Source root key (a directory, `files`, `mem:COMM`).
+    pub root: &'a str,
+    /// Path of the item below its root.
+    pub rel: &'a str,
+    /// The `.rts.png` to copy into `queue/`.
+    pub rts_png: &'a Path,
+    /// The `.brick` to keep beside it, if any.
+    pub brick: Option<&'a Path>,
+}
+
+/// What a publish did.
+#[derive(Clone, Debug, Serialize)]
+pub struct PublishReport {
+    pub builder_root: PathBuf,
+    pub tiles: usize,
+    pub manifest: PathBuf,
+    pub timestamp: f64,
+    /// Tile coordinates of each published item, `root/rel` -> "X,Y".
+    pub placed: BTreeMap<String, String>,
+}
+
+/// A builder root (`systems/builder/`) open for publishing.
+pub struct BuilderRoot {
+    root: PathBuf,
+}
+
+fn tile_name(root: &str, rel: &str) -> String {
+    let digest = crate::analysis::sha256(format!("{root}\0{rel}").as_bytes());
+    format!("foundry-{}", hex::encode(&digest[..8]))
+}
+
+/// A path's lexicographic position in [0, 1).
+fn path_fraction(rel: &str) -> f64 {
+    let mut key = [0u8; 8];
+    for (k, b) in key.iter_mut().zip(rel.as_bytes()) {
+        *k = *b;
+    }
+    u64::from_be_bytes(key) as f64 / 2f64.powi(64)
+}
+
+impl BuilderRoot {
+    /// Opens (creating if needed) `queue/`, `processed/`, `cache/`, `map/` and `metadata/` under `root`.
+    pub fn open(root: &Path) -> Result<Self> {
+        for sub in ["queue", "processed", "cache", "map", "metadata"] {
+            let dir = root.join(sub);
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, "create directory", e))?;
+        }
+        Ok(BuilderRoot {
+            root: root.to_path_buf(),
+        })
+    }
+
+    fn placement_path(&self) -> PathBuf {
+        self.root.join("metadata/foundry_placement.json")
+    }
+
+    fn manifest_path(&self) -> PathBuf {
+        self.root.join("map/manifest.json")
+    }
+
+    fn load_placement(&self) -> Result<Placement> {
+        let path = self.placement_path();
+        match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text)
+                .map_err(|e| Error::malformed(&path, format!("not a placement file: {e}"))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Placement::default()),
+            Err(e) => Err(Error::io(&path, "read", e)),
+        }
+    }
+
+    /// Reads the manifest; a malformed one is an error, never silently replaced,
+    /// because one bad entry breaks the whole map for the compositor.
+    pub fn read_manifest(&self) -> Result<Map<String, Value>> {
+        let path = self.manifest_path();
+        match std::fs::read_to_string(&path) {
+            Ok(text) => match serde_json::from_str::<Value>(&text) {
+                Ok(Value::Object(map)) => Ok(map),
+                Ok(_) => Err(Error::malformed(&path, "manifest is not a JSON object")),
+                Err(e) => Err(Error::malformed(
+                    &path,
+                    format!("manifest is not valid JSON: {e}"),
+                )),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Map::new()),
+            Err(e) => Err(Error::io(&path, "read", e)),
+        }
+    }
+
+    /// Copies `tiles` into `queue/` and merges them into the manifest with a new timestamp.
+    pub fn publish(&self, tiles: &[Tile]) -> Result<PublishReport> {
+        let lock_path = self.root.join("map/.manifest.lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| Error::io(&lock_path, "open lock", e))?;
+        // Two publishers read-merge-write one after the other, never interleaved.
+        lock.lock().map_err(|e| Error::io(&lock_path, "lock", e))?;
+        let mut placement = self.load_placement()?;
+        let mut manifest = self.read_manifest()?;
+        let previous = manifest
+            .values()
+            .filter_map(|v| v.get("timestamp").and_then(Value::as_f64))
+            .fold(0.0, f64::max);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        // The browser reloads a tile only when its timestamp grows.
+        let timestamp = now.max(previous + 0.001);
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for t in tiles {
+            *counts.entry(t.root).or_default() += 1;
+        }
+        let mut staged = StagedOutputs::new();
+        let mut placed = BTreeMap::new();
+        for tile in tiles {
+            let (x, y) = place(&mut placement, tile.root, tile.rel, counts[tile.root]);
+            let name = tile_name(tile.root, tile.rel);
+            let png_name = format!("{name}.rts.png");
+            let png =
+                std::fs::read(tile.rts_png).map_err(|e| Error::io(tile.rts_png, "read", e))?;
+            staged.write(&self.root.join("queue").join(&png_name), |w| {
+                w.write_all(&png)
+            })?;
+            if let Some(brick) = tile.brick {
+                let bytes = std::fs::read(brick).map_err(|e| Error::io(brick, "read", e))?;
+                staged.write(
+                    &self.root.join("queue").join(format!("{name}.brick")),
+                    |w| w.write_all(&bytes),
+                )?;
+            }
+            let key = format!("{x},{y}");
+            manifest.insert(
+                key.clone(),
+                serde_json::json!({"brick": png_name, "timestamp": timestamp}),
+            );
+            placed.insert(format!("{}/{}", tile.root, tile.rel), key);
+        }
+        let placement_text = serde_json::to_string(&placement).expect("placement serialises");
+        staged.write(&self.placement_path(), |w| {
+            w.write_all(placement_text.as_bytes())
+        })?;
+        let manifest_text =
+            serde_json::to_string_pretty(&Value::Object(manifest)).expect("manifest serialises");
+        staged.write(&self.manifest_path(), |w| {
+            w.write_all(manifest_text.as_bytes())
+        })?;
+        // Tiles land before the manifest that points at them.
+        staged.commit()?;
+        Ok(PublishReport {
+            builder_root: self.root.clone(),
+            tiles: tiles.len(),
+            manifest: self.manifest_path(),
+            timestamp,
+            placed,
+        })
+    }
+}
+
+/// The tile of `rel` in `root`'s square, placing it (and the root) on first sight.
+fn place(placement: &mut Placement, root: &str, rel: &str, files_now: usize) -> (i64, i64) {
+    if !placement.roots.contains_key(root) {
+        let mut order = MIN_ROOT_ORDER;
+        while (1u64 << (2 * order)) < 4 * files_now as u64 {
+            order += 1;
+        }
+        let x = placement
+            .roots
+            .values()
+            .map(|r| r.origin.0 + (1i64 << r.order) + 1)
+            .max()
+            .unwrap_or(DISTRICT_ORIGIN.0);
+        placement.roots.insert(
+            root.to_string(),
+            RootRegion {
+                origin: (x, DISTRICT_ORIGIN.1),
+                order,
+                tiles: BTreeMap::new(),
+            },
+        );
+    }
+    let region = placement.roots.get_mut(root).expect("inserted above");
+    let cells = 1u64 << (2 * region.order);
+    let d = match region.tiles.get(rel) {
+        Some(&d) => d,
+        None => {
+            let taken: HashSet<u64> = region.tiles.values().copied().collect();
+            let start = (path_fraction(rel) * cells as f64) as u64 % cells;
+            // A full square wraps onto itself: the newest file shares a tile.
+            let d = (0..cells)
+                .map(|i| (start + i) % cells)
+                .find(|d| !taken.contains(d))
+                .unwrap_or(start);
+            region.tiles.insert(rel.to_string(), d);
+            d
+        }
+    };
+    let (x, y) = d2xy(region.order, d);
+    (
+        region.origin.0 + i64::from(x),
+        region.origin.1 + i64::from(y),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placement_is_stable_ordered_and_outside_reserved_tiles() {
+        let mut p = Placement::default();
+        let a = place(&mut p, "/usr", "bin/a", 3);
+        let b = place(&mut p, "/usr", "bin/b", 3);
+        let z = place(&mut p, "/usr", "share/z", 3);
+        assert_eq!(place(&mut p, "/usr", "bin/a", 3), a, "same file, same tile");
+        assert_ne!(a, b);
+        let dist = |p: (i64, i64), q: (i64, i64)| (p.0 - q.0).abs() + (p.1 - q.1).abs();
+        assert!(
+            dist(a, b) <= dist(a, z),
+            "neighbours in path order stay near"
+        );
+        let other = place(&mut p, "/etc", "passwd", 1);
+        assert!(other.0 >= 64 + 16, "a second root gets its own square");
+        for t in [a, b, z, other] {
+            assert!(t.0 >= 64 && t.1 >= 64);
+        }
+    }
+}
