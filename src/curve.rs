@@ -147,7 +147,10 @@ pub fn range_squares(order: u32, start: u64, end: u64) -> Vec<[u32; 4]> {
     let mut d = start;
     while d < end {
         let mut k = 0;
-        while k < order && d % (1u64 << (2 * (k + 1))) == 0 && d + (1u64 << (2 * (k + 1))) <= end {
+        while k < order
+            && d.is_multiple_of(1u64 << (2 * (k + 1)))
+            && d + (1u64 << (2 * (k + 1))) <= end
+        {
             k += 1;
         }
         let side = 1u32 << k;

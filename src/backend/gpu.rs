@@ -279,7 +279,7 @@ impl GpuBackend {
     fn storage_buffer(&self, label: &str, bytes: &[u8]) -> wgpu::Buffer {
         // Bindings must be non-empty and whole words.
         let mut padded;
-        let contents = if bytes.is_empty() || bytes.len() % 4 != 0 {
+        let contents = if bytes.is_empty() || !bytes.len().is_multiple_of(4) {
             padded = bytes.to_vec();
             padded.resize(bytes.len().div_ceil(4).max(1) * 4, 0);
             &padded[..]
