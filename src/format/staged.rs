@@ -48,7 +48,9 @@ impl StagedOutputs {
             .tempfile_in(dir)
             .map_err(|e| Error::io(dir, "create temporary file", e))?;
         {
-            let mut writer = BufWriter::with_capacity(1 << 20, temp.as_file_mut());
+            // Small: large writes (textures) bypass the buffer anyway, and a big
+            // buffer per file costs an mmap when folding thousands of small files.
+            let mut writer = BufWriter::with_capacity(64 << 10, temp.as_file_mut());
             write(&mut writer)
                 .and_then(|()| writer.flush())
                 .map_err(|e| Error::io(path, "write", e))?;

@@ -153,7 +153,7 @@ fn single_file_outputs_and_preview_command() {
 
 #[test]
 fn help_has_examples_for_every_command() {
-    for command in ["fold", "unfold", "info", "preview"] {
+    for command in ["fold", "unfold", "info", "preview", "snapshot", "mem"] {
         let o = foundry(&[command, "--help"]);
         assert!(o.status.success());
         assert!(

@@ -479,3 +479,29 @@ fn parallel_deflate_bands_join_into_one_valid_zlib_stream() {
         assert_eq!(independent_decode(&out), data, "{compression:?}");
     }
 }
+
+#[test]
+fn proc_files_fold_to_eof_as_utf8_text() {
+    let dir = tempfile::tempdir().unwrap();
+    for source in ["/proc/meminfo", "/proc/self/status", "/proc/version"] {
+        let out = dir.path().join("p.brick");
+        let report = fold_to(
+            &Backend::Cpu,
+            Path::new(source),
+            OutputTarget::Brick(out.clone()),
+            &FoldOptions::default(),
+        );
+        assert!(
+            report.source.size > 0,
+            "{source}: stat says 0 bytes, the fold must not"
+        );
+        assert!(report.flags.contains(&"IS_UTF8_TEXT"), "{source}");
+        let brick = Brick::read(&out).unwrap();
+        assert_eq!(brick.header.original_size, report.source.size);
+        assert!(brick.header.flags & foundry_gpu::format::brick::flags::IS_UTF8_TEXT != 0);
+        let text = String::from_utf8(fold::decode(&Backend::Cpu, &out).unwrap().bytes).unwrap();
+        if source == "/proc/meminfo" {
+            assert!(text.starts_with("MemTotal:"));
+        }
+    }
+}
