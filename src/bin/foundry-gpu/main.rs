@@ -91,15 +91,8 @@ enum Command {
         /// Directories to fold, each becoming a contiguous region of the district.
         #[arg(required = true)]
         roots: Vec<PathBuf>,
-        /// Output directory.
-        #[arg(short, long)]
-        output: PathBuf,
-        /// Largest texture side; the district is split into parts of this side.
-        #[arg(long, default_value_t = DEFAULT_MAX_SIDE)]
-        max_side: u32,
-        /// Deflate effort for the district's .rts.png parts.
-        #[arg(long, value_enum, default_value_t = PngCompression::Fast)]
-        compression: PngCompression,
+        #[command(flatten)]
+        district: DistrictArgs,
         #[command(flatten)]
         tree: TreeArgs,
     },
@@ -110,15 +103,8 @@ enum Command {
     Mem {
         /// Process ID.
         pid: u32,
-        /// Output directory.
-        #[arg(short, long)]
-        output: PathBuf,
-        /// Largest texture side; the district is split into parts of this side.
-        #[arg(long, default_value_t = DEFAULT_MAX_SIDE)]
-        max_side: u32,
-        /// Deflate effort for the district's .rts.png parts.
-        #[arg(long, value_enum, default_value_t = PngCompression::Fast)]
-        compression: PngCompression,
+        #[command(flatten)]
+        district: DistrictArgs,
         /// Mappings larger than this are listed but not read.
         #[arg(long, default_value_t = 1 << 30)]
         max_mapping_bytes: u64,
@@ -167,6 +153,20 @@ enum Command {
         #[command(flatten)]
         look: PreviewArgs,
     },
+}
+
+/// Where a district goes and how it is cut (`snapshot`, `mem`).
+#[derive(Args)]
+struct DistrictArgs {
+    /// Output directory.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Largest texture side; the district is split into parts of this side.
+    #[arg(long, default_value_t = DEFAULT_MAX_SIDE)]
+    max_side: u32,
+    /// Deflate effort for the district's .rts.png parts.
+    #[arg(long, value_enum, default_value_t = PngCompression::Fast)]
+    compression: PngCompression,
 }
 
 /// Options for directory trees (`fold DIR`, `snapshot`).
@@ -392,22 +392,18 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
         }
         Command::Snapshot {
             roots,
-            output,
-            max_side,
-            compression,
+            district,
             tree,
         } => {
             let backend = open_backend(global)?;
-            let opts = tree.options(max_side, compression);
-            let report = snapshot::snapshot(&backend, &roots, &output, &opts, &bar)?;
+            let opts = tree.options(district.max_side, district.compression);
+            let report = snapshot::snapshot(&backend, &roots, &district.output, &opts, &bar)?;
             drop(bar);
             print_snapshot(global, &report);
         }
         Command::Mem {
             pid,
-            output,
-            max_side,
-            compression,
+            district,
             max_mapping_bytes,
             max_bytes,
             no_mapping_bricks,
@@ -416,15 +412,16 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
         } => {
             let backend = open_backend(global)?;
             let opts = MemOptions {
-                max_side,
-                compression,
+                max_side: district.max_side,
+                compression: district.compression,
                 max_mapping_bytes,
                 max_bytes,
                 mapping_bricks: !no_mapping_bricks,
                 preview_side,
                 publish,
             };
-            let report = process_memory::snapshot_process(&backend, pid, &output, &opts, &bar)?;
+            let report =
+                process_memory::snapshot_process(&backend, pid, &district.output, &opts, &bar)?;
             drop(bar);
             if global.json {
                 print_json(&report);
