@@ -31,6 +31,7 @@ pub mod process_memory;
 pub mod progress;
 pub mod snapshot;
 pub mod source;
+pub mod task;
 
 pub use backend::{Backend, BackendChoice, GpuOptions};
 pub use error::{Error, Result};

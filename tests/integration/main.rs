@@ -6,5 +6,6 @@ mod formats;
 mod harness;
 mod map;
 mod memory;
+mod tasks;
 mod tree;
 mod twins;

@@ -1,0 +1,230 @@
+//! FoundryTask files (formats.md §4): the typed model, read from JSON or YAML, with errors that
+//! name the file, the line and column, and the field.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The seven task types of the original schema.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskType {
+    #[serde(rename = "convert_binary")]
+    ConvertBinary,
+    #[serde(rename = "convert_directory")]
+    ConvertDirectory,
+    #[serde(rename = "watch_path")]
+    WatchPath,
+    #[serde(rename = "analyze_system")]
+    AnalyzeSystem,
+    #[serde(rename = "crystallize_system")]
+    CrystallizeSystem,
+    #[serde(rename = "foundry-v2")]
+    FoundryV2,
+    #[serde(rename = "scan_kernel_modules")]
+    ScanKernelModules,
+}
+
+fn default_ai_model() -> String {
+    "glm-4-9b-0414".into()
+}
+
+fn default_texture_size() -> u32 {
+    256
+}
+
+fn default_max_files() -> u64 {
+    50
+}
+
+/// One task, as the historical files write it. Unknown fields are kept in `extra`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FoundryTask {
+    pub task_id: String,
+    #[serde(rename = "type")]
+    pub kind: TaskType,
+    /// Path to read; relative paths resolve against the task root.
+    pub source: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
+    /// Free text for the analysis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intent: Option<String>,
+    #[serde(default = "default_ai_model")]
+    pub ai_model: String,
+    #[serde(default = "default_texture_size")]
+    pub texture_size: u32,
+    #[serde(default = "default_max_files")]
+    pub max_files: u64,
+    #[serde(default)]
+    pub auto_generated: bool,
+    /// `crystallize_system`: the roots to fold (else `source`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+    /// `crystallize_system`: a cap per root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_files_per_path: Option<u64>,
+    /// Fields this version does not know, kept as written.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, Value>,
+}
+
+/// Why a task file cannot be read: the file, where, which field, what.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}:{line}:{column}: {}{message}", path.display(), field.as_ref().map(|f| format!("{f}: ")).unwrap_or_default())]
+pub struct TaskError {
+    pub path: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub field: Option<String>,
+    pub message: String,
+}
+
+/// Where `key` is first written as a key in `text` (1-based line and column), for errors
+/// found after the syntax was read.
+fn locate_key(text: &str, key: &str) -> (usize, usize) {
+    for (n, line) in text.lines().enumerate() {
+        for pattern in [format!("\"{key}\""), format!("{key}:")] {
+            if let Some(col) = line.find(&pattern) {
+                let before = &line[..col];
+                if before.trim().is_empty() || before.trim_end().ends_with([',', '{']) {
+                    return (n + 1, col + 1);
+                }
+            }
+        }
+    }
+    (1, 1)
+}
+
+/// serde's words, in the words of a task file.
+fn rephrase(message: &str) -> String {
+    if let Some(rest) = message.strip_prefix("unknown variant `") {
+        if let Some((value, expected)) = rest.split_once("`, expected one of ") {
+            return format!(
+                "unknown value \"{value}\", expected one of {}",
+                expected.replace('`', "")
+            );
+        }
+    }
+    message.replace('`', "\"")
+}
+
+/// Whether a path names a YAML task (`.yaml`/`.yml`, even with `.done`-style suffixes).
+pub fn is_yaml(path: &Path) -> bool {
+    let name = path.to_string_lossy();
+    name.contains(".yaml") || name.contains(".yml")
+}
+
+/// Parses a task from `text`, read from `path` (JSON, or YAML when the name says so).
+pub fn parse_task(path: &Path, text: &str) -> Result<FoundryTask, TaskError> {
+    let error = |line: usize, column: usize, field: Option<String>, message: String| TaskError {
+        path: path.to_path_buf(),
+        line,
+        column,
+        field,
+        message,
+    };
+    let value: Value = if is_yaml(path) {
+        serde_yaml_ng::from_str(text).map_err(|e| {
+            let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
+            error(line, column, None, format!("not valid YAML: {e}"))
+        })?
+    } else {
+        serde_json::from_str(text)
+            .map_err(|e| error(e.line(), e.column(), None, format!("not valid JSON: {e}")))?
+    };
+    if !value.is_object() {
+        return Err(error(
+            1,
+            1,
+            None,
+            "a task must be an object of fields".into(),
+        ));
+    }
+    serde_path_to_error::deserialize(&value).map_err(|e| {
+        let field = e.path().to_string();
+        let key = field.split(['.', '[']).next().unwrap_or("").to_string();
+        let message = rephrase(&e.inner().to_string());
+        // A missing field has no place of its own: point at the start of the task.
+        let (line, column) = if key.is_empty() || key == "?" {
+            (1, 1)
+        } else {
+            locate_key(text, &key)
+        };
+        let field = (!key.is_empty() && key != "?").then_some(field);
+        error(line, column, field, message)
+    })
+}
+
+/// Reads and parses a task file.
+pub fn read_task(path: &Path) -> crate::Result<FoundryTask> {
+    let text = std::fs::read_to_string(path).map_err(|e| crate::Error::io(path, "read", e))?;
+    parse_task(path, &text).map_err(|e| crate::Error::Malformed {
+        path: path.to_path_buf(),
+        problem: e
+            .to_string()
+            .split_once(": ")
+            .map_or(e.to_string(), |(_, rest)| rest.to_string()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(name: &str, text: &str) -> Result<FoundryTask, TaskError> {
+        parse_task(Path::new(name), text)
+    }
+
+    #[test]
+    fn defaults_and_unknown_fields() {
+        let t = parse("a.task.json", r#"{"task_id": "t", "type": "crystallize_system", "source": "/", "paths": ["/bin"], "max_files_per_path": 10, "colour": "blue"}"#).unwrap();
+        assert_eq!(t.kind, TaskType::CrystallizeSystem);
+        assert_eq!(
+            (
+                t.texture_size,
+                t.max_files,
+                t.ai_model.as_str(),
+                t.auto_generated
+            ),
+            (256, 50, "glm-4-9b-0414", false)
+        );
+        assert_eq!(t.paths, ["/bin"]);
+        assert_eq!(t.extra["colour"], "blue");
+        let yaml = parse(
+            "a.task.yaml",
+            "task_id: t\ntype: foundry-v2\nsource: /etc\ntexture_size: 512\n",
+        )
+        .unwrap();
+        assert_eq!((yaml.kind, yaml.texture_size), (TaskType::FoundryV2, 512));
+    }
+
+    #[test]
+    fn errors_name_line_column_and_field() {
+        let text = "{\n  \"task_id\": \"t\",\n  \"type\": \"convert_binarry\",\n  \"source\": \"/bin/ls\"\n}";
+        let e = parse("x.task.json", text).unwrap_err();
+        assert_eq!((e.line, e.column), (3, 3));
+        assert_eq!(e.field.as_deref(), Some("type"));
+        assert!(e.to_string().starts_with("x.task.json:3:3: type: unknown value \"convert_binarry\", expected one of convert_binary,"), "{e}");
+        let e = parse(
+            "y.task.yaml",
+            "task_id: t\ntype: convert_binary\nsource: a\ntexture_size: big\n",
+        )
+        .unwrap_err();
+        assert_eq!((e.line, e.field.as_deref()), (4, Some("texture_size")));
+        assert!(e.message.contains("invalid type"), "{e}");
+        let e = parse(
+            "z.task.json",
+            r#"{"task_id": "t", "type": "convert_binary"}"#,
+        )
+        .unwrap_err();
+        assert!(e.message.contains("missing field \"source\""), "{e}");
+        let e = parse("s.task.json", "{\"task_id\": \"t\",\n  oops").unwrap_err();
+        assert_eq!(e.line, 2);
+        assert!(e.message.starts_with("not valid JSON"));
+        let e = parse("s.task.yaml", "task_id: [unclosed\n").unwrap_err();
+        assert!(e.message.starts_with("not valid YAML"));
+        let e = parse("n.task.json", r#"{"task_id": "t", "type": "convert_binary", "source": "a", "texture_size": 1099511627776}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("texture_size"));
+    }
+}
