@@ -39,6 +39,8 @@ pub struct FoldOptions {
     pub sidecars: bool,
     /// ELF sections that also get a brick of their own (`NAME.text.brick`).
     pub sections: SectionChoice,
+    /// NAME for a directory target instead of the input's file name.
+    pub name: Option<String>,
 }
 
 /// `--sections`: none (default), `all`, or a comma-separated list of names.
@@ -78,6 +80,7 @@ impl Default for FoldOptions {
             compression: PngCompression::default(),
             sidecars: false,
             sections: SectionChoice::None,
+            name: None,
         }
     }
 }
@@ -319,6 +322,10 @@ pub fn fold_file(
     }
     let data = read_input(input)?;
     let (dir, name) = target.dir_and_name(input);
+    let name = match (target, &opts.name) {
+        (OutputTarget::Directory(_), Some(chosen)) => chosen.clone(),
+        _ => name,
+    };
     let mut notes = Vec::new();
     if let Some(size) = opts.texture_size.filter(|s| !s.is_power_of_two()) {
         notes.push(format!(

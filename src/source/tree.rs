@@ -14,6 +14,8 @@ use std::sync::{Arc, Mutex};
 pub struct WalkOptions {
     /// Fold at most this many files (the first ones in path order).
     pub max_files: Option<u64>,
+    /// Fold at most this many files of each root (`crystallize_system`'s `max_files_per_path`).
+    pub max_files_per_root: Option<u64>,
     /// Fold files until their sizes add up to this many bytes.
     pub max_bytes: Option<u64>,
     /// Only files whose path (relative to its root) matches one of these globs.
@@ -302,16 +304,20 @@ pub fn walk(roots: &[PathBuf], opts: &WalkOptions) -> Result<Walk> {
 fn apply_limits(walk: &mut Walk, opts: &WalkOptions) {
     let mut bytes = 0u64;
     let mut full = false;
-    let mut kept = Vec::with_capacity(walk.files.len());
-    for (i, file) in std::mem::take(&mut walk.files).into_iter().enumerate() {
+    let mut kept: Vec<FileEntry> = Vec::with_capacity(walk.files.len());
+    let mut per_root: BTreeMap<usize, u64> = BTreeMap::new();
+    for file in std::mem::take(&mut walk.files) {
         // A prefix in path order: once the byte budget is spent, nothing after it is folded.
         full |= opts.max_bytes.is_some_and(|max| bytes + file.size > max);
-        if opts.max_files.is_some_and(|max| i as u64 >= max) {
+        let in_root = per_root.entry(file.root).or_default();
+        let root_full = opts.max_files_per_root.is_some_and(|max| *in_root >= max);
+        if root_full || opts.max_files.is_some_and(|max| kept.len() as u64 >= max) {
             walk.skipped.add(&file.abs, SkipReason::MaxFiles);
         } else if full {
             walk.skipped.add(&file.abs, SkipReason::MaxBytes);
         } else {
             bytes += file.size;
+            *in_root += 1;
             kept.push(file);
         }
     }

@@ -1,6 +1,8 @@
 //! FoundryTask files (formats.md §4): the typed model, read from JSON or YAML, with errors that
 //! name the file, the line and column, and the field.
 
+pub mod run;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;

@@ -66,3 +66,242 @@ fn the_shipped_schema_lists_the_seven_types() {
         assert!(parse_task(Path::new("s.task.json"), &text).is_ok(), "{t}");
     }
 }
+
+mod run {
+    use foundry_gpu::progress::Silent;
+    use foundry_gpu::task::run::{run_task, RunOptions, TaskReport};
+    use foundry_gpu::task::{parse_task, read_task};
+    use foundry_gpu::Backend;
+    use std::path::Path;
+    use std::process::Command;
+
+    fn run_json(dir: &Path, name: &str, json: &str) -> foundry_gpu::Result<TaskReport> {
+        let path = dir.join(name);
+        std::fs::write(&path, json).unwrap();
+        let task = read_task(&path)?;
+        let opts = RunOptions {
+            output_root: dir.join("out"),
+            task_root: dir.to_path_buf(),
+            publish: None,
+        };
+        run_task(&Backend::Cpu, &task, &path, &opts, &Silent)
+    }
+
+    fn tree(dir: &Path) {
+        for (p, body) in [
+            ("t/a/x.txt", "x"),
+            ("t/a/y.txt", "yy"),
+            ("t/b/z.bin", "zzz"),
+            ("t/b/w.bin", "wwww"),
+        ] {
+            std::fs::create_dir_all(dir.join(p).parent().unwrap()).unwrap();
+            std::fs::write(dir.join(p), body).unwrap();
+        }
+    }
+
+    #[test]
+    fn convert_binary_writes_brick_png_preview_and_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/sample-elf");
+        let r = run_json(
+            dir.path(),
+            "c.task.json",
+            &format!(r#"{{"task_id": "conv", "type": "convert_binary", "source": "{}", "destination": "prog.brick", "texture_size": 4}}"#, sample.display()),
+        )
+        .unwrap();
+        let out = dir.path().join("out/conv");
+        for f in [
+            "prog.brick",
+            "prog.rts.png",
+            "prog.preview.png",
+            "conv.report.md",
+        ] {
+            assert!(out.join(f).exists(), "{f}");
+        }
+        assert!(
+            r.notes.iter().any(|n| n.contains("too small")),
+            "texture size grows with a note"
+        );
+        let md = std::fs::read_to_string(out.join("conv.report.md")).unwrap();
+        for heading in [
+            "## Read",
+            "## Written",
+            "## Skipped",
+            "## Metadata highlights",
+            "## Next steps",
+        ] {
+            assert!(md.contains(heading), "{heading}");
+        }
+        assert!(md.contains(&format!(
+            "foundry-gpu unfold {}",
+            out.join("prog.brick").display()
+        )));
+        let err = run_json(
+            dir.path(),
+            "d.task.json",
+            r#"{"task_id": "d", "type": "convert_binary", "source": "."}"#,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("convert_binary takes one file"),
+            "{err}"
+        );
+        let err = run_json(
+            dir.path(),
+            "m.task.json",
+            r#"{"task_id": "m", "type": "convert_binary", "source": "missing.bin"}"#,
+        )
+        .unwrap_err();
+        assert!(err.is_input_error());
+    }
+
+    #[test]
+    fn directory_types_cap_files() {
+        let dir = tempfile::tempdir().unwrap();
+        tree(dir.path());
+        let r = run_json(
+            dir.path(),
+            "d.task.json",
+            r#"{"task_id": "dir", "type": "convert_directory", "source": "t", "max_files": 3}"#,
+        )
+        .unwrap();
+        assert_eq!(r.files_read, 3);
+        assert_eq!(r.skipped["over --max-files"], 1);
+        let r = run_json(
+            dir.path(),
+            "c.task.json",
+            r#"{"task_id": "cry", "type": "crystallize_system", "source": "/", "paths": ["t/a", "t/b"], "max_files_per_path": 1}"#,
+        )
+        .unwrap();
+        assert_eq!(r.files_read, 2, "one file from each path");
+        let r = run_json(
+            dir.path(),
+            "v.task.json",
+            r#"{"task_id": "v2", "type": "foundry-v2", "source": "t", "include": ["**/*.bin"]}"#,
+        )
+        .unwrap();
+        assert_eq!(r.files_read, 2);
+    }
+
+    #[test]
+    fn analyze_and_watch() {
+        let dir = tempfile::tempdir().unwrap();
+        tree(dir.path());
+        let r = run_json(dir.path(), "a.task.json", r#"{"task_id": "an", "type": "analyze_system", "source": "t", "intent": "what is here?"}"#).unwrap();
+        assert_eq!(r.files_read, 4);
+        let analysis: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join("out/an/an.analysis.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            analysis["analysis_by"],
+            "local heuristics (no language model yet)"
+        );
+        assert_eq!(analysis["intent"], "what is here?");
+        // watch_path re-folds when the bytes change.
+        let watched = dir.path().join("live.txt");
+        std::fs::write(&watched, "one").unwrap();
+        let changer = {
+            let watched = watched.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(400));
+                std::fs::write(&watched, "two, longer").unwrap();
+            })
+        };
+        let r = run_json(
+            dir.path(),
+            "w.task.json",
+            r#"{"task_id": "w", "type": "watch_path", "source": "live.txt", "interval_ms": 100, "max_cycles": 10}"#,
+        )
+        .unwrap();
+        changer.join().unwrap();
+        assert_eq!(r.highlights["refolds"], 2);
+        let back =
+            foundry_gpu::fold::decode(&Backend::Cpu, &dir.path().join("out/w/live.txt.brick"))
+                .unwrap();
+        assert_eq!(back.bytes, b"two, longer");
+    }
+
+    #[test]
+    fn scan_kernel_modules_writes_the_silicon_district() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("mods/sub")).unwrap();
+        let c = dir.path().join("m.c");
+        std::fs::write(&c, "__attribute__((section(\".modinfo\"), used)) static const char m[] = \"license=Proprietary\\0name=m\\0vermagic=6.1.0-13-amd64 SMP\\0\";\nint x;\n").unwrap();
+        assert!(Command::new("gcc")
+            .args(["-c", "-o"])
+            .arg(dir.path().join("mods/sub/m.ko"))
+            .arg(&c)
+            .status()
+            .unwrap()
+            .success());
+        let r = run_json(
+            dir.path(),
+            "k.task.json",
+            r#"{"task_id": "k", "type": "scan_kernel_modules", "source": "mods"}"#,
+        )
+        .unwrap();
+        assert_eq!(r.files_read, 1);
+        let s: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join("out/k/metadata/silicon_district.json"))
+                .unwrap(),
+        )
+        .unwrap();
+        let sec = &s["security"];
+        for key in [
+            "last_scan",
+            "risk_score",
+            "vulnerable_drivers",
+            "total_drivers",
+            "critical_vulns",
+            "high_vulns",
+            "medium_vulns",
+            "low_vulns",
+            "kernel_version",
+            "top_vulnerabilities",
+        ] {
+            assert!(sec.get(key).is_some(), "{key}");
+        }
+        assert_eq!(sec["total_drivers"], 1);
+        assert_eq!(
+            sec["vulnerable_drivers"], 1,
+            "a proprietary license taints the kernel"
+        );
+        assert_eq!(sec["kernel_version"], "6.1.0-13-amd64");
+        assert!(sec["risk_score"].as_u64().unwrap() <= 100);
+    }
+
+    #[test]
+    fn historical_tasks_run_with_paths_pointed_at_fixtures() {
+        let dir = tempfile::tempdir().unwrap();
+        tree(dir.path());
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/tasks");
+        std::fs::write(
+            dir.path().join("tensor_fold.py"),
+            "def fold(x):\n    return x\n",
+        )
+        .unwrap();
+        let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/sample-elf");
+        for name in [
+            "convert_ls",
+            "convert_tensor_fold",
+            "crystallize_linux",
+            "meminfo",
+            "auto_62d6b00f",
+        ] {
+            let text = std::fs::read_to_string(fixtures.join(format!("{name}.task.json"))).unwrap();
+            let mut task: serde_json::Value = serde_json::from_str(&text).unwrap();
+            match name {
+                "convert_ls" => task["source"] = sample.to_string_lossy().into(),
+                "crystallize_linux" => task["paths"] = serde_json::json!(["t/a", "t/b"]),
+                "auto_62d6b00f" => task["source"] = "t".into(),
+                _ => {}
+            }
+            let r = run_json(dir.path(), &format!("{name}.task.json"), &task.to_string())
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(r.files_read >= 1, "{name}");
+            assert!(r.report_path.exists());
+            assert!(parse_task(Path::new("x.task.json"), &text).is_ok());
+        }
+    }
+}

@@ -15,7 +15,7 @@ use foundry_gpu::source::tree::WalkOptions;
 use foundry_gpu::Error;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 const EXIT_FAILED: u8 = 1;
@@ -121,6 +121,20 @@ enum Command {
         #[arg(long, default_value_t = DEFAULT_PREVIEW_SIDE)]
         preview_side: u32,
     },
+    /// Run one FoundryTask file (JSON or YAML) and write TASK_ID.report.md beside its outputs.
+    #[command(
+        after_help = "Examples:\n  foundry-gpu run openspec/tasks/examples/convert_binary.task.json\n  foundry-gpu run task.yaml --output-root /srv/foundry/out --json\n  foundry-gpu run scan.task.json --publish systems/builder\n\nTypes: convert_binary, convert_directory, crystallize_system, analyze_system (local heuristics),\nscan_kernel_modules (+ metadata/silicon_district.json), watch_path (re-folds on change until Ctrl-C),\nfoundry-v2 (any source; CLI options as task fields: max_side, preview_side, palette, legend, sidecars,\nsections, max_files, max_bytes, include, exclude, one_file_system, no_file_bricks, publish).\nOutputs go to OUTPUT_ROOT/TASK_ID/. Relative sources resolve against the task file's folder."
+    )]
+    Run {
+        /// The task file.
+        task: PathBuf,
+        /// Root of all outputs.
+        #[arg(long, default_value = "out")]
+        output_root: PathBuf,
+        /// Publish results to this Geometry OS builder root (a task's own `publish` field wins).
+        #[arg(long, value_name = "BUILDER_ROOT")]
+        publish: Option<PathBuf>,
+    },
     /// Rebuild the original bytes from a .brick, .rts.png or NAME.parts.json, verifying SHA-256.
     #[command(
         after_help = "Examples:\n  foundry-gpu unfold out/ls.brick -o ls.bin\n  foundry-gpu unfold out/big.img.parts.json -o big.img\n\nNothing is written unless every SHA-256 matches."
@@ -200,6 +214,7 @@ impl TreeArgs {
         SnapshotOptions {
             walk: WalkOptions {
                 max_files: self.max_files,
+                max_files_per_root: None,
                 max_bytes: self.max_bytes,
                 include: self.include.clone(),
                 exclude: self.exclude.clone(),
@@ -342,6 +357,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 sections: sections
                     .as_deref()
                     .map_or(SectionChoice::None, SectionChoice::parse),
+                name: None,
             };
             let backend = open_backend(global)?;
             let report = fold::fold_file(
@@ -442,6 +458,29 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 for note in &report.notes {
                     eprintln!("note: {note}");
                 }
+            }
+        }
+        Command::Run {
+            task,
+            output_root,
+            publish,
+        } => {
+            let parsed = foundry_gpu::task::read_task(&task)?;
+            let backend = open_backend(global)?;
+            let opts = foundry_gpu::task::run::RunOptions {
+                output_root,
+                task_root: task.parent().map(Path::to_path_buf).unwrap_or_default(),
+                publish,
+            };
+            let report = foundry_gpu::task::run::run_task(&backend, &parsed, &task, &opts, &bar)?;
+            drop(bar);
+            if global.json {
+                print_json(&report);
+            } else {
+                print!(
+                    "{}",
+                    std::fs::read_to_string(&report.report_path).unwrap_or_default()
+                );
             }
         }
         Command::Unfold { input, output } => {

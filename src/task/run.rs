@@ -1,0 +1,704 @@
+//! Running one FoundryTask: each of the seven types mapped onto the engine, and the report
+//! (Markdown and JSON) of what was read, written, skipped and found, with the next commands.
+
+use super::{FoundryTask, TaskType};
+use crate::analysis::byte_facts;
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::fold::{self, human_bytes, FoldOptions, OutputRecord, OutputTarget, SectionChoice};
+use crate::format::staged::StagedOutputs;
+use crate::progress::Progress;
+use crate::snapshot::{snapshot, SnapshotOptions, SnapshotReport};
+use crate::source::tree::WalkOptions;
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Where a task runs.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Root of every output (default `out/`).
+    pub output_root: PathBuf,
+    /// Relative sources resolve against this (the task file's folder).
+    pub task_root: PathBuf,
+    /// Builder root to publish to, when the task does not name one.
+    pub publish: Option<PathBuf>,
+}
+
+/// One file a task wrote.
+#[derive(Clone, Debug, Serialize)]
+pub struct Written {
+    pub path: PathBuf,
+    pub kind: String,
+    pub bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub side: Option<u32>,
+}
+
+/// What a task did: the report, as JSON and as Markdown.
+#[derive(Clone, Debug, Serialize)]
+pub struct TaskReport {
+    pub task_id: String,
+    #[serde(rename = "type")]
+    pub kind: TaskType,
+    pub task_file: PathBuf,
+    /// Where the outputs are.
+    pub output_dir: PathBuf,
+    /// Paths read.
+    pub read: Vec<String>,
+    pub files_read: u64,
+    pub bytes_read: u64,
+    pub written: Vec<Written>,
+    pub skipped: BTreeMap<String, u64>,
+    /// Facts worth a glance: entropy, flags, ELF and module summaries, findings.
+    pub highlights: BTreeMap<String, Value>,
+    pub notes: Vec<String>,
+    pub backend: &'static str,
+    pub seconds: f64,
+    /// Exact commands to look at, unfold, diff or publish the result.
+    pub next_steps: Vec<String>,
+    /// The report itself, `TASK_ID.report.md`.
+    pub report_path: PathBuf,
+}
+
+fn resolve(root: &Path, path: &str) -> PathBuf {
+    let p = Path::new(path);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        root.join(p)
+    }
+}
+
+/// A task id made safe for a file or folder name.
+fn slug(id: &str) -> String {
+    let s: String = id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    s.trim_start_matches('.').to_string()
+}
+
+fn record(o: &OutputRecord) -> Written {
+    Written {
+        path: o.path.clone(),
+        kind: o.kind.to_string(),
+        bytes: o.bytes,
+        side: o.side,
+    }
+}
+
+/// The `extra` field `key` as a string / number / bool, for `foundry-v2` options.
+fn extra_str(task: &FoundryTask, key: &str) -> Option<String> {
+    task.extra
+        .get(key)
+        .and_then(Value::as_str)
+        .map(String::from)
+}
+fn extra_u64(task: &FoundryTask, key: &str) -> Option<u64> {
+    task.extra.get(key).and_then(Value::as_u64)
+}
+fn extra_bool(task: &FoundryTask, key: &str) -> bool {
+    task.extra
+        .get(key)
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+}
+fn extra_list(task: &FoundryTask, key: &str) -> Vec<String> {
+    task.extra
+        .get(key)
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Runs `task` (read from `task_file`) and writes its report beside the outputs.
+pub fn run_task(
+    backend: &Backend,
+    task: &FoundryTask,
+    task_file: &Path,
+    opts: &RunOptions,
+    progress: &dyn Progress,
+) -> Result<TaskReport> {
+    let started = Instant::now();
+    let source = resolve(&opts.task_root, &task.source);
+    let out_dir = opts.output_root.join(slug(&task.task_id));
+    let publish = extra_str(task, "publish")
+        .map(|p| resolve(&opts.task_root, &p))
+        .or(opts.publish.clone());
+    let mut report = TaskReport {
+        task_id: task.task_id.clone(),
+        kind: task.kind,
+        task_file: task_file.to_path_buf(),
+        output_dir: out_dir.clone(),
+        read: vec![source.to_string_lossy().into_owned()],
+        files_read: 0,
+        bytes_read: 0,
+        written: Vec::new(),
+        skipped: BTreeMap::new(),
+        highlights: BTreeMap::new(),
+        notes: Vec::new(),
+        backend: backend.label(),
+        seconds: 0.0,
+        next_steps: Vec::new(),
+        report_path: out_dir.join(format!("{}.report.md", slug(&task.task_id))),
+    };
+    let meta = std::fs::metadata(&source).map_err(|e| Error::io(&source, "read", e))?;
+    match task.kind {
+        TaskType::ConvertBinary => {
+            if meta.is_dir() {
+                return Err(Error::malformed(
+                    &source,
+                    "is a directory; convert_binary takes one file (use convert_directory)",
+                ));
+            }
+            convert_file(
+                backend,
+                task,
+                &source,
+                &out_dir,
+                publish.as_deref(),
+                &mut report,
+                progress,
+            )?;
+        }
+        TaskType::FoundryV2 if !meta.is_dir() => {
+            convert_file(
+                backend,
+                task,
+                &source,
+                &out_dir,
+                publish.as_deref(),
+                &mut report,
+                progress,
+            )?;
+        }
+        TaskType::ConvertDirectory | TaskType::CrystallizeSystem | TaskType::FoundryV2 => {
+            let roots: Vec<PathBuf> =
+                if task.kind == TaskType::CrystallizeSystem && !task.paths.is_empty() {
+                    task.paths
+                        .iter()
+                        .map(|p| resolve(&opts.task_root, p))
+                        .collect()
+                } else {
+                    vec![source.clone()]
+                };
+            report.read = roots
+                .iter()
+                .map(|r| r.to_string_lossy().into_owned())
+                .collect();
+            let walk = WalkOptions {
+                max_files: match task.kind {
+                    TaskType::ConvertDirectory => Some(task.max_files),
+                    TaskType::FoundryV2 => extra_u64(task, "max_files").or(Some(task.max_files)),
+                    _ => None,
+                },
+                max_files_per_root: (task.kind == TaskType::CrystallizeSystem)
+                    .then(|| task.max_files_per_path.unwrap_or(task.max_files)),
+                max_bytes: extra_u64(task, "max_bytes"),
+                include: extra_list(task, "include"),
+                exclude: extra_list(task, "exclude"),
+                one_file_system: extra_bool(task, "one_file_system"),
+            };
+            let snap_opts = SnapshotOptions {
+                walk,
+                file_bricks: !extra_bool(task, "no_file_bricks"),
+                publish: publish.clone(),
+                ..Default::default()
+            };
+            let snap = snapshot(backend, &roots, &out_dir, &snap_opts, progress)?;
+            record_snapshot(&snap, &mut report);
+        }
+        TaskType::AnalyzeSystem => analyze(task, &source, &out_dir, &mut report)?,
+        TaskType::ScanKernelModules => scan_modules(
+            backend,
+            task,
+            &source,
+            &out_dir,
+            publish.as_deref(),
+            &mut report,
+        )?,
+        TaskType::WatchPath => watch(backend, task, &source, &out_dir, &mut report, progress)?,
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    write_report(&mut report)?;
+    Ok(report)
+}
+
+/// `convert_binary` (and `foundry-v2` on a file): brick, `.rts.png` and previews.
+fn convert_file(
+    backend: &Backend,
+    task: &FoundryTask,
+    source: &Path,
+    out_dir: &Path,
+    publish: Option<&Path>,
+    report: &mut TaskReport,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let destination = task.destination.clone().unwrap_or_else(|| {
+        source
+            .file_name()
+            .map_or("output".into(), |n| n.to_string_lossy().into_owned())
+    });
+    let stem = destination
+        .trim_end_matches(".brick")
+        .trim_end_matches(".rts.png")
+        .to_string();
+    let dest_path = out_dir.join(&stem);
+    let opts = FoldOptions {
+        texture_size: Some(task.texture_size),
+        max_side: extra_u64(task, "max_side").map_or(crate::fold::DEFAULT_MAX_SIDE, |v| v as u32),
+        preview_side: extra_u64(task, "preview_side")
+            .map_or(crate::fold::DEFAULT_PREVIEW_SIDE, |v| v as u32),
+        legend: extra_bool(task, "legend"),
+        sidecars: extra_bool(task, "sidecars"),
+        sections: extra_str(task, "sections")
+            .map_or(SectionChoice::None, |s| SectionChoice::parse(&s)),
+        palette: match extra_str(task, "palette").as_deref() {
+            Some("entropy") => crate::format::preview::Palette::Entropy,
+            Some("gray") => crate::format::preview::Palette::Gray,
+            Some("rgba") => crate::format::preview::Palette::Rgba,
+            _ => crate::format::preview::Palette::Byteclass,
+        },
+        name: dest_path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned()),
+        ..Default::default()
+    };
+    let dir = dest_path.parent().unwrap_or(out_dir).to_path_buf();
+    let folded = fold::fold_file(
+        backend,
+        source,
+        &OutputTarget::Directory(dir),
+        &opts,
+        progress,
+    )?;
+    report.files_read = 1;
+    report.bytes_read = folded.source.size;
+    report.written.extend(folded.outputs.iter().map(record));
+    report.notes.extend(folded.notes.iter().cloned());
+    report
+        .highlights
+        .insert("sha256".into(), json!(folded.source.sha256_hex()));
+    report.highlights.insert(
+        "entropy_bits_per_byte".into(),
+        json!((folded.source.entropy * 1000.0).round() / 1000.0),
+    );
+    report
+        .highlights
+        .insert("flags".into(), json!(folded.flags));
+    if let Some(e) = &folded.elf {
+        report.highlights.insert(
+            "elf".into(),
+            json!({"class": e.class, "kind": e.kind, "machine": e.machine, "sections": e.sections.len(), "stripped": e.stripped}),
+        );
+    }
+    if let Some(builder) = publish {
+        let published = fold::publish(&folded, builder)?;
+        report
+            .highlights
+            .insert("published".into(), json!(published.placed));
+    }
+    Ok(())
+}
+
+fn record_snapshot(snap: &SnapshotReport, report: &mut TaskReport) {
+    report.files_read = snap.files;
+    report.bytes_read = snap.bytes;
+    report.skipped = snap
+        .skipped
+        .iter()
+        .map(|(k, v)| (k.to_string(), *v))
+        .collect();
+    report.written.push(Written {
+        path: snap.district_index.clone(),
+        kind: "district_index".into(),
+        bytes: std::fs::metadata(&snap.district_index).map_or(0, |m| m.len()),
+        side: None,
+    });
+    report.written.push(Written {
+        path: snap.parts_index.clone(),
+        kind: "parts_index".into(),
+        bytes: std::fs::metadata(&snap.parts_index).map_or(0, |m| m.len()),
+        side: None,
+    });
+    report
+        .highlights
+        .insert("district_parts".into(), json!(snap.district_parts));
+    report
+        .highlights
+        .insert("symlinks".into(), json!(snap.symlinks));
+    report.highlights.insert(
+        "files_per_second".into(),
+        json!(snap.files_per_second.round()),
+    );
+    if let Some(p) = &snap.published {
+        report
+            .highlights
+            .insert("published_tiles".into(), json!(p.tiles));
+    }
+}
+
+/// `analyze_system`: local heuristics (the LM Studio analysis is a later step), labelled as such.
+fn analyze(
+    task: &FoundryTask,
+    source: &Path,
+    out_dir: &Path,
+    report: &mut TaskReport,
+) -> Result<()> {
+    let mut files = Vec::new();
+    if source.is_dir() {
+        let walk = crate::source::tree::walk(
+            &[source.to_path_buf()],
+            &WalkOptions {
+                max_files: Some(task.max_files),
+                ..Default::default()
+            },
+        )?;
+        report.skipped = walk
+            .skipped
+            .counts
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect();
+        files.extend(walk.files.into_iter().map(|f| f.abs));
+    } else {
+        files.push(source.to_path_buf());
+    }
+    let mut entries = Vec::new();
+    for path in &files {
+        let Ok(bytes) = crate::source::read_input(path) else {
+            continue;
+        };
+        let facts = byte_facts(&bytes);
+        report.files_read += 1;
+        report.bytes_read += facts.size;
+        let kind = if facts.elf {
+            "elf"
+        } else if facts.utf8_text {
+            "text"
+        } else {
+            "data"
+        };
+        entries.push(
+            json!({"path": path, "size": facts.size, "sha256": facts.sha256_hex(),
+            "entropy": (facts.entropy * 1000.0).round() / 1000.0, "kind": kind,
+            "likely_packed_or_encrypted": facts.entropy > 7.5}),
+        );
+    }
+    let analysis = json!({"task_id": task.task_id, "source": source, "intent": task.intent,
+        "analysis_by": "local heuristics (no language model yet)", "files": entries});
+    let path = out_dir.join(format!("{}.analysis.json", slug(&task.task_id)));
+    let text = serde_json::to_string_pretty(&analysis).expect("analysis serialises");
+    let mut staged = StagedOutputs::new();
+    staged.write(&path, |w| w.write_all(text.as_bytes()))?;
+    for w in staged.commit()? {
+        report.written.push(Written {
+            path: w.path,
+            kind: "analysis".into(),
+            bytes: w.bytes,
+            side: None,
+        });
+    }
+    report.highlights.insert(
+        "analysis_by".into(),
+        json!("local heuristics (no language model yet)"),
+    );
+    if let Some(intent) = &task.intent {
+        report.highlights.insert("intent".into(), json!(intent));
+    }
+    Ok(())
+}
+
+/// `scan_kernel_modules`: every `.ko` under `source`, findings per module, and
+/// `metadata/silicon_district.json` in the map's shape.
+fn scan_modules(
+    backend: &Backend,
+    task: &FoundryTask,
+    source: &Path,
+    out_dir: &Path,
+    publish: Option<&Path>,
+    report: &mut TaskReport,
+) -> Result<()> {
+    let walk = crate::source::tree::walk(
+        &[source.to_path_buf()],
+        &WalkOptions {
+            include: vec!["**/*.ko".into()],
+            ..Default::default()
+        },
+    )?;
+    let mut modules = Vec::new();
+    let (mut medium, mut low) = (0u64, 0u64);
+    let mut kernel_version = String::new();
+    let mut flagged = 0u64;
+    for file in &walk.files {
+        let folded = fold::fold_file(
+            backend,
+            &file.abs,
+            &OutputTarget::Directory(out_dir.join("modules")),
+            &FoldOptions::default(),
+            &crate::progress::Silent,
+        )?;
+        report.files_read += 1;
+        report.bytes_read += folded.source.size;
+        report.written.extend(folded.outputs.iter().map(record));
+        let modinfo = folded
+            .elf
+            .as_ref()
+            .and_then(|e| e.modinfo.clone())
+            .unwrap_or_default();
+        let mut findings = Vec::new();
+        match modinfo.license.as_deref() {
+            None => findings.push(("medium", "no license: loading it taints the kernel")),
+            Some(l)
+                if ![
+                    "GPL",
+                    "GPL v2",
+                    "GPL and additional rights",
+                    "Dual BSD/GPL",
+                    "Dual MIT/GPL",
+                    "Dual MPL/GPL",
+                ]
+                .contains(&l) =>
+            {
+                findings.push((
+                    "medium",
+                    "proprietary license: loading it taints the kernel",
+                ))
+            }
+            _ => {}
+        }
+        if !modinfo.other.contains_key("intree") {
+            findings.push(("low", "out-of-tree module"));
+        }
+        if modinfo.vermagic.is_none() {
+            findings.push(("low", "no vermagic"));
+        }
+        if let Some(v) = &modinfo.vermagic {
+            kernel_version = v.split_whitespace().next().unwrap_or_default().to_string();
+        }
+        medium += findings.iter().filter(|(s, _)| *s == "medium").count() as u64;
+        low += findings.iter().filter(|(s, _)| *s == "low").count() as u64;
+        flagged += u64::from(findings.iter().any(|(s, _)| *s == "medium"));
+        modules.push(json!({"path": file.abs, "modinfo": modinfo,
+            "findings": findings.iter().map(|(s, f)| json!({"severity": s, "finding": f})).collect::<Vec<_>>()}));
+    }
+    let total = modules.len() as u64;
+    let risk = if total == 0 {
+        0
+    } else {
+        ((medium * 10 + low * 2) * 100 / (total * 12)).min(100)
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    // The map reads exactly this shape at tile (-10,-10); local findings carry no CVE ids.
+    let district = json!({"security": {"last_scan": now, "risk_score": risk, "vulnerable_drivers": flagged,
+        "total_drivers": total, "critical_vulns": 0, "high_vulns": 0, "medium_vulns": medium, "low_vulns": low,
+        "kernel_version": kernel_version, "top_vulnerabilities": []}});
+    let mut staged = StagedOutputs::new();
+    let findings_path = out_dir.join("modules.json");
+    let text =
+        serde_json::to_string_pretty(&json!({"modules": modules})).expect("findings serialise");
+    staged.write(&findings_path, |w| w.write_all(text.as_bytes()))?;
+    let silicon = serde_json::to_string_pretty(&district).expect("district serialises");
+    let mut targets = vec![out_dir.join("metadata/silicon_district.json")];
+    if let Some(builder) = publish {
+        targets.push(builder.join("metadata/silicon_district.json"));
+    }
+    for t in &targets {
+        staged.write(t, |w| w.write_all(silicon.as_bytes()))?;
+    }
+    for w in staged.commit()? {
+        report.written.push(Written {
+            path: w.path,
+            kind: "metadata".into(),
+            bytes: w.bytes,
+            side: None,
+        });
+    }
+    report.skipped = walk
+        .skipped
+        .counts
+        .iter()
+        .filter(|(k, _)| **k != "excluded")
+        .map(|(k, v)| (k.to_string(), *v))
+        .collect();
+    report.highlights.insert("modules".into(), json!(total));
+    report.highlights.insert("risk_score".into(), json!(risk));
+    report.highlights.insert(
+        "analysis_by".into(),
+        json!("local heuristics (license, in-tree, vermagic)"),
+    );
+    let _ = task;
+    Ok(())
+}
+
+/// `watch_path`: re-folds `source` whenever its bytes change, polling, until stopped
+/// (or for `max_cycles` polls when the task sets it).
+fn watch(
+    backend: &Backend,
+    task: &FoundryTask,
+    source: &Path,
+    out_dir: &Path,
+    report: &mut TaskReport,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let interval = std::time::Duration::from_millis(extra_u64(task, "interval_ms").unwrap_or(1000));
+    let max_cycles = extra_u64(task, "max_cycles");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register(signal, std::sync::Arc::clone(&stop));
+    }
+    let mut last: Option<[u8; 32]> = None;
+    let mut refolds = 0u64;
+    let mut cycle = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) && max_cycles.is_none_or(|m| cycle < m) {
+        cycle += 1;
+        match crate::source::read_input(source) {
+            Ok(bytes) => {
+                let digest = crate::analysis::sha256(&bytes);
+                if last != Some(digest) {
+                    last = Some(digest);
+                    let mut written = Vec::new();
+                    std::mem::swap(&mut written, &mut report.written);
+                    match convert_file(backend, task, source, out_dir, None, report, progress) {
+                        Ok(()) => refolds += 1,
+                        Err(e) => {
+                            report.written = written;
+                            report
+                                .notes
+                                .push(format!("re-fold failed, retried on the next change: {e}"));
+                        }
+                    }
+                }
+            }
+            Err(e) => report
+                .notes
+                .push(format!("cannot read {}: {e}; waiting", source.display())),
+        }
+        std::thread::sleep(interval);
+    }
+    report.highlights.insert("refolds".into(), json!(refolds));
+    report.highlights.insert("polls".into(), json!(cycle));
+    Ok(())
+}
+
+fn markdown(r: &TaskReport) -> String {
+    let mut md = format!(
+        "# Task `{}` ({})\n\n",
+        r.task_id,
+        serde_json::to_value(r.kind)
+            .expect("type")
+            .as_str()
+            .unwrap_or("?")
+    );
+    md += &format!(
+        "Task file: `{}`. Backend: {}. Time: {:.2} s.\n\n",
+        r.task_file.display(),
+        r.backend,
+        r.seconds
+    );
+    md += "## Read\n\n";
+    for p in &r.read {
+        md += &format!("- `{p}`\n");
+    }
+    md += &format!(
+        "\n{} file(s), {}.\n\n## Written\n\n| file | kind | size | texture |\n|---|---|---:|---|\n",
+        r.files_read,
+        human_bytes(r.bytes_read)
+    );
+    for w in &r.written {
+        let side = w.side.map(|s| format!("{s}x{s}")).unwrap_or_default();
+        md += &format!(
+            "| `{}` | {} | {} | {} |\n",
+            w.path.display(),
+            w.kind,
+            human_bytes(w.bytes),
+            side
+        );
+    }
+    md += "\n## Skipped\n\n";
+    if r.skipped.is_empty() {
+        md += "Nothing.\n";
+    }
+    for (reason, n) in &r.skipped {
+        md += &format!("- {reason}: {n}\n");
+    }
+    md += "\n## Metadata highlights\n\n";
+    for (k, v) in &r.highlights {
+        md += &format!("- **{k}**: {v}\n");
+    }
+    if !r.notes.is_empty() {
+        md += "\n## Notes\n\n";
+        for n in &r.notes {
+            md += &format!("- {n}\n");
+        }
+    }
+    md += "\n## Next steps\n\n```sh\n";
+    for s in &r.next_steps {
+        md += &format!("{s}\n");
+    }
+    md += "```\n";
+    md
+}
+
+fn next_steps(r: &TaskReport) -> Vec<String> {
+    let find = |kind: &str| {
+        r.written
+            .iter()
+            .find(|w| w.kind == kind)
+            .map(|w| w.path.display().to_string())
+    };
+    let mut steps = Vec::new();
+    if let Some(brick) = find("brick") {
+        steps.push(format!("foundry-gpu info {brick}"));
+        steps.push(format!(
+            "foundry-gpu unfold {brick} -o {}.bin",
+            brick.trim_end_matches(".brick")
+        ));
+    }
+    if let Some(png) = find("rts_png") {
+        steps.push(format!(
+            "foundry-gpu preview {png} --palette entropy --legend -o {}.entropy.png",
+            png.trim_end_matches(".rts.png")
+        ));
+        steps.push(format!(
+            "foundry-gpu fold {} -o {} --publish systems/builder",
+            r.read[0],
+            r.output_dir.display()
+        ));
+    }
+    if let Some(parts) = find("parts_index") {
+        steps.push(format!("foundry-gpu unfold {parts} -o district.bin"));
+        steps.push(format!(
+            "foundry-gpu snapshot {} -o {} --publish systems/builder",
+            r.read.join(" "),
+            r.output_dir.display()
+        ));
+    }
+    steps.push(format!("cat {}", r.report_path.display()));
+    steps
+}
+
+fn write_report(r: &mut TaskReport) -> Result<()> {
+    r.next_steps = next_steps(r);
+    let text = markdown(r);
+    let mut staged = StagedOutputs::new();
+    staged.write(&r.report_path, |w| w.write_all(text.as_bytes()))?;
+    staged.commit()?;
+    Ok(())
+}
