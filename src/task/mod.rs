@@ -1,6 +1,7 @@
 //! FoundryTask files (formats.md §4): the typed model, read from JSON or YAML, with errors that
 //! name the file, the line and column, and the field.
 
+pub mod daemon;
 pub mod run;
 
 use serde::{Deserialize, Serialize};

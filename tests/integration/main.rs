@@ -1,6 +1,7 @@
 //! The one integration-test binary: engine twins, formats, and the command line.
 
 mod cli;
+mod daemon;
 mod elf;
 mod formats;
 mod harness;

@@ -135,6 +135,39 @@ enum Command {
         #[arg(long, value_name = "BUILDER_ROOT")]
         publish: Option<PathBuf>,
     },
+    /// Run every task dropped into a folder, each exactly once, until SIGINT/SIGTERM.
+    #[command(
+        after_help = "Examples:\n  foundry-gpu daemon\n  foundry-gpu daemon --tasks /srv/tasks --jobs 2 --output-root /srv/out\n  foundry-gpu daemon --exit-when-idle        # batch: run what is there, then exit\n\nPending: STEM.task.json or STEM.task.yaml. Running: STEM.task.json.claimed-DAEMON-aN (claimed by an atomic rename).\nDone: STEM.task.task.json.done with STEM.report.md beside it. Failed: STEM.task.json.failed with STEM.error.json.\nA task whose daemon died (kill -9) is re-run by the next daemon, up to 3 attempts. Nothing is deleted.\nSIGINT/SIGTERM finish the current task and exit 0. `foundry-gpu status` reads .foundry/status.json."
+    )]
+    Daemon {
+        /// The task folder.
+        #[arg(long, default_value = foundry_gpu::task::daemon::DEFAULT_TASKS)]
+        tasks: PathBuf,
+        /// Tasks run at once.
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+        /// Root of all outputs.
+        #[arg(long, default_value = "out")]
+        output_root: PathBuf,
+        /// Rescan the folder this often (milliseconds), besides file-system events.
+        #[arg(long, default_value_t = 1000)]
+        poll_ms: u64,
+        /// Exit once no task is pending or running.
+        #[arg(long)]
+        exit_when_idle: bool,
+        /// Publish results to this Geometry OS builder root.
+        #[arg(long, value_name = "BUILDER_ROOT")]
+        publish: Option<PathBuf>,
+    },
+    /// Show the daemon's status: pending, running, done and failed tasks, the current one, the last error.
+    #[command(
+        after_help = "Examples:\n  foundry-gpu status\n  foundry-gpu status --tasks /srv/tasks --json"
+    )]
+    Status {
+        /// The task folder.
+        #[arg(long, default_value = foundry_gpu::task::daemon::DEFAULT_TASKS)]
+        tasks: PathBuf,
+    },
     /// Rebuild the original bytes from a .brick, .rts.png or NAME.parts.json, verifying SHA-256.
     #[command(
         after_help = "Examples:\n  foundry-gpu unfold out/ls.brick -o ls.bin\n  foundry-gpu unfold out/big.img.parts.json -o big.img\n\nNothing is written unless every SHA-256 matches."
@@ -481,6 +514,64 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                     "{}",
                     std::fs::read_to_string(&report.report_path).unwrap_or_default()
                 );
+            }
+        }
+        Command::Daemon {
+            tasks,
+            jobs,
+            output_root,
+            poll_ms,
+            exit_when_idle,
+            publish,
+        } => {
+            drop(bar);
+            std::fs::create_dir_all(&tasks)
+                .map_err(|e| Error::io(&tasks, "create directory", e))?;
+            let backend = open_backend(global)?;
+            let opts = foundry_gpu::task::daemon::DaemonOptions {
+                tasks,
+                output_root,
+                jobs,
+                poll: std::time::Duration::from_millis(poll_ms),
+                exit_when_idle,
+                publish,
+            };
+            let status = foundry_gpu::task::daemon::run_daemon(&backend, opts)?;
+            if global.json {
+                print_json(&status);
+            } else {
+                println!(
+                    "daemon stopped: {} done, {} failed, {} pending",
+                    status.done, status.failed, status.pending
+                );
+            }
+        }
+        Command::Status { tasks } => {
+            drop(bar);
+            let status = foundry_gpu::task::daemon::read_status(&tasks)?;
+            if global.json {
+                print_json(&status);
+            } else {
+                println!(
+                    "{}: {} pending, {} running, {} done, {} failed",
+                    tasks.display(),
+                    status.pending,
+                    status.running,
+                    status.done,
+                    status.failed
+                );
+                if !status.current.is_empty() {
+                    println!("  current: {}", status.current.join(", "));
+                }
+                if let Some(e) = &status.last_error {
+                    println!("  last error: {e}");
+                }
+                if status.daemon_pid != 0 {
+                    println!(
+                        "  last daemon: pid {} at {:.0}",
+                        status.daemon_pid, status.updated_at
+                    );
+                }
             }
         }
         Command::Unfold { input, output } => {

@@ -1,0 +1,295 @@
+//! The daemon: every task ends exactly once as done or failed, through malformed tasks,
+//! SIGKILL in the middle of work, two daemons on one folder, and SIGTERM.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+fn daemon(tasks: &Path, extra: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_foundry-gpu"))
+        .args([
+            "daemon",
+            "--tasks",
+            tasks.to_str().unwrap(),
+            "--backend",
+            "cpu",
+            "--poll-ms",
+            "100",
+            "--output-root",
+        ])
+        .arg(tasks.parent().unwrap().join("out"))
+        .args(extra)
+        .spawn()
+        .unwrap()
+}
+
+fn names(tasks: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(tasks)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+fn count_suffix(tasks: &Path, suffix: &str) -> usize {
+    names(tasks).iter().filter(|n| n.ends_with(suffix)).count()
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(start.elapsed() < limit, "daemon did not exit in time");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "condition not reached in time");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `n` quick tasks, each folding its own little file.
+fn drop_tasks(tasks: &Path, n: usize) {
+    std::fs::create_dir_all(tasks.join("src")).unwrap();
+    for i in 0..n {
+        std::fs::write(
+            tasks.join(format!("src/f{i:03}.txt")),
+            format!("file number {i}\n").repeat(i + 1),
+        )
+        .unwrap();
+        let task = format!(
+            r#"{{"task_id": "t{i:03}", "type": "foundry-v2", "source": "src/f{i:03}.txt", "preview_side": 16}}"#
+        );
+        std::fs::write(tasks.join(format!("t{i:03}.task.json")), task).unwrap();
+    }
+}
+
+/// Every task ended exactly once, as done, with an output that unfolds to its source.
+fn check_all_done_once(tasks: &Path, n: usize) {
+    let all = names(tasks);
+    for i in 0..n {
+        let stem = format!("t{i:03}");
+        let done = all.contains(&format!("{stem}.task.task.json.done"));
+        let failed = all.contains(&format!("{stem}.task.json.failed"));
+        assert!(done ^ failed, "{stem} must end exactly once: {all:?}");
+        assert!(
+            done,
+            "{stem} failed: {:?}",
+            std::fs::read_to_string(tasks.join(format!("{stem}.error.json")))
+        );
+        assert!(all.contains(&format!("{stem}.report.md")));
+        let brick = tasks
+            .parent()
+            .unwrap()
+            .join(format!("out/{stem}/f{i:03}.txt.brick"));
+        let back = foundry_gpu::fold::decode(&foundry_gpu::Backend::Cpu, &brick).unwrap();
+        assert_eq!(
+            back.bytes,
+            std::fs::read(tasks.join(format!("src/f{i:03}.txt"))).unwrap()
+        );
+    }
+    assert!(
+        !all.iter()
+            .any(|n| n.ends_with(".task.json") || n.contains(".claimed-")),
+        "nothing pending or claimed: {all:?}"
+    );
+}
+
+fn runs(tasks: &Path) -> BTreeMap<String, usize> {
+    let mut runs = BTreeMap::new();
+    for line in std::fs::read_to_string(tasks.join(".foundry/runs.log"))
+        .unwrap_or_default()
+        .lines()
+    {
+        *runs
+            .entry(line.split(' ').next().unwrap().to_string())
+            .or_insert(0) += 1;
+    }
+    runs
+}
+
+#[test]
+fn malformed_tasks_fail_with_a_reason_and_the_daemon_keeps_going() {
+    let dir = tempfile::tempdir().unwrap();
+    let tasks = dir.path().join("tasks");
+    std::fs::create_dir_all(&tasks).unwrap();
+    std::fs::write(tasks.join("in.txt"), "input").unwrap();
+    let cases = [
+        (
+            "good.task.json",
+            r#"{"task_id": "good", "type": "convert_binary", "source": "in.txt"}"#,
+            None,
+        ),
+        ("json.task.json", "{\"task_id\": ", Some("not valid JSON")),
+        ("yaml.task.yaml", "task_id: [oops\n", Some("not valid YAML")),
+        (
+            "nosource.task.json",
+            r#"{"task_id": "n", "type": "convert_binary"}"#,
+            Some("missing field \"source\""),
+        ),
+        (
+            "type.task.json",
+            r#"{"task_id": "t", "type": "convert_binarry", "source": "in.txt"}"#,
+            Some("type: unknown value \"convert_binarry\""),
+        ),
+        (
+            "field.task.json",
+            r#"{"task_id": "f", "type": "convert_binary", "source": "in.txt", "texture_size": "big"}"#,
+            Some("texture_size: invalid type"),
+        ),
+        (
+            "absent.task.json",
+            r#"{"task_id": "a", "type": "convert_binary", "source": "no-such-file"}"#,
+            Some("No such file"),
+        ),
+        (
+            "dir.task.json",
+            r#"{"task_id": "d", "type": "convert_binary", "source": "."}"#,
+            Some("convert_binary takes one file"),
+        ),
+        (
+            "yamlgood.task.yaml",
+            "task_id: yg\ntype: analyze_system\nsource: in.txt\n",
+            None,
+        ),
+    ];
+    for (name, text, _) in &cases {
+        std::fs::write(tasks.join(name), text).unwrap();
+    }
+    let mut d = daemon(&tasks, &["--exit-when-idle"]);
+    assert!(wait_exit(&mut d, Duration::from_secs(60)).success());
+    let all = names(&tasks);
+    for (name, _, error) in &cases {
+        let stem = name.split(".task.").next().unwrap();
+        let ext = name.rsplit('.').next().unwrap();
+        match error {
+            None => {
+                assert!(
+                    all.contains(&format!("{stem}.task.task.{ext}.done")),
+                    "{name}: {all:?}"
+                );
+                assert!(all.contains(&format!("{stem}.report.md")));
+            }
+            Some(reason) => {
+                assert!(all.contains(&format!("{name}.failed")), "{name}: {all:?}");
+                let error: serde_json::Value = serde_json::from_str(
+                    &std::fs::read_to_string(tasks.join(format!("{stem}.error.json"))).unwrap(),
+                )
+                .unwrap();
+                assert!(
+                    error["reason"].as_str().unwrap().contains(reason),
+                    "{name}: {error}"
+                );
+                assert_eq!(error["attempts"], 1);
+                assert!(error["time"].as_f64().unwrap() > 0.0);
+            }
+        }
+    }
+    let status: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tasks.join(".foundry/status.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        (
+            status["done"].as_u64(),
+            status["failed"].as_u64(),
+            status["pending"].as_u64()
+        ),
+        (Some(2), Some(7), Some(0))
+    );
+    assert!(status["last_error"].is_string());
+    let o = Command::new(env!("CARGO_BIN_EXE_foundry-gpu"))
+        .args(["status", "--tasks", tasks.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&o.stdout).contains("0 pending, 0 running, 2 done, 7 failed"));
+}
+
+#[test]
+fn sigkill_twice_mid_work_and_every_task_still_ends_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let tasks = dir.path().join("tasks");
+    drop_tasks(&tasks, 50);
+    let mut d = daemon(&tasks, &[]);
+    wait_for(Duration::from_secs(120), || {
+        count_suffix(&tasks, ".done") >= 10
+    });
+    d.kill().unwrap(); // SIGKILL
+    d.wait().unwrap();
+    // A task the dead daemon was holding, if the kill landed mid-task.
+    let held: Vec<String> = names(&tasks)
+        .into_iter()
+        .filter(|n| n.contains(".claimed-"))
+        .map(|n| n.split(".task.").next().unwrap().to_string())
+        .collect();
+    let mut d = daemon(&tasks, &[]);
+    wait_for(Duration::from_secs(120), || {
+        count_suffix(&tasks, ".done") >= 25
+    });
+    d.kill().unwrap();
+    d.wait().unwrap();
+    let mut d = daemon(&tasks, &["--exit-when-idle"]);
+    assert!(wait_exit(&mut d, Duration::from_secs(180)).success());
+    check_all_done_once(&tasks, 50);
+    // Re-runs happen only for tasks a killed daemon was holding.
+    let runs = runs(&tasks);
+    assert_eq!(runs.len(), 50);
+    assert!(runs.values().all(|&n| n <= 2), "{runs:?}");
+    for stem in &held {
+        assert_eq!(
+            runs[stem], 2,
+            "{stem} was claimed by the killed daemon and re-run once"
+        );
+    }
+    eprintln!("tasks held by the first killed daemon and re-run: {held:?}");
+}
+
+#[test]
+fn two_daemons_on_one_folder_never_run_a_task_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let tasks = dir.path().join("tasks");
+    drop_tasks(&tasks, 30);
+    let mut a = daemon(&tasks, &["--exit-when-idle"]);
+    let mut b = daemon(&tasks, &["--exit-when-idle", "--jobs", "2"]);
+    assert!(wait_exit(&mut a, Duration::from_secs(120)).success());
+    assert!(wait_exit(&mut b, Duration::from_secs(120)).success());
+    check_all_done_once(&tasks, 30);
+    let runs = runs(&tasks);
+    assert_eq!(runs.len(), 30);
+    assert!(runs.values().all(|&n| n == 1), "{runs:?}");
+}
+
+#[test]
+fn sigterm_finishes_the_current_task_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let tasks = dir.path().join("tasks");
+    std::fs::create_dir_all(&tasks).unwrap();
+    std::fs::write(tasks.join("live.txt"), "watch me").unwrap();
+    std::fs::write(
+        tasks.join("w.task.json"),
+        r#"{"task_id": "w", "type": "watch_path", "source": "live.txt", "interval_ms": 100, "preview_side": 16}"#,
+    )
+    .unwrap();
+    let mut d = daemon(&tasks, &[]);
+    wait_for(Duration::from_secs(60), || {
+        names(&tasks).iter().any(|n| n.contains(".claimed-"))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let status = Command::new("kill")
+        .args(["-TERM", &d.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        wait_exit(&mut d, Duration::from_secs(30)).success(),
+        "exit 0 on SIGTERM"
+    );
+    assert!(names(&tasks).contains(&"w.task.task.json.done".to_string()));
+}
