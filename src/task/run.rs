@@ -223,14 +223,9 @@ pub fn run_task(
             record_snapshot(&snap, &mut report);
         }
         TaskType::AnalyzeSystem => analyze(task, &source, &out_dir, &mut report)?,
-        TaskType::ScanKernelModules => scan_modules(
-            backend,
-            task,
-            &source,
-            &out_dir,
-            publish.as_deref(),
-            &mut report,
-        )?,
+        TaskType::ScanKernelModules => {
+            scan_modules(backend, &source, &out_dir, publish.as_deref(), &mut report)?
+        }
         TaskType::WatchPath => watch(backend, task, &source, &out_dir, &mut report, progress)?,
     }
     report.seconds = started.elapsed().as_secs_f64();
@@ -257,6 +252,17 @@ fn convert_file(
         .trim_end_matches(".brick")
         .trim_end_matches(".rts.png")
         .to_string();
+    // Outputs stay under the output root: a destination may name a subfolder, not escape it.
+    let escapes = Path::new(&stem).is_absolute()
+        || Path::new(&stem)
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir));
+    if escapes || stem.is_empty() {
+        return Err(Error::Usage(format!(
+            "task {}: destination {destination:?} must be a relative path inside the output root",
+            task.task_id
+        )));
+    }
     let dest_path = out_dir.join(&stem);
     let opts = FoldOptions {
         texture_size: Some(task.texture_size),
@@ -427,7 +433,6 @@ fn analyze(
 /// `metadata/silicon_district.json` in the map's shape.
 fn scan_modules(
     backend: &Backend,
-    task: &FoundryTask,
     source: &Path,
     out_dir: &Path,
     publish: Option<&Path>,
@@ -543,7 +548,6 @@ fn scan_modules(
         "analysis_by".into(),
         json!("local heuristics (license, in-tree, vermagic)"),
     );
-    let _ = task;
     Ok(())
 }
 

@@ -153,6 +153,14 @@ mod run {
         )
         .unwrap_err();
         assert!(err.is_input_error());
+        for bad in ["/tmp/escape.brick", "../escape.brick"] {
+            let text = format!(
+                r#"{{"task_id": "e", "type": "convert_binary", "source": "{}", "destination": "{bad}"}}"#,
+                sample.display()
+            );
+            let err = run_json(dir.path(), "e.task.json", &text).unwrap_err();
+            assert!(err.to_string().contains("inside the output root"), "{err}");
+        }
     }
 
     #[test]
