@@ -1,5 +1,8 @@
 //! Local, deterministic facts about a byte string: SHA-256, Shannon entropy, UTF-8 text, ELF magic.
 
+pub mod hardening;
+pub mod local;
+
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 

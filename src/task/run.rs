@@ -2,7 +2,6 @@
 //! (Markdown and JSON) of what was read, written, skipped and found, with the next commands.
 
 use super::{FoundryTask, TaskType};
-use crate::analysis::byte_facts;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::fold::{self, human_bytes, FoldOptions, OutputRecord, OutputTarget, SectionChoice};
@@ -389,21 +388,10 @@ fn analyze(
         let Ok(bytes) = crate::source::read_input(path) else {
             continue;
         };
-        let facts = byte_facts(&bytes);
+        let analysis = crate::analysis::local::analyze(&bytes);
         report.files_read += 1;
-        report.bytes_read += facts.size;
-        let kind = if facts.elf {
-            "elf"
-        } else if facts.utf8_text {
-            "text"
-        } else {
-            "data"
-        };
-        entries.push(
-            json!({"path": path, "size": facts.size, "sha256": facts.sha256_hex(),
-            "entropy": (facts.entropy * 1000.0).round() / 1000.0, "kind": kind,
-            "likely_packed_or_encrypted": facts.entropy > 7.5}),
-        );
+        report.bytes_read += analysis.size;
+        entries.push(json!({"path": path, "analysis": analysis}));
     }
     let analysis = json!({"task_id": task.task_id, "source": source, "intent": task.intent,
         "analysis_by": "local heuristics (no language model yet)", "files": entries});

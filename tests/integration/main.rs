@@ -1,5 +1,6 @@
 //! The one integration-test binary: engine twins, formats, and the command line.
 
+mod analysis;
 mod cli;
 mod daemon;
 mod elf;

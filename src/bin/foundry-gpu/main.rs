@@ -168,6 +168,14 @@ enum Command {
         #[arg(long, default_value = foundry_gpu::task::daemon::DEFAULT_TASKS)]
         tasks: PathBuf,
     },
+    /// Local analysis of a file: type, entropy regions, ELF hardening (like checksec), strings.
+    #[command(
+        after_help = "Examples:\n  foundry-gpu analyze /usr/bin/ls\n  foundry-gpu analyze module.ko --json\n\nDeterministic and offline. The language-model summary is not part of this version; the JSON says so under \"llm\"."
+    )]
+    Analyze {
+        /// The file to analyse.
+        input: PathBuf,
+    },
     /// Rebuild the original bytes from a .brick, .rts.png or NAME.parts.json, verifying SHA-256.
     #[command(
         after_help = "Examples:\n  foundry-gpu unfold out/ls.brick -o ls.bin\n  foundry-gpu unfold out/big.img.parts.json -o big.img\n\nNothing is written unless every SHA-256 matches."
@@ -427,7 +435,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 for o in &report.outputs {
                     let side = o.side.map(|s| format!("{s}x{s}")).unwrap_or_default();
                     println!(
-                        "  {:<13} {:<11} {:>10}  {}",
+                        "  {:<16} {:<11} {:>10}  {}",
                         o.kind,
                         side,
                         human_bytes(o.bytes),
@@ -574,6 +582,17 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 }
             }
         }
+        Command::Analyze { input } => {
+            drop(bar);
+            let data = foundry_gpu::source::read_input(&input)?;
+            let analysis = foundry_gpu::analysis::local::analyze(&data);
+            if global.json {
+                print_json(&serde_json::json!({"input": input, "analysis": analysis,
+                    "llm": {"status": "missing", "reason": "no language-model client in this version; local analysis only"}}));
+            } else {
+                print_analysis(&input, &analysis);
+            }
+        }
         Command::Unfold { input, output } => {
             let backend = open_backend(global)?;
             let report = fold::unfold_file(&backend, &input, &output, &bar)?;
@@ -671,6 +690,56 @@ fn print_snapshot(global: &Global, r: &snapshot::SnapshotReport) {
     println!(
         "  unfold the concatenation with: foundry-gpu unfold {} -o FILE",
         r.parts_index.display()
+    );
+}
+
+fn print_analysis(input: &Path, a: &foundry_gpu::analysis::local::LocalAnalysis) {
+    println!(
+        "{}: {} ({}, {:.3} bits/byte)",
+        input.display(),
+        a.file_type,
+        human_bytes(a.size),
+        a.entropy
+    );
+    println!("  sha256     {}", a.sha256);
+    for r in &a.entropy_regions {
+        println!(
+            "  {:>10}..{:<10} {:<8} {:.2} bits/byte",
+            r.start, r.end, r.class, r.entropy
+        );
+    }
+    if let Some(e) = &a.elf {
+        println!(
+            "  elf        {} {} entry 0x{:x}, {} sections, {} segments",
+            e.architecture, e.kind, e.entry, e.sections, e.segments
+        );
+        if let Some(h) = &e.hardening {
+            println!(
+                "  hardening  RELRO {}  canary {}  NX {}  PIE {}  FORTIFY {}  stripped {}",
+                h.relro, h.stack_canary, h.nx, h.pie, h.fortify, h.stripped
+            );
+            if let Some(r) = &h.rpath {
+                println!("  RPATH      {r}");
+            }
+            if let Some(r) = &h.runpath {
+                println!("  RUNPATH    {r}");
+            }
+            if !h.wx_segments.is_empty() {
+                println!("  W+X        LOAD segments {:?}", h.wx_segments);
+            }
+            println!("  libraries  {}", h.libraries.join(", "));
+            println!("  imports    {} symbols", h.imported_symbols);
+        }
+        if !e.high_entropy_sections.is_empty() {
+            println!("  packed?    {}", e.high_entropy_sections.join(", "));
+        }
+    }
+    println!(
+        "  strings    {} (urls {}, paths {}, ip-like {})",
+        a.strings.count,
+        a.strings.urls.len(),
+        a.strings.paths.len(),
+        a.strings.ip_like.len()
     );
 }
 

@@ -1,0 +1,243 @@
+//! Local analysis, always on and needing no server: file type by content, entropy regions with
+//! abrupt changes, ELF facts and hardening, `.modinfo`, and a printable-strings summary.
+
+use super::hardening::{hardening, Hardening};
+use super::{byte_facts, entropy_of};
+use crate::source::elf::ModInfo;
+use object::{Object, ObjectSection, ObjectSegment};
+use serde::Serialize;
+
+/// Block size the entropy profile is measured in.
+pub const ENTROPY_BLOCK: usize = 4096;
+
+/// A run of blocks of one entropy class.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EntropyRegion {
+    pub start: u64,
+    pub end: u64,
+    /// Mean entropy of the region, bits/byte.
+    pub entropy: f64,
+    /// `constant` (< 0.5: zero padding and fills), `high` (> 7.2: packed, compressed or
+    /// encrypted), or `normal`.
+    pub class: &'static str,
+}
+
+/// Printable ASCII runs of at least 6 characters.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StringsSummary {
+    pub count: usize,
+    pub sample: Vec<String>,
+    pub urls: Vec<String>,
+    pub paths: Vec<String>,
+    pub ip_like: Vec<String>,
+}
+
+/// ELF facts for the analysis.
+#[derive(Clone, Debug, Serialize)]
+pub struct ElfFacts {
+    pub architecture: String,
+    pub kind: String,
+    pub entry: u64,
+    pub sections: usize,
+    pub segments: usize,
+    pub hardening: Option<Hardening>,
+    /// Sections of 4 KiB or more whose entropy is typical of packing (> 7.2).
+    pub high_entropy_sections: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub modinfo: Option<ModInfo>,
+}
+
+/// Everything the local analysis finds; deterministic for the same bytes.
+#[derive(Clone, Debug, Serialize)]
+pub struct LocalAnalysis {
+    pub size: u64,
+    pub sha256: String,
+    pub entropy: f64,
+    /// elf, script, text, compressed, image, unknown.
+    pub file_type: &'static str,
+    pub entropy_regions: Vec<EntropyRegion>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub elf: Option<ElfFacts>,
+    pub strings: StringsSummary,
+}
+
+/// The file type, judged by content.
+pub fn file_type(data: &[u8], utf8_text: bool) -> &'static str {
+    const COMPRESSED: [&[u8]; 6] = [
+        b"\x1f\x8b",
+        b"\xfd7zXZ\x00",
+        b"\x28\xb5\x2f\xfd",
+        b"BZh",
+        b"PK\x03\x04",
+        b"7z\xbc\xaf",
+    ];
+    const IMAGES: [&[u8]; 4] = [b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"V2BR"];
+    if crate::analysis::is_elf(data) {
+        "elf"
+    } else if data.starts_with(b"#!") {
+        "script"
+    } else if COMPRESSED.iter().any(|m| data.starts_with(m)) {
+        "compressed"
+    } else if IMAGES.iter().any(|m| data.starts_with(m)) {
+        "image"
+    } else if utf8_text {
+        "text"
+    } else {
+        "unknown"
+    }
+}
+
+fn class_of(entropy: f64) -> &'static str {
+    if entropy < 0.5 {
+        "constant"
+    } else if entropy > 7.2 {
+        "high"
+    } else {
+        "normal"
+    }
+}
+
+/// Entropy per block, merged into runs of one class: each boundary is an abrupt change.
+pub fn entropy_regions(data: &[u8]) -> Vec<EntropyRegion> {
+    let mut regions: Vec<(EntropyRegion, f64)> = Vec::new();
+    for (i, block) in data.chunks(ENTROPY_BLOCK).enumerate() {
+        let mut h = [0u64; 256];
+        block.iter().for_each(|&b| h[b as usize] += 1);
+        let e = entropy_of(&h);
+        let start = (i * ENTROPY_BLOCK) as u64;
+        let end = start + block.len() as u64;
+        match regions.last_mut() {
+            Some((r, sum)) if r.class == class_of(e) => {
+                r.end = end;
+                *sum += e * block.len() as f64;
+            }
+            _ => regions.push((
+                EntropyRegion {
+                    start,
+                    end,
+                    entropy: 0.0,
+                    class: class_of(e),
+                },
+                e * block.len() as f64,
+            )),
+        }
+    }
+    regions
+        .into_iter()
+        .map(|(mut r, sum)| {
+            r.entropy = (sum / (r.end - r.start) as f64 * 1000.0).round() / 1000.0;
+            r
+        })
+        .collect()
+}
+
+fn ip_like(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('.').collect();
+    parts.len() == 4
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.len() <= 3 && p.parse::<u16>().is_ok_and(|n| n <= 255))
+}
+
+/// Printable strings of `data`, summarised.
+pub fn strings_summary(data: &[u8]) -> StringsSummary {
+    let mut summary = StringsSummary::default();
+    for run in data.split(|&b| !(0x20..0x7f).contains(&b)) {
+        if run.len() < 6 {
+            continue;
+        }
+        let s = String::from_utf8_lossy(run).into_owned();
+        summary.count += 1;
+        if summary.sample.len() < 12 {
+            summary.sample.push(s.chars().take(80).collect());
+        }
+        for word in s.split_whitespace() {
+            let word = word.trim_matches(|c: char| "\"'(),;<>".contains(c));
+            if word.contains("://") && summary.urls.len() < 20 {
+                summary.urls.push(word.to_string());
+            } else if word.starts_with('/') && word[1..].contains('/') && summary.paths.len() < 20 {
+                summary.paths.push(word.to_string());
+            } else if ip_like(word) && summary.ip_like.len() < 20 {
+                summary.ip_like.push(word.to_string());
+            }
+        }
+    }
+    summary
+}
+
+fn elf_facts(data: &[u8]) -> Option<ElfFacts> {
+    let file = object::File::parse(data).ok()?;
+    let high_entropy_sections = file
+        .sections()
+        .filter_map(|s| {
+            let bytes = s.data().ok()?;
+            (bytes.len() >= 4096 && super::shannon_entropy(bytes) > 7.2)
+                .then(|| s.name().unwrap_or("?").to_string())
+        })
+        .collect();
+    let modinfo = file
+        .section_by_name(".modinfo")
+        .and_then(|s| s.data().ok())
+        .map(crate::source::elf::parse_modinfo);
+    Some(ElfFacts {
+        architecture: format!("{:?}", file.architecture()),
+        kind: format!("{:?}", file.kind()),
+        entry: file.entry(),
+        sections: file.sections().count(),
+        segments: file.segments().filter(|s| s.size() > 0).count(),
+        hardening: hardening(data),
+        high_entropy_sections,
+        modinfo,
+    })
+}
+
+/// Runs every local check on `data`.
+pub fn analyze(data: &[u8]) -> LocalAnalysis {
+    let facts = byte_facts(data);
+    LocalAnalysis {
+        size: facts.size,
+        sha256: facts.sha256_hex(),
+        entropy: (facts.entropy * 1000.0).round() / 1000.0,
+        file_type: file_type(data, facts.utf8_text),
+        entropy_regions: entropy_regions(data),
+        elf: facts.elf.then(|| elf_facts(data)).flatten(),
+        strings: strings_summary(data),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regions_find_abrupt_changes() {
+        let mut data = vec![0u8; 8192];
+        let mut x = 1u32;
+        data.extend((0..8192).map(|_| {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            (x >> 16) as u8
+        }));
+        data.extend(b"plain text here. ".repeat(500));
+        let r = entropy_regions(&data);
+        assert_eq!(
+            r.iter().map(|r| r.class).collect::<Vec<_>>(),
+            ["constant", "high", "normal"]
+        );
+        assert_eq!((r[1].start, r[1].end), (8192, 16384));
+    }
+
+    #[test]
+    fn types_and_strings() {
+        assert_eq!(file_type(b"#!/bin/sh\n", true), "script");
+        assert_eq!(file_type(b"\x1f\x8b\x08", false), "compressed");
+        assert_eq!(file_type(b"\x89PNG\r\n", false), "image");
+        assert_eq!(file_type(b"hello", true), "text");
+        let s = strings_summary(
+            b"\x00see https://example.org/x and /etc/passwd at 10.0.0.1 ok\x00ab\x00",
+        );
+        assert_eq!(s.count, 1);
+        assert_eq!(s.urls, ["https://example.org/x"]);
+        assert_eq!(s.paths, ["/etc/passwd"]);
+        assert_eq!(s.ip_like, ["10.0.0.1"]);
+    }
+}
