@@ -156,36 +156,29 @@ pub fn run_task(
         report_path: out_dir.join(format!("{}.report.md", slug(&task.task_id))),
     };
     let meta = std::fs::metadata(&source).map_err(|e| Error::io(&source, "read", e))?;
+    if task.kind == TaskType::ConvertBinary && meta.is_dir() {
+        return Err(Error::malformed(
+            &source,
+            "is a directory; convert_binary takes one file (use convert_directory)",
+        ));
+    }
+    let one_file = task.kind == TaskType::ConvertBinary
+        || (task.kind == TaskType::FoundryV2 && !meta.is_dir());
     match task.kind {
-        TaskType::ConvertBinary => {
-            if meta.is_dir() {
-                return Err(Error::malformed(
-                    &source,
-                    "is a directory; convert_binary takes one file (use convert_directory)",
-                ));
-            }
-            convert_file(
-                backend,
-                task,
-                &source,
-                &out_dir,
-                publish.as_deref(),
-                &mut report,
-                progress,
-            )?;
-        }
-        TaskType::FoundryV2 if !meta.is_dir() => {
-            convert_file(
-                backend,
-                task,
-                &source,
-                &out_dir,
-                publish.as_deref(),
-                &mut report,
-                progress,
-            )?;
-        }
-        TaskType::ConvertDirectory | TaskType::CrystallizeSystem | TaskType::FoundryV2 => {
+        _ if one_file => convert_file(
+            backend,
+            task,
+            &source,
+            &out_dir,
+            publish.as_deref(),
+            &mut report,
+            progress,
+        )?,
+        // convert_binary always takes the arm above; the rest fold trees.
+        TaskType::ConvertBinary
+        | TaskType::ConvertDirectory
+        | TaskType::CrystallizeSystem
+        | TaskType::FoundryV2 => {
             let roots: Vec<PathBuf> =
                 if task.kind == TaskType::CrystallizeSystem && !task.paths.is_empty() {
                     task.paths
