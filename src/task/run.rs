@@ -313,6 +313,19 @@ fn convert_file(
     Ok(())
 }
 
+/// Renames `staged` into place and lists what landed in the report.
+fn commit_into(staged: StagedOutputs, kind: &str, report: &mut TaskReport) -> Result<()> {
+    for w in staged.commit()? {
+        report.written.push(Written {
+            path: w.path,
+            kind: kind.into(),
+            bytes: w.bytes,
+            side: None,
+        });
+    }
+    Ok(())
+}
+
 fn record_snapshot(snap: &SnapshotReport, report: &mut TaskReport) {
     report.files_read = snap.files;
     report.bytes_read = snap.bytes;
@@ -392,14 +405,7 @@ fn analyze(
     let text = serde_json::to_string_pretty(&analysis).expect("analysis serialises");
     let mut staged = StagedOutputs::new();
     staged.write(&path, |w| w.write_all(text.as_bytes()))?;
-    for w in staged.commit()? {
-        report.written.push(Written {
-            path: w.path,
-            kind: "analysis".into(),
-            bytes: w.bytes,
-            side: None,
-        });
-    }
+    commit_into(staged, "analysis", report)?;
     report.highlights.insert(
         "analysis_by".into(),
         json!("local heuristics (no language model yet)"),
@@ -508,14 +514,7 @@ fn scan_modules(
     for t in &targets {
         staged.write(t, |w| w.write_all(silicon.as_bytes()))?;
     }
-    for w in staged.commit()? {
-        report.written.push(Written {
-            path: w.path,
-            kind: "metadata".into(),
-            bytes: w.bytes,
-            side: None,
-        });
-    }
+    commit_into(staged, "metadata", report)?;
     report.skipped = walk
         .skipped
         .counts
