@@ -363,10 +363,13 @@ pub fn fold_file(
             None
         }
     };
-    progress.stage("hashing", data.len() as u64);
     // A single part's facts are the whole file's, computed beside the fold below.
-    let mut whole_facts = multi.then(|| byte_facts(&data));
-    progress.advance(data.len() as u64);
+    let mut whole_facts = multi.then(|| {
+        progress.stage("hashing", data.len() as u64);
+        let facts = byte_facts(&data);
+        progress.advance(data.len() as u64);
+        facts
+    });
 
     let mut staged = StagedOutputs::new();
     let mut records: Vec<(&'static str, Option<u32>)> = Vec::new();
@@ -546,14 +549,22 @@ pub fn fold_file(
                     end: s.offset + s.size,
                 })
                 .collect();
-            let overlay = preview::render_outlined(
-                backend,
-                &data,
-                Layout::Brick,
-                order,
-                opts.preview_side,
-                &ranges,
-            )?;
+            // The outline goes on the byte-class preview: reuse it when that is
+            // what was just rendered, rather than summarising the file twice.
+            let base = if opts.palette == Palette::Byteclass && !opts.legend {
+                image.clone()
+            } else {
+                preview::render(
+                    backend,
+                    &data,
+                    Layout::Brick,
+                    order,
+                    Palette::Byteclass,
+                    opts.preview_side,
+                    false,
+                )?
+            };
+            let overlay = preview::outline(base, Layout::Brick, order, &ranges);
             staged.write(&dir.join(format!("{name}.sections.png")), |w| {
                 preview::write_png(w, &overlay)
             })?;

@@ -42,6 +42,7 @@ pub const ENTROPY_WINDOW: u64 = 256;
 pub const PREVIEW_SIDES: std::ops::RangeInclusive<u32> = 16..=8192;
 
 /// A rendered preview, RGBA rows top first.
+#[derive(Clone)]
 pub struct PreviewImage {
     pub width: u32,
     pub height: u32,
@@ -335,8 +336,7 @@ pub struct LabelledRange {
 }
 
 /// Renders the byte-class preview of `data` (as [`render`]) with every range in
-/// `ranges` outlined in its own colour, labelled where it is big enough, and a
-/// legend listing all of them below.
+/// `ranges` outlined (see [`outline`]).
 pub fn render_outlined(
     backend: &Backend,
     data: &[u8],
@@ -345,7 +345,7 @@ pub fn render_outlined(
     side: u32,
     ranges: &[LabelledRange],
 ) -> Result<PreviewImage> {
-    let mut image = render(
+    let image = render(
         backend,
         data,
         layout,
@@ -354,6 +354,19 @@ pub fn render_outlined(
         side,
         false,
     )?;
+    Ok(outline(image, layout, order, ranges))
+}
+
+/// Outlines every range of `ranges` on a square preview (no legend yet) of a
+/// texture of `order` in its own colour, labels it where it is big enough, and
+/// adds a legend listing all of them below.
+pub fn outline(
+    mut image: PreviewImage,
+    layout: Layout,
+    order: u32,
+    ranges: &[LabelledRange],
+) -> PreviewImage {
+    let side = image.width;
     let preview_order = side.trailing_zeros();
     let cell_order = order.min(preview_order);
     let scale = 1u64 << (preview_order - cell_order);
@@ -442,7 +455,7 @@ pub fn render_outlined(
         }
     }
     add_range_legend(&mut image, ranges);
-    Ok(image)
+    image
 }
 
 fn add_range_legend(image: &mut PreviewImage, ranges: &[LabelledRange]) {

@@ -153,6 +153,26 @@ fn section_map_places_a_known_section_exactly() {
     let info = png.read_info().unwrap().info().clone();
     assert_eq!(info.width, 256);
     assert!(info.height > 256);
+    // It is the byte-class preview with outlines drawn on: most pixels agree.
+    let pixels = |name: &str| {
+        let decoder = png::Decoder::new(std::io::BufReader::new(
+            std::fs::File::open(out.join(name)).unwrap(),
+        ));
+        let mut reader = decoder.read_info().unwrap();
+        let mut buf = vec![0u8; reader.output_buffer_size().unwrap()];
+        reader.next_frame(&mut buf).unwrap();
+        buf[..256 * 256 * 4].to_vec()
+    };
+    let (plain, outlined) = (pixels("prog.preview.png"), pixels("prog.sections.png"));
+    let differing = plain
+        .chunks(4)
+        .zip(outlined.chunks(4))
+        .filter(|(a, b)| a != b)
+        .count();
+    assert!(
+        differing > 0 && differing < 256 * 256 / 2,
+        "{differing} pixels differ"
+    );
 }
 
 #[test]
