@@ -41,6 +41,11 @@ pub struct FoldOptions {
     pub sections: SectionChoice,
     /// NAME for a directory target instead of the input's file name.
     pub name: Option<String>,
+    /// Ask the language model for a summary (`--llm`); the answer lands under `semantic`, and
+    /// both `.rts.png` sidecars and the brick sidecar are written.
+    pub llm: Option<std::sync::Arc<crate::llm::LlmClient>>,
+    /// Why the artifact is being mapped (a task's `intent`), passed to the model.
+    pub intent: Option<String>,
 }
 
 /// `--sections`: none (default), `all`, or a comma-separated list of names.
@@ -81,6 +86,8 @@ impl Default for FoldOptions {
             sidecars: false,
             sections: SectionChoice::None,
             name: None,
+            llm: None,
+            intent: None,
         }
     }
 }
@@ -150,6 +157,8 @@ pub struct FoldReport {
     pub parts: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub elf: Option<ElfInfo>,
+    /// The `semantic` metadata embedded in the outputs (local analysis, model answer).
+    pub semantic: Value,
     pub outputs: Vec<OutputRecord>,
     pub notes: Vec<String>,
     pub seconds: f64,
@@ -363,6 +372,27 @@ pub fn fold_file(
             None
         }
     };
+    // Local analysis always runs; the model is asked only with --llm.
+    progress.stage("analysing", data.len() as u64);
+    let analysis = crate::analysis::local::analyze(&data);
+    let llm_outcome = opts.llm.as_ref().map(|client| {
+        client.describe(crate::llm::ArtifactRequest {
+            name: &name,
+            data: &data,
+            analysis: &analysis,
+            intent: opts.intent.as_deref(),
+        })
+    });
+    if let Some(o) = llm_outcome.as_ref().filter(|o| o.answer.is_none()) {
+        notes.push(format!(
+            "language model: {} ({}); metadata has the local analysis only",
+            o.status,
+            o.reason.as_deref().unwrap_or("no reason given")
+        ));
+    }
+    let semantic = crate::semantic::semantic_json(&analysis, llm_outcome.as_ref());
+    let write_sidecars = opts.sidecars || opts.llm.is_some();
+    progress.advance(data.len() as u64);
     // A single part's facts are the whole file's, computed beside the fold below.
     let mut whole_facts = multi.then(|| {
         progress.stage("hashing", data.len() as u64);
@@ -428,9 +458,11 @@ pub fn fold_file(
             let mut header_flags = brick::flags_for(&facts) & !flags::IS_ENCRYPTED;
             header_flags |= brick::flags_for(&part_facts) & flags::IS_ENCRYPTED;
             let elf_here = elf.as_ref().filter(|_| i == 0);
-            if part_info.is_some() || elf_here.is_some() {
+            if part_info.is_some() || elf_here.is_some() || opts.llm.is_some() {
                 header_flags |= flags::HAS_METADATA;
-                let mut sidecar = json!({"version": "1", "name": part_name});
+                let mut sidecar = json!({"version": "1", "name": part_name,
+                    "description": crate::semantic::description(llm_outcome.as_ref(), &describe(&facts)),
+                    "semantic": semantic.clone()});
                 if let Some(info) = &part_info {
                     sidecar["part"] = info.clone();
                 }
@@ -460,11 +492,12 @@ pub fn fold_file(
             if let Some(e) = &elf {
                 extra.insert("elf".into(), elf_summary(e));
             }
+            extra.insert("semantic".into(), semantic.clone());
             let mut meta = rts_png::metadata(
                 &part_name,
                 &part_facts,
                 plan.rts_side,
-                &describe(&facts),
+                &crate::semantic::description(llm_outcome.as_ref(), &describe(&facts)),
                 extra,
             );
             if let (Some(e), false) = (&elf, multi) {
@@ -473,7 +506,7 @@ pub fn fold_file(
             let text = rts_png::ascii_json(&meta);
             staged.write(&path, |w| rts_png::write_rts_png(w, image, &text, None))?;
             records.push(("rts_png", Some(plan.rts_side)));
-            if opts.sidecars {
+            if write_sidecars {
                 for sidecar in rts_png::sidecar_paths(&path) {
                     staged.write(&sidecar, |w| w.write_all(text.as_bytes()))?;
                     records.push(("rts_sidecar", None));
@@ -593,6 +626,7 @@ pub fn fold_file(
         adapter: backend.adapter().cloned(),
         parts: plans.len(),
         elf,
+        semantic,
         outputs,
         notes,
         seconds: started.elapsed().as_secs_f64(),

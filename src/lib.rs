@@ -9,7 +9,8 @@
 //! - [`fold`]: the operations the CLI exposes: fold, unfold, info, preview.
 //! - [`source`]: what gets folded: files (mmap or read to EOF), ELF sections, directory trees.
 //! - [`snapshot`], [`district`]: whole trees folded into per-file bricks and one district.
-//! - [`analysis`]: local, deterministic facts about the bytes (entropy, text, ELF magic).
+//! - [`analysis`]: local, deterministic facts about the bytes (entropy, text, ELF, hardening).
+//! - [`llm`], [`semantic`]: the LM Studio client and the `semantic` metadata built from it.
 //!
 //! The library never prints; the `foundry-gpu` binary does.
 
@@ -20,15 +21,18 @@ compile_error!(
 
 pub mod analysis;
 pub mod backend;
+pub mod config;
 pub mod curve;
 pub mod district;
 pub mod error;
 pub mod fold;
 pub mod format;
 pub mod kernels;
+pub mod llm;
 pub mod map;
 pub mod process_memory;
 pub mod progress;
+pub mod semantic;
 pub mod snapshot;
 pub mod source;
 pub mod task;

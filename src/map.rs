@@ -245,6 +245,13 @@ fn place(placement: &mut Placement, root: &str, rel: &str, files_now: usize) -> 
     )
 }
 
+/// Seconds since the Unix epoch, as the manifest's `timestamp` and metadata record them.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

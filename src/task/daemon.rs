@@ -35,6 +35,8 @@ pub struct DaemonOptions {
     /// Exit once nothing is pending or running (batch mode, tests).
     pub exit_when_idle: bool,
     pub publish: Option<PathBuf>,
+    /// Language-model settings every task runs with.
+    pub llm: super::run::TaskLlm,
 }
 
 /// What a task file's name says about it.
@@ -280,6 +282,7 @@ impl Shared {
             output_root: self.opts.output_root.clone(),
             task_root: self.opts.tasks.clone(),
             publish: self.opts.publish.clone(),
+            llm: self.opts.llm.clone(),
         };
         let report = run_task(backend, &task, original, &opts, &crate::progress::Silent)
             .map_err(|e| e.to_string())?;

@@ -6,6 +6,7 @@ use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::fold::{self, human_bytes, FoldOptions, OutputRecord, OutputTarget, SectionChoice};
 use crate::format::staged::StagedOutputs;
+use crate::llm::LlmClient;
 use crate::progress::Progress;
 use crate::snapshot::{snapshot, SnapshotOptions, SnapshotReport};
 use crate::source::tree::WalkOptions;
@@ -13,6 +14,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Where a task runs.
@@ -24,6 +26,39 @@ pub struct RunOptions {
     pub task_root: PathBuf,
     /// Builder root to publish to, when the task does not name one.
     pub publish: Option<PathBuf>,
+    pub llm: TaskLlm,
+}
+
+/// How tasks use the language model.
+#[derive(Clone, Debug, Default)]
+pub struct TaskLlm {
+    /// Resolved settings (command line, environment, `foundry.toml`).
+    pub config: crate::llm::LlmConfig,
+    /// `--llm`: ask about every task's artifacts; `analyze_system` asks regardless.
+    pub enabled: bool,
+    /// `--llm-model` was given: it wins over a task's `ai_model`.
+    pub model_pinned: bool,
+}
+
+impl TaskLlm {
+    /// A client for `task` when it should ask: the task's `ai_model` and `llm_url` apply unless
+    /// the command line pinned them.
+    pub fn client_for(&self, task: &FoundryTask) -> Result<Option<Arc<LlmClient>>> {
+        if !self.enabled && task.kind != TaskType::AnalyzeSystem {
+            return Ok(None);
+        }
+        let mut config = self.config.clone();
+        if !self.model_pinned {
+            config.model = Some(task.ai_model.clone());
+        }
+        if let Some(url) = extra_str(task, "llm_url") {
+            config.base_url = crate::llm::normalise_base_url(&url)
+                .map_err(|e| Error::Usage(format!("task {}: llm_url {e}", task.task_id)))?;
+        }
+        LlmClient::new(config)
+            .map(|c| Some(Arc::new(c)))
+            .map_err(Error::Usage)
+    }
 }
 
 /// One file a task wrote.
@@ -162,6 +197,7 @@ pub fn run_task(
             "is a directory; convert_binary takes one file (use convert_directory)",
         ));
     }
+    let llm = opts.llm.client_for(task)?;
     let one_file = task.kind == TaskType::ConvertBinary
         || (task.kind == TaskType::FoundryV2 && !meta.is_dir());
     match task.kind {
@@ -169,8 +205,11 @@ pub fn run_task(
             backend,
             task,
             &source,
-            &out_dir,
-            publish.as_deref(),
+            &FileSinks {
+                out_dir: &out_dir,
+                publish: publish.as_deref(),
+                llm,
+            },
             &mut report,
             progress,
         )?,
@@ -214,10 +253,15 @@ pub fn run_task(
             let snap = snapshot(backend, &roots, &out_dir, &snap_opts, progress)?;
             record_snapshot(&snap, &mut report);
         }
-        TaskType::AnalyzeSystem => analyze(task, &source, &out_dir, &mut report)?,
-        TaskType::ScanKernelModules => {
-            scan_modules(backend, &source, &out_dir, publish.as_deref(), &mut report)?
-        }
+        TaskType::AnalyzeSystem => analyze(task, &source, &out_dir, llm, &mut report)?,
+        TaskType::ScanKernelModules => scan_modules(
+            backend,
+            &source,
+            &out_dir,
+            publish.as_deref(),
+            llm,
+            &mut report,
+        )?,
         TaskType::WatchPath => watch(backend, task, &source, &out_dir, &mut report, progress)?,
     }
     report.seconds = started.elapsed().as_secs_f64();
@@ -226,15 +270,22 @@ pub fn run_task(
 }
 
 /// `convert_binary` (and `foundry-v2` on a file): brick, `.rts.png` and previews.
+/// Where a single-file task's results go, and who describes them.
+struct FileSinks<'a> {
+    out_dir: &'a Path,
+    publish: Option<&'a Path>,
+    llm: Option<Arc<LlmClient>>,
+}
+
 fn convert_file(
     backend: &Backend,
     task: &FoundryTask,
     source: &Path,
-    out_dir: &Path,
-    publish: Option<&Path>,
+    sinks: &FileSinks<'_>,
     report: &mut TaskReport,
     progress: &dyn Progress,
 ) -> Result<()> {
+    let (out_dir, publish) = (sinks.out_dir, sinks.publish);
     let destination = task.destination.clone().unwrap_or_else(|| {
         source
             .file_name()
@@ -274,6 +325,8 @@ fn convert_file(
         name: dest_path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned()),
+        llm: sinks.llm.clone(),
+        intent: task.intent.clone(),
         ..Default::default()
     };
     let dir = dest_path.parent().unwrap_or(out_dir).to_path_buf();
@@ -298,6 +351,7 @@ fn convert_file(
     report
         .highlights
         .insert("flags".into(), json!(folded.flags));
+    record_semantic(&folded.semantic, report);
     if let Some(e) = &folded.elf {
         report.highlights.insert(
             "elf".into(),
@@ -311,6 +365,30 @@ fn convert_file(
             .insert("published".into(), json!(published.placed));
     }
     Ok(())
+}
+
+/// The model's verdict (or why there is none) and the local risk, as report highlights.
+fn record_semantic(semantic: &Value, report: &mut TaskReport) {
+    report
+        .highlights
+        .insert("local_risk".into(), semantic["analysis"]["risk"].clone());
+    let llm = &semantic["llm"];
+    match llm["status"].as_str() {
+        Some("answered" | "cached") => {
+            for key in ["summary", "risk", "tags", "model"] {
+                report
+                    .highlights
+                    .insert(format!("llm_{key}"), semantic[key].clone());
+            }
+        }
+        Some("off") | None => {}
+        Some(status) => {
+            report.notes.push(format!(
+                "language model {status}: {}",
+                llm["reason"].as_str().unwrap_or("no reason given")
+            ));
+        }
+    }
 }
 
 /// Renames `staged` into place and lists what landed in the report.
@@ -363,11 +441,12 @@ fn record_snapshot(snap: &SnapshotReport, report: &mut TaskReport) {
     }
 }
 
-/// `analyze_system`: local heuristics (the LM Studio analysis is a later step), labelled as such.
+/// `analyze_system`: local analysis of every file, and the language model's view of each.
 fn analyze(
     task: &FoundryTask,
     source: &Path,
     out_dir: &Path,
+    llm: Option<Arc<LlmClient>>,
     report: &mut TaskReport,
 ) -> Result<()> {
     let mut files = Vec::new();
@@ -389,27 +468,79 @@ fn analyze(
     } else {
         files.push(source.to_path_buf());
     }
-    let mut entries = Vec::new();
+    let mut read = Vec::new();
     for path in &files {
-        let Ok(bytes) = crate::source::read_input(path) else {
-            continue;
-        };
-        let analysis = crate::analysis::local::analyze(&bytes);
-        report.files_read += 1;
-        report.bytes_read += analysis.size;
-        entries.push(json!({"path": path, "analysis": analysis}));
+        match crate::source::read_input(path) {
+            Ok(bytes) => {
+                let analysis = crate::analysis::local::analyze(&bytes);
+                report.files_read += 1;
+                report.bytes_read += analysis.size;
+                read.push((path, bytes, analysis));
+            }
+            Err(e) => report.notes.push(format!("not analysed: {e}")),
+        }
+    }
+    let names: Vec<String> = read
+        .iter()
+        .map(|(p, _, _)| {
+            p.strip_prefix(source)
+                .ok()
+                .filter(|r| !r.as_os_str().is_empty())
+                .unwrap_or(p)
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    let outcomes = match &llm {
+        Some(client) => {
+            let requests: Vec<_> = read
+                .iter()
+                .zip(&names)
+                .map(|((_, bytes, analysis), name)| crate::llm::ArtifactRequest {
+                    name,
+                    data: bytes,
+                    analysis,
+                    intent: task.intent.as_deref(),
+                })
+                .collect();
+            client
+                .describe_all(&requests)
+                .into_iter()
+                .map(Some)
+                .collect()
+        }
+        None => vec![None; read.len()],
+    };
+    let mut answered = 0;
+    let mut entries = Vec::new();
+    for ((path, _, analysis), outcome) in read.iter().zip(&outcomes) {
+        answered += usize::from(outcome.as_ref().is_some_and(|o| o.answer.is_some()));
+        entries.push(json!({"path": path, "analysis": analysis,
+            "semantic": crate::semantic::semantic_json(analysis, outcome.as_ref())}));
+    }
+    let by = if answered > 0 {
+        format!(
+            "local analysis and the language model ({answered} of {} files answered)",
+            read.len()
+        )
+    } else {
+        "local analysis only (no answer from the language model; see notes)".to_string()
+    };
+    if let Some(o) = outcomes.iter().flatten().find(|o| o.answer.is_none()) {
+        report.notes.push(format!(
+            "language model {}: {}",
+            o.status,
+            o.reason.as_deref().unwrap_or("no reason given")
+        ));
     }
     let analysis = json!({"task_id": task.task_id, "source": source, "intent": task.intent,
-        "analysis_by": "local heuristics (no language model yet)", "files": entries});
+        "analysis_by": by, "files": entries});
     let path = out_dir.join(format!("{}.analysis.json", slug(&task.task_id)));
     let text = serde_json::to_string_pretty(&analysis).expect("analysis serialises");
     let mut staged = StagedOutputs::new();
     staged.write(&path, |w| w.write_all(text.as_bytes()))?;
     commit_into(staged, "analysis", report)?;
-    report.highlights.insert(
-        "analysis_by".into(),
-        json!("local heuristics (no language model yet)"),
-    );
+    report.highlights.insert("analysis_by".into(), json!(by));
     if let Some(intent) = &task.intent {
         report.highlights.insert("intent".into(), json!(intent));
     }
@@ -423,6 +554,7 @@ fn scan_modules(
     source: &Path,
     out_dir: &Path,
     publish: Option<&Path>,
+    llm: Option<Arc<LlmClient>>,
     report: &mut TaskReport,
 ) -> Result<()> {
     let walk = crate::source::tree::walk(
@@ -433,7 +565,7 @@ fn scan_modules(
         },
     )?;
     let mut modules = Vec::new();
-    let (mut medium, mut low) = (0u64, 0u64);
+    let (mut critical, mut high, mut medium, mut low) = (0u64, 0u64, 0u64, 0u64);
     let mut kernel_version = String::new();
     let mut flagged = 0u64;
     for file in &walk.files {
@@ -441,7 +573,10 @@ fn scan_modules(
             backend,
             &file.abs,
             &OutputTarget::Directory(out_dir.join("modules")),
-            &FoldOptions::default(),
+            &FoldOptions {
+                llm: llm.clone(),
+                ..Default::default()
+            },
             &crate::progress::Silent,
         )?;
         report.files_read += 1;
@@ -452,9 +587,9 @@ fn scan_modules(
             .as_ref()
             .and_then(|e| e.modinfo.clone())
             .unwrap_or_default();
-        let mut findings = Vec::new();
+        let mut findings: Vec<(&str, String)> = Vec::new();
         match modinfo.license.as_deref() {
-            None => findings.push(("medium", "no license: loading it taints the kernel")),
+            None => findings.push(("medium", "no license: loading it taints the kernel".into())),
             Some(l)
                 if ![
                     "GPL",
@@ -468,38 +603,69 @@ fn scan_modules(
             {
                 findings.push((
                     "medium",
-                    "proprietary license: loading it taints the kernel",
+                    "proprietary license: loading it taints the kernel".into(),
                 ))
             }
             _ => {}
         }
         if !modinfo.other.contains_key("intree") {
-            findings.push(("low", "out-of-tree module"));
+            findings.push(("low", "out-of-tree module".into()));
         }
         if modinfo.vermagic.is_none() {
-            findings.push(("low", "no vermagic"));
+            findings.push(("low", "no vermagic".into()));
+        }
+        // The same risk checks as any ELF: W+X segments and packed sections weigh most.
+        for w in folded.semantic["analysis"]["warnings"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .filter(|w| !w.contains("without a license"))
+        {
+            let severity = if w.contains("writable and executable") || w.contains("packed") {
+                "high"
+            } else {
+                "medium"
+            };
+            findings.push((severity, w.to_string()));
+        }
+        if let Some(risk @ ("high" | "critical")) = folded.semantic["risk"].as_str() {
+            findings.push((
+                if risk == "critical" {
+                    "critical"
+                } else {
+                    "high"
+                },
+                format!(
+                    "language model rates it {risk}: {}",
+                    folded.semantic["summary"].as_str().unwrap_or_default()
+                ),
+            ));
         }
         if let Some(v) = &modinfo.vermagic {
             kernel_version = v.split_whitespace().next().unwrap_or_default().to_string();
         }
-        medium += findings.iter().filter(|(s, _)| *s == "medium").count() as u64;
-        low += findings.iter().filter(|(s, _)| *s == "low").count() as u64;
-        flagged += u64::from(findings.iter().any(|(s, _)| *s == "medium"));
-        modules.push(json!({"path": file.abs, "modinfo": modinfo,
+        let count = |level: &str| findings.iter().filter(|(s, _)| *s == level).count() as u64;
+        critical += count("critical");
+        high += count("high");
+        medium += count("medium");
+        low += count("low");
+        flagged += u64::from(findings.iter().any(|(s, _)| *s != "low"));
+        modules.push(json!({"path": file.abs, "modinfo": modinfo, "semantic": folded.semantic,
             "findings": findings.iter().map(|(s, f)| json!({"severity": s, "finding": f})).collect::<Vec<_>>()}));
     }
     let total = modules.len() as u64;
     let risk = if total == 0 {
         0
     } else {
-        ((medium * 10 + low * 2) * 100 / (total * 12)).min(100)
+        ((critical * 40 + high * 20 + medium * 10 + low * 2) * 100 / (total * 12)).min(100)
     };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
     // The map reads exactly this shape at tile (-10,-10); local findings carry no CVE ids.
     let district = json!({"security": {"last_scan": now, "risk_score": risk, "vulnerable_drivers": flagged,
-        "total_drivers": total, "critical_vulns": 0, "high_vulns": 0, "medium_vulns": medium, "low_vulns": low,
+        "total_drivers": total, "critical_vulns": critical, "high_vulns": high, "medium_vulns": medium, "low_vulns": low,
         "kernel_version": kernel_version, "top_vulnerabilities": []}});
     let mut staged = StagedOutputs::new();
     let findings_path = out_dir.join("modules.json");
@@ -526,7 +692,11 @@ fn scan_modules(
     report.highlights.insert("risk_score".into(), json!(risk));
     report.highlights.insert(
         "analysis_by".into(),
-        json!("local heuristics (license, in-tree, vermagic)"),
+        json!(if llm.is_some() {
+            "local checks (license, in-tree, vermagic, W+X, packing) and the language model"
+        } else {
+            "local checks (license, in-tree, vermagic, W+X, packing)"
+        }),
     );
     Ok(())
 }
@@ -559,7 +729,12 @@ fn watch(
                     last = Some(digest);
                     let mut written = Vec::new();
                     std::mem::swap(&mut written, &mut report.written);
-                    match convert_file(backend, task, source, out_dir, None, report, progress) {
+                    let sinks = FileSinks {
+                        out_dir,
+                        publish: None,
+                        llm: None,
+                    };
+                    match convert_file(backend, task, source, &sinks, report, progress) {
                         Ok(()) => refolds += 1,
                         Err(e) => {
                             report.written = written;

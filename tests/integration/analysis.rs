@@ -114,14 +114,24 @@ fn hardening_flags_are_seen_as_checksec_sees_them() {
 }
 
 #[test]
-fn analyze_command_prints_json_with_the_missing_llm_part_explained() {
-    let o = Command::new(env!("CARGO_BIN_EXE_foundry-gpu"))
-        .args(["analyze", "/usr/bin/ls", "--json"])
-        .output()
-        .unwrap();
-    assert!(o.status.success());
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+fn analyze_command_says_why_the_llm_part_is_missing() {
+    let analyze = |extra: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_foundry-gpu"))
+            .args(["analyze", "/usr/bin/ls", "--json"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    // Nothing listens on the discard port.
+    let v = analyze(&["--llm-url", "127.0.0.1:9", "--no-llm-cache"]);
     assert_eq!(v["analysis"]["file_type"], "elf");
     assert!(v["analysis"]["elf"]["hardening"]["relro"].is_string());
-    assert_eq!(v["llm"]["status"], "missing");
+    assert_eq!(v["semantic"]["llm"]["status"], "unavailable");
+    assert!(v["semantic"]["llm"]["reason"].as_str().unwrap().contains("127.0.0.1:9"));
+    assert!(v["semantic"].get("summary").is_none());
+    assert!(v["semantic"]["analysis"]["risk"].is_string());
+    let off = analyze(&["--no-llm"]);
+    assert_eq!(off["semantic"]["llm"]["status"], "off");
 }

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 fn daemon(tasks: &Path, extra: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_foundry-gpu"))
+        // Hermetic: an analyze_system task must not reach a real server on this machine.
+        .env("FOUNDRY_LLM_URL", "http://127.0.0.1:9")
         .args([
             "daemon",
             "--tasks",

@@ -83,6 +83,15 @@ mod run {
             output_root: dir.join("out"),
             task_root: dir.to_path_buf(),
             publish: None,
+            // Nothing listens on the discard port: analyze_system finds no server, hermetically.
+            llm: foundry_gpu::task::run::TaskLlm {
+                config: foundry_gpu::llm::LlmConfig {
+                    base_url: "http://127.0.0.1:9".into(),
+                    cache_dir: None,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
         };
         run_task(&Backend::Cpu, &task, &path, &opts, &Silent)
     }

@@ -8,15 +8,18 @@ use foundry_gpu::fold::{
 };
 use foundry_gpu::format::preview::Palette;
 use foundry_gpu::format::rts_png::PngCompression;
+use foundry_gpu::llm::{LlmClient, LlmConfig, LlmOverrides};
 use foundry_gpu::process_memory::{self, MemOptions};
 use foundry_gpu::progress::Progress;
 use foundry_gpu::snapshot::{self, SnapshotOptions};
 use foundry_gpu::source::tree::WalkOptions;
+use foundry_gpu::task::run::TaskLlm;
 use foundry_gpu::Error;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 const EXIT_FAILED: u8 = 1;
 const EXIT_USAGE: u8 = 2;
@@ -80,6 +83,11 @@ enum Command {
         /// ELF only: also fold these sections into NAME.SECTION.brick ("all", or ".text,.data").
         #[arg(long, value_name = "all|LIST")]
         sections: Option<String>,
+        /// Ask the language-model server for a summary, tags, risk and warnings (under `semantic`; implies --sidecars).
+        #[arg(long)]
+        llm: bool,
+        #[command(flatten)]
+        server: LlmServerArgs,
         #[command(flatten)]
         tree: TreeArgs,
     },
@@ -134,6 +142,11 @@ enum Command {
         /// Publish results to this Geometry OS builder root (a task's own `publish` field wins).
         #[arg(long, value_name = "BUILDER_ROOT")]
         publish: Option<PathBuf>,
+        /// Ask the language-model server about every task's artifacts (analyze_system always does).
+        #[arg(long)]
+        llm: bool,
+        #[command(flatten)]
+        server: LlmServerArgs,
     },
     /// Run every task dropped into a folder, each exactly once, until SIGINT/SIGTERM.
     #[command(
@@ -158,6 +171,11 @@ enum Command {
         /// Publish results to this Geometry OS builder root.
         #[arg(long, value_name = "BUILDER_ROOT")]
         publish: Option<PathBuf>,
+        /// Ask the language-model server about every task's artifacts (analyze_system always does).
+        #[arg(long)]
+        llm: bool,
+        #[command(flatten)]
+        server: LlmServerArgs,
     },
     /// Show the daemon's status: pending, running, done and failed tasks, the current one, the last error.
     #[command(
@@ -170,11 +188,16 @@ enum Command {
     },
     /// Local analysis of a file: type, entropy regions, ELF hardening (like checksec), strings.
     #[command(
-        after_help = "Examples:\n  foundry-gpu analyze /usr/bin/ls\n  foundry-gpu analyze module.ko --json\n\nDeterministic and offline. The language-model summary is not part of this version; the JSON says so under \"llm\"."
+        after_help = "Examples:\n  foundry-gpu analyze /usr/bin/ls\n  foundry-gpu analyze module.ko --json\n\nThe local part is deterministic and offline. The language-model part asks the server (default\nhttp://localhost:1234, see --llm-url) unless --no-llm; when the server is absent or fails, the\noutput says why under \"llm\" and the local analysis still stands."
     )]
     Analyze {
         /// The file to analyse.
         input: PathBuf,
+        /// Local analysis only; do not ask the language-model server.
+        #[arg(long)]
+        no_llm: bool,
+        #[command(flatten)]
+        server: LlmServerArgs,
     },
     /// Rebuild the original bytes from a .brick, .rts.png or NAME.parts.json, verifying SHA-256.
     #[command(
@@ -208,6 +231,51 @@ enum Command {
         #[command(flatten)]
         look: PreviewArgs,
     },
+}
+
+/// Which language-model server to ask and how (`fold`, `run`, `daemon`, `analyze`).
+#[derive(Args, Clone)]
+struct LlmServerArgs {
+    /// LM Studio / OpenAI-compatible base URL [default: http://localhost:1234; env FOUNDRY_LLM_URL].
+    #[arg(long, value_name = "URL")]
+    llm_url: Option<String>,
+    /// Model to ask [env FOUNDRY_LLM_MODEL; wins over a task's ai_model; default: the server's first].
+    #[arg(long, value_name = "NAME")]
+    llm_model: Option<String>,
+    /// Answer cache [default: ~/.cache/foundry-gpu/llm; env FOUNDRY_LLM_CACHE].
+    #[arg(long, value_name = "DIR")]
+    llm_cache: Option<PathBuf>,
+    /// Always ask the server; neither read nor write the answer cache.
+    #[arg(long)]
+    no_llm_cache: bool,
+    /// Settings file with an [llm] table [default: ./foundry.toml when present].
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+impl LlmServerArgs {
+    /// Command line over environment over `foundry.toml` over defaults.
+    fn resolve(&self) -> Result<LlmConfig, Error> {
+        let file = foundry_gpu::config::load(self.config.as_deref())?;
+        let overrides = LlmOverrides {
+            base_url: self.llm_url.clone(),
+            model: self.llm_model.clone(),
+            cache_dir: self.llm_cache.clone(),
+            no_cache: self.no_llm_cache,
+        };
+        LlmConfig::resolve(&file.llm, &|k| std::env::var(k).ok(), &overrides).map_err(|e| {
+            match &file.source {
+                Some(path) => Error::malformed(path, e),
+                None => Error::Usage(e),
+            }
+        })
+    }
+
+    fn client(&self) -> Result<Arc<LlmClient>, Error> {
+        LlmClient::new(self.resolve()?)
+            .map(Arc::new)
+            .map_err(Error::Usage)
+    }
 }
 
 /// Where a district goes and how it is cut (`snapshot`, `mem`).
@@ -377,6 +445,8 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             compression,
             sidecars,
             sections,
+            llm,
+            server,
             tree,
         } => {
             if input.is_dir() {
@@ -399,6 +469,8 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                     .as_deref()
                     .map_or(SectionChoice::None, SectionChoice::parse),
                 name: None,
+                llm: if llm { Some(server.client()?) } else { None },
+                intent: None,
             };
             let backend = open_backend(global)?;
             let report = fold::fold_file(
@@ -442,6 +514,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                         o.path.display()
                     );
                 }
+                print_semantic(&report.semantic);
                 for note in &report.notes {
                     eprintln!("note: {note}");
                 }
@@ -505,6 +578,8 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             task,
             output_root,
             publish,
+            llm,
+            server,
         } => {
             let parsed = foundry_gpu::task::read_task(&task)?;
             let backend = open_backend(global)?;
@@ -512,6 +587,11 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 output_root,
                 task_root: task.parent().map(Path::to_path_buf).unwrap_or_default(),
                 publish,
+                llm: TaskLlm {
+                    config: server.resolve()?,
+                    enabled: llm,
+                    model_pinned: server.llm_model.is_some(),
+                },
             };
             let report = foundry_gpu::task::run::run_task(&backend, &parsed, &task, &opts, &bar)?;
             drop(bar);
@@ -531,6 +611,8 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             poll_ms,
             exit_when_idle,
             publish,
+            llm,
+            server,
         } => {
             drop(bar);
             std::fs::create_dir_all(&tasks)
@@ -543,6 +625,11 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 poll: std::time::Duration::from_millis(poll_ms),
                 exit_when_idle,
                 publish,
+                llm: TaskLlm {
+                    config: server.resolve()?,
+                    enabled: llm,
+                    model_pinned: server.llm_model.is_some(),
+                },
             };
             let status = foundry_gpu::task::daemon::run_daemon(&backend, opts)?;
             if global.json {
@@ -582,15 +669,35 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 }
             }
         }
-        Command::Analyze { input } => {
+        Command::Analyze {
+            input,
+            no_llm,
+            server,
+        } => {
             drop(bar);
             let data = foundry_gpu::source::read_input(&input)?;
             let analysis = foundry_gpu::analysis::local::analyze(&data);
+            let outcome = if no_llm {
+                None
+            } else {
+                let client = server.client()?;
+                let name = input
+                    .file_name()
+                    .map_or("input".into(), |n| n.to_string_lossy().into_owned());
+                Some(client.describe(foundry_gpu::llm::ArtifactRequest {
+                    name: &name,
+                    data: &data,
+                    analysis: &analysis,
+                    intent: None,
+                }))
+            };
+            let semantic = foundry_gpu::semantic::semantic_json(&analysis, outcome.as_ref());
             if global.json {
                 print_json(&serde_json::json!({"input": input, "analysis": analysis,
-                    "llm": {"status": "missing", "reason": "no language-model client in this version; local analysis only"}}));
+                    "semantic": semantic}));
             } else {
                 print_analysis(&input, &analysis);
+                print_semantic(&semantic);
             }
         }
         Command::Unfold { input, output } => {
@@ -741,6 +848,52 @@ fn print_analysis(input: &Path, a: &foundry_gpu::analysis::local::LocalAnalysis)
         a.strings.paths.len(),
         a.strings.ip_like.len()
     );
+}
+
+/// The model's answer, or why there is none, and the local warnings.
+fn print_semantic(semantic: &serde_json::Value) {
+    let local = &semantic["analysis"];
+    for w in local["warnings"].as_array().into_iter().flatten() {
+        println!("  warning    {}", w.as_str().unwrap_or_default());
+    }
+    println!(
+        "  local risk {}",
+        local["risk"].as_str().unwrap_or("unknown")
+    );
+    let llm = &semantic["llm"];
+    match llm["status"].as_str().unwrap_or("off") {
+        "answered" | "cached" => {
+            println!(
+                "  llm        {} by {} ({})",
+                llm["status"].as_str().unwrap_or_default(),
+                semantic["model"].as_str().unwrap_or("?"),
+                llm["server"].as_str().unwrap_or_default()
+            );
+            println!(
+                "  summary    {}",
+                semantic["summary"].as_str().unwrap_or_default()
+            );
+            let tags: Vec<&str> = semantic["tags"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|t| t.as_str())
+                .collect();
+            println!("  tags       {}", tags.join(", "));
+            println!(
+                "  risk       {}",
+                semantic["risk"].as_str().unwrap_or_default()
+            );
+            for w in semantic["warnings"].as_array().into_iter().flatten() {
+                println!("  llm warns  {}", w.as_str().unwrap_or_default());
+            }
+        }
+        "off" => {}
+        status => println!(
+            "  llm        {status}: {}",
+            llm["reason"].as_str().unwrap_or("no reason given")
+        ),
+    }
 }
 
 fn print_info(r: &fold::InfoReport) {

@@ -1,0 +1,205 @@
+//! The `semantic` metadata a brick carries: a compact digest of the local analysis with its own
+//! warnings and risk, plus the language model's summary, tags, risk and warnings when one answered,
+//! or the reason it did not.
+
+use crate::analysis::local::LocalAnalysis;
+use crate::llm::LlmOutcome;
+use serde_json::{json, Value};
+
+/// Characters of `description` the map shows.
+pub const MAP_DESCRIPTION_CHARS: usize = 40;
+
+/// Findings of the local checks a reviewer would want flagged, most serious first.
+pub fn local_warnings(a: &LocalAnalysis) -> Vec<String> {
+    let mut w = Vec::new();
+    if let Some(elf) = &a.elf {
+        if let Some(h) = &elf.hardening {
+            if !h.wx_segments.is_empty() {
+                w.push(format!(
+                    "{} segment(s) both writable and executable",
+                    h.wx_segments.len()
+                ));
+            }
+            if !h.nx {
+                w.push("executable stack (no NX)".into());
+            }
+            if h.rpath.is_some() || h.runpath.is_some() {
+                w.push("RPATH/RUNPATH set: library search can be redirected".into());
+            }
+            let executable_kind = elf.kind == "Executable" || elf.kind == "Dynamic";
+            if executable_kind && h.relro == "none" {
+                w.push("no RELRO".into());
+            }
+            if executable_kind && !h.stack_canary && !h.stripped && elf.modinfo.is_none() {
+                w.push("no stack canary".into());
+            }
+        }
+        if !elf.high_entropy_sections.is_empty() {
+            w.push(format!(
+                "packed-looking sections: {}",
+                elf.high_entropy_sections.join(", ")
+            ));
+        }
+        if let Some(m) = &elf.modinfo {
+            if m.license.is_none() {
+                w.push("kernel module without a license (taints the kernel)".into());
+            }
+        }
+    }
+    let high: u64 = a
+        .entropy_regions
+        .iter()
+        .filter(|r| r.class == "high")
+        .map(|r| r.end - r.start)
+        .sum();
+    if a.file_type == "elf" && high >= 16 * 1024 {
+        w.push(format!(
+            "{} of high-entropy data inside an executable",
+            crate::fold::human_bytes(high)
+        ));
+    }
+    w
+}
+
+/// `low`, `medium` or `high`, from the local warnings alone.
+pub fn local_risk(warnings: &[String]) -> &'static str {
+    let serious = warnings
+        .iter()
+        .any(|w| w.contains("writable and executable") || w.contains("packed-looking"));
+    if serious {
+        "high"
+    } else if warnings.is_empty() {
+        "low"
+    } else {
+        "medium"
+    }
+}
+
+/// The local analysis cut down to what fits in a PNG text chunk.
+pub fn analysis_digest(a: &LocalAnalysis) -> Value {
+    let warnings = local_warnings(a);
+    let mut d = json!({
+        "file_type": a.file_type,
+        "entropy": a.entropy,
+        "entropy_regions": {
+            "high": a.entropy_regions.iter().filter(|r| r.class == "high").count(),
+            "constant": a.entropy_regions.iter().filter(|r| r.class == "constant").count(),
+        },
+        "strings": {"count": a.strings.count, "urls": a.strings.urls.iter().take(3).collect::<Vec<_>>(),
+                    "paths": a.strings.paths.iter().take(3).collect::<Vec<_>>(),
+                    "ip_like": a.strings.ip_like.iter().take(3).collect::<Vec<_>>()},
+        "risk": local_risk(&warnings),
+        "warnings": warnings,
+    });
+    if let Some(elf) = &a.elf {
+        let mut e = json!({"architecture": elf.architecture, "kind": elf.kind, "entry": elf.entry});
+        if let Some(h) = &elf.hardening {
+            e["hardening"] = json!({"relro": h.relro, "canary": h.stack_canary, "nx": h.nx, "pie": h.pie,
+                "fortify": h.fortify, "stripped": h.stripped, "wx_segments": h.wx_segments.len()});
+            e["libraries"] = json!(h.libraries.iter().take(8).collect::<Vec<_>>());
+        }
+        if let Some(m) = &elf.modinfo {
+            e["modinfo"] = json!({"name": m.name, "license": m.license, "vermagic": m.vermagic});
+        }
+        d["elf"] = e;
+    }
+    d
+}
+
+/// `semantic` for a brick: the local digest, the model's answer (or why there is none), and
+/// when it was made.
+pub fn semantic_json(analysis: &LocalAnalysis, llm: Option<&LlmOutcome>) -> Value {
+    let mut s = json!({
+        "generated_at": (crate::map::unix_now() * 1000.0).round() / 1000.0,
+        "analysis": analysis_digest(analysis),
+    });
+    match llm {
+        None => s["llm"] = json!({"status": "off", "reason": "not requested (use --llm)"}),
+        Some(outcome) => {
+            s["llm"] = serde_json::to_value(outcome).expect("outcome serialises");
+            if let Some(answer) = &outcome.answer {
+                s["model"] = json!(outcome.model);
+                s["summary"] = json!(answer.summary);
+                s["tags"] = json!(answer.tags);
+                s["risk"] = json!(answer.risk);
+                s["warnings"] = json!(answer.warnings);
+            }
+        }
+    }
+    s
+}
+
+/// The map's `description`: the model's summary cut at a word boundary to what the map shows,
+/// or `fallback` when there is no summary.
+pub fn description(llm: Option<&LlmOutcome>, fallback: &str) -> String {
+    let Some(summary) = llm
+        .and_then(|o| o.answer.as_ref())
+        .map(|a| a.summary.trim())
+        .filter(|s| !s.is_empty())
+    else {
+        return fallback.to_string();
+    };
+    let sentence = summary.split(". ").next().unwrap_or(summary);
+    if sentence.chars().count() <= MAP_DESCRIPTION_CHARS {
+        return sentence.trim_end_matches('.').to_string();
+    }
+    let mut cut = String::new();
+    for word in sentence.split_whitespace() {
+        if cut.chars().count() + word.chars().count() + 1 > MAP_DESCRIPTION_CHARS - 3 {
+            break;
+        }
+        if !cut.is_empty() {
+            cut.push(' ');
+        }
+        cut.push_str(word);
+    }
+    if cut.is_empty() {
+        cut = sentence.chars().take(MAP_DESCRIPTION_CHARS - 3).collect();
+    }
+    format!("{cut}...")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::llm::Answer;
+
+    fn outcome(summary: &str) -> LlmOutcome {
+        LlmOutcome {
+            status: "answered",
+            error: None,
+            reason: None,
+            server: "http://x".into(),
+            requested_model: Some("m".into()),
+            model: Some("m".into()),
+            answer: Some(Answer {
+                summary: summary.into(),
+                tags: vec![],
+                risk: "low".into(),
+                warnings: vec![],
+            }),
+            requests: 1,
+            prompt_tokens_estimated: None,
+            prompt_budget_tokens: None,
+            digest_omitted: vec![],
+            seconds: 0.0,
+        }
+    }
+
+    #[test]
+    fn descriptions_fit_the_map() {
+        assert_eq!(description(None, "data, 1 KiB"), "data, 1 KiB");
+        assert_eq!(
+            description(Some(&outcome("A small tool. It lists.")), "f"),
+            "A small tool"
+        );
+        let long = description(
+            Some(&outcome(
+                "The GNU coreutils directory listing program with colour support",
+            )),
+            "f",
+        );
+        assert!(long.chars().count() <= MAP_DESCRIPTION_CHARS, "{long}");
+        assert!(long.ends_with("...") && long.starts_with("The GNU coreutils"));
+    }
+}
