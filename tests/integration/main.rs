@@ -6,6 +6,8 @@ mod daemon;
 mod elf;
 mod formats;
 mod harness;
+mod llm_real;
+mod llm_standin;
 mod map;
 mod memory;
 mod tasks;

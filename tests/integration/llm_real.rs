@@ -1,0 +1,1 @@
+//! End-to-end against a real OpenAI-compatible server (llama.cpp via scripts/llm-server.py).

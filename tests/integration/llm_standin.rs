@@ -1,0 +1,1 @@
+//! The LM Studio client against an in-process stand-in server on loopback, one scenario per quirk.
