@@ -44,6 +44,8 @@ pub struct SnapshotOptions {
     pub file_bricks: bool,
     /// Publish every file (as `files/ROOT/PATH.rts.png`) and the district parts to this builder root.
     pub publish: Option<PathBuf>,
+    /// Ask the language model about every file; answers land in `district.json` per file.
+    pub llm: Option<std::sync::Arc<crate::llm::LlmClient>>,
 }
 
 impl Default for SnapshotOptions {
@@ -54,6 +56,7 @@ impl Default for SnapshotOptions {
             compression: PngCompression::default(),
             file_bricks: true,
             publish: None,
+            llm: None,
         }
     }
 }
@@ -84,6 +87,9 @@ pub struct FileRecord {
     pub rts_png: Option<String>,
     /// Squares the file covers in the district's `.brick` parts.
     pub regions: Vec<PixelRegion>,
+    /// Local analysis and the language model's answer, with `--llm`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub semantic: Option<serde_json::Value>,
 }
 
 /// `district.json`: the map from files to district bytes and pixels.
@@ -122,6 +128,43 @@ pub struct SnapshotReport {
     pub megabytes_per_second: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub published: Option<crate::map::PublishReport>,
+    /// With `--llm`: how many files were answered, answered from the cache, or not answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub llm: Option<LlmTally>,
+}
+
+/// Language-model outcomes over a tree.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct LlmTally {
+    pub answered: u64,
+    pub cached: u64,
+    pub unanswered: u64,
+    /// Why the first unanswered file got no answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_reason: Option<String>,
+}
+
+impl LlmTally {
+    fn of(records: &[FileRecord]) -> Self {
+        let mut tally = LlmTally::default();
+        for llm in records
+            .iter()
+            .filter_map(|r| r.semantic.as_ref())
+            .map(|s| &s["llm"])
+        {
+            match llm["status"].as_str() {
+                Some("answered") => tally.answered += 1,
+                Some("cached") => tally.cached += 1,
+                _ => {
+                    tally.unanswered += 1;
+                    if tally.first_reason.is_none() {
+                        tally.first_reason = llm["reason"].as_str().map(String::from);
+                    }
+                }
+            }
+        }
+        tally
+    }
 }
 
 /// A file read whole, or why not.
@@ -273,7 +316,15 @@ pub fn snapshot(
         if pending[0].size > stream_above {
             let entry = &pending[0];
             match stream_big_file(backend, entry, &names, out, opts, &mut district) {
-                Ok(record) => records.push(record),
+                Ok(mut record) => {
+                    if let Some(client) = &opts.llm {
+                        if let Ok(bytes) = crate::source::read_input(&entry.abs) {
+                            record.semantic =
+                                describe_files(client, &[(&record.path, &bytes)]).pop();
+                        }
+                    }
+                    records.push(record);
+                }
                 Err(reason) => skipped.add(&entry.abs, reason),
             }
             progress.advance(entry.size);
@@ -298,6 +349,27 @@ pub fn snapshot(
             .par_iter()
             .map(|entry| fold_one(backend, entry, &names, out, opts))
             .collect();
+        let mut semantics = match &opts.llm {
+            Some(client) => {
+                let named: Vec<(String, &[u8])> = batch
+                    .iter()
+                    .zip(&folded)
+                    .filter_map(|(entry, r)| {
+                        let one = r.as_ref().ok()?;
+                        let path = Path::new(&names[entry.root]).join(&entry.rel);
+                        Some((
+                            path.to_string_lossy().into_owned(),
+                            one.read.bytes.as_slice(),
+                        ))
+                    })
+                    .collect();
+                let refs: Vec<(&str, &[u8])> =
+                    named.iter().map(|(n, b)| (n.as_str(), *b)).collect();
+                describe_files(client, &refs)
+            }
+            None => Vec::new(),
+        }
+        .into_iter();
         for (entry, result) in batch.iter().zip(folded) {
             match result {
                 Ok(one) => {
@@ -312,6 +384,7 @@ pub fn snapshot(
                         one.brick,
                     );
                     record.rts_png = one.tile;
+                    record.semantic = semantics.next();
                     records.push(record);
                 }
                 Err(reason) => skipped.add(&entry.abs, reason),
@@ -328,6 +401,7 @@ pub fn snapshot(
     }
     let bytes: u64 = records.iter().map(|r| r.size).sum();
     let changed = records.iter().filter(|r| r.changed_while_read).count() as u64;
+    let llm = opts.llm.as_ref().map(|_| LlmTally::of(&records));
     let index = DistrictIndex {
         format: "foundry-gpu-district",
         version: 1,
@@ -376,6 +450,7 @@ pub fn snapshot(
         files_per_second: files as f64 / seconds.max(1e-9),
         megabytes_per_second: bytes as f64 / 1e6 / seconds.max(1e-9),
         published,
+        llm,
     })
 }
 
@@ -480,7 +555,35 @@ fn record_for(
         brick,
         rts_png: None,
         regions: Vec::new(),
+        semantic: None,
     }
+}
+
+/// `semantic` for each file: local analysis in parallel, then the model, `concurrency` at a time.
+fn describe_files(
+    client: &crate::llm::LlmClient,
+    files: &[(&str, &[u8])],
+) -> Vec<serde_json::Value> {
+    let analyses: Vec<_> = files
+        .par_iter()
+        .map(|(_, bytes)| crate::analysis::local::analyze(bytes))
+        .collect();
+    let requests: Vec<_> = files
+        .iter()
+        .zip(&analyses)
+        .map(|((name, data), analysis)| crate::llm::ArtifactRequest {
+            name,
+            data,
+            analysis,
+            intent: None,
+        })
+        .collect();
+    let outcomes = client.describe_all(&requests);
+    analyses
+        .iter()
+        .zip(&outcomes)
+        .map(|(a, o)| crate::semantic::semantic_json(a, Some(o)))
+        .collect()
 }
 
 /// A file too big for a batch: its own brick through the ordinary fold (mapped,

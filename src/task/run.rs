@@ -248,6 +248,7 @@ pub fn run_task(
                 walk,
                 file_bricks: !extra_bool(task, "no_file_bricks"),
                 publish: publish.clone(),
+                llm: llm.clone(),
                 ..Default::default()
             };
             let snap = snapshot(backend, &roots, &out_dir, &snap_opts, progress)?;
@@ -405,6 +406,9 @@ fn commit_into(staged: StagedOutputs, kind: &str, report: &mut TaskReport) -> Re
 }
 
 fn record_snapshot(snap: &SnapshotReport, report: &mut TaskReport) {
+    if let Some(t) = &snap.llm {
+        report.highlights.insert("llm".into(), json!(t));
+    }
     report.files_read = snap.files;
     report.bytes_read = snap.bytes;
     report.skipped = snap

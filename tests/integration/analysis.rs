@@ -129,7 +129,10 @@ fn analyze_command_says_why_the_llm_part_is_missing() {
     assert_eq!(v["analysis"]["file_type"], "elf");
     assert!(v["analysis"]["elf"]["hardening"]["relro"].is_string());
     assert_eq!(v["semantic"]["llm"]["status"], "unavailable");
-    assert!(v["semantic"]["llm"]["reason"].as_str().unwrap().contains("127.0.0.1:9"));
+    assert!(v["semantic"]["llm"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("127.0.0.1:9"));
     assert!(v["semantic"].get("summary").is_none());
     assert!(v["semantic"]["analysis"]["risk"].is_string());
     let off = analyze(&["--no-llm"]);

@@ -53,7 +53,14 @@ fn start_server() -> Option<Server> {
     // A small context keeps prompts (about 100 tokens/s on one thread) quick.
     let mut child = Command::new("python3")
         .arg(&script)
-        .args(["serve", "--port", "0", "--ctx", "1024", "--exit-with-parent"])
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--ctx",
+            "1024",
+            "--exit-with-parent",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -67,10 +74,12 @@ fn start_server() -> Option<Server> {
             }
         }
     });
-    let url = rx.recv_timeout(Duration::from_secs(120)).unwrap_or_else(|_| {
-        let _ = child.kill();
-        panic!("the llama.cpp server did not print READY within 120 s")
-    });
+    let url = rx
+        .recv_timeout(Duration::from_secs(120))
+        .unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!("the llama.cpp server did not print READY within 120 s")
+        });
     Some(Server { child, url })
 }
 
@@ -99,9 +108,14 @@ fn assert_schema_valid(semantic: &Value) {
         .all(|t| t.as_str().is_some_and(|t| t.chars().count() <= 32)));
     let risk = semantic["risk"].as_str().expect("risk is a string");
     assert!(["low", "medium", "high", "critical"].contains(&risk));
-    let warnings = semantic["warnings"].as_array().expect("warnings is an array");
+    let warnings = semantic["warnings"]
+        .as_array()
+        .expect("warnings is an array");
     assert!(warnings.len() <= 5);
-    assert_eq!(semantic["model"], "smollm2-135m", "the actual model is recorded");
+    assert_eq!(
+        semantic["model"], "smollm2-135m",
+        "the actual model is recorded"
+    );
 }
 
 /// The outcome of one artifact: answered and schema-valid, or a truncation the client named
@@ -192,7 +206,11 @@ fn fold_and_analyze_system_against_a_real_llama_cpp_server() {
     // analyze_system asks without --llm, for every file, through the task's ai_model.
     let tree = dir.path().join("tree");
     std::fs::create_dir_all(&tree).unwrap();
-    std::fs::write(tree.join("hello.sh"), "#!/bin/sh\necho hello from the map\n").unwrap();
+    std::fs::write(
+        tree.join("hello.sh"),
+        "#!/bin/sh\necho hello from the map\n",
+    )
+    .unwrap();
     std::fs::copy(&sample, tree.join("sample-elf")).unwrap();
     let task = dir.path().join("analyze.task.json");
     std::fs::write(
@@ -223,13 +241,19 @@ fn fold_and_analyze_system_against_a_real_llama_cpp_server() {
     .unwrap();
     let files = analysis["files"].as_array().unwrap();
     assert_eq!(files.len(), 2);
-    let answers: Vec<bool> = files.iter().map(|f| check_outcome(&f["semantic"])).collect();
+    let answers: Vec<bool> = files
+        .iter()
+        .map(|f| check_outcome(&f["semantic"]))
+        .collect();
     assert!(report["highlights"]["analysis_by"].is_string());
     // The second run answers every file the first one answered from the cache.
     run_args(&dir.path().join("runs-again"));
     let analysis: Value = serde_json::from_slice(
-        &std::fs::read(dir.path().join("runs-again/real-analyze/real-analyze.analysis.json"))
-            .unwrap(),
+        &std::fs::read(
+            dir.path()
+                .join("runs-again/real-analyze/real-analyze.analysis.json"),
+        )
+        .unwrap(),
     )
     .unwrap();
     for (file, answered) in analysis["files"].as_array().unwrap().iter().zip(answers) {

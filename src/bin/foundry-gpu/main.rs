@@ -103,6 +103,11 @@ enum Command {
         district: DistrictArgs,
         #[command(flatten)]
         tree: TreeArgs,
+        /// Ask the language-model server about every file (answers land in district.json).
+        #[arg(long)]
+        llm: bool,
+        #[command(flatten)]
+        server: LlmServerArgs,
     },
     /// Fold a running process's memory: a brick per mapping, one address-space district, a region table.
     #[command(
@@ -333,6 +338,7 @@ impl TreeArgs {
             compression,
             file_bricks: !self.no_file_bricks,
             publish: self.publish.clone(),
+            llm: None,
         }
     }
 }
@@ -451,7 +457,8 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
         } => {
             if input.is_dir() {
                 let backend = open_backend(global)?;
-                let opts = tree.options(max_side, compression);
+                let mut opts = tree.options(max_side, compression);
+                opts.llm = if llm { Some(server.client()?) } else { None };
                 let report = snapshot::snapshot(&backend, &[input], &output, &opts, &bar)?;
                 drop(bar);
                 print_snapshot(global, &report);
@@ -524,9 +531,12 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             roots,
             district,
             tree,
+            llm,
+            server,
         } => {
             let backend = open_backend(global)?;
-            let opts = tree.options(district.max_side, district.compression);
+            let mut opts = tree.options(district.max_side, district.compression);
+            opts.llm = if llm { Some(server.client()?) } else { None };
             let report = snapshot::snapshot(&backend, &roots, &district.output, &opts, &bar)?;
             drop(bar);
             print_snapshot(global, &report);
@@ -775,6 +785,18 @@ fn print_snapshot(global: &Global, r: &snapshot::SnapshotReport) {
         r.files_per_second,
         r.megabytes_per_second
     );
+    if let Some(t) = &r.llm {
+        println!(
+            "  llm: {} answered, {} from the cache, {} without an answer{}",
+            t.answered,
+            t.cached,
+            t.unanswered,
+            t.first_reason
+                .as_ref()
+                .map(|r| format!(" (first: {r})"))
+                .unwrap_or_default()
+        );
+    }
     let skipped: u64 = r.skipped.values().sum();
     if skipped > 0 {
         let reasons: Vec<String> = r.skipped.iter().map(|(k, v)| format!("{k} {v}")).collect();
