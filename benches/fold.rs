@@ -3,7 +3,9 @@
 //! Groups (see benches/README.md): memcpy, memset_texture (floors), fold_brick,
 //! fold_rts, unfold_brick, unfold_rts, fold_naive (the per-byte d2xy loop the
 //! tiled kernels replace), rts_png_encode, brick_write and rts_png_write
-//! (end-to-end `fold` of a file on disk). GPU legs run only on a hardware
+//! (end-to-end `fold` of a file on disk), local_analysis (the checks every fold
+//! runs) and rts_png_write_llm (the same fold with `--llm` answered from the
+//! cache, to set beside rts_png_write). GPU legs run only on a hardware
 //! adapter, or on any adapter with FOUNDRY_BENCH_GPU=1, and are labelled with
 //! the adapter kind so software timings are never read as GPU performance.
 
@@ -12,9 +14,14 @@ use foundry_gpu::backend::{Backend, BackendChoice, GpuOptions};
 use foundry_gpu::curve::{d2xy, order_for_cells};
 use foundry_gpu::fold::{fold_file, FoldOptions, OutputTarget};
 use foundry_gpu::format::rts_png::{encode_texture, write_rts_png, PngCompression};
+use foundry_gpu::llm::cache::{AnswerCache, CachedAnswer};
+use foundry_gpu::llm::digest::PROMPT_VERSION;
+use foundry_gpu::llm::reply::{Answer, SCHEMA_VERSION};
+use foundry_gpu::llm::{LlmClient, LlmConfig};
 use foundry_gpu::progress::Silent;
 use foundry_gpu::Layout;
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::Duration;
 
 const MIB: usize = 1 << 20;
@@ -228,5 +235,68 @@ fn writers(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, floors, kernels, writers);
+/// What local analysis costs, and what `--llm` adds to a fold once its answer is cached.
+fn semantic(c: &mut Criterion) {
+    let mut analysis = configure(c, "local_analysis");
+    for len in sizes() {
+        let data = input(len);
+        analysis.throughput(Throughput::Bytes(len as u64));
+        analysis.bench_function(BenchmarkId::new("cpu", len / MIB), |b| {
+            b.iter(|| black_box(foundry_gpu::analysis::local::analyze(&data)))
+        });
+    }
+    analysis.finish();
+
+    let dir = tempfile::tempdir().unwrap();
+    let cache = AnswerCache::new(dir.path().join("cache"));
+    let mut write = configure(c, "rts_png_write_llm");
+    for len in sizes() {
+        let data = input(len);
+        let input_path = dir.path().join(format!("input-{len}"));
+        std::fs::write(&input_path, &data).unwrap();
+        cache
+            .put(&CachedAnswer {
+                content_sha256: hex::encode(foundry_gpu::analysis::sha256(&data)),
+                prompt_version: PROMPT_VERSION,
+                schema_version: SCHEMA_VERSION,
+                requested_model: "bench-model".into(),
+                model: "bench-model".into(),
+                answer: Answer {
+                    summary: "A benchmark input.".into(),
+                    tags: vec!["bench".into()],
+                    risk: "low".into(),
+                    warnings: vec![],
+                },
+                generated_at: 0.0,
+            })
+            .unwrap();
+        // Nothing listens on the discard port: any request would fail, so a passing run
+        // proves every answer came from the cache.
+        let client = LlmClient::new(LlmConfig {
+            base_url: "http://127.0.0.1:9".into(),
+            model: Some("bench-model".into()),
+            cache_dir: Some(cache.dir().to_path_buf()),
+            ..Default::default()
+        })
+        .unwrap();
+        let opts = FoldOptions {
+            max_side: 16384,
+            llm: Some(Arc::new(client)),
+            ..Default::default()
+        };
+        let target = OutputTarget::from_path(&dir.path().join("x.rts.png"));
+        write.throughput(Throughput::Bytes(len as u64));
+        write.bench_function(BenchmarkId::new("cached", len / MIB), |b| {
+            b.iter(|| {
+                let report =
+                    fold_file(&Backend::Cpu, &input_path, &target, &opts, &Silent).unwrap();
+                assert_eq!(report.semantic["llm"]["status"], "cached");
+            })
+        });
+        std::fs::remove_file(&input_path).unwrap();
+    }
+    write.finish();
+}
+
+criterion_group!(benches, floors, kernels, writers, semantic);
 criterion_main!(benches);

@@ -5,6 +5,7 @@ use super::hardening::{hardening, Hardening};
 use super::{byte_facts, entropy_of};
 use crate::source::elf::ModInfo;
 use object::{Object, ObjectSection, ObjectSegment};
+use rayon::prelude::*;
 use serde::Serialize;
 
 /// Block size the entropy profile is measured in.
@@ -99,17 +100,22 @@ fn class_of(entropy: f64) -> &'static str {
 
 /// Entropy per block, merged into runs of one class: each boundary is an abrupt change.
 pub fn entropy_regions(data: &[u8]) -> Vec<EntropyRegion> {
+    let per_block: Vec<(f64, usize)> = data
+        .par_chunks(ENTROPY_BLOCK)
+        .map(|block| {
+            let mut h = [0u32; 256];
+            block.iter().for_each(|&b| h[b as usize] += 1);
+            (entropy_of(&h.map(u64::from)), block.len())
+        })
+        .collect();
     let mut regions: Vec<(EntropyRegion, f64)> = Vec::new();
-    for (i, block) in data.chunks(ENTROPY_BLOCK).enumerate() {
-        let mut h = [0u64; 256];
-        block.iter().for_each(|&b| h[b as usize] += 1);
-        let e = entropy_of(&h);
+    for (i, &(e, len)) in per_block.iter().enumerate() {
         let start = (i * ENTROPY_BLOCK) as u64;
-        let end = start + block.len() as u64;
+        let end = start + len as u64;
         match regions.last_mut() {
             Some((r, sum)) if r.class == class_of(e) => {
                 r.end = end;
-                *sum += e * block.len() as f64;
+                *sum += e * len as f64;
             }
             _ => regions.push((
                 EntropyRegion {
@@ -118,7 +124,7 @@ pub fn entropy_regions(data: &[u8]) -> Vec<EntropyRegion> {
                     entropy: 0.0,
                     class: class_of(e),
                 },
-                e * block.len() as f64,
+                e * len as f64,
             )),
         }
     }
@@ -139,25 +145,86 @@ fn ip_like(s: &str) -> bool {
             .all(|p| !p.is_empty() && p.len() <= 3 && p.parse::<u16>().is_ok_and(|n| n <= 255))
 }
 
-/// Printable strings of `data`, summarised.
+const SAMPLE_MAX: usize = 12;
+const NOTABLE_MAX: usize = 20;
+/// Strings are summarised in pieces of about this size, in parallel.
+const STRINGS_PIECE: usize = 1 << 20;
+
+fn printable(b: u8) -> bool {
+    (0x20..0x7f).contains(&b)
+}
+
+/// Printable strings of `data`, summarised: pieces cut only at non-printable bytes (so no
+/// string is split) are scanned in parallel and merged in order, so the result is the same
+/// as one pass.
 pub fn strings_summary(data: &[u8]) -> StringsSummary {
+    let mut cuts = vec![0];
+    while let Some(&last) = cuts.last() {
+        let target = last + STRINGS_PIECE;
+        if target >= data.len() {
+            break;
+        }
+        let cut = data[target..]
+            .iter()
+            .position(|&b| !printable(b))
+            .map_or(data.len(), |p| target + p);
+        cuts.push(cut);
+    }
+    cuts.push(data.len());
+    let pieces: Vec<StringsSummary> = cuts
+        .par_windows(2)
+        .map(|w| strings_in(&data[w[0]..w[1]]))
+        .collect();
     let mut summary = StringsSummary::default();
-    for run in data.split(|&b| !(0x20..0x7f).contains(&b)) {
+    for piece in pieces {
+        summary.count += piece.count;
+        for (all, more, max) in [
+            (&mut summary.sample, piece.sample, SAMPLE_MAX),
+            (&mut summary.urls, piece.urls, NOTABLE_MAX),
+            (&mut summary.paths, piece.paths, NOTABLE_MAX),
+            (&mut summary.ip_like, piece.ip_like, NOTABLE_MAX),
+        ] {
+            let room = max.saturating_sub(all.len());
+            all.extend(more.into_iter().take(room));
+        }
+    }
+    summary
+}
+
+/// One piece's strings, one pass over the bytes.
+fn strings_in(data: &[u8]) -> StringsSummary {
+    let mut summary = StringsSummary::default();
+    let mut start = 0;
+    for (i, &b) in data.iter().chain(std::iter::once(&0u8)).enumerate() {
+        if printable(b) {
+            continue;
+        }
+        let run = &data[start..i];
+        start = i + 1;
         if run.len() < 6 {
             continue;
         }
-        let s = String::from_utf8_lossy(run).into_owned();
         summary.count += 1;
-        if summary.sample.len() < 12 {
+        let notable_full = summary.urls.len() >= NOTABLE_MAX
+            && summary.paths.len() >= NOTABLE_MAX
+            && summary.ip_like.len() >= NOTABLE_MAX;
+        if summary.sample.len() >= SAMPLE_MAX && notable_full {
+            continue;
+        }
+        let s = String::from_utf8_lossy(run).into_owned();
+        if summary.sample.len() < SAMPLE_MAX {
             summary.sample.push(s.chars().take(80).collect());
         }
         for word in s.split_whitespace() {
             let word = word.trim_matches(|c: char| "\"'(),;<>".contains(c));
-            if word.contains("://") && summary.urls.len() < 20 {
+            if word.contains("://") && summary.urls.len() < NOTABLE_MAX {
                 summary.urls.push(word.to_string());
-            } else if word.starts_with('/') && word[1..].contains('/') && summary.paths.len() < 20 {
+            } else if word.starts_with('/')
+                && word[1..].contains('/')
+                && summary.paths.len() < NOTABLE_MAX
+            {
                 summary.paths.push(word.to_string());
-            } else if ip_like(word) && summary.ip_like.len() < 20 {
+            } else if ip_like(word) && summary.ip_like.len() < NOTABLE_MAX {
                 summary.ip_like.push(word.to_string());
             }
         }
@@ -224,6 +291,31 @@ mod tests {
             ["constant", "high", "normal"]
         );
         assert_eq!((r[1].start, r[1].end), (8192, 16384));
+    }
+
+    #[test]
+    fn strings_in_pieces_match_one_pass() {
+        let mut data = Vec::new();
+        for i in 0..300_000u32 {
+            data.extend(
+                format!(
+                    "word{i} http://h{i}.example/x /usr/lib/{i}/a 10.0.{}.{}",
+                    i % 256,
+                    i % 7
+                )
+                .bytes(),
+            );
+            data.push((i % 5) as u8);
+        }
+        assert!(data.len() > 3 * STRINGS_PIECE);
+        let whole = strings_in(&data);
+        let merged = strings_summary(&data);
+        assert_eq!(merged.count, whole.count);
+        assert_eq!(merged.sample, whole.sample);
+        assert_eq!(
+            (merged.urls, merged.paths, merged.ip_like),
+            (whole.urls, whole.paths, whole.ip_like)
+        );
     }
 
     #[test]
