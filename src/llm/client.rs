@@ -519,7 +519,13 @@ impl LlmClient {
             {
                 match item {
                     SseItem::Done => done = true,
-                    SseItem::Data(data) => frame(data, &mut raw)?,
+                    // An unterminated last event that is not JSON was cut off by the close.
+                    SseItem::Data(data) => frame(data, &mut raw).map_err(|e| match e {
+                        LlmError::BadReply(_) => {
+                            LlmError::StreamBroken("the stream ended inside an event".into())
+                        }
+                        e => e,
+                    })?,
                 }
             }
         }
