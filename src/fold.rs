@@ -937,6 +937,23 @@ pub fn unfold_file(
 }
 
 /// Decodes one part of a split, preferring its `.brick`, and checks its size and hash.
+/// The verified original bytes of a `.brick`, `.rts.png` or parts index, in memory.
+pub fn decode_bytes(backend: &Backend, path: &Path) -> Result<Vec<u8>> {
+    if detect(path)? == FileKind::PartsIndex {
+        let index = PartsIndex::read(path)?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let mut bytes = Vec::with_capacity(index.size as usize);
+        for part in &index.parts {
+            bytes.extend(decode_part(backend, dir, part)?);
+        }
+        verify(path, &bytes, &index.sha256)?;
+        return Ok(bytes);
+    }
+    let decoded = decode(backend, path)?;
+    verify(path, &decoded.bytes, &decoded.recorded_sha256)?;
+    Ok(decoded.bytes)
+}
+
 fn decode_part(backend: &Backend, dir: &Path, part: &PartEntry) -> Result<Vec<u8>> {
     let name = part
         .brick

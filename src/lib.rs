@@ -23,6 +23,7 @@ pub mod analysis;
 pub mod backend;
 pub mod config;
 pub mod curve;
+pub mod diff;
 pub mod district;
 pub mod error;
 pub mod fold;

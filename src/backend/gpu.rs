@@ -17,7 +17,11 @@ use wgpu::util::DeviceExt;
 const CURVE_WGSL: &str = include_str!("../../shaders/curve.wgsl");
 
 /// Every kernel's WGSL source (curve library prepended), by kernel name.
-pub const KERNELS: [(&str, &str); 5] = [
+pub const KERNELS: [(&str, &str); 6] = [
+    (
+        "diff_blocks",
+        include_str!("../../shaders/diff_blocks.wgsl"),
+    ),
     ("fold_brick", include_str!("../../shaders/fold_brick.wgsl")),
     ("fold_rts", include_str!("../../shaders/fold_rts.wgsl")),
     (
@@ -486,6 +490,31 @@ impl GpuBackend {
     }
 
     /// GPU twin of `preview_stats`: stats of `runs` runs of `run_len` bytes of `data`.
+    /// GPU twin of `kernels::diff_blocks`: differing bytes and words per block, in chunks of
+    /// whole blocks.
+    pub fn diff_blocks(&self, a: &[u8], b: &[u8], block_bytes: usize) -> Result<Vec<u32>> {
+        let blocks = a.len().div_ceil(block_bytes);
+        let blocks_per_chunk = (self.max_chunk_bytes as usize / block_bytes).max(1);
+        let mut counts = Vec::with_capacity(blocks * 2);
+        let mut first = 0;
+        while first < blocks {
+            let n = blocks_per_chunk.min(blocks - first);
+            let start = first * block_bytes;
+            let end = ((first + n) * block_bytes).min(a.len());
+            let ((gx, gy), _) = self.flat_grid(n as u64, 1);
+            let params: [u32; 4] = [block_bytes as u32, (end - start) as u32, n as u32, gx];
+            counts.extend(self.dispatch(
+                "diff_blocks",
+                bytemuck::cast_slice(&params),
+                &[&a[start..end], &b[start..end]],
+                n * 2,
+                (gx, gy),
+            )?);
+            first += n;
+        }
+        Ok(counts)
+    }
+
     pub fn preview_stats(
         &self,
         data: &[u8],

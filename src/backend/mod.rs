@@ -122,6 +122,22 @@ impl Backend {
         Ok(())
     }
 
+    /// Per `block_bytes` block of two equally long inputs: differing bytes, then differing
+    /// 4-byte words (two words per block).
+    pub fn diff_blocks(&self, a: &[u8], b: &[u8], block_bytes: usize) -> Result<Vec<u32>> {
+        if a.len() != b.len() || block_bytes < 64 || !block_bytes.is_power_of_two() {
+            return Err(Error::Usage(format!(
+                "diff_blocks needs equal lengths ({} vs {}) and a power-of-two block of at least 64 bytes ({block_bytes})",
+                a.len(),
+                b.len()
+            )));
+        }
+        match self {
+            Backend::Cpu => Ok(crate::kernels::diff_blocks::diff_blocks(a, b, block_bytes)),
+            Backend::Gpu(g) => g.diff_blocks(a, b, block_bytes),
+        }
+    }
+
     /// Per-run statistics for previews (see `kernels::preview_stats`).
     pub fn preview_stats(
         &self,

@@ -5,6 +5,7 @@
 //! so each tile reads one contiguous run of source bytes and writes sixteen
 //! 64-byte rows, instead of paying a full `d2xy` per byte.
 
+pub mod diff_blocks;
 pub mod fold_brick;
 pub mod fold_rts;
 pub mod preview_stats;

@@ -204,6 +204,38 @@ enum Command {
         #[command(flatten)]
         server: LlmServerArgs,
     },
+    /// Compare two states: files, bricks/.rts.png, tree snapshots or memory snapshots.
+    #[command(
+        after_help = "Examples:\n  foundry-gpu diff old/ls new/ls -o ls-delta/\n  foundry-gpu diff snap-monday/ snap-tuesday/ -o week/ --json\n  foundry-gpu diff mem/000/ mem/001/ -o mem/diff-000-001/\n\nOUT gets delta.png (B in byte-class colours, unchanged dimmed, changed yellow, inserted green,\nmoved purple), diff.json (block compare, inserted/deleted/moved/changed ranges, per-region and\nper-file counts) and a-to-b.patch (foundry-gpu patch A a-to-b.patch -o B rebuilds B bit for bit)."
+    )]
+    Diff {
+        /// The older state.
+        a: PathBuf,
+        /// The newer state.
+        b: PathBuf,
+        /// Output directory.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Comparison block in bytes (power of two, 64..=1048576); also the average chunk size.
+        #[arg(long, default_value_t = foundry_gpu::diff::DEFAULT_BLOCK)]
+        block: usize,
+        /// delta.png side in pixels (power of two, 16..=8192).
+        #[arg(long, default_value_t = DEFAULT_PREVIEW_SIDE)]
+        preview_side: u32,
+    },
+    /// Rebuild B from A and a patch made by `diff`, checking both SHA-256s.
+    #[command(
+        after_help = "Examples:\n  foundry-gpu patch old/ls ls-delta/a-to-b.patch -o ls.new\n\nA is read as diff read it (a brick or snapshot gives the bytes it holds). Nothing is written unless\nA is the patch's A and the result is the patch's B."
+    )]
+    Patch {
+        /// The older state the patch was made from.
+        a: PathBuf,
+        /// The patch (a-to-b.patch).
+        patch: PathBuf,
+        /// File to write.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
     /// Rebuild the original bytes from a .brick, .rts.png or NAME.parts.json, verifying SHA-256.
     #[command(
         after_help = "Examples:\n  foundry-gpu unfold out/ls.brick -o ls.bin\n  foundry-gpu unfold out/big.img.parts.json -o big.img\n\nNothing is written unless every SHA-256 matches."
@@ -710,6 +742,43 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 print_semantic(&semantic);
             }
         }
+        Command::Diff {
+            a,
+            b,
+            output,
+            block,
+            preview_side,
+        } => {
+            let backend = open_backend(global)?;
+            let opts = foundry_gpu::diff::DiffOptions {
+                block,
+                preview_side,
+            };
+            let report = foundry_gpu::diff::diff(&backend, &a, &b, &output, &opts)?;
+            drop(bar);
+            if global.json {
+                print_json(&report);
+            } else {
+                print_diff(&report);
+            }
+        }
+        Command::Patch { a, patch, output } => {
+            let backend = open_backend(global)?;
+            let report = foundry_gpu::diff::apply_patch(&backend, &a, &patch, &output)?;
+            drop(bar);
+            if global.json {
+                print_json(&report);
+            } else {
+                println!(
+                    "patched {} with {} -> {} ({}, SHA-256 {} verified)",
+                    a.display(),
+                    patch.display(),
+                    output.display(),
+                    human_bytes(report.size),
+                    report.sha256
+                );
+            }
+        }
         Command::Unfold { input, output } => {
             let backend = open_backend(global)?;
             let report = fold::unfold_file(&backend, &input, &output, &bar)?;
@@ -916,6 +985,64 @@ fn print_semantic(semantic: &serde_json::Value) {
             llm["reason"].as_str().unwrap_or("no reason given")
         ),
     }
+}
+
+fn print_diff(r: &foundry_gpu::diff::DiffReport) {
+    let t = &r.totals;
+    println!(
+        "{} ({}) -> {} ({}) on {} in {:.2} s: {:.2} % of B differs",
+        r.a.path.display(),
+        human_bytes(r.a.size),
+        r.b.path.display(),
+        human_bytes(r.b.size),
+        r.backend,
+        r.seconds,
+        t.percent_of_b_different
+    );
+    println!(
+        "  blocks     {} of {} changed ({}-byte blocks, {} bytes, {} pixels differ in place)",
+        r.aligned.changed_blocks,
+        r.aligned.blocks,
+        r.aligned.block,
+        r.aligned.changed_bytes,
+        r.aligned.changed_pixels
+    );
+    println!(
+        "  content    unchanged {}, changed {}, inserted {}, deleted {}, moved {}",
+        human_bytes(t.unchanged),
+        human_bytes(t.changed),
+        human_bytes(t.inserted),
+        human_bytes(t.deleted),
+        human_bytes(t.moved)
+    );
+    if let Some(m) = &r.members {
+        println!(
+            "  members    {} added, {} removed, {} changed, {} unchanged",
+            m.added.len(),
+            m.removed.len(),
+            m.changed.len(),
+            m.unchanged
+        );
+        for (sign, list) in [("+", &m.added), ("-", &m.removed), ("~", &m.changed)] {
+            for name in list.iter().take(20) {
+                println!("    {sign} {name}");
+            }
+        }
+    }
+    for region in r.regions.iter().filter(|x| x.different_bytes > 0).take(20) {
+        println!(
+            "  region     {:<24} {:>10} bytes differ ({:.1} %)",
+            region.name, region.different_bytes, region.percent
+        );
+    }
+    for o in &r.outputs {
+        println!("  wrote      {}", o.display());
+    }
+    println!(
+        "  patch      {} ({})",
+        human_bytes(r.patch_bytes),
+        "foundry-gpu patch A a-to-b.patch -o B"
+    );
 }
 
 fn print_info(r: &fold::InfoReport) {

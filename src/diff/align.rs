@@ -1,0 +1,397 @@
+//! Content-defined alignment of two byte strings: both are cut with FastCDC, chunks are matched by
+//! xxh3 hash, the longest in-order run of matches is kept in place, and what is left becomes
+//! moved, inserted, deleted and changed ranges, plus the copy/data operations of a patch.
+
+use rayon::prelude::*;
+use serde::Serialize;
+use std::collections::HashMap;
+use xxhash_rust::xxh3::xxh3_128;
+
+/// What happened to a range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Change {
+    Unchanged,
+    Moved,
+    Inserted,
+    Deleted,
+    Changed,
+}
+
+/// One range of the comparison. `a` is where it was, `b` where it is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DeltaRange {
+    pub kind: Change,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub a: Option<(u64, u64)>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub b: Option<(u64, u64)>,
+}
+
+/// How B is rebuilt from A.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PatchOp {
+    /// Copy `len` bytes of A from `offset`.
+    Copy { offset: u64, len: u64 },
+    /// Bytes A does not have.
+    Data(Vec<u8>),
+}
+
+/// The alignment: ranges in B order (deleted ones where they were), and the patch.
+#[derive(Clone, Debug, Default)]
+pub struct Alignment {
+    pub ranges: Vec<DeltaRange>,
+    pub ops: Vec<PatchOp>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Chunk {
+    offset: usize,
+    len: usize,
+    hash: u128,
+}
+
+/// FastCDC sizes for a comparison block: chunks average one block.
+fn cut(data: &[u8], block: usize) -> Vec<Chunk> {
+    let avg = (block as u32).clamp(256, 1 << 20);
+    let min = (avg / 4).max(64);
+    let max = (avg * 4).max(1024);
+    let spans: Vec<(usize, usize)> = fastcdc::v2020::FastCDC::new(data, min, avg, max)
+        .map(|c| (c.offset, c.length))
+        .collect();
+    spans
+        .par_iter()
+        .map(|&(offset, len)| Chunk {
+            offset,
+            len,
+            hash: xxh3_128(&data[offset..offset + len]),
+        })
+        .collect()
+}
+
+/// Indices (into `seq`) of a longest strictly increasing subsequence.
+fn longest_increasing(seq: &[usize]) -> Vec<usize> {
+    let mut tails: Vec<usize> = Vec::new(); // index into seq of the smallest tail per length
+    let mut prev = vec![usize::MAX; seq.len()];
+    for (i, &v) in seq.iter().enumerate() {
+        let at = tails.partition_point(|&t| seq[t] < v);
+        if at > 0 {
+            prev[i] = tails[at - 1];
+        }
+        if at == tails.len() {
+            tails.push(i);
+        } else {
+            tails[at] = i;
+        }
+    }
+    let mut out = Vec::with_capacity(tails.len());
+    let mut at = tails.last().copied().unwrap_or(usize::MAX);
+    while at != usize::MAX {
+        out.push(at);
+        at = prev[at];
+    }
+    out.reverse();
+    out
+}
+
+/// Aligns `a` and `b` at about `block`-byte granularity.
+pub fn align(a: &[u8], b: &[u8], block: usize) -> Alignment {
+    let (ca, cb) = rayon::join(|| cut(a, block), || cut(b, block));
+    let mut where_in_a: HashMap<u128, Vec<usize>> = HashMap::new();
+    for (i, c) in ca.iter().enumerate() {
+        where_in_a.entry(c.hash).or_default().push(i);
+    }
+    // Each B chunk's best A candidate: the one nearest the same relative position, so repeated
+    // content (zero pages) lines up in order instead of pulling matches across the file.
+    let candidate: Vec<Option<usize>> = cb
+        .iter()
+        .enumerate()
+        .map(|(j, c)| {
+            let list = where_in_a.get(&c.hash)?;
+            let expected = j * ca.len() / cb.len().max(1);
+            list.iter().copied().min_by_key(|&i| i.abs_diff(expected))
+        })
+        .collect();
+    let matched: Vec<usize> = (0..cb.len()).filter(|&j| candidate[j].is_some()).collect();
+    let sequence: Vec<usize> = matched
+        .iter()
+        .map(|&j| candidate[j].expect("matched"))
+        .collect();
+    let mut in_order = vec![false; cb.len()];
+    for k in longest_increasing(&sequence) {
+        in_order[matched[k]] = true;
+    }
+
+    let mut out = Alignment::default();
+    // Walk B; between in-order anchors, unmatched A chunks and unmatched B chunks pair up.
+    let mut next_a = 0usize;
+    let mut pending_b: Option<(u64, u64)> = None;
+    let flush = |out: &mut Alignment,
+                 pending_b: &mut Option<(u64, u64)>,
+                 a_gap: Option<(u64, u64)>| {
+        match (pending_b.take(), a_gap) {
+            (Some(b_span), Some(a_span)) => replaced(&mut out.ranges, a, b, a_span, b_span),
+            (Some(b), None) => out.ranges.push(DeltaRange {
+                kind: Change::Inserted,
+                a: None,
+                b: Some(b),
+            }),
+            (None, Some(a)) => out.ranges.push(DeltaRange {
+                kind: Change::Deleted,
+                a: Some(a),
+                b: None,
+            }),
+            (None, None) => {}
+        }
+    };
+    let a_gap = |from: usize, to: usize| -> Option<(u64, u64)> {
+        // A chunks skipped between two anchors that no in-order match used.
+        let skipped: Vec<&Chunk> = ca[from..to].iter().collect();
+        let first = skipped.first()?;
+        let last = skipped.last()?;
+        Some((first.offset as u64, (last.offset + last.len) as u64))
+    };
+    for (j, c) in cb.iter().enumerate() {
+        let span = (c.offset as u64, (c.offset + c.len) as u64);
+        match candidate[j] {
+            Some(i) if in_order[j] => {
+                flush(&mut out, &mut pending_b, a_gap(next_a, i));
+                next_a = i + 1;
+                push_range(
+                    &mut out.ranges,
+                    Change::Unchanged,
+                    Some((ca[i].offset as u64, (ca[i].offset + ca[i].len) as u64)),
+                    Some(span),
+                );
+                push_copy(&mut out.ops, ca[i].offset as u64, c.len as u64);
+            }
+            Some(i) => {
+                flush(&mut out, &mut pending_b, None);
+                push_range(
+                    &mut out.ranges,
+                    Change::Moved,
+                    Some((ca[i].offset as u64, (ca[i].offset + ca[i].len) as u64)),
+                    Some(span),
+                );
+                push_copy(&mut out.ops, ca[i].offset as u64, c.len as u64);
+            }
+            None => {
+                pending_b = Some(match pending_b {
+                    Some((s, _)) => (s, span.1),
+                    None => span,
+                });
+                push_data(&mut out.ops, &b[c.offset..c.offset + c.len]);
+            }
+        }
+    }
+    flush(&mut out, &mut pending_b, a_gap(next_a, ca.len()));
+    out
+}
+
+/// Content replaced between two anchors: the bytes both ends share are unchanged, as much of
+/// the middle as both sides have is changed, and the longer side's rest was inserted or deleted.
+/// Chunks are kilobytes; this trims a one-byte edit down to the bytes that really differ.
+fn replaced(
+    ranges: &mut Vec<DeltaRange>,
+    a: &[u8],
+    b: &[u8],
+    a_span: (u64, u64),
+    b_span: (u64, u64),
+) {
+    let sa = &a[a_span.0 as usize..a_span.1 as usize];
+    let sb = &b[b_span.0 as usize..b_span.1 as usize];
+    let prefix = sa.iter().zip(sb).take_while(|(x, y)| x == y).count() as u64;
+    let suffix = sa[prefix as usize..]
+        .iter()
+        .rev()
+        .zip(sb[prefix as usize..].iter().rev())
+        .take_while(|(x, y)| x == y)
+        .count() as u64;
+    if prefix > 0 {
+        push_range(
+            ranges,
+            Change::Unchanged,
+            Some((a_span.0, a_span.0 + prefix)),
+            Some((b_span.0, b_span.0 + prefix)),
+        );
+    }
+    let (a0, a1) = (a_span.0 + prefix, a_span.1 - suffix);
+    let (b0, b1) = (b_span.0 + prefix, b_span.1 - suffix);
+    let common = (a1 - a0).min(b1 - b0);
+    if common > 0 {
+        ranges.push(DeltaRange {
+            kind: Change::Changed,
+            a: Some((a0, a0 + common)),
+            b: Some((b0, b0 + common)),
+        });
+    }
+    if a0 + common < a1 {
+        ranges.push(DeltaRange {
+            kind: Change::Deleted,
+            a: Some((a0 + common, a1)),
+            b: None,
+        });
+    }
+    if b0 + common < b1 {
+        ranges.push(DeltaRange {
+            kind: Change::Inserted,
+            a: None,
+            b: Some((b0 + common, b1)),
+        });
+    }
+    if suffix > 0 {
+        push_range(
+            ranges,
+            Change::Unchanged,
+            Some((a_span.1 - suffix, a_span.1)),
+            Some((b_span.1 - suffix, b_span.1)),
+        );
+    }
+}
+
+/// Appends a range, merging it into the previous one when they continue each other.
+fn push_range(
+    ranges: &mut Vec<DeltaRange>,
+    kind: Change,
+    a: Option<(u64, u64)>,
+    b: Option<(u64, u64)>,
+) {
+    if let Some(last) = ranges.last_mut() {
+        let continues = |x: Option<(u64, u64)>, y: Option<(u64, u64)>| match (x, y) {
+            (Some((_, end)), Some((start, _))) => end == start,
+            (None, None) => true,
+            _ => false,
+        };
+        if last.kind == kind && continues(last.a, a) && continues(last.b, b) {
+            if let (Some(la), Some(na)) = (&mut last.a, a) {
+                la.1 = na.1;
+            }
+            if let (Some(lb), Some(nb)) = (&mut last.b, b) {
+                lb.1 = nb.1;
+            }
+            return;
+        }
+    }
+    ranges.push(DeltaRange { kind, a, b });
+}
+
+fn push_copy(ops: &mut Vec<PatchOp>, offset: u64, len: u64) {
+    if let Some(PatchOp::Copy { offset: o, len: l }) = ops.last_mut() {
+        if *o + *l == offset {
+            *l += len;
+            return;
+        }
+    }
+    ops.push(PatchOp::Copy { offset, len });
+}
+
+fn push_data(ops: &mut Vec<PatchOp>, bytes: &[u8]) {
+    if let Some(PatchOp::Data(d)) = ops.last_mut() {
+        d.extend_from_slice(bytes);
+        return;
+    }
+    ops.push(PatchOp::Data(bytes.to_vec()));
+}
+
+/// Rebuilds B from A and the operations (bounds already checked by the patch reader).
+pub fn apply(a: &[u8], ops: &[PatchOp]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for op in ops {
+        match op {
+            PatchOp::Copy { offset, len } => {
+                out.extend_from_slice(&a[*offset as usize..(*offset + *len) as usize])
+            }
+            PatchOp::Data(d) => out.extend_from_slice(d),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn noise(n: usize, seed: u64) -> Vec<u8> {
+        let mut s = seed | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                s as u8
+            })
+            .collect()
+    }
+
+    fn total(al: &Alignment, kind: Change) -> u64 {
+        al.ranges
+            .iter()
+            .filter(|r| r.kind == kind)
+            .map(|r| r.b.or(r.a).map_or(0, |(s, e)| e - s))
+            .sum()
+    }
+
+    #[test]
+    fn an_insertion_shifts_nothing_else() {
+        let a = noise(1 << 20, 1);
+        let mut b = a[..300_000].to_vec();
+        b.extend(noise(10_000, 2));
+        b.extend_from_slice(&a[300_000..]);
+        let al = align(&a, &b, 4096);
+        assert_eq!(apply(&a, &al.ops), b);
+        // Only the chunks around the edit differ; the other megabyte lines up.
+        assert!(
+            total(&al, Change::Unchanged) > 1_000_000,
+            "{:?}",
+            &al.ranges
+        );
+        assert_eq!(total(&al, Change::Moved), 0);
+    }
+
+    #[test]
+    fn moved_blocks_are_found_and_deletions_reported() {
+        let a = noise(1 << 20, 3);
+        // B: the last 200 KB moved to the front, and 100 KB in the middle deleted.
+        let mut b = a[848_576..].to_vec();
+        b.extend_from_slice(&a[..400_000]);
+        b.extend_from_slice(&a[500_000..848_576]);
+        let al = align(&a, &b, 4096);
+        assert_eq!(apply(&a, &al.ops), b);
+        assert!(total(&al, Change::Moved) > 150_000, "{:?}", al.ranges);
+        assert!(total(&al, Change::Deleted) > 80_000, "{:?}", al.ranges);
+    }
+
+    #[test]
+    fn identical_and_empty_inputs() {
+        let a = noise(100_000, 5);
+        let al = align(&a, &a, 4096);
+        assert_eq!(al.ranges.len(), 1);
+        assert_eq!(al.ranges[0].kind, Change::Unchanged);
+        assert_eq!(apply(&a, &al.ops), a);
+        let al = align(&[], &a, 4096);
+        assert_eq!(al.ranges[0].kind, Change::Inserted);
+        assert_eq!(apply(&[], &al.ops), a);
+        let al = align(&a, &[], 4096);
+        assert_eq!(al.ranges[0].kind, Change::Deleted);
+        assert!(apply(&a, &al.ops).is_empty());
+    }
+
+    #[test]
+    fn a_small_edit_is_trimmed_to_the_bytes_that_differ() {
+        let a = noise(200_000, 9);
+        let mut b = a.clone();
+        b[100_000..100_010].copy_from_slice(&[0; 10]);
+        let al = align(&a, &b, 4096);
+        assert_eq!(total(&al, Change::Changed), 10, "{:?}", al.ranges);
+        assert_eq!(total(&al, Change::Unchanged), 200_000 - 10);
+        assert_eq!(apply(&a, &al.ops), b);
+    }
+
+    #[test]
+    fn lis_is_longest() {
+        let seq = [3, 1, 2, 9, 4, 5, 0];
+        let idx = longest_increasing(&seq);
+        let vals: Vec<usize> = idx.iter().map(|&i| seq[i]).collect();
+        assert_eq!(vals, [1, 2, 4, 5]);
+    }
+}

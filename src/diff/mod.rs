@@ -1,0 +1,521 @@
+//! `diff` and `patch`: two states of a file, brick, tree snapshot or memory snapshot compared at
+//! page granularity on the GPU or CPU (identical counts) and by content-defined chunks (inserted,
+//! deleted, moved, changed), written as `delta.png`, `diff.json` and `a-to-b.patch`.
+
+pub mod align;
+pub mod patch;
+pub mod preview;
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::format::staged::StagedOutputs;
+use crate::format::{detect, FileKind};
+use align::{Change, DeltaRange};
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Default `--block`: one page.
+pub const DEFAULT_BLOCK: usize = 4096;
+
+/// A named byte range of one side (ELF section, district file, process mapping).
+#[derive(Clone, Debug, Serialize)]
+pub struct NamedRange {
+    pub name: String,
+    pub start: u64,
+    pub end: u64,
+}
+
+/// One side of a comparison, as bytes plus what its parts are called.
+#[derive(Clone, Debug)]
+pub struct Side {
+    pub path: PathBuf,
+    /// `file`, `brick`, `rts_png`, `parts`, `district` or `memory`.
+    pub kind: &'static str,
+    pub bytes: Vec<u8>,
+    pub regions: Vec<NamedRange>,
+    /// Districts: path -> SHA-256. Memory: mapping key -> SHA-256 (empty when not read).
+    pub members: Option<BTreeMap<String, String>>,
+}
+
+/// Reads `path` as a comparable side: a snapshot directory (`district.json`), a memory snapshot
+/// directory (`regions.json`), a `.brick`/`.rts.png`/parts index (decoded and verified), or any
+/// other file as it is.
+pub fn load_side(backend: &Backend, path: &Path) -> Result<Side> {
+    if path.is_dir() {
+        if path.join("district.json").is_file() {
+            return load_district(backend, path);
+        }
+        if path.join("regions.json").is_file() {
+            return load_memory(backend, path);
+        }
+        return Err(Error::malformed(
+            path,
+            "is a directory without district.json or regions.json; diff a snapshot (foundry-gpu snapshot) or a memory snapshot (foundry-gpu mem)",
+        ));
+    }
+    let kind = detect(path)?;
+    let (kind, bytes) = match kind {
+        FileKind::Raw => ("file", crate::source::read_input(path)?.to_vec()),
+        FileKind::Brick => ("brick", crate::fold::decode_bytes(backend, path)?),
+        FileKind::RtsPng => ("rts_png", crate::fold::decode_bytes(backend, path)?),
+        FileKind::PartsIndex => ("parts", crate::fold::decode_bytes(backend, path)?),
+    };
+    let regions = elf_sections(&bytes);
+    Ok(Side {
+        path: path.to_path_buf(),
+        kind,
+        bytes,
+        regions,
+        members: None,
+    })
+}
+
+fn elf_sections(bytes: &[u8]) -> Vec<NamedRange> {
+    use object::{Object, ObjectSection};
+    let Ok(file) = object::File::parse(bytes) else {
+        return Vec::new();
+    };
+    file.sections()
+        .filter_map(|s| {
+            let (start, len) = s.file_range()?;
+            (len > 0).then(|| NamedRange {
+                name: s.name().unwrap_or("?").to_string(),
+                start,
+                end: start + len,
+            })
+        })
+        .collect()
+}
+
+fn read_json(path: &Path) -> Result<Value> {
+    let text = std::fs::read(path).map_err(|e| Error::io(path, "read", e))?;
+    serde_json::from_slice(&text).map_err(|e| Error::malformed(path, format!("not JSON: {e}")))
+}
+
+fn load_district(backend: &Backend, dir: &Path) -> Result<Side> {
+    let index_path = dir.join("district.json");
+    let index = read_json(&index_path)?;
+    let parts = index["parts_index"]
+        .as_str()
+        .ok_or_else(|| Error::malformed(&index_path, "has no parts_index"))?;
+    let bytes = crate::fold::decode_bytes(backend, &dir.join(parts))?;
+    let mut regions = Vec::new();
+    let mut members = BTreeMap::new();
+    for f in index["files"].as_array().into_iter().flatten() {
+        let (Some(name), Some(start), Some(size)) =
+            (f["path"].as_str(), f["offset"].as_u64(), f["size"].as_u64())
+        else {
+            return Err(Error::malformed(
+                &index_path,
+                format!("file entry without path/offset/size: {f}"),
+            ));
+        };
+        regions.push(NamedRange {
+            name: name.into(),
+            start,
+            end: start + size,
+        });
+        members.insert(
+            name.to_string(),
+            f["sha256"].as_str().unwrap_or_default().to_string(),
+        );
+    }
+    Ok(Side {
+        path: dir.into(),
+        kind: "district",
+        bytes,
+        regions,
+        members: Some(members),
+    })
+}
+
+fn load_memory(backend: &Backend, dir: &Path) -> Result<Side> {
+    let table_path = dir.join("regions.json");
+    let table = read_json(&table_path)?;
+    let district = table["district"]
+        .as_str()
+        .ok_or_else(|| Error::malformed(&table_path, "has no district"))?;
+    let bytes = crate::fold::decode_bytes(backend, &dir.join(district))?;
+    let mut regions = Vec::new();
+    let mut members = BTreeMap::new();
+    for r in table["regions"].as_array().into_iter().flatten() {
+        let key = format!(
+            "{:x}-{:x} {} {}",
+            r["start"].as_u64().unwrap_or(0),
+            r["end"].as_u64().unwrap_or(0),
+            r["perms"].as_str().unwrap_or(""),
+            r["path"].as_str().unwrap_or("")
+        );
+        if let (Some(offset), Some(start), Some(end)) = (
+            r["district_offset"].as_u64(),
+            r["start"].as_u64(),
+            r["end"].as_u64(),
+        ) {
+            regions.push(NamedRange {
+                name: key.clone(),
+                start: offset,
+                end: offset + (end - start),
+            });
+        }
+        members.insert(key, r["sha256"].as_str().unwrap_or_default().to_string());
+    }
+    Ok(Side {
+        path: dir.into(),
+        kind: "memory",
+        bytes,
+        regions,
+        members: Some(members),
+    })
+}
+
+/// `--block` and the preview.
+#[derive(Clone, Debug)]
+pub struct DiffOptions {
+    pub block: usize,
+    pub preview_side: u32,
+}
+
+impl Default for DiffOptions {
+    fn default() -> Self {
+        DiffOptions {
+            block: DEFAULT_BLOCK,
+            preview_side: 1024,
+        }
+    }
+}
+
+/// What one side was.
+#[derive(Clone, Debug, Serialize)]
+pub struct SideSummary {
+    pub path: PathBuf,
+    pub kind: &'static str,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// Position-by-position comparison of the common length, block by block (the GPU kernel).
+#[derive(Clone, Debug, Serialize)]
+pub struct AlignedCompare {
+    pub block: usize,
+    pub blocks: u64,
+    pub changed_blocks: u64,
+    pub changed_bytes: u64,
+    /// 4-byte groups that differ: changed `.rts.png` pixels.
+    pub changed_pixels: u64,
+    /// Blocks past the shorter side's end, counted as changed.
+    pub size_difference: i64,
+    /// The changed blocks as byte ranges (merged), capped at 10,000 entries.
+    pub changed_ranges: Vec<(u64, u64)>,
+}
+
+/// Totals by kind of change, in bytes.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Totals {
+    pub unchanged: u64,
+    pub moved: u64,
+    pub inserted: u64,
+    pub deleted: u64,
+    pub changed: u64,
+    /// Share of B not found unchanged in A, percent.
+    pub percent_of_b_different: f64,
+}
+
+/// A region of B and how much of it is not unchanged.
+#[derive(Clone, Debug, Serialize)]
+pub struct RegionDelta {
+    pub name: String,
+    pub start: u64,
+    pub end: u64,
+    pub different_bytes: u64,
+    pub percent: f64,
+}
+
+/// Members (district files, process mappings) added, removed or changed.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Members {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+    pub unchanged: usize,
+}
+
+/// `diff.json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct DiffReport {
+    pub format: &'static str,
+    pub a: SideSummary,
+    pub b: SideSummary,
+    pub backend: &'static str,
+    pub aligned: AlignedCompare,
+    pub totals: Totals,
+    /// Inserted, deleted, moved and changed ranges (unchanged ones left out), capped at 10,000.
+    pub ranges: Vec<DeltaRange>,
+    pub ranges_omitted: usize,
+    pub regions: Vec<RegionDelta>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub members: Option<Members>,
+    pub outputs: Vec<PathBuf>,
+    pub patch_bytes: u64,
+    pub seconds: f64,
+}
+
+const RANGE_CAP: usize = 10_000;
+
+/// Compares the position-aligned common prefix block by block on `backend`.
+pub fn aligned_compare(
+    backend: &Backend,
+    a: &[u8],
+    b: &[u8],
+    block: usize,
+) -> Result<AlignedCompare> {
+    let common = a.len().min(b.len());
+    let counts = backend.diff_blocks(&a[..common], &b[..common], block)?;
+    let mut out = AlignedCompare {
+        block,
+        blocks: a.len().max(b.len()).div_ceil(block) as u64,
+        changed_blocks: 0,
+        changed_bytes: 0,
+        changed_pixels: 0,
+        size_difference: b.len() as i64 - a.len() as i64,
+        changed_ranges: Vec::new(),
+    };
+    for (i, pair) in counts.chunks_exact(2).enumerate() {
+        if pair[0] == 0 {
+            continue;
+        }
+        out.changed_blocks += 1;
+        out.changed_bytes += u64::from(pair[0]);
+        out.changed_pixels += u64::from(pair[1]);
+        let start = (i * block) as u64;
+        let end = (start + block as u64).min(common as u64);
+        push_merged(&mut out.changed_ranges, start, end);
+    }
+    let tail_blocks = out.blocks - common.div_ceil(block) as u64;
+    out.changed_blocks += tail_blocks;
+    if a.len() != b.len() {
+        push_merged(
+            &mut out.changed_ranges,
+            common as u64,
+            a.len().max(b.len()) as u64,
+        );
+    }
+    out.changed_ranges.truncate(RANGE_CAP);
+    Ok(out)
+}
+
+fn push_merged(ranges: &mut Vec<(u64, u64)>, start: u64, end: u64) {
+    match ranges.last_mut() {
+        Some(last) if last.1 == start => last.1 = end,
+        _ => ranges.push((start, end)),
+    }
+}
+
+fn summary(side: &Side) -> SideSummary {
+    SideSummary {
+        path: side.path.clone(),
+        kind: side.kind,
+        size: side.bytes.len() as u64,
+        sha256: hex::encode(crate::analysis::sha256(&side.bytes)),
+    }
+}
+
+fn members_delta(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> Members {
+    let mut m = Members::default();
+    for (name, sha) in b {
+        match a.get(name) {
+            None => m.added.push(name.clone()),
+            Some(old) if old != sha => m.changed.push(name.clone()),
+            Some(_) => m.unchanged += 1,
+        }
+    }
+    m.removed = a.keys().filter(|k| !b.contains_key(*k)).cloned().collect();
+    m
+}
+
+/// Compares two loaded sides; writes nothing.
+pub fn compare(
+    backend: &Backend,
+    a: &Side,
+    b: &Side,
+    opts: &DiffOptions,
+) -> Result<(DiffReport, align::Alignment)> {
+    let started = Instant::now();
+    if !opts.block.is_power_of_two() || !(64..=1 << 20).contains(&opts.block) {
+        return Err(Error::Usage(format!(
+            "--block {} must be a power of two from 64 to 1048576",
+            opts.block
+        )));
+    }
+    let (aligned, alignment) = rayon::join(
+        || aligned_compare(backend, &a.bytes, &b.bytes, opts.block),
+        || align::align(&a.bytes, &b.bytes, opts.block),
+    );
+    let aligned = aligned?;
+    let mut totals = Totals::default();
+    for r in &alignment.ranges {
+        let len = |x: Option<(u64, u64)>| x.map_or(0, |(s, e)| e - s);
+        match r.kind {
+            Change::Unchanged => totals.unchanged += len(r.b),
+            Change::Moved => totals.moved += len(r.b),
+            Change::Inserted => totals.inserted += len(r.b),
+            Change::Deleted => totals.deleted += len(r.a),
+            Change::Changed => totals.changed += len(r.b),
+        }
+    }
+    let b_len = b.bytes.len().max(1) as f64;
+    totals.percent_of_b_different =
+        round2(100.0 * (b.bytes.len() as u64 - totals.unchanged) as f64 / b_len);
+    let different: Vec<(u64, u64)> = alignment
+        .ranges
+        .iter()
+        .filter(|r| r.kind != Change::Unchanged)
+        .filter_map(|r| r.b)
+        .collect();
+    let regions = b
+        .regions
+        .iter()
+        .map(|region| {
+            let overlap: u64 = different
+                .iter()
+                .map(|&(s, e)| e.min(region.end).saturating_sub(s.max(region.start)))
+                .sum();
+            RegionDelta {
+                name: region.name.clone(),
+                start: region.start,
+                end: region.end,
+                different_bytes: overlap,
+                percent: round2(100.0 * overlap as f64 / (region.end - region.start).max(1) as f64),
+            }
+        })
+        .collect();
+    let changes: Vec<DeltaRange> = alignment
+        .ranges
+        .iter()
+        .filter(|r| r.kind != Change::Unchanged)
+        .cloned()
+        .collect();
+    let ranges_omitted = changes.len().saturating_sub(RANGE_CAP);
+    let members = match (&a.members, &b.members) {
+        (Some(x), Some(y)) => Some(members_delta(x, y)),
+        _ => None,
+    };
+    let report = DiffReport {
+        format: "foundry-gpu-diff",
+        a: summary(a),
+        b: summary(b),
+        backend: backend.label(),
+        aligned,
+        totals,
+        ranges: changes.into_iter().take(RANGE_CAP).collect(),
+        ranges_omitted,
+        regions,
+        members,
+        outputs: Vec::new(),
+        patch_bytes: 0,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    Ok((report, alignment))
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// `foundry-gpu diff A B -o OUT`: `OUT/delta.png`, `OUT/diff.json`, `OUT/a-to-b.patch`.
+pub fn diff(
+    backend: &Backend,
+    a_path: &Path,
+    b_path: &Path,
+    out: &Path,
+    opts: &DiffOptions,
+) -> Result<DiffReport> {
+    let started = Instant::now();
+    let a = load_side(backend, a_path)?;
+    let b = load_side(backend, b_path)?;
+    let (mut report, alignment) = compare(backend, &a, &b, opts)?;
+    let patch = patch::Patch {
+        a_size: a.bytes.len() as u64,
+        b_size: b.bytes.len() as u64,
+        a_sha256: crate::analysis::sha256(&a.bytes),
+        b_sha256: crate::analysis::sha256(&b.bytes),
+        ops: alignment.ops.clone(),
+    };
+    let image = preview::render_delta(
+        backend,
+        &b.bytes,
+        &alignment.ranges,
+        &b.regions,
+        opts.preview_side,
+    )?;
+    let mut staged = StagedOutputs::new();
+    let paths = [
+        out.join("delta.png"),
+        out.join("a-to-b.patch"),
+        out.join("diff.json"),
+    ];
+    staged.write(&paths[0], |w| crate::format::preview::write_png(w, &image))?;
+    staged.write(&paths[1], |w| patch.write_to(w))?;
+    report.outputs = paths.to_vec();
+    report.patch_bytes = encoded_size(&patch);
+    report.seconds = started.elapsed().as_secs_f64();
+    let text = serde_json::to_string_pretty(&report).expect("report serialises");
+    staged.write(&paths[2], |w| w.write_all(text.as_bytes()))?;
+    staged.commit()?;
+    Ok(report)
+}
+
+fn encoded_size(patch: &patch::Patch) -> u64 {
+    let mut counter = CountingSink(0);
+    patch.write_to(&mut counter).expect("counting never fails");
+    counter.0
+}
+
+struct CountingSink(u64);
+
+impl std::io::Write for CountingSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What `patch` did.
+#[derive(Clone, Debug, Serialize)]
+pub struct PatchReport {
+    pub a: PathBuf,
+    pub patch: PathBuf,
+    pub output: PathBuf,
+    pub size: u64,
+    pub sha256: String,
+    pub verified: bool,
+}
+
+/// `foundry-gpu patch A PATCH -o B`: rebuilds B's bytes, checking A and B against the patch.
+pub fn apply_patch(
+    backend: &Backend,
+    a_path: &Path,
+    patch_path: &Path,
+    output: &Path,
+) -> Result<PatchReport> {
+    let a = load_side(backend, a_path)?;
+    let bytes = std::fs::read(patch_path).map_err(|e| Error::io(patch_path, "read", e))?;
+    let patch = patch::Patch::parse(patch_path, &bytes)?;
+    let b = patch.apply(a_path, &a.bytes, patch_path)?;
+    let mut staged = StagedOutputs::new();
+    staged.write(output, |w| w.write_all(&b))?;
+    staged.commit()?;
+    Ok(PatchReport {
+        a: a_path.into(),
+        patch: patch_path.into(),
+        output: output.into(),
+        size: b.len() as u64,
+        sha256: hex::encode(patch.b_sha256),
+        verified: true,
+    })
+}

@@ -1,0 +1,55 @@
+//! CPU twin of `shaders/diff_blocks.wgsl`: per block, how many byte positions and how many
+//! 4-byte words (`.rts.png` pixels) differ between two equally long byte strings.
+
+use rayon::prelude::*;
+
+/// Per `block_bytes` block of `a` and `b` (same length; `block_bytes` a multiple of 4), two
+/// words: differing bytes, then differing 4-byte words. Equal eight-byte groups are skipped
+/// with one XOR.
+pub fn diff_blocks(a: &[u8], b: &[u8], block_bytes: usize) -> Vec<u32> {
+    assert_eq!(a.len(), b.len(), "diff_blocks compares equal lengths");
+    assert!(block_bytes >= 4 && block_bytes.is_multiple_of(4));
+    a.par_chunks(block_bytes)
+        .zip(b.par_chunks(block_bytes))
+        .flat_map_iter(|(x, y)| count_block(x, y))
+        .collect()
+}
+
+fn count_block(x: &[u8], y: &[u8]) -> [u32; 2] {
+    let (mut bytes, mut words) = (0u32, 0u32);
+    let (xw, xt) = x.as_chunks::<8>();
+    let (yw, yt) = y.as_chunks::<8>();
+    for (p, q) in xw.iter().zip(yw) {
+        let d = u64::from_ne_bytes(*p) ^ u64::from_ne_bytes(*q);
+        if d != 0 {
+            let d = d.to_ne_bytes();
+            bytes += d.iter().filter(|&&b| b != 0).count() as u32;
+            words += d.chunks(4).filter(|w| w.iter().any(|&b| b != 0)).count() as u32;
+        }
+    }
+    // The tail is under eight bytes: compare it in words, the last one short.
+    for (p, q) in xt.chunks(4).zip(yt.chunks(4)) {
+        let n = p.iter().zip(q).filter(|(u, v)| u != v).count() as u32;
+        bytes += n;
+        words += u32::from(n > 0);
+    }
+    [bytes, words]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_each_differing_byte_in_its_block() {
+        let a = vec![7u8; 10_000];
+        let mut b = a.clone();
+        b[0] = 0;
+        b[4095] = 1;
+        b[4096] = 2;
+        b[9_999] = 3;
+        b[9_998] = 4;
+        assert_eq!(diff_blocks(&a, &b, 4096), [2, 2, 1, 1, 2, 1]);
+        assert_eq!(diff_blocks(&a, &a, 4096), [0; 6]);
+    }
+}
