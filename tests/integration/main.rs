@@ -3,6 +3,7 @@
 mod analysis;
 mod cli;
 mod daemon;
+mod diff;
 mod elf;
 mod formats;
 mod harness;

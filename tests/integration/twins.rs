@@ -165,6 +165,51 @@ fn preview_stats_twins_agree() {
 }
 
 #[test]
+fn diff_blocks_twins_agree_and_the_comparison_can_fail() {
+    let mut gpus: Vec<&Backend> = gpu().into_iter().collect();
+    gpus.extend(gpu_small_chunks());
+    for &len in &[0usize, 3, 4097, 100_003, (1 << 20) + 9] {
+        let a = sample_bytes(len, 21);
+        let mut b = a.clone();
+        // Edits at block edges, inside a word, and in the unaligned tail.
+        for at in [0, 4095, 4096, len / 2, len.saturating_sub(1)] {
+            if at < len {
+                b[at] = b[at].wrapping_add(1);
+            }
+        }
+        for block in [64usize, 4096, 65536] {
+            let cpu = Backend::Cpu.diff_blocks(&a, &b, block).unwrap();
+            assert_eq!(cpu.len(), len.div_ceil(block) * 2);
+            let changed: u32 = cpu.iter().step_by(2).sum();
+            assert_eq!(
+                changed as usize,
+                a.iter().zip(&b).filter(|(x, y)| x != y).count()
+            );
+            for gpu in &gpus {
+                let on_gpu = gpu.diff_blocks(&a, &b, block).unwrap();
+                assert_same(
+                    &format!("diff_blocks {len} bytes block {block}"),
+                    bytemuck::cast_slice(&cpu),
+                    bytemuck::cast_slice(&on_gpu),
+                );
+            }
+        }
+    }
+    // The comparison itself can fail: one flipped count is reported where it is.
+    let a = sample_bytes(10_000, 1);
+    let cpu = Backend::Cpu.diff_blocks(&a, &a, 4096).unwrap();
+    let mut wrong = cpu.clone();
+    wrong[3] += 1;
+    let message = compare_bytes(
+        "diff_blocks",
+        bytemuck::cast_slice(&cpu),
+        bytemuck::cast_slice(&wrong),
+    )
+    .unwrap_err();
+    assert!(message.contains("byte 12"), "{message}");
+}
+
+#[test]
 fn every_shader_validates_with_naga_and_names_its_twin() {
     for (name, wgsl) in KERNELS {
         let source = kernel_source(wgsl);

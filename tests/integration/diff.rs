@@ -1,0 +1,248 @@
+//! `diff` and `patch` as users run them: files, bricks of them, tree snapshots; the patch
+//! rebuilds B bit for bit, insertions do not smear into everything after them, and wrong inputs
+//! are refused with nothing written.
+
+use crate::harness::{gpu, sample_bytes};
+use serde_json::Value;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn foundry(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_foundry-gpu"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+fn ok_json(args: &[&str]) -> Value {
+    let o = foundry(&[args, &["--json"]].concat());
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn total(report: &Value, kind: &str) -> u64 {
+    report["totals"][kind].as_u64().unwrap()
+}
+
+/// Diffs `a` and `b` into `out`, checks the patch rebuilds `b_bytes`, returns the report.
+fn diff_and_patch(a: &Path, b: &Path, out: &Path, b_bytes: &[u8], backend: &str) -> Value {
+    let report = ok_json(&["diff", s(a), s(b), "-o", s(out), "--backend", backend]);
+    let from_file: Value =
+        serde_json::from_slice(&std::fs::read(out.join("diff.json")).unwrap()).unwrap();
+    assert_eq!(from_file, report);
+    let png = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(out.join("delta.png")).unwrap(),
+    ))
+    .read_info()
+    .unwrap();
+    assert!(png.info().width >= 16);
+    let rebuilt = out.join("rebuilt");
+    ok_json(&[
+        "patch",
+        s(a),
+        s(&out.join("a-to-b.patch")),
+        "-o",
+        s(&rebuilt),
+    ]);
+    assert!(
+        std::fs::read(&rebuilt).unwrap() == b_bytes,
+        "patch reproduces B bit for bit"
+    );
+    report
+}
+
+#[test]
+fn an_insertion_is_reported_as_one_and_the_patch_rebuilds_b() {
+    let dir = tempfile::tempdir().unwrap();
+    let a_bytes = sample_bytes(2 << 20, 7);
+    let mut b_bytes = a_bytes[..500_000].to_vec();
+    b_bytes.extend(sample_bytes(3000, 99).iter().map(|b| b ^ 0x5a));
+    b_bytes.extend_from_slice(&a_bytes[500_000..]);
+    b_bytes[1_500_000] ^= 0xff;
+    let (a, b) = (dir.path().join("a.bin"), dir.path().join("b.bin"));
+    std::fs::write(&a, &a_bytes).unwrap();
+    std::fs::write(&b, &b_bytes).unwrap();
+    let report = diff_and_patch(&a, &b, &dir.path().join("d"), &b_bytes, "cpu");
+    // Position by position almost everything after the insertion differs; by content it does not.
+    assert!(report["aligned"]["changed_bytes"].as_u64().unwrap() > 1_000_000);
+    assert!(
+        total(&report, "inserted") >= 3000 && total(&report, "inserted") < 20_000,
+        "{report}"
+    );
+    assert_eq!(total(&report, "changed"), 1);
+    assert_eq!(total(&report, "deleted"), 0);
+    assert!(report["totals"]["percent_of_b_different"].as_f64().unwrap() < 1.0);
+    let inserted: Vec<&Value> = report["ranges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] == "inserted")
+        .collect();
+    assert!(inserted.iter().all(|r| {
+        let (start, end) = (r["b"][0].as_u64().unwrap(), r["b"][1].as_u64().unwrap());
+        start <= 503_000 && end >= 500_000
+    }));
+}
+
+#[test]
+fn moved_content_is_reported_and_coloured() {
+    let dir = tempfile::tempdir().unwrap();
+    let a_bytes = sample_bytes(1 << 20, 3);
+    let mut b_bytes = a_bytes[700_000..].to_vec();
+    b_bytes.extend_from_slice(&a_bytes[..700_000]);
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::write(&a, &a_bytes).unwrap();
+    std::fs::write(&b, &b_bytes).unwrap();
+    let report = diff_and_patch(&a, &b, &dir.path().join("d"), &b_bytes, "cpu");
+    assert!(total(&report, "moved") > 250_000, "{}", report["totals"]);
+    // The moved colour is in the delta image.
+    let mut reader = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(dir.path().join("d/delta.png")).unwrap(),
+    ))
+    .read_info()
+    .unwrap();
+    let mut rgba = vec![0; reader.output_buffer_size().unwrap()];
+    reader.next_frame(&mut rgba).unwrap();
+    let moved = foundry_gpu::diff::preview::MOVED_COLOUR;
+    let purple = rgba
+        .chunks_exact(4)
+        .filter(|p| p[0] > 0x80 && p[2] > 0xc0 && p[1] < 0x80 && (p[0], p[2]) != (0, 0))
+        .count();
+    assert!(purple > 1000, "moved pixels tinted {moved:?}: {purple}");
+}
+
+#[test]
+fn bricks_and_rts_png_compare_by_the_bytes_they_hold_on_both_backends() {
+    let dir = tempfile::tempdir().unwrap();
+    let a_bytes = sample_bytes(300_000, 5);
+    let mut b_bytes = a_bytes.clone();
+    b_bytes[123_456..123_466].copy_from_slice(b"0123456789");
+    for (name, bytes) in [("a", &a_bytes), ("b", &b_bytes)] {
+        let src = dir.path().join(format!("{name}.bin"));
+        std::fs::write(&src, bytes).unwrap();
+        ok_json(&[
+            "fold",
+            s(&src),
+            "-o",
+            s(&dir.path().join(name)),
+            "--backend",
+            "cpu",
+        ]);
+    }
+    let a = dir.path().join("a/a.bin.brick");
+    let b = dir.path().join("b/b.bin.rts.png");
+    let cpu = diff_and_patch(&a, &b, &dir.path().join("cpu"), &b_bytes, "cpu");
+    assert_eq!(cpu["a"]["kind"], "brick");
+    assert_eq!(cpu["b"]["kind"], "rts_png");
+    assert_eq!(cpu["aligned"]["changed_blocks"], 1);
+    assert!(total(&cpu, "changed") <= 10);
+    if gpu().is_some() {
+        let on_gpu = diff_and_patch(&a, &b, &dir.path().join("gpu"), &b_bytes, "gpu");
+        assert_eq!(
+            on_gpu["aligned"], cpu["aligned"],
+            "GPU and CPU count the same blocks"
+        );
+        assert_eq!(on_gpu["ranges"], cpu["ranges"]);
+        assert_eq!(
+            std::fs::read(dir.path().join("gpu/a-to-b.patch")).unwrap(),
+            std::fs::read(dir.path().join("cpu/a-to-b.patch")).unwrap()
+        );
+    }
+}
+
+#[test]
+fn snapshots_report_files_added_removed_and_changed_by_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let (t1, t2) = (dir.path().join("t1"), dir.path().join("t2"));
+    for t in [&t1, &t2] {
+        std::fs::create_dir_all(t.join("sub")).unwrap();
+        std::fs::write(t.join("same.txt"), "unchanged text\n".repeat(100)).unwrap();
+        std::fs::write(t.join("sub/data.bin"), sample_bytes(50_000, 1)).unwrap();
+    }
+    std::fs::write(t1.join("gone.txt"), "removed later").unwrap();
+    std::fs::write(t2.join("new.txt"), "added later").unwrap();
+    let mut changed = sample_bytes(50_000, 1);
+    changed[40_000] ^= 1;
+    std::fs::write(t2.join("sub/data.bin"), &changed).unwrap();
+    // Both snapshots name their root "tree" so paths line up.
+    for (t, out) in [(&t1, "s1"), (&t2, "s2")] {
+        let root = dir.path().join(out).join("tree");
+        std::fs::create_dir_all(root.parent().unwrap()).unwrap();
+        std::fs::rename(t, &root).unwrap();
+        ok_json(&[
+            "snapshot",
+            s(&root),
+            "-o",
+            s(&dir.path().join(format!("{out}-snap"))),
+            "--backend",
+            "cpu",
+        ]);
+    }
+    let s2 = dir.path().join("s2-snap");
+    let b_bytes = {
+        let out = dir.path().join("s2.bytes");
+        ok_json(&["unfold", s(&s2.join("district.parts.json")), "-o", s(&out)]);
+        std::fs::read(out).unwrap()
+    };
+    let report = diff_and_patch(
+        &dir.path().join("s1-snap"),
+        &s2,
+        &dir.path().join("d"),
+        &b_bytes,
+        "cpu",
+    );
+    let m = &report["members"];
+    assert_eq!(m["added"], serde_json::json!(["tree/new.txt"]));
+    assert_eq!(m["removed"], serde_json::json!(["tree/gone.txt"]));
+    assert_eq!(m["changed"], serde_json::json!(["tree/sub/data.bin"]));
+    assert_eq!(m["unchanged"], 1);
+    let region = report["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "tree/sub/data.bin")
+        .unwrap();
+    assert_eq!(region["different_bytes"], 1);
+}
+
+#[test]
+fn a_patch_meets_only_its_own_a_and_a_broken_patch_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, other) = (
+        dir.path().join("a"),
+        dir.path().join("b"),
+        dir.path().join("other"),
+    );
+    std::fs::write(&a, sample_bytes(20_000, 1)).unwrap();
+    std::fs::write(&b, sample_bytes(20_000, 2)).unwrap();
+    std::fs::write(&other, sample_bytes(20_000, 3)).unwrap();
+    ok_json(&["diff", s(&a), s(&b), "-o", s(&dir.path().join("d"))]);
+    let patch = dir.path().join("d/a-to-b.patch");
+    let out = dir.path().join("never");
+    let wrong_a = foundry(&["patch", s(&other), s(&patch), "-o", s(&out)]);
+    assert_eq!(wrong_a.status.code(), Some(2));
+    let message = String::from_utf8_lossy(&wrong_a.stderr);
+    assert!(
+        message.contains("other") && message.contains("is not the A"),
+        "{message}"
+    );
+    let mut bytes = std::fs::read(&patch).unwrap();
+    bytes.truncate(bytes.len() - 3);
+    let broken = dir.path().join("broken.patch");
+    std::fs::write(&broken, bytes).unwrap();
+    let o = foundry(&["patch", s(&a), s(&broken), "-o", s(&out)]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("broken.patch"));
+    assert!(!out.exists(), "nothing is written on refusal");
+    let o = foundry(&["diff", s(&a), s(dir.path()), "-o", s(&out)]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("district.json"));
+}
