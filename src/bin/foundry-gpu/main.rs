@@ -1039,9 +1039,8 @@ fn print_diff(r: &foundry_gpu::diff::DiffReport) {
         println!("  wrote      {}", o.display());
     }
     println!(
-        "  patch      {} ({})",
-        human_bytes(r.patch_bytes),
-        "foundry-gpu patch A a-to-b.patch -o B"
+        "  patch      {} (foundry-gpu patch A a-to-b.patch -o B)",
+        human_bytes(r.patch_bytes)
     );
 }
 
