@@ -127,3 +127,88 @@ fn missing_and_forbidden_processes_are_clear_errors() {
     assert!(stderr.contains("ptrace"), "{stderr}");
     assert!(!stderr.contains("panicked"));
 }
+
+const GROWING_CHILD: &str = r#"
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    unsigned char *p = mmap(NULL, 65536, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    memset(p, 1, 65536);
+    printf("ready\n");
+    fflush(stdout);
+    usleep(1200 * 1000); /* between the first and second snapshot: change a page, map a file */
+    memcpy(p + 40000, "CHANGED", 7);
+    int fd = open(argv[1], O_RDONLY);
+    void *f = mmap(NULL, 4096, PROT_READ, MAP_PRIVATE, fd, 0);
+    (void)f;
+    char c;
+    read(0, &c, 1);
+    return 0;
+}
+"#;
+
+#[test]
+fn a_series_reports_a_new_mapping_and_a_changed_page() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("grow.c"), GROWING_CHILD).unwrap();
+    let exe = dir.path().join("grow");
+    assert!(Command::new("gcc")
+        .arg("-o")
+        .arg(&exe)
+        .arg(dir.path().join("grow.c"))
+        .status()
+        .unwrap()
+        .success());
+    let mapped = dir.path().join("mapped-later.dat");
+    std::fs::write(&mapped, vec![7u8; 4096]).unwrap();
+    let mut child = Command::new(&exe)
+        .arg(&mapped)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let out = dir.path().join("series");
+    let o = Command::new(env!("CARGO_BIN_EXE_foundry-gpu"))
+        .args(["mem", &child.id().to_string(), "-o", out.to_str().unwrap()])
+        .args([
+            "--every",
+            "2.5s",
+            "--count",
+            "2",
+            "--no-mapping-bricks",
+            "--json",
+        ])
+        .args(["--backend", "cpu"])
+        .output()
+        .unwrap();
+    child.stdin.as_mut().unwrap().write_all(b"x").unwrap();
+    child.wait().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let series: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(series["change_detection"]
+        .as_str()
+        .unwrap()
+        .contains("page hashes"));
+    let steps = series["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 2);
+    let appeared = steps[1]["mappings_appeared"].as_array().unwrap();
+    assert!(
+        appeared
+            .iter()
+            .any(|m| m.as_str().unwrap().ends_with("mapped-later.dat")),
+        "{appeared:?}"
+    );
+    assert!(steps[1]["mappings_changed"].as_u64().unwrap() >= 1);
+    let diff: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("diff-000-001/diff.json")).unwrap())
+            .unwrap();
+    assert_eq!(diff["a"]["kind"], "memory");
+    assert!(out.join("series.json").exists() && out.join("001/regions.json").exists());
+}

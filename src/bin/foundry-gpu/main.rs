@@ -133,6 +133,12 @@ enum Command {
         /// Preview side in pixels (power of two, 16..=8192).
         #[arg(long, default_value_t = DEFAULT_PREVIEW_SIDE)]
         preview_side: u32,
+        /// Take a series: a snapshot this often (e.g. 1s, 500ms) into OUT/NNN/, with a diff between each pair.
+        #[arg(long, value_parser = process_memory::parse_duration, requires = "count")]
+        every: Option<std::time::Duration>,
+        /// Snapshots in the series.
+        #[arg(long)]
+        count: Option<usize>,
     },
     /// Run one FoundryTask file (JSON or YAML) and write TASK_ID.report.md beside its outputs.
     #[command(
@@ -581,6 +587,8 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             no_mapping_bricks,
             preview_side,
             publish,
+            every,
+            count,
         } => {
             let backend = open_backend(global)?;
             let opts = MemOptions {
@@ -592,6 +600,49 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 preview_side,
                 publish,
             };
+            if let Some(count) = count {
+                let every = every.unwrap_or(std::time::Duration::from_secs(1));
+                let series = process_memory::snapshot_series(
+                    &backend,
+                    pid,
+                    &district.output,
+                    &opts,
+                    every,
+                    count,
+                    &bar,
+                )?;
+                drop(bar);
+                if global.json {
+                    print_json(&series);
+                } else {
+                    println!(
+                        "{} snapshot(s) of process {pid} in {} ({:.1} s); change detection: {}",
+                        series.steps.len(),
+                        district.output.display(),
+                        series.seconds,
+                        series.change_detection
+                    );
+                    for step in &series.steps {
+                        match (&step.diff, &step.stopped) {
+                            (_, Some(why)) => println!("  {:03}  stopped: {why}", step.index),
+                            (Some(d), None) => println!(
+                                "  {:03}  {}  {:.2} % different, {} mapping(s) appeared, {} disappeared, {} changed  ({})",
+                                step.index,
+                                human_bytes(step.bytes),
+                                step.percent_different.unwrap_or(0.0),
+                                step.mappings_appeared.as_ref().map_or(0, Vec::len),
+                                step.mappings_disappeared.as_ref().map_or(0, Vec::len),
+                                step.mappings_changed.unwrap_or(0),
+                                d.display()
+                            ),
+                            (None, None) => {
+                                println!("  {:03}  {}", step.index, human_bytes(step.bytes))
+                            }
+                        }
+                    }
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             let report =
                 process_memory::snapshot_process(&backend, pid, &district.output, &opts, &bar)?;
             drop(bar);
