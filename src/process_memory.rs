@@ -451,7 +451,7 @@ pub fn parse_duration(text: &str) -> std::result::Result<std::time::Duration, St
         "h" => value * 3600.0,
         other => return Err(format!("{text:?}: unknown unit {other:?} (ms, s, m, h)")),
     };
-    if !seconds.is_finite() || seconds < 0.0 || seconds > 86_400.0 * 365.0 {
+    if !seconds.is_finite() || !(0.0..=86_400.0 * 365.0).contains(&seconds) {
         return Err(format!("{text:?}: out of range"));
     }
     Ok(std::time::Duration::from_secs_f64(seconds))
