@@ -37,6 +37,7 @@ pub mod semantic;
 pub mod snapshot;
 pub mod source;
 pub mod task;
+pub mod watch;
 
 pub use backend::{Backend, BackendChoice, GpuOptions};
 pub use error::{Error, Result};

@@ -435,7 +435,21 @@ pub fn diff(
     let started = Instant::now();
     let a = load_side(backend, a_path)?;
     let b = load_side(backend, b_path)?;
-    let (mut report, alignment) = compare(backend, &a, &b, opts)?;
+    let mut report = write_diff(backend, &a, &b, out, opts)?;
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Compares two loaded sides and writes the three outputs into `out`, atomically together.
+pub fn write_diff(
+    backend: &Backend,
+    a: &Side,
+    b: &Side,
+    out: &Path,
+    opts: &DiffOptions,
+) -> Result<DiffReport> {
+    let started = Instant::now();
+    let (mut report, alignment) = compare(backend, a, b, opts)?;
     let patch = patch::Patch {
         a_size: a.bytes.len() as u64,
         b_size: b.bytes.len() as u64,

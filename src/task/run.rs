@@ -263,7 +263,7 @@ pub fn run_task(
             llm,
             &mut report,
         )?,
-        TaskType::WatchPath => watch(backend, task, &source, &out_dir, &mut report, progress)?,
+        TaskType::WatchPath => watch(backend, task, &source, &out_dir, &mut report)?,
     }
     report.seconds = started.elapsed().as_secs_f64();
     write_report(&mut report)?;
@@ -705,58 +705,74 @@ fn scan_modules(
     Ok(())
 }
 
-/// `watch_path`: re-folds `source` whenever its bytes change, polling, until stopped
-/// (or for `max_cycles` polls when the task sets it).
+/// `watch_path`: keeps `source` folded as it changes (see [`crate::watch`]) until stopped, or
+/// for `max_cycles` polling intervals when the task sets it.
 fn watch(
     backend: &Backend,
     task: &FoundryTask,
     source: &Path,
     out_dir: &Path,
     report: &mut TaskReport,
-    progress: &dyn Progress,
 ) -> Result<()> {
     let interval = std::time::Duration::from_millis(extra_u64(task, "interval_ms").unwrap_or(1000));
-    let max_cycles = extra_u64(task, "max_cycles");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         let _ = signal_hook::flag::register(signal, std::sync::Arc::clone(&stop));
     }
-    let mut last: Option<[u8; 32]> = None;
-    let mut refolds = 0u64;
-    let mut cycle = 0u64;
-    while !stop.load(std::sync::atomic::Ordering::Relaxed) && max_cycles.is_none_or(|m| cycle < m) {
-        cycle += 1;
-        match crate::source::read_input(source) {
-            Ok(bytes) => {
-                let digest = crate::analysis::sha256(&bytes);
-                if last != Some(digest) {
-                    last = Some(digest);
-                    let mut written = Vec::new();
-                    std::mem::swap(&mut written, &mut report.written);
-                    let sinks = FileSinks {
-                        out_dir,
-                        publish: None,
-                        llm: None,
-                    };
-                    match convert_file(backend, task, source, &sinks, report, progress) {
-                        Ok(()) => refolds += 1,
-                        Err(e) => {
-                            report.written = written;
-                            report
-                                .notes
-                                .push(format!("re-fold failed, retried on the next change: {e}"));
-                        }
-                    }
-                }
+    let opts = crate::watch::WatchOptions {
+        output: out_dir.to_path_buf(),
+        interval,
+        debounce: std::time::Duration::from_millis(100),
+        max_delay: std::time::Duration::from_secs(2),
+        publish: extra_str(task, "publish").map(PathBuf::from),
+        versioned: extra_bool(task, "versioned"),
+        fold: FoldOptions {
+            texture_size: Some(task.texture_size),
+            ..Default::default()
+        },
+        max_refolds: extra_u64(task, "max_refolds"),
+        duration: extra_u64(task, "max_cycles").map(|n| interval * n as u32),
+    };
+    let mut events = Vec::new();
+    let summary = crate::watch::watch(backend, &[source.to_path_buf()], &opts, &stop, &mut |e| {
+        events.push(e.clone())
+    })?;
+    for e in &events {
+        match e.kind {
+            "refolded" => {
+                report.files_read += 1;
+                report.bytes_read += e.size.unwrap_or(0);
             }
-            Err(e) => report
-                .notes
-                .push(format!("cannot read {}: {e}; waiting", source.display())),
+            kind => report.notes.push(format!(
+                "{} {kind}{}",
+                e.path.display(),
+                e.error
+                    .as_ref()
+                    .map(|m| format!(": {m} (retried on the next change)"))
+                    .unwrap_or_default()
+            )),
         }
-        std::thread::sleep(interval);
     }
-    report.highlights.insert("refolds".into(), json!(refolds));
-    report.highlights.insert("polls".into(), json!(cycle));
+    if let Some(last) = events.iter().rev().find(|e| e.kind == "refolded") {
+        for o in &last.outputs {
+            let bytes = std::fs::metadata(o).map_or(0, |m| m.len());
+            report.written.push(Written {
+                path: o.clone(),
+                kind: "watch".into(),
+                bytes,
+                side: None,
+            });
+        }
+    }
+    report
+        .highlights
+        .insert("refolds".into(), json!(summary.refolds));
+    report
+        .highlights
+        .insert("failures".into(), json!(summary.failures));
+    report
+        .highlights
+        .insert("vanished".into(), json!(summary.vanished));
     Ok(())
 }
 

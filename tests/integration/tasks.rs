@@ -210,9 +210,14 @@ mod run {
             &std::fs::read_to_string(dir.path().join("out/an/an.analysis.json")).unwrap(),
         )
         .unwrap();
+        // The test's server address has nothing listening: the file says why there is no answer.
+        assert!(analysis["analysis_by"]
+            .as_str()
+            .unwrap()
+            .starts_with("local analysis only"));
         assert_eq!(
-            analysis["analysis_by"],
-            "local heuristics (no language model yet)"
+            analysis["files"][0]["semantic"]["llm"]["status"],
+            "unavailable"
         );
         assert_eq!(analysis["intent"], "what is here?");
         // watch_path re-folds when the bytes change.

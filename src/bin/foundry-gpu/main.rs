@@ -90,6 +90,11 @@ enum Command {
         server: LlmServerArgs,
         #[command(flatten)]
         tree: TreeArgs,
+        /// Keep folding as INPUT changes (see `watch`); -o is a directory.
+        #[arg(long)]
+        watch: bool,
+        #[command(flatten)]
+        live: LiveArgs,
     },
     /// Fold one or more directory trees: a brick per file, one district of them all, an index.
     #[command(
@@ -210,6 +215,23 @@ enum Command {
         #[command(flatten)]
         server: LlmServerArgs,
     },
+    /// Keep bricks in step with files, trees, /proc and /sys files as they change.
+    #[command(
+        after_help = "Examples:\n  foundry-gpu watch /etc/hosts -o live/\n  foundry-gpu watch /proc/meminfo --interval 1s --publish systems/builder -o live/\n  foundry-gpu watch src/ -o live/ --versioned --json\n\nFiles are watched through their directory (notify, debounced), so deletion, re-creation, renames and\nsymlink swaps are seen; /proc and /sys are polled every --interval. Each change re-folds only the changed\nfile, atomically, and writes NAME.diff/ against the previous state. Outputs under OUT never trigger a\nre-fold. A failed re-fold is reported and retried on the next change. Ctrl-C stops."
+    )]
+    Watch {
+        /// Files, directories, or /proc and /sys files.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Output directory.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Publish every re-fold to this builder root (the manifest timestamp grows each time).
+        #[arg(long, value_name = "BUILDER_ROOT")]
+        publish: Option<PathBuf>,
+        #[command(flatten)]
+        live: LiveArgs,
+    },
     /// Compare two states: files, bricks/.rts.png, tree snapshots or memory snapshots.
     #[command(
         after_help = "Examples:\n  foundry-gpu diff old/ls new/ls -o ls-delta/\n  foundry-gpu diff snap-monday/ snap-tuesday/ -o week/ --json\n  foundry-gpu diff mem/000/ mem/001/ -o mem/diff-000-001/\n\nOUT gets delta.png (B in byte-class colours, unchanged dimmed, changed yellow, inserted green,\nmoved purple), diff.json (block compare, inserted/deleted/moved/changed ranges, per-region and\nper-file counts) and a-to-b.patch (foundry-gpu patch A a-to-b.patch -o B rebuilds B bit for bit)."
@@ -274,6 +296,109 @@ enum Command {
         #[command(flatten)]
         look: PreviewArgs,
     },
+}
+
+/// How a watch runs (`watch`, `fold --watch`).
+#[derive(Args, Clone)]
+struct LiveArgs {
+    /// Poll period for /proc and /sys (and a stat check of watched files), e.g. 1s, 250ms.
+    #[arg(long, value_parser = process_memory::parse_duration, default_value = "1s")]
+    interval: std::time::Duration,
+    /// A path is re-folded once its events have been quiet this long.
+    #[arg(long, value_parser = process_memory::parse_duration, default_value = "100ms")]
+    debounce: std::time::Duration,
+    /// A path that never goes quiet is still re-folded this often.
+    #[arg(long, value_parser = process_memory::parse_duration, default_value = "2s")]
+    max_delay: std::time::Duration,
+    /// Name each re-fold NAME.vN.* (for readers that cache textures by path).
+    #[arg(long)]
+    versioned: bool,
+    /// Stop after this many re-folds.
+    #[arg(long)]
+    max_refolds: Option<u64>,
+    /// Stop after this long (e.g. 10m).
+    #[arg(long, value_parser = process_memory::parse_duration)]
+    duration: Option<std::time::Duration>,
+}
+
+impl LiveArgs {
+    fn options(
+        &self,
+        output: &Path,
+        publish: Option<PathBuf>,
+        fold: FoldOptions,
+    ) -> foundry_gpu::watch::WatchOptions {
+        foundry_gpu::watch::WatchOptions {
+            output: output.to_path_buf(),
+            interval: self.interval,
+            debounce: self.debounce,
+            max_delay: self.max_delay,
+            publish,
+            versioned: self.versioned,
+            fold,
+            max_refolds: self.max_refolds,
+            duration: self.duration,
+        }
+    }
+}
+
+/// Runs a watch until Ctrl-C/SIGTERM or a limit, printing each event (a JSON line with --json).
+fn run_watch(
+    global: &Global,
+    paths: &[PathBuf],
+    opts: &foundry_gpu::watch::WatchOptions,
+) -> Result<ExitCode, Error> {
+    let backend = open_backend(global)?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register(signal, Arc::clone(&stop));
+    }
+    let json = global.json;
+    let summary = foundry_gpu::watch::watch(&backend, paths, opts, &stop, &mut |event| {
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string(event).expect("event serialises")
+            );
+        } else {
+            match event.kind {
+                "refolded" => println!(
+                    "{} v{} {} in {:.0} ms{}",
+                    event.path.display(),
+                    event.version,
+                    human_bytes(event.size.unwrap_or(0)),
+                    event.latency_seconds * 1000.0,
+                    event
+                        .percent_different
+                        .map(|p| format!(", {p:.2} % different"))
+                        .unwrap_or_default()
+                ),
+                kind => println!(
+                    "{} {kind}{}",
+                    event.path.display(),
+                    event
+                        .error
+                        .as_ref()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                ),
+            }
+        }
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+    })?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&summary).expect("summary serialises")
+        );
+    } else {
+        println!(
+            "watched {:.1} s: {} re-fold(s), {} failed, {} vanished",
+            summary.seconds, summary.refolds, summary.failures, summary.vanished
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Which language-model server to ask and how (`fold`, `run`, `daemon`, `analyze`).
@@ -492,7 +617,25 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             llm,
             server,
             tree,
+            watch,
+            live,
         } => {
+            if watch {
+                drop(bar);
+                let fold = FoldOptions {
+                    texture_size,
+                    max_side,
+                    palette: look.palette,
+                    preview_side: look.preview_side,
+                    legend: look.legend,
+                    compression,
+                    sidecars,
+                    llm: if llm { Some(server.client()?) } else { None },
+                    ..Default::default()
+                };
+                let opts = live.options(&output, tree.publish.clone(), fold);
+                return run_watch(global, &[input], &opts);
+            }
             if input.is_dir() {
                 let backend = open_backend(global)?;
                 let mut opts = tree.options(max_side, compression);
@@ -792,6 +935,16 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 print_analysis(&input, &analysis);
                 print_semantic(&semantic);
             }
+        }
+        Command::Watch {
+            paths,
+            output,
+            publish,
+            live,
+        } => {
+            drop(bar);
+            let opts = live.options(&output, publish, FoldOptions::default());
+            return run_watch(global, &paths, &opts);
         }
         Command::Diff {
             a,

@@ -1,0 +1,553 @@
+//! Watch mode: keeps bricks in step with the paths they come from. File-system events (notify)
+//! pass through a debouncer (a pure state machine with an injected clock); `/proc` and `/sys`,
+//! which inotify cannot see, are polled. A change re-folds only what changed, atomically, writes
+//! a diff against the previous state, and republishes when asked.
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::fold::{self, FoldOptions, OutputTarget};
+use notify::{RecursiveMode, Watcher};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Collapses bursts of events per path: a path is due once it has been quiet for `quiet`, or
+/// `max_delay` after its first event even if writes keep coming (so a continuous writer still
+/// gets snapshots). Pure: the caller passes the time.
+#[derive(Debug)]
+pub struct Debouncer {
+    quiet: Duration,
+    max_delay: Duration,
+    /// Path -> (first event, last event) of the burst in progress.
+    pending: HashMap<PathBuf, (Instant, Instant)>,
+}
+
+impl Debouncer {
+    pub fn new(quiet: Duration, max_delay: Duration) -> Self {
+        Debouncer {
+            quiet,
+            max_delay: max_delay.max(quiet),
+            pending: HashMap::new(),
+        }
+    }
+
+    /// Records an event on `path` at `now`.
+    pub fn event(&mut self, path: PathBuf, now: Instant) {
+        self.pending
+            .entry(path)
+            .and_modify(|(_, last)| *last = now)
+            .or_insert((now, now));
+    }
+
+    /// Takes the paths whose burst is over at `now`, in path order.
+    pub fn due(&mut self, now: Instant) -> Vec<PathBuf> {
+        let mut due: Vec<PathBuf> = self
+            .pending
+            .iter()
+            .filter(|(_, (first, last))| {
+                now.duration_since(*last) >= self.quiet
+                    || now.duration_since(*first) >= self.max_delay
+            })
+            .map(|(p, _)| p.clone())
+            .collect();
+        due.sort();
+        for p in &due {
+            self.pending.remove(p);
+        }
+        due
+    }
+
+    /// When the next path falls due, if any is pending.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.pending
+            .values()
+            .map(|(first, last)| (*last + self.quiet).min(*first + self.max_delay))
+            .min()
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.pending.is_empty()
+    }
+}
+
+/// How to watch.
+#[derive(Clone, Debug)]
+pub struct WatchOptions {
+    pub output: PathBuf,
+    /// Polling period for `/proc` and `/sys` targets, and the stat check of file targets.
+    pub interval: Duration,
+    pub debounce: Duration,
+    /// Longest a continuously changing path waits for its re-fold.
+    pub max_delay: Duration,
+    pub publish: Option<PathBuf>,
+    /// Name each re-fold's outputs `NAME.vN.*` (for readers that cache by path).
+    pub versioned: bool,
+    /// Fold options for every re-fold (`name` is set per path).
+    pub fold: FoldOptions,
+    /// Stop after this many re-folds (tests, batch runs).
+    pub max_refolds: Option<u64>,
+    /// Stop after this long.
+    pub duration: Option<Duration>,
+}
+
+/// One thing that happened, reported as it happens.
+#[derive(Clone, Debug, Serialize)]
+pub struct WatchEvent {
+    pub path: PathBuf,
+    /// `refolded`, `vanished`, `failed`.
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<PathBuf>,
+    /// The diff against the previous state, when there was one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diff: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub percent_different: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// From the first event of the burst (or the poll that saw it) to the outputs in place.
+    pub latency_seconds: f64,
+    pub version: u64,
+}
+
+/// Totals when the watch ends.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct WatchSummary {
+    pub refolds: u64,
+    pub failures: u64,
+    pub vanished: u64,
+    pub events_ignored: u64,
+    pub seconds: f64,
+}
+
+/// What is being watched.
+#[derive(Clone, Debug)]
+enum Target {
+    /// One file, watched through its parent directory so deletion, re-creation, renames and
+    /// symlink swaps are all seen.
+    File { path: PathBuf },
+    /// Every file under a directory, re-folded one by one as they change.
+    Tree { root: PathBuf },
+    /// `/proc` and `/sys` files: read every `interval`.
+    Polled { path: PathBuf },
+}
+
+/// What was last folded for one source file.
+#[derive(Clone, Debug, Default)]
+struct Folded {
+    sha256: Option<[u8; 32]>,
+    /// The bytes last folded, for the diff against the next state.
+    bytes: Option<Vec<u8>>,
+    /// (size, modified) seen by the last read, to notice a write that raced the read.
+    stamp: Option<(u64, std::time::SystemTime)>,
+    version: u64,
+    present: bool,
+}
+
+fn is_pseudo(path: &Path) -> bool {
+    path.starts_with("/proc") || path.starts_with("/sys")
+}
+
+fn stamp(path: &Path) -> Option<(u64, std::time::SystemTime)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.len(), m.modified().ok()?))
+}
+
+/// Output directory and NAME for `source`.
+fn destination(opts: &WatchOptions, targets: &[Target], source: &Path) -> (PathBuf, String) {
+    for t in targets {
+        if let Target::Tree { root } = t {
+            if let Ok(rel) = source.strip_prefix(root) {
+                let root_name = root
+                    .file_name()
+                    .map_or("root".into(), |n| n.to_string_lossy().into_owned());
+                let rel_dir = rel.parent().unwrap_or(Path::new(""));
+                let dir = opts.output.join("files").join(root_name).join(rel_dir);
+                let name = rel
+                    .file_name()
+                    .map_or("file".into(), |n| n.to_string_lossy().into_owned());
+                return (dir, name);
+            }
+        }
+    }
+    let name = source
+        .file_name()
+        .map_or("input".into(), |n| n.to_string_lossy().into_owned());
+    (opts.output.clone(), name)
+}
+
+/// Largest file whose last state is kept in memory for the diff against the next one.
+const KEEP_FOR_DIFF: usize = 256 << 20;
+
+/// Watches `paths` until `stop` is set (or a limit in `opts` is reached), calling `report` for
+/// every re-fold, failure and disappearance.
+pub fn watch(
+    backend: &Backend,
+    paths: &[PathBuf],
+    opts: &WatchOptions,
+    stop: &AtomicBool,
+    report: &mut dyn FnMut(&WatchEvent),
+) -> Result<WatchSummary> {
+    let started = Instant::now();
+    if paths.is_empty() {
+        return Err(Error::Usage("watch needs at least one path".into()));
+    }
+    std::fs::create_dir_all(&opts.output)
+        .map_err(|e| Error::io(&opts.output, "create directory", e))?;
+    // Our own outputs must never trigger us: compare canonical paths.
+    let output_root = opts
+        .output
+        .canonicalize()
+        .map_err(|e| Error::io(&opts.output, "resolve", e))?;
+    let mut targets = Vec::new();
+    for p in paths {
+        let meta = std::fs::metadata(p).map_err(|e| Error::io(p, "watch", e))?;
+        let abs = std::path::absolute(p).map_err(|e| Error::io(p, "resolve", e))?;
+        targets.push(if is_pseudo(&abs) {
+            Target::Polled { path: abs }
+        } else if meta.is_dir() {
+            Target::Tree {
+                root: abs.canonicalize().map_err(|e| Error::io(p, "resolve", e))?,
+            }
+        } else {
+            Target::File { path: abs }
+        });
+    }
+
+    let (tx, rx) = mpsc::channel::<notify::Result<notify::Event>>();
+    let mut watcher = notify::recommended_watcher(tx)
+        .map_err(|e| Error::Usage(format!("cannot start file-system notifications: {e}")))?;
+    for t in &targets {
+        let (dir, mode) = match t {
+            Target::File { path } => (
+                path.parent().unwrap_or(Path::new("/")).to_path_buf(),
+                RecursiveMode::NonRecursive,
+            ),
+            Target::Tree { root } => (root.clone(), RecursiveMode::Recursive),
+            Target::Polled { .. } => continue,
+        };
+        watcher
+            .watch(&dir, mode)
+            .map_err(|e| Error::io(&dir, "watch", std::io::Error::other(e.to_string())))?;
+    }
+
+    let mut state: BTreeMap<PathBuf, Folded> = BTreeMap::new();
+    let mut debouncer = Debouncer::new(opts.debounce, opts.max_delay);
+    let mut first_seen: HashMap<PathBuf, Instant> = HashMap::new();
+    let mut summary = WatchSummary::default();
+    // Everything is folded once at start, so the outputs exist before the first change.
+    let now = Instant::now();
+    for t in &targets {
+        match t {
+            Target::File { path } | Target::Polled { path } => {
+                debouncer.event(path.clone(), now - opts.max_delay)
+            }
+            Target::Tree { root } => {
+                for entry in
+                    crate::source::tree::walk(std::slice::from_ref(root), &Default::default())?
+                        .files
+                {
+                    if !entry.abs.starts_with(&output_root) {
+                        debouncer.event(entry.abs, now - opts.max_delay);
+                    }
+                }
+            }
+        }
+    }
+    let mut next_poll = Instant::now() + opts.interval;
+    let limit_reached = |s: &WatchSummary| opts.max_refolds.is_some_and(|m| s.refolds >= m);
+    while !stop.load(Ordering::Relaxed) && !limit_reached(&summary) {
+        if opts.duration.is_some_and(|d| started.elapsed() >= d) {
+            break;
+        }
+        let wake = debouncer
+            .next_deadline()
+            .unwrap_or(next_poll)
+            .min(next_poll)
+            .min(Instant::now() + Duration::from_millis(200));
+        let timeout = wake.saturating_duration_since(Instant::now());
+        if let Ok(message) = rx.recv_timeout(timeout) {
+            for m in std::iter::once(message).chain(rx.try_iter()) {
+                let Ok(event) = m else { continue };
+                let now = Instant::now();
+                for path in event.paths {
+                    if path.starts_with(&output_root) || !wanted(&targets, &path) {
+                        summary.events_ignored += 1;
+                        continue;
+                    }
+                    first_seen.entry(path.clone()).or_insert(now);
+                    debouncer.event(path, now);
+                }
+            }
+        }
+        let now = Instant::now();
+        if now >= next_poll {
+            next_poll = now + opts.interval;
+            for t in &targets {
+                match t {
+                    // Polled files are read whole each tick; unchanged content is skipped below.
+                    Target::Polled { path } => debouncer.event(path.clone(), now - opts.max_delay),
+                    // A cheap stat catches what notify may miss (a swap done on another mount).
+                    Target::File { path } => {
+                        let folded = state.get(path);
+                        let known = folded.and_then(|f| f.stamp);
+                        let present = folded.is_some_and(|f| f.present);
+                        let current = stamp(path);
+                        if current != known && (current.is_some() || present) {
+                            first_seen.entry(path.clone()).or_insert(now);
+                            debouncer.event(path.clone(), now - opts.max_delay);
+                        }
+                    }
+                    Target::Tree { .. } => {}
+                }
+            }
+        }
+        for path in debouncer.due(Instant::now()) {
+            let since = first_seen.remove(&path).unwrap_or_else(Instant::now);
+            let folded = state.entry(path.clone()).or_default();
+            if let Some(event) = refold(backend, &path, opts, &targets, folded, since) {
+                match event.kind {
+                    "refolded" => summary.refolds += 1,
+                    "failed" => summary.failures += 1,
+                    _ => summary.vanished += 1,
+                }
+                report(&event);
+            }
+            // A write that raced the read: fold again once it settles, so the final state lands.
+            if folded.present && stamp(&path) != folded.stamp {
+                first_seen.entry(path.clone()).or_insert(since);
+                debouncer.event(path.clone(), Instant::now());
+            }
+        }
+    }
+    drop(watcher);
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// Whether an event path concerns a target (a file target's name in its directory, or anything
+/// under a tree).
+fn wanted(targets: &[Target], path: &Path) -> bool {
+    targets.iter().any(|t| match t {
+        Target::File { path: p } => p == path,
+        Target::Tree { root } => path.starts_with(root),
+        Target::Polled { .. } => false,
+    })
+}
+
+/// Re-folds `path` if its content changed; `None` when nothing needs saying.
+fn refold(
+    backend: &Backend,
+    path: &Path,
+    opts: &WatchOptions,
+    targets: &[Target],
+    folded: &mut Folded,
+    since: Instant,
+) -> Option<WatchEvent> {
+    let mut event = WatchEvent {
+        path: path.to_path_buf(),
+        kind: "refolded",
+        sha256: None,
+        size: None,
+        outputs: Vec::new(),
+        diff: None,
+        percent_different: None,
+        error: None,
+        latency_seconds: 0.0,
+        version: folded.version,
+    };
+    let before = stamp(path);
+    let bytes = match std::fs::metadata(path) {
+        Ok(m) if m.is_file() || is_pseudo(path) => {
+            crate::source::read_input(path).map(|b| b.to_vec())
+        }
+        Ok(_) => Err(Error::malformed(path, "is no longer a regular file")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let was_present = folded.present;
+            folded.present = false;
+            folded.stamp = None;
+            if !was_present {
+                return None;
+            }
+            event.kind = "vanished";
+            event.latency_seconds = since.elapsed().as_secs_f64();
+            return Some(event);
+        }
+        Err(e) => Err(Error::io(path, "read", e)),
+    };
+    let bytes = match bytes {
+        Ok(b) => b,
+        Err(e) => {
+            // Reported now, retried on the next change.
+            folded.present = true;
+            folded.stamp = before;
+            event.kind = "failed";
+            event.error = Some(e.to_string());
+            event.latency_seconds = since.elapsed().as_secs_f64();
+            return Some(event);
+        }
+    };
+    folded.present = true;
+    folded.stamp = before;
+    let sha = crate::analysis::sha256(&bytes);
+    if folded.sha256 == Some(sha) {
+        return None;
+    }
+    let (dir, base) = destination(opts, targets, path);
+    let version = folded.version + 1;
+    let name = if opts.versioned {
+        format!("{base}.v{version}")
+    } else {
+        base.clone()
+    };
+    let staged_input = StagedInput::new(&bytes, path);
+    let fold_opts = FoldOptions {
+        name: Some(name.clone()),
+        ..opts.fold.clone()
+    };
+    let result = staged_input.and_then(|input| {
+        let r = fold::fold_file(
+            backend,
+            input.path(),
+            &OutputTarget::Directory(dir.clone()),
+            &fold_opts,
+            &crate::progress::Silent,
+        );
+        r.map(|mut report| {
+            report.input = path.to_path_buf();
+            report
+        })
+    });
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            event.kind = "failed";
+            event.error = Some(e.to_string());
+            event.latency_seconds = since.elapsed().as_secs_f64();
+            return Some(event);
+        }
+    };
+    event.outputs = report.outputs.iter().map(|o| o.path.clone()).collect();
+    if let Some(previous) = &folded.bytes {
+        let diff_dir = dir.join(format!("{name}.diff"));
+        let a = crate::diff::Side {
+            path: path.into(),
+            kind: "file",
+            bytes: previous.clone(),
+            regions: Vec::new(),
+            members: None,
+        };
+        let b = crate::diff::Side {
+            path: path.into(),
+            kind: "file",
+            bytes: bytes.clone(),
+            regions: Vec::new(),
+            members: None,
+        };
+        match crate::diff::write_diff(backend, &a, &b, &diff_dir, &Default::default()) {
+            Ok(d) => {
+                event.percent_different = Some(d.totals.percent_of_b_different);
+                event.diff = Some(diff_dir);
+            }
+            Err(e) => event.error = Some(format!("outputs written, diff failed: {e}")),
+        }
+    }
+    if let Some(builder) = &opts.publish {
+        if let Err(e) = fold::publish(&report, builder) {
+            event.error = Some(format!("outputs written, publishing failed: {e}"));
+        }
+    }
+    folded.sha256 = Some(sha);
+    folded.version = version;
+    event.version = version;
+    event.sha256 = Some(hex::encode(sha));
+    event.size = Some(bytes.len() as u64);
+    // The previous state is kept for the next diff; very large files are diffed against
+    // nothing rather than held twice in memory.
+    folded.bytes = (bytes.len() <= KEEP_FOR_DIFF).then_some(bytes);
+    event.latency_seconds = since.elapsed().as_secs_f64();
+    Some(event)
+}
+
+/// The exact bytes that were read and hashed, in a private temporary file, so the fold sees
+/// the same state even if the source changes again meanwhile (no torn reads).
+struct StagedInput {
+    file: tempfile::NamedTempFile,
+}
+
+impl StagedInput {
+    fn new(bytes: &[u8], source: &Path) -> Result<Self> {
+        use std::io::Write;
+        let mut file =
+            tempfile::NamedTempFile::new().map_err(|e| Error::io(source, "stage a copy of", e))?;
+        file.write_all(bytes)
+            .map_err(|e| Error::io(source, "stage a copy of", e))?;
+        Ok(StagedInput { file })
+    }
+
+    fn path(&self) -> &Path {
+        self.file.path()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_is_one_refold_after_it_goes_quiet() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut d = Debouncer::new(ms(100), ms(1000));
+        let p = PathBuf::from("/x");
+        for i in 0..5 {
+            d.event(p.clone(), t0 + ms(i * 30));
+        }
+        assert!(d.due(t0 + ms(150)).is_empty(), "still inside the burst");
+        assert_eq!(d.next_deadline(), Some(t0 + ms(220)));
+        assert_eq!(d.due(t0 + ms(220)), std::slice::from_ref(&p));
+        assert!(d.is_idle());
+        assert!(d.due(t0 + ms(5000)).is_empty(), "one burst, one refold");
+    }
+
+    #[test]
+    fn a_continuous_writer_still_gets_refolds_at_the_max_delay() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut d = Debouncer::new(ms(100), ms(500));
+        let p = PathBuf::from("/log");
+        let mut fired = Vec::new();
+        for i in 0..100u64 {
+            let now = t0 + ms(i * 20);
+            d.event(p.clone(), now);
+            if !d.due(now).is_empty() {
+                fired.push(i * 20);
+            }
+        }
+        assert_eq!(
+            fired,
+            [500, 1020, 1540],
+            "every max_delay while writes never pause"
+        );
+        // And the final state: quiet after the last write.
+        assert_eq!(d.due(t0 + ms(99 * 20 + 100)), [p]);
+    }
+
+    #[test]
+    fn paths_are_independent() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut d = Debouncer::new(ms(100), ms(1000));
+        d.event("/a".into(), t0);
+        d.event("/b".into(), t0 + ms(80));
+        assert_eq!(d.due(t0 + ms(100)), [PathBuf::from("/a")]);
+        assert_eq!(d.due(t0 + ms(180)), [PathBuf::from("/b")]);
+    }
+}
