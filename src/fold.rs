@@ -743,6 +743,15 @@ fn content_kind(facts: &ByteFacts) -> &'static str {
 
 /// Publishes a fold's `.rts.png` (each part, when split) with its `.brick` to the map.
 pub fn publish(report: &FoldReport, builder: &Path) -> Result<crate::map::PublishReport> {
+    publish_versioned(report, builder, None)
+}
+
+/// [`publish`], naming the tiles `NAME.vN.*` when `version` is given (live tiles).
+pub fn publish_versioned(
+    report: &FoldReport,
+    builder: &Path,
+    version: Option<u64>,
+) -> Result<crate::map::PublishReport> {
     let key = report
         .input
         .canonicalize()
@@ -781,6 +790,7 @@ pub fn publish(report: &FoldReport, builder: &Path) -> Result<crate::map::Publis
             rel: &rels[i],
             rts_png: &png.path,
             brick: bricks.get(i).map(|b| b.path.as_path()),
+            version,
         })
         .collect();
     crate::map::BuilderRoot::open(builder)?.publish(&tiles)

@@ -48,6 +48,9 @@ pub struct Tile<'a> {
     pub rts_png: &'a Path,
     /// The `.brick` to keep beside it, if any.
     pub brick: Option<&'a Path>,
+    /// `Some(n)` publishes as `NAME.vN.rts.png`: the compositor caches textures by path, so a
+    /// live tile needs a new name to be reloaded there.
+    pub version: Option<u64>,
 }
 
 /// What a publish did.
@@ -158,7 +161,10 @@ impl BuilderRoot {
         let mut placed = BTreeMap::new();
         for tile in tiles {
             let (x, y) = place(&mut placement, tile.root, tile.rel, counts[tile.root]);
-            let name = tile_name(tile.root, tile.rel);
+            let name = match tile.version {
+                Some(v) => format!("{}.v{v}", tile_name(tile.root, tile.rel)),
+                None => tile_name(tile.root, tile.rel),
+            };
             let png_name = format!("{name}.rts.png");
             let png =
                 std::fs::read(tile.rts_png).map_err(|e| Error::io(tile.rts_png, "read", e))?;

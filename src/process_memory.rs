@@ -249,6 +249,7 @@ pub fn snapshot_process(
                     rel,
                     rts_png: png,
                     brick: brick.as_deref(),
+                    version: None,
                 })
                 .collect();
             Some(crate::map::BuilderRoot::open(builder)?.publish(&tiles)?)

@@ -506,6 +506,7 @@ fn publish_snapshot(
             rel,
             rts_png: png,
             brick: brick.as_deref(),
+            version: None,
         })
         .collect();
     crate::map::BuilderRoot::open(builder)?.publish(&tiles)

@@ -460,7 +460,8 @@ fn refold(
         }
     }
     if let Some(builder) = &opts.publish {
-        if let Err(e) = fold::publish(&report, builder) {
+        let tile_version = opts.versioned.then_some(version);
+        if let Err(e) = fold::publish_versioned(&report, builder, tile_version) {
             event.error = Some(format!("outputs written, publishing failed: {e}"));
         }
     }

@@ -14,3 +14,4 @@ mod memory;
 mod tasks;
 mod tree;
 mod twins;
+mod watch;

@@ -1,0 +1,277 @@
+//! `foundry-gpu watch` as a user runs it: a real process watching real files while the test
+//! edits, deletes, recreates, renames, swaps in symlinks, appends continuously, and breaks the
+//! file; every event is read from its JSON lines.
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// A running `watch`, stopped with SIGTERM when dropped.
+struct Watch {
+    child: Child,
+    events: mpsc::Receiver<Value>,
+}
+
+impl Watch {
+    fn start(paths: &[&Path], out: &Path, extra: &[&str]) -> Watch {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_foundry-gpu"))
+            .arg("watch")
+            .args(paths)
+            .arg("-o")
+            .arg(out)
+            .args([
+                "--json",
+                "--backend",
+                "cpu",
+                "--debounce",
+                "50ms",
+                "--interval",
+                "200ms",
+            ])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, events) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    let _ = tx.send(v);
+                }
+            }
+        });
+        Watch { child, events }
+    }
+
+    /// The next event of `kind`, skipping others, within `seconds`.
+    fn next(&self, kind: &str, seconds: u64) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let event = self
+                .events
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no {kind} event within {seconds} s"));
+            if event["kind"] == kind {
+                return event;
+            }
+        }
+    }
+
+    /// Every event in the next `millis`.
+    fn quiet_for(&self, millis: u64) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_millis(millis);
+        let mut seen = Vec::new();
+        while let Ok(e) = self
+            .events
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            seen.push(e);
+        }
+        seen
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn brick_bytes(path: &Path) -> Vec<u8> {
+    foundry_gpu::fold::decode(&foundry_gpu::Backend::Cpu, path)
+        .unwrap()
+        .bytes
+}
+
+fn sha(bytes: &[u8]) -> String {
+    hex::encode(foundry_gpu::analysis::sha256(bytes))
+}
+
+#[test]
+fn edits_deletion_recreation_rename_and_symlink_swaps_are_all_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("live.txt");
+    let out = dir.path().join("out");
+    std::fs::write(&file, "first").unwrap();
+    let w = Watch::start(&[&file], &out, &[]);
+    let brick = out.join("live.txt.brick");
+    assert_eq!(w.next("refolded", 10)["sha256"], sha(b"first"));
+    assert_eq!(brick_bytes(&brick), b"first");
+
+    std::fs::write(&file, "second, edited in place").unwrap();
+    let e = w.next("refolded", 10);
+    assert_eq!(e["sha256"], sha(b"second, edited in place"));
+    assert!(Path::new(e["diff"].as_str().unwrap())
+        .join("diff.json")
+        .exists());
+
+    std::fs::remove_file(&file).unwrap();
+    w.next("vanished", 10);
+    assert_eq!(
+        brick_bytes(&brick),
+        b"second, edited in place",
+        "outputs stay"
+    );
+    std::fs::write(&file, "third, recreated").unwrap();
+    assert_eq!(w.next("refolded", 10)["sha256"], sha(b"third, recreated"));
+
+    let aside = dir.path().join("aside.txt");
+    std::fs::rename(&file, &aside).unwrap();
+    w.next("vanished", 10);
+    std::fs::write(&aside, "fourth, renamed back").unwrap();
+    std::fs::rename(&aside, &file).unwrap();
+    assert_eq!(
+        w.next("refolded", 10)["sha256"],
+        sha(b"fourth, renamed back")
+    );
+
+    let target = dir.path().join("target.txt");
+    std::fs::write(&target, "fifth, behind a symlink").unwrap();
+    let tmp_link = dir.path().join("link.tmp");
+    std::os::unix::fs::symlink(&target, &tmp_link).unwrap();
+    std::fs::rename(&tmp_link, &file).unwrap();
+    assert_eq!(
+        w.next("refolded", 10)["sha256"],
+        sha(b"fifth, behind a symlink")
+    );
+    assert_eq!(brick_bytes(&brick), b"fifth, behind a symlink");
+}
+
+#[test]
+fn own_outputs_never_trigger_a_refold() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    std::fs::write(tree.join("a.txt"), "a").unwrap();
+    std::fs::write(tree.join("sub/b.txt"), "b").unwrap();
+    // The outputs go inside the watched tree.
+    let out = tree.join("out");
+    let w = Watch::start(&[&tree], &out, &[]);
+    w.next("refolded", 10);
+    w.next("refolded", 10);
+    assert!(out.join("files/tree/sub/b.txt.brick").exists());
+    std::fs::write(tree.join("sub/b.txt"), "b changed").unwrap();
+    let e = w.next("refolded", 10);
+    assert!(e["path"].as_str().unwrap().ends_with("sub/b.txt"));
+    // Writing that brick, its preview and its diff must not start another round.
+    let after: Vec<Value> = w
+        .quiet_for(1500)
+        .into_iter()
+        .filter(|e| e["kind"] == "refolded")
+        .collect();
+    assert!(after.is_empty(), "feedback loop: {after:?}");
+}
+
+#[test]
+fn a_failed_refold_is_reported_and_retried_on_the_next_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("f");
+    let out = dir.path().join("out");
+    std::fs::write(&file, "ok").unwrap();
+    let w = Watch::start(&[&file], &out, &[]);
+    w.next("refolded", 10);
+    std::fs::remove_file(&file).unwrap();
+    std::fs::create_dir(&file).unwrap();
+    let failed = w.next("failed", 10);
+    assert!(
+        failed["error"].as_str().unwrap().contains("regular file"),
+        "{failed}"
+    );
+    std::fs::remove_dir(&file).unwrap();
+    std::fs::write(&file, "ok again").unwrap();
+    assert_eq!(w.next("refolded", 10)["sha256"], sha(b"ok again"));
+}
+
+#[test]
+fn a_continuous_writer_gives_no_torn_reads_and_the_final_state_lands() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("log");
+    let out = dir.path().join("out");
+    std::fs::write(&file, "").unwrap();
+    let w = Watch::start(&[&file], &out, &["--max-delay", "300ms"]);
+    w.next("refolded", 10);
+    let line = |i: usize| format!("line {i:05} of a log that keeps growing\n");
+    let final_text: String = (0..400).map(line).collect();
+    let writer = {
+        let file = file.clone();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&file)
+                .unwrap();
+            for i in 0..400 {
+                f.write_all(line(i).as_bytes()).unwrap();
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    writer.join().unwrap();
+    let mut last = None;
+    for e in w.quiet_for(3000) {
+        if e["kind"] != "refolded" {
+            continue;
+        }
+        // Every state folded is a prefix the writer really produced.
+        let size = e["size"].as_u64().unwrap() as usize;
+        assert_eq!(
+            e["sha256"],
+            sha(&final_text.as_bytes()[..size]),
+            "torn read at {size}"
+        );
+        last = Some(e);
+    }
+    let last = last.expect("refolds while the writer ran");
+    assert_eq!(
+        last["sha256"],
+        sha(final_text.as_bytes()),
+        "the final state lands"
+    );
+    assert_eq!(brick_bytes(&out.join("log.brick")), final_text.as_bytes());
+}
+
+#[test]
+fn proc_files_are_polled_and_versioned_publishing_bumps_the_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let builder = dir.path().join("builder");
+    let w = Watch::start(
+        &[Path::new("/proc/meminfo")],
+        &out,
+        &["--versioned", "--publish", builder.to_str().unwrap()],
+    );
+    let first = w.next("refolded", 10);
+    let manifest = || -> Value {
+        serde_json::from_slice(&std::fs::read(builder.join("map/manifest.json")).unwrap()).unwrap()
+    };
+    let stamp = |m: &Value| -> (String, f64) {
+        let entry = m.as_object().unwrap().values().next().unwrap().clone();
+        (
+            entry["brick"].as_str().unwrap().to_string(),
+            entry["timestamp"].as_f64().unwrap(),
+        )
+    };
+    let (brick1, t1) = stamp(&manifest());
+    // /proc/meminfo changes between polls (free memory moves), seen without any inotify event.
+    let second = w.next("refolded", 20);
+    assert!(second["version"].as_u64() > first["version"].as_u64());
+    let (brick2, t2) = stamp(&manifest());
+    assert!(
+        t2 > t1,
+        "the timestamp grows so the browser reloads the tile"
+    );
+    assert_ne!(
+        brick1, brick2,
+        "versioned names for readers that cache by path"
+    );
+    assert!(out.join("meminfo.v1.rts.png").exists() && out.join("meminfo.v2.rts.png").exists());
+}
