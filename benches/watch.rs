@@ -1,0 +1,201 @@
+//! Criterion bench of watch mode: from a write to the updated brick in place, for a 10 MiB file
+//! edited in place and for one file changed in a 10,000-file tree, beside the floor of writing the
+//! same bytes; then the CPU a watch uses while 10,000 files sit idle. Prints p50/p95 latencies
+//! from the raw samples, since a watch is judged by its tail.
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use foundry_gpu::watch::{watch, WatchEvent, WatchOptions};
+use foundry_gpu::Backend;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+/// A watch running on its own thread, reporting events on a channel.
+struct Running {
+    stop: Arc<AtomicBool>,
+    events: mpsc::Receiver<WatchEvent>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    fn start(paths: Vec<PathBuf>, out: &Path) -> Running {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, events) = mpsc::channel();
+        let opts = WatchOptions {
+            output: out.to_path_buf(),
+            interval: Duration::from_secs(1),
+            debounce: Duration::from_millis(20),
+            max_delay: Duration::from_secs(2),
+            publish: None,
+            versioned: false,
+            fold: Default::default(),
+            max_refolds: None,
+            duration: None,
+        };
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            watch(&Backend::Cpu, &paths, &opts, &flag, &mut |e| {
+                let _ = tx.send(e.clone());
+            })
+            .unwrap();
+        });
+        Running {
+            stop,
+            events,
+            thread: Some(thread),
+        }
+    }
+
+    /// Waits for the refold of `path` with the given content hash.
+    fn wait_for(&self, path: &Path, sha: &str) {
+        loop {
+            let e = self
+                .events
+                .recv_timeout(Duration::from_secs(60))
+                .expect("refold");
+            if e.path == path && e.sha256.as_deref() == Some(sha) {
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    samples.sort();
+    samples[((samples.len() - 1) as f64 * p).round() as usize]
+}
+
+fn report(what: &str, samples: &mut Vec<Duration>) {
+    if samples.is_empty() {
+        return;
+    }
+    let p50 = percentile(samples, 0.5);
+    let p95 = percentile(samples, 0.95);
+    println!(
+        "{what}: change-to-updated-brick p50 {:.1} ms, p95 {:.1} ms over {} changes",
+        p50.as_secs_f64() * 1e3,
+        p95.as_secs_f64() * 1e3,
+        samples.len()
+    );
+    samples.clear();
+}
+
+/// Edits `file` in place with the `i`-th variant of `base` and times until its brick is updated.
+fn edit_and_wait(running: &Running, file: &Path, base: &mut [u8], i: u64) -> Duration {
+    let at = (i as usize * 7919) % base.len();
+    base[at] = base[at].wrapping_add(1);
+    let sha = hex::encode(foundry_gpu::analysis::sha256(base));
+    let start = Instant::now();
+    std::fs::write(file, &*base).unwrap();
+    running.wait_for(file, &sha);
+    start.elapsed()
+}
+
+fn process_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+fn watch_benches(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut group = c.benchmark_group("watch");
+    group.sample_size(10);
+    group.warm_up_time(Duration::from_millis(100));
+    group.measurement_time(Duration::from_secs(8));
+
+    // One 10 MiB file edited in place.
+    let file = dir.path().join("big.bin");
+    let mut base: Vec<u8> = (0..10u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&file, &base).unwrap();
+    let running = Running::start(vec![file.clone()], &dir.path().join("out-file"));
+    running.wait_for(&file, &hex::encode(foundry_gpu::analysis::sha256(&base)));
+    group.bench_function("write_floor/10MiB", |b| {
+        b.iter(|| std::fs::write(dir.path().join("floor.bin"), &base).unwrap())
+    });
+    let mut samples = Vec::new();
+    let mut i = 0;
+    group.bench_function("refold/10MiB", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                i += 1;
+                let d = edit_and_wait(&running, &file, &mut base, i);
+                samples.push(d);
+                total += d;
+            }
+            total
+        })
+    });
+    drop(running);
+    report("10 MiB file edited in place", &mut samples);
+
+    // One file changed in a 10,000-file tree.
+    let tree = dir.path().join("tree");
+    for d in 0..100 {
+        std::fs::create_dir_all(tree.join(format!("d{d:03}"))).unwrap();
+        for f in 0..100 {
+            std::fs::write(
+                tree.join(format!("d{d:03}/f{f:03}.txt")),
+                format!("file {d} {f}\n").repeat(20),
+            )
+            .unwrap();
+        }
+    }
+    let running = Running::start(vec![tree.clone()], &dir.path().join("out-tree"));
+    // The initial fold of all 10,000 files: wait for the last one.
+    let last = tree.join("d099/f099.txt").canonicalize().unwrap();
+    running.wait_for(
+        &last,
+        &hex::encode(foundry_gpu::analysis::sha256(
+            &std::fs::read(&last).unwrap(),
+        )),
+    );
+    let target = tree.join("d050/f050.txt").canonicalize().unwrap();
+    let mut small = std::fs::read(&target).unwrap();
+    group.bench_function("refold/1-of-10k", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                i += 1;
+                let d = edit_and_wait(&running, &target, &mut small, i);
+                samples.push(d);
+                total += d;
+            }
+            total
+        })
+    });
+    report("one file changed in a 10,000-file tree", &mut samples);
+    // Idle: nothing changes for 10 s; the watch should sleep in the kernel.
+    let (cpu0, wall0) = (process_cpu_seconds(), Instant::now());
+    std::thread::sleep(Duration::from_secs(10));
+    let cpu = process_cpu_seconds() - cpu0;
+    println!(
+        "idle watch of 10,000 files: {:.2} % of one core over {:.0} s",
+        100.0 * cpu / wall0.elapsed().as_secs_f64(),
+        wall0.elapsed().as_secs_f64()
+    );
+    drop(running);
+    group.finish();
+}
+
+criterion_group!(benches, watch_benches);
+criterion_main!(benches);
