@@ -72,7 +72,13 @@ fn diff_benches(c: &mut Criterion) {
         });
         let common = a.len().min(b.len());
         group.bench_function(BenchmarkId::new("diff_blocks/cpu", mib), |bench| {
-            bench.iter(|| black_box(Backend::Cpu.diff_blocks(&a[..common], &b[..common], 4096).unwrap()))
+            bench.iter(|| {
+                black_box(
+                    Backend::Cpu
+                        .diff_blocks(&a[..common], &b[..common], 4096)
+                        .unwrap(),
+                )
+            })
         });
         group.bench_function(BenchmarkId::new("diff_compare/cpu", mib), |bench| {
             bench.iter(|| {
