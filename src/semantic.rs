@@ -109,15 +109,17 @@ pub fn analysis_digest(a: &LocalAnalysis) -> Value {
 /// `semantic` for a brick: the local digest, the model's answer (or why there is none), and
 /// when it was made.
 pub fn semantic_json(analysis: &LocalAnalysis, llm: Option<&LlmOutcome>) -> Value {
-    let mut s = json!({
-        "generated_at": (crate::map::unix_now() * 1000.0).round() / 1000.0,
-        "analysis": analysis_digest(analysis),
-    });
+    // Local analysis is a function of the bytes, so without an answer the metadata carries no
+    // time and the same file folds to the same bytes; an answer keeps the time it was made.
+    let mut s = json!({"analysis": analysis_digest(analysis)});
     match llm {
         None => s["llm"] = json!({"status": "off", "reason": "not requested (use --llm)"}),
         Some(outcome) => {
             s["llm"] = serde_json::to_value(outcome).expect("outcome serialises");
             if let Some(answer) = &outcome.answer {
+                if let Some(t) = outcome.generated_at {
+                    s["generated_at"] = json!((t * 1000.0).round() / 1000.0);
+                }
                 s["model"] = json!(outcome.model);
                 s["summary"] = json!(answer.summary);
                 s["tags"] = json!(answer.tags);
@@ -172,6 +174,7 @@ mod tests {
             server: "http://x".into(),
             requested_model: Some("m".into()),
             model: Some("m".into()),
+            generated_at: Some(1.0),
             answer: Some(Answer {
                 summary: summary.into(),
                 tags: vec![],

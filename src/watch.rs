@@ -151,6 +151,11 @@ struct Folded {
     present: bool,
 }
 
+/// A time already `by` in the past, so the debouncer treats the path as due at once.
+fn overdue(now: Instant, by: Duration) -> Instant {
+    now.checked_sub(by).unwrap_or(now)
+}
+
 fn is_pseudo(path: &Path) -> bool {
     path.starts_with("/proc") || path.starts_with("/sys")
 }
@@ -247,7 +252,7 @@ pub fn watch(
     for t in &targets {
         match t {
             Target::File { path } | Target::Polled { path } => {
-                debouncer.event(path.clone(), now - opts.max_delay)
+                debouncer.event(path.clone(), overdue(now, opts.max_delay))
             }
             Target::Tree { root } => {
                 for entry in
@@ -255,7 +260,7 @@ pub fn watch(
                         .files
                 {
                     if !entry.abs.starts_with(&output_root) {
-                        debouncer.event(entry.abs, now - opts.max_delay);
+                        debouncer.event(entry.abs, overdue(now, opts.max_delay));
                     }
                 }
             }
@@ -293,7 +298,9 @@ pub fn watch(
             for t in &targets {
                 match t {
                     // Polled files are read whole each tick; unchanged content is skipped below.
-                    Target::Polled { path } => debouncer.event(path.clone(), now - opts.max_delay),
+                    Target::Polled { path } => {
+                        debouncer.event(path.clone(), overdue(now, opts.max_delay))
+                    }
                     // A cheap stat catches what notify may miss (a swap done on another mount).
                     Target::File { path } => {
                         let folded = state.get(path);
@@ -302,7 +309,7 @@ pub fn watch(
                         let current = stamp(path);
                         if current != known && (current.is_some() || present) {
                             first_seen.entry(path.clone()).or_insert(now);
-                            debouncer.event(path.clone(), now - opts.max_delay);
+                            debouncer.event(path.clone(), overdue(now, opts.max_delay));
                         }
                     }
                     Target::Tree { .. } => {}

@@ -70,6 +70,9 @@ pub struct LlmOutcome {
     pub model: Option<String>,
     #[serde(skip)]
     pub answer: Option<Answer>,
+    /// When the answer was generated (a cached answer keeps its original time).
+    #[serde(skip)]
+    pub generated_at: Option<f64>,
     pub requests: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prompt_tokens_estimated: Option<usize>,
@@ -299,6 +302,7 @@ impl LlmClient {
             requested_model: self.config.model.clone(),
             model: None,
             answer: None,
+            generated_at: None,
             requests: 0,
             prompt_tokens_estimated: None,
             prompt_budget_tokens: None,
@@ -377,6 +381,8 @@ impl LlmClient {
                     outcome.status = "answered";
                     outcome.model = raw.model.clone().or(Some(model.clone()));
                     outcome.answer = Some(answer.clone());
+                    let generated_at = crate::map::unix_now();
+                    outcome.generated_at = Some(generated_at);
                     if let Some(cache) = &self.cache {
                         let entry = CachedAnswer {
                             content_sha256: sha.clone(),
@@ -385,7 +391,7 @@ impl LlmClient {
                             requested_model: model,
                             model: outcome.model.clone().unwrap_or_default(),
                             answer,
-                            generated_at: crate::map::unix_now(),
+                            generated_at,
                         };
                         if let Err(e) = cache.put(&entry) {
                             outcome.reason = Some(format!(
@@ -568,6 +574,7 @@ fn cached_outcome(mut outcome: LlmOutcome, hit: CachedAnswer, started: Instant) 
     outcome.requested_model = Some(hit.requested_model);
     outcome.model = Some(hit.model);
     outcome.answer = Some(hit.answer);
+    outcome.generated_at = Some(hit.generated_at);
     outcome.seconds = started.elapsed().as_secs_f64();
     outcome
 }
