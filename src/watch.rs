@@ -458,7 +458,14 @@ fn refold(
             regions: Vec::new(),
             members: None,
         };
-        match crate::diff::write_diff(backend, &a, &b, &diff_dir, &Default::default()) {
+        match crate::diff::write_diff(
+            backend,
+            &a,
+            &b,
+            &diff_dir,
+            &Default::default(),
+            Instant::now(),
+        ) {
             Ok(d) => {
                 event.percent_different = Some(d.totals.percent_of_b_different);
                 event.diff = Some(diff_dir);

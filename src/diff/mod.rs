@@ -435,20 +435,19 @@ pub fn diff(
     let started = Instant::now();
     let a = load_side(backend, a_path)?;
     let b = load_side(backend, b_path)?;
-    let mut report = write_diff(backend, &a, &b, out, opts)?;
-    report.seconds = started.elapsed().as_secs_f64();
-    Ok(report)
+    write_diff(backend, &a, &b, out, opts, started)
 }
 
-/// Compares two loaded sides and writes the three outputs into `out`, atomically together.
+/// Compares two loaded sides and writes the three outputs into `out`, atomically together;
+/// `seconds` in the report counts from `started` (so it can include loading the sides).
 pub fn write_diff(
     backend: &Backend,
     a: &Side,
     b: &Side,
     out: &Path,
     opts: &DiffOptions,
+    started: Instant,
 ) -> Result<DiffReport> {
-    let started = Instant::now();
     let (mut report, alignment) = compare(backend, a, b, opts)?;
     let patch = patch::Patch {
         a_size: a.bytes.len() as u64,
