@@ -374,7 +374,27 @@ pub fn fold_file(
     };
     // Local analysis always runs; the model is asked only with --llm.
     progress.stage("analysing", data.len() as u64);
-    let analysis = crate::analysis::local::analyze(&data);
+    // A single part is folded and deflated while the analysis runs beside it.
+    let ((analysis, facts_of_all), mut first_prepared) = if multi {
+        (crate::analysis::local::analyze_with_facts(&data), None)
+    } else {
+        let plan = &plans[0];
+        let (analysis, prepared) = rayon::join(
+            || crate::analysis::local::analyze_with_facts(&data),
+            || {
+                prepare_part(
+                    backend,
+                    &data[plan.range.clone()],
+                    plan,
+                    want_brick,
+                    want_rts,
+                    opts.compression,
+                    &name,
+                )
+            },
+        );
+        (analysis, Some(prepared))
+    };
     let llm_outcome = opts.llm.as_ref().map(|client| {
         client.describe(crate::llm::ArtifactRequest {
             name: &name,
@@ -393,13 +413,8 @@ pub fn fold_file(
     let semantic = crate::semantic::semantic_json(&analysis, llm_outcome.as_ref());
     let write_sidecars = opts.sidecars || opts.llm.is_some();
     progress.advance(data.len() as u64);
-    // A single part's facts are the whole file's, computed beside the fold below.
-    let mut whole_facts = multi.then(|| {
-        progress.stage("hashing", data.len() as u64);
-        let facts = byte_facts(&data);
-        progress.advance(data.len() as u64);
-        facts
-    });
+    // The analysis hashed the whole file already; a single part's facts are the same.
+    let mut whole_facts = Some(facts_of_all);
 
     let mut staged = StagedOutputs::new();
     let mut records: Vec<(&'static str, Option<u32>)> = Vec::new();
@@ -407,21 +422,22 @@ pub fn fold_file(
     progress.stage("folding", data.len() as u64);
     for (i, plan) in plans.iter().enumerate() {
         let bytes = &data[plan.range.clone()];
-        // Hashing runs on one core while folding and deflating use the rest.
-        let (part_facts, prepared) = rayon::join(
-            || byte_facts(bytes),
-            || {
-                prepare_part(
-                    backend,
-                    bytes,
-                    plan,
-                    want_brick,
-                    want_rts,
-                    opts.compression,
-                    &name,
-                )
-            },
-        );
+        let prepare = || {
+            prepare_part(
+                backend,
+                bytes,
+                plan,
+                want_brick,
+                want_rts,
+                opts.compression,
+                &name,
+            )
+        };
+        let (part_facts, prepared) = match first_prepared.take() {
+            Some(prepared) => (whole_facts.clone().expect("computed above"), prepared),
+            // Hashing runs on one core while folding and deflating use the rest.
+            None => rayon::join(|| byte_facts(bytes), prepare),
+        };
         let prepared = prepared?;
         let facts = {
             let whole = whole_facts.get_or_insert_with(|| part_facts.clone());

@@ -372,9 +372,7 @@ fn refold(
     };
     let before = stamp(path);
     let bytes = match std::fs::metadata(path) {
-        Ok(m) if m.is_file() || is_pseudo(path) => {
-            crate::source::read_input(path).map(|b| b.to_vec())
-        }
+        Ok(m) if m.is_file() || is_pseudo(path) => crate::source::read_copy(path),
         Ok(_) => Err(Error::malformed(path, "is no longer a regular file")),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let was_present = folded.present;

@@ -205,16 +205,17 @@ fn strings_in(data: &[u8]) -> StringsSummary {
             continue;
         }
         summary.count += 1;
-        let notable_full = summary.urls.len() >= NOTABLE_MAX
-            && summary.paths.len() >= NOTABLE_MAX
-            && summary.ip_like.len() >= NOTABLE_MAX;
-        if summary.sample.len() >= SAMPLE_MAX && notable_full {
+        if summary.sample.len() < SAMPLE_MAX {
+            summary
+                .sample
+                .push(String::from_utf8_lossy(&run[..run.len().min(80)]).into_owned());
+        }
+        // URLs and paths hold a '/', IP-like strings a '.': most strings have neither and
+        // need no closer look.
+        if !run.iter().any(|&b| b == b'/' || b == b'.') {
             continue;
         }
-        let s = String::from_utf8_lossy(run).into_owned();
-        if summary.sample.len() < SAMPLE_MAX {
-            summary.sample.push(s.chars().take(80).collect());
-        }
+        let s = std::str::from_utf8(run).expect("printable ASCII is UTF-8");
         for word in s.split_whitespace() {
             let word = word.trim_matches(|c: char| "\"'(),;<>".contains(c));
             if word.contains("://") && summary.urls.len() < NOTABLE_MAX {
@@ -260,8 +261,14 @@ fn elf_facts(data: &[u8]) -> Option<ElfFacts> {
 
 /// Runs every local check on `data`.
 pub fn analyze(data: &[u8]) -> LocalAnalysis {
+    analyze_with_facts(data).0
+}
+
+/// [`analyze`], also handing back the byte facts it computed (SHA-256, entropy), so a fold
+/// need not hash the same bytes twice.
+pub fn analyze_with_facts(data: &[u8]) -> (LocalAnalysis, crate::analysis::ByteFacts) {
     let facts = byte_facts(data);
-    LocalAnalysis {
+    let analysis = LocalAnalysis {
         size: facts.size,
         sha256: facts.sha256_hex(),
         entropy: (facts.entropy * 1000.0).round() / 1000.0,
@@ -269,7 +276,8 @@ pub fn analyze(data: &[u8]) -> LocalAnalysis {
         entropy_regions: entropy_regions(data),
         elf: facts.elf.then(|| elf_facts(data)).flatten(),
         strings: strings_summary(data),
-    }
+    };
+    (analysis, facts)
 }
 
 #[cfg(test)]

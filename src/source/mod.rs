@@ -53,6 +53,23 @@ pub fn read_input(path: &Path) -> Result<InputBytes> {
     Ok(InputBytes::Owned(bytes))
 }
 
+/// Reads `path` to EOF into memory, never mapped: for sources expected to change while they
+/// are read (watch mode), where a mapping would fault (SIGBUS) if a writer truncated the file.
+pub fn read_copy(path: &Path) -> Result<Vec<u8>> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, "read", e))?;
+    if meta.is_dir() {
+        return Err(Error::malformed(
+            path,
+            "is a directory; fold takes one file",
+        ));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(|e| Error::io(path, "read", e))?;
+    Ok(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
