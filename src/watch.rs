@@ -281,8 +281,40 @@ pub fn watch(
         if let Ok(message) = rx.recv_timeout(timeout) {
             for m in std::iter::once(message).chain(rx.try_iter()) {
                 let Ok(event) = m else { continue };
+                // Our own reads raise open/close-read events: only changes count, and a
+                // writer closing the file.
+                if let notify::EventKind::Access(kind) = event.kind {
+                    if kind != notify::event::AccessKind::Close(notify::event::AccessMode::Write) {
+                        summary.events_ignored += 1;
+                        continue;
+                    }
+                }
                 let now = Instant::now();
                 for path in event.paths {
+                    // A directory inside a tree (created, or moved in with its files): its
+                    // files are what gets folded.
+                    if path.is_dir()
+                        && targets
+                            .iter()
+                            .any(|t| matches!(t, Target::Tree { root } if path.starts_with(root)))
+                    {
+                        if !path.starts_with(&output_root) {
+                            if let Ok(found) = crate::source::tree::walk(
+                                std::slice::from_ref(&path),
+                                &Default::default(),
+                            ) {
+                                for entry in found
+                                    .files
+                                    .into_iter()
+                                    .filter(|f| !f.abs.starts_with(&output_root))
+                                {
+                                    first_seen.entry(entry.abs.clone()).or_insert(now);
+                                    debouncer.event(entry.abs, now);
+                                }
+                            }
+                        }
+                        continue;
+                    }
                     if path.starts_with(&output_root) || !wanted(&targets, &path) {
                         summary.events_ignored += 1;
                         continue;

@@ -169,6 +169,22 @@ fn own_outputs_never_trigger_a_refold() {
         .filter(|e| e["kind"] == "refolded")
         .collect();
     assert!(after.is_empty(), "feedback loop: {after:?}");
+    // Nor may reading the sources (which raises open/close events) start a silent loop of
+    // re-reads: an idle watch sleeps.
+    let ticks = || -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", w.child.id())).unwrap();
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    };
+    let before = ticks();
+    std::thread::sleep(Duration::from_millis(1500));
+    let busy = ticks() - before;
+    assert!(busy < 50, "an idle watch used {busy} clock ticks in 1.5 s");
 }
 
 #[test]
