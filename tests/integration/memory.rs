@@ -28,18 +28,25 @@ int main(void) {
 
 const PATTERN: &[u8] = b"FOUNDRY-PATTERN-0123456789";
 
-#[test]
-fn a_known_pattern_is_found_at_the_reported_place() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("child.c"), CHILD).unwrap();
-    let exe = dir.path().join("child");
+/// Builds the C program `source` as `dir/name` with the machine's gcc.
+fn compile(dir: &std::path::Path, name: &str, source: &str) -> std::path::PathBuf {
+    let c = dir.join(format!("{name}.c"));
+    std::fs::write(&c, source).unwrap();
+    let exe = dir.join(name);
     assert!(Command::new("gcc")
         .arg("-o")
         .arg(&exe)
-        .arg(dir.path().join("child.c"))
+        .arg(&c)
         .status()
         .unwrap()
         .success());
+    exe
+}
+
+#[test]
+fn a_known_pattern_is_found_at_the_reported_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = compile(dir.path(), "child", CHILD);
     let mut child = Command::new(&exe)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -153,15 +160,7 @@ int main(int argc, char **argv) {
 #[test]
 fn a_series_reports_a_new_mapping_and_a_changed_page() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("grow.c"), GROWING_CHILD).unwrap();
-    let exe = dir.path().join("grow");
-    assert!(Command::new("gcc")
-        .arg("-o")
-        .arg(&exe)
-        .arg(dir.path().join("grow.c"))
-        .status()
-        .unwrap()
-        .success());
+    let exe = compile(dir.path(), "grow", GROWING_CHILD);
     let mapped = dir.path().join("mapped-later.dat");
     std::fs::write(&mapped, vec![7u8; 4096]).unwrap();
     let mut child = Command::new(&exe)
