@@ -159,6 +159,9 @@ pub struct FoldReport {
     pub elf: Option<ElfInfo>,
     /// The `semantic` metadata embedded in the outputs (local analysis, model answer).
     pub semantic: Value,
+    /// The local analysis `semantic` was made from.
+    #[serde(skip)]
+    pub analysis: crate::analysis::local::LocalAnalysis,
     pub outputs: Vec<OutputRecord>,
     pub notes: Vec<String>,
     pub seconds: f64,
@@ -305,7 +308,12 @@ pub fn fold_file(
     opts: &FoldOptions,
     progress: &dyn Progress,
 ) -> Result<FoldReport> {
-    let started = Instant::now();
+    check_fold_options(opts)?;
+    let data = read_input(input)?;
+    fold_bytes(backend, input, &data, target, opts, progress)
+}
+
+fn check_fold_options(opts: &FoldOptions) -> Result<()> {
     check_side_option("--max-side", opts.max_side)?;
     if let Some(size) = opts.texture_size {
         if size == 0 || size > 1 << MAX_ORDER {
@@ -329,7 +337,21 @@ pub fn fold_file(
             PREVIEW_SIDES.end()
         )));
     }
-    let data = read_input(input)?;
+    Ok(())
+}
+
+/// Folds `data`, already read from `input` (which names the outputs and the report), into the
+/// outputs `target` names. Watch mode hands over the exact bytes it read and hashed.
+pub fn fold_bytes(
+    backend: &Backend,
+    input: &Path,
+    data: &[u8],
+    target: &OutputTarget,
+    opts: &FoldOptions,
+    progress: &dyn Progress,
+) -> Result<FoldReport> {
+    let started = Instant::now();
+    check_fold_options(opts)?;
     let (dir, name) = target.dir_and_name(input);
     let name = match (target, &opts.name) {
         (OutputTarget::Directory(_), Some(chosen)) => chosen.clone(),
@@ -358,7 +380,7 @@ pub fn fold_file(
         bytes_per_pixel,
     };
     let elf = match parse_elf(
-        &data,
+        data,
         &layout_of(|p| p.brick_side, 1),
         &layout_of(|p| p.rts_side, 4),
     ) {
@@ -376,11 +398,11 @@ pub fn fold_file(
     progress.stage("analysing", data.len() as u64);
     // A single part is folded and deflated while the analysis runs beside it.
     let ((analysis, facts_of_all), mut first_prepared) = if multi {
-        (crate::analysis::local::analyze_with_facts(&data), None)
+        (crate::analysis::local::analyze_with_facts(data), None)
     } else {
         let plan = &plans[0];
         let (analysis, prepared) = rayon::join(
-            || crate::analysis::local::analyze_with_facts(&data),
+            || crate::analysis::local::analyze_with_facts(data),
             || {
                 prepare_part(
                     backend,
@@ -398,7 +420,7 @@ pub fn fold_file(
     let llm_outcome = opts.llm.as_ref().map(|client| {
         client.describe(crate::llm::ArtifactRequest {
             name: &name,
-            data: &data,
+            data,
             analysis: &analysis,
             intent: opts.intent.as_deref(),
         })
@@ -414,7 +436,9 @@ pub fn fold_file(
     let write_sidecars = opts.sidecars || opts.llm.is_some();
     progress.advance(data.len() as u64);
     // The analysis hashed the whole file already; a single part's facts are the same.
-    let mut whole_facts = Some(facts_of_all);
+    let mut facts = facts_of_all;
+    // Only an ELF that parses counts as one; a corrupt one is plain bytes.
+    facts.elf = elf.is_some();
 
     let mut staged = StagedOutputs::new();
     let mut records: Vec<(&'static str, Option<u32>)> = Vec::new();
@@ -434,17 +458,11 @@ pub fn fold_file(
             )
         };
         let (part_facts, prepared) = match first_prepared.take() {
-            Some(prepared) => (whole_facts.clone().expect("computed above"), prepared),
+            Some(prepared) => (facts.clone(), prepared),
             // Hashing runs on one core while folding and deflating use the rest.
             None => rayon::join(|| byte_facts(bytes), prepare),
         };
         let prepared = prepared?;
-        let facts = {
-            let whole = whole_facts.get_or_insert_with(|| part_facts.clone());
-            // Only an ELF that parses counts as one; a corrupt one is plain bytes.
-            whole.elf = elf.is_some();
-            whole.clone()
-        };
         let part_name = if multi {
             parts::part_file_name(&name, i, plans.len(), "")
                 .trim_end_matches('.')
@@ -533,12 +551,11 @@ pub fn fold_file(
         index_parts.push(entry);
         progress.advance(bytes.len() as u64);
     }
-    let facts = whole_facts.expect("there is always at least one part");
     if let Some(e) = &elf {
         if opts.sections != SectionChoice::None {
             stage_section_bricks(
                 e,
-                &data,
+                data,
                 &dir,
                 &name,
                 opts,
@@ -574,7 +591,7 @@ pub fn fold_file(
         };
         let image = preview::render(
             backend,
-            &data,
+            data,
             Layout::Brick,
             order,
             opts.palette,
@@ -605,7 +622,7 @@ pub fn fold_file(
             } else {
                 preview::render(
                     backend,
-                    &data,
+                    data,
                     Layout::Brick,
                     order,
                     Palette::Byteclass,
@@ -643,6 +660,7 @@ pub fn fold_file(
         parts: plans.len(),
         elf,
         semantic,
+        analysis,
         outputs,
         notes,
         seconds: started.elapsed().as_secs_f64(),
@@ -942,11 +960,10 @@ pub fn unfold_file(
         (index.size, actual, index.parts.len())
     } else {
         progress.stage("unfolding", 1);
-        let decoded = decode(backend, input)?;
-        let sha = verify(input, &decoded.bytes, &decoded.recorded_sha256)?;
-        staged.write(output, |w| w.write_all(&decoded.bytes))?;
+        let (bytes, sha) = decode_bytes(backend, input)?;
+        staged.write(output, |w| w.write_all(&bytes))?;
         progress.advance(1);
-        (decoded.bytes.len() as u64, sha, 1)
+        (bytes.len() as u64, sha, 1)
     };
     staged.commit()?;
     Ok(UnfoldReport {
@@ -962,9 +979,9 @@ pub fn unfold_file(
     })
 }
 
-/// Decodes one part of a split, preferring its `.brick`, and checks its size and hash.
-/// The verified original bytes of a `.brick`, `.rts.png` or parts index, in memory.
-pub fn decode_bytes(backend: &Backend, path: &Path) -> Result<Vec<u8>> {
+/// The verified original bytes of a `.brick`, `.rts.png` or parts index, in memory, with
+/// their SHA-256 (lowercase hex).
+pub fn decode_bytes(backend: &Backend, path: &Path) -> Result<(Vec<u8>, String)> {
     if detect(path)? == FileKind::PartsIndex {
         let index = PartsIndex::read(path)?;
         let dir = path.parent().unwrap_or(Path::new("."));
@@ -972,14 +989,15 @@ pub fn decode_bytes(backend: &Backend, path: &Path) -> Result<Vec<u8>> {
         for part in &index.parts {
             bytes.extend(decode_part(backend, dir, part)?);
         }
-        verify(path, &bytes, &index.sha256)?;
-        return Ok(bytes);
+        let sha = verify(path, &bytes, &index.sha256)?;
+        return Ok((bytes, sha));
     }
     let decoded = decode(backend, path)?;
-    verify(path, &decoded.bytes, &decoded.recorded_sha256)?;
-    Ok(decoded.bytes)
+    let sha = verify(path, &decoded.bytes, &decoded.recorded_sha256)?;
+    Ok((decoded.bytes, sha))
 }
 
+/// Decodes one part of a split, preferring its `.brick`, and checks its size and hash.
 fn decode_part(backend: &Backend, dir: &Path, part: &PartEntry) -> Result<Vec<u8>> {
     let name = part
         .brick

@@ -148,9 +148,7 @@ impl BuilderRoot {
             .values()
             .filter_map(|v| v.get("timestamp").and_then(Value::as_f64))
             .fold(0.0, f64::max);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
+        let now = unix_now();
         // The browser reloads a tile only when its timestamp grows.
         let timestamp = now.max(previous + 0.001);
         let mut counts: BTreeMap<&str, usize> = BTreeMap::new();

@@ -1,7 +1,7 @@
 //! `foundry-gpu mem PID`: a process's address space folded into a brick per mapping, one
 //! district in address order, a region table, and a preview with every mapping outlined.
 
-use crate::analysis::{byte_facts, sha256};
+use crate::analysis::byte_facts;
 use crate::backend::{AdapterDescription, Backend};
 use crate::curve::order_for_cells;
 use crate::district::DistrictWriter;
@@ -157,14 +157,15 @@ pub fn snapshot_process(
             Err(why) => record.skipped = Some(why),
             Ok(bytes) => {
                 record.district_offset = Some(district.offset());
-                record.sha256 = Some(hex::encode(sha256(&bytes)));
+                let facts = byte_facts(&bytes);
+                record.sha256 = Some(facts.sha256_hex());
                 if opts.mapping_bricks && bytes.len() as u64 <= part_size {
                     let rel = PathBuf::from("mappings").join(format!(
                         "{i:04}-{:x}-{}.brick",
                         record.mapping.start,
                         file_label(&record.label)
                     ));
-                    write_file_brick(backend, &bytes, &byte_facts(&bytes), &out.join(&rel))?;
+                    write_file_brick(backend, &bytes, &facts, &out.join(&rel))?;
                     record.brick = Some(rel.to_string_lossy().into_owned());
                 } else if opts.mapping_bricks {
                     notes.push(format!(
@@ -281,7 +282,7 @@ pub fn snapshot_process(
 
 /// Whether this kernel tracks soft-dirty pages: a page this process just wrote must show bit 55
 /// in `/proc/self/pagemap`. Probed on our own memory, never on the target's.
-pub fn soft_dirty_available() -> bool {
+fn soft_dirty_available() -> bool {
     let layout = std::alloc::Layout::from_size_align(4096, 4096).expect("page layout");
     // SAFETY: a non-zero-sized layout; the page is written, read back and freed here.
     let page = unsafe { std::alloc::alloc(layout) };
@@ -302,7 +303,7 @@ pub fn soft_dirty_available() -> bool {
 }
 
 /// One step of a series: its snapshot and the diff against the one before.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct SeriesStep {
     pub index: usize,
     pub snapshot: PathBuf,
@@ -359,6 +360,8 @@ pub fn snapshot_series(
             .to_string()
     };
     let mut steps: Vec<SeriesStep> = Vec::new();
+    // Each snapshot is decoded once: as B of one diff, then as A of the next.
+    let mut previous: Option<crate::diff::Side> = None;
     for index in 0..count {
         let due = started + every * index as u32;
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
@@ -373,13 +376,8 @@ pub fn snapshot_series(
                     index,
                     snapshot: dir,
                     taken_at: crate::map::unix_now(),
-                    bytes: 0,
-                    diff: None,
-                    mappings_appeared: None,
-                    mappings_disappeared: None,
-                    mappings_changed: None,
-                    percent_different: None,
                     stopped: Some(e.to_string()),
+                    ..Default::default()
                 });
                 break;
             }
@@ -390,25 +388,22 @@ pub fn snapshot_series(
             snapshot: dir.clone(),
             taken_at: crate::map::unix_now(),
             bytes: report.bytes,
-            diff: None,
-            mappings_appeared: None,
-            mappings_disappeared: None,
-            mappings_changed: None,
-            percent_different: None,
-            stopped: None,
+            ..Default::default()
         };
-        if index > 0 {
-            let previous = out.join(format!("{:03}", index - 1));
+        let compared_at = Instant::now();
+        let current = crate::diff::load_side(backend, &dir)?;
+        if let Some(before) = previous.take() {
             let diff_dir = out.join(format!("diff-{:03}-{index:03}", index - 1));
-            let d = crate::diff::diff(
+            let d = crate::diff::write_diff(
                 backend,
-                &previous,
-                &dir,
+                &before,
+                &current,
                 &diff_dir,
                 &crate::diff::DiffOptions {
                     preview_side: opts.preview_side,
                     ..Default::default()
                 },
+                compared_at,
             )?;
             if let Some(m) = &d.members {
                 step.mappings_appeared = Some(m.added.clone());
@@ -418,6 +413,7 @@ pub fn snapshot_series(
             step.percent_different = Some(d.totals.percent_of_b_different);
             step.diff = Some(diff_dir);
         }
+        previous = Some(current);
         steps.push(step);
     }
     let report = SeriesReport {

@@ -9,40 +9,87 @@ use serde_json::{json, Value};
 /// Characters of `description` the map shows.
 pub const MAP_DESCRIPTION_CHARS: usize = 40;
 
+/// What a local warning is about; its severity follows from the kind, not from its wording.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WarningKind {
+    WritableExecutable,
+    ExecutableStack,
+    Rpath,
+    NoRelro,
+    NoCanary,
+    Packed,
+    UnlicensedModule,
+    HighEntropyData,
+}
+
+impl WarningKind {
+    /// W+X memory and packed code are what malware and exploits look like; the rest are
+    /// weaker hardening.
+    pub fn severity(self) -> &'static str {
+        match self {
+            WarningKind::WritableExecutable | WarningKind::Packed => "high",
+            _ => "medium",
+        }
+    }
+}
+
+/// One finding of the local checks, with its text for people and the prompt.
+#[derive(Clone, Debug)]
+pub struct LocalWarning {
+    pub kind: WarningKind,
+    pub text: String,
+}
+
 /// Findings of the local checks a reviewer would want flagged, most serious first.
-pub fn local_warnings(a: &LocalAnalysis) -> Vec<String> {
+pub fn local_warnings(a: &LocalAnalysis) -> Vec<LocalWarning> {
     let mut w = Vec::new();
+    let mut push = |kind, text: String| w.push(LocalWarning { kind, text });
     if let Some(elf) = &a.elf {
         if let Some(h) = &elf.hardening {
             if !h.wx_segments.is_empty() {
-                w.push(format!(
-                    "{} segment(s) both writable and executable",
-                    h.wx_segments.len()
-                ));
+                push(
+                    WarningKind::WritableExecutable,
+                    format!(
+                        "{} segment(s) both writable and executable",
+                        h.wx_segments.len()
+                    ),
+                );
             }
             if !h.nx {
-                w.push("executable stack (no NX)".into());
+                push(
+                    WarningKind::ExecutableStack,
+                    "executable stack (no NX)".into(),
+                );
             }
             if h.rpath.is_some() || h.runpath.is_some() {
-                w.push("RPATH/RUNPATH set: library search can be redirected".into());
+                push(
+                    WarningKind::Rpath,
+                    "RPATH/RUNPATH set: library search can be redirected".into(),
+                );
             }
             let executable_kind = elf.kind == "Executable" || elf.kind == "Dynamic";
             if executable_kind && h.relro == "none" {
-                w.push("no RELRO".into());
+                push(WarningKind::NoRelro, "no RELRO".into());
             }
             if executable_kind && !h.stack_canary && !h.stripped && elf.modinfo.is_none() {
-                w.push("no stack canary".into());
+                push(WarningKind::NoCanary, "no stack canary".into());
             }
         }
         if !elf.high_entropy_sections.is_empty() {
-            w.push(format!(
-                "packed-looking sections: {}",
-                elf.high_entropy_sections.join(", ")
-            ));
+            push(
+                WarningKind::Packed,
+                format!(
+                    "packed-looking sections: {}",
+                    elf.high_entropy_sections.join(", ")
+                ),
+            );
         }
         if let Some(m) = &elf.modinfo {
             if m.license.is_none() {
-                w.push("kernel module without a license (taints the kernel)".into());
+                push(
+                    WarningKind::UnlicensedModule,
+                    "kernel module without a license (taints the kernel)".into(),
+                );
             }
         }
     }
@@ -53,20 +100,20 @@ pub fn local_warnings(a: &LocalAnalysis) -> Vec<String> {
         .map(|r| r.end - r.start)
         .sum();
     if a.file_type == "elf" && high >= 16 * 1024 {
-        w.push(format!(
-            "{} of high-entropy data inside an executable",
-            crate::fold::human_bytes(high)
-        ));
+        push(
+            WarningKind::HighEntropyData,
+            format!(
+                "{} of high-entropy data inside an executable",
+                crate::fold::human_bytes(high)
+            ),
+        );
     }
     w
 }
 
 /// `low`, `medium` or `high`, from the local warnings alone.
-pub fn local_risk(warnings: &[String]) -> &'static str {
-    let serious = warnings
-        .iter()
-        .any(|w| w.contains("writable and executable") || w.contains("packed-looking"));
-    if serious {
+pub fn local_risk(warnings: &[LocalWarning]) -> &'static str {
+    if warnings.iter().any(|w| w.kind.severity() == "high") {
         "high"
     } else if warnings.is_empty() {
         "low"
@@ -89,7 +136,7 @@ pub fn analysis_digest(a: &LocalAnalysis) -> Value {
                     "paths": a.strings.paths.iter().take(3).collect::<Vec<_>>(),
                     "ip_like": a.strings.ip_like.iter().take(3).collect::<Vec<_>>()},
         "risk": local_risk(&warnings),
-        "warnings": warnings,
+        "warnings": warnings.iter().map(|w| &w.text).collect::<Vec<_>>(),
     });
     if let Some(elf) = &a.elf {
         let mut e = json!({"architecture": elf.architecture, "kind": elf.kind, "entry": elf.entry});

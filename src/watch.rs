@@ -73,6 +73,10 @@ impl Debouncer {
     }
 }
 
+/// `--debounce` and `--max-delay` when not given (the `watch_path` task uses them too).
+pub const DEFAULT_DEBOUNCE: &str = "100ms";
+pub const DEFAULT_MAX_DELAY: &str = "2s";
+
 /// How to watch.
 #[derive(Clone, Debug)]
 pub struct WatchOptions {
@@ -444,24 +448,20 @@ fn refold(
     } else {
         base.clone()
     };
-    let staged_input = StagedInput::new(&bytes, path);
     let fold_opts = FoldOptions {
         name: Some(name.clone()),
         ..opts.fold.clone()
     };
-    let result = staged_input.and_then(|input| {
-        let r = fold::fold_file(
-            backend,
-            input.path(),
-            &OutputTarget::Directory(dir.clone()),
-            &fold_opts,
-            &crate::progress::Silent,
-        );
-        r.map(|mut report| {
-            report.input = path.to_path_buf();
-            report
-        })
-    });
+    // The fold gets the exact bytes read and hashed above, so a write racing the fold cannot
+    // tear what lands (no torn reads).
+    let result = fold::fold_bytes(
+        backend,
+        path,
+        &bytes,
+        &OutputTarget::Directory(dir.clone()),
+        &fold_opts,
+        &crate::progress::Silent,
+    );
     let report = match result {
         Ok(r) => r,
         Err(e) => {
@@ -472,30 +472,22 @@ fn refold(
         }
     };
     event.outputs = report.outputs.iter().map(|o| o.path.clone()).collect();
-    if let Some(previous) = &folded.bytes {
+    let mut bytes = bytes;
+    if let Some(previous) = folded.bytes.take() {
         let diff_dir = dir.join(format!("{name}.diff"));
-        let a = crate::diff::Side {
-            path: path.into(),
-            kind: "file",
-            bytes: previous.clone(),
-            regions: Vec::new(),
-            members: None,
-        };
-        let b = crate::diff::Side {
-            path: path.into(),
-            kind: "file",
-            bytes: bytes.clone(),
-            regions: Vec::new(),
-            members: None,
-        };
-        match crate::diff::write_diff(
+        let previous_sha = folded.sha256.map(hex::encode);
+        let a = crate::diff::Side::from_bytes(path, "file", previous, previous_sha.as_deref());
+        let b = crate::diff::Side::from_bytes(path, "file", bytes, Some(&hex::encode(sha)));
+        let written = crate::diff::write_diff(
             backend,
             &a,
             &b,
             &diff_dir,
             &Default::default(),
             Instant::now(),
-        ) {
+        );
+        bytes = b.bytes;
+        match written {
             Ok(d) => {
                 event.percent_different = Some(d.totals.percent_of_b_different);
                 event.diff = Some(diff_dir);
@@ -519,27 +511,6 @@ fn refold(
     folded.bytes = (bytes.len() <= KEEP_FOR_DIFF).then_some(bytes);
     event.latency_seconds = since.elapsed().as_secs_f64();
     Some(event)
-}
-
-/// The exact bytes that were read and hashed, in a private temporary file, so the fold sees
-/// the same state even if the source changes again meanwhile (no torn reads).
-struct StagedInput {
-    file: tempfile::NamedTempFile,
-}
-
-impl StagedInput {
-    fn new(bytes: &[u8], source: &Path) -> Result<Self> {
-        use std::io::Write;
-        let mut file =
-            tempfile::NamedTempFile::new().map_err(|e| Error::io(source, "stage a copy of", e))?;
-        file.write_all(bytes)
-            .map_err(|e| Error::io(source, "stage a copy of", e))?;
-        Ok(StagedInput { file })
-    }
-
-    fn path(&self) -> &Path {
-        self.file.path()
-    }
 }
 
 #[cfg(test)]

@@ -489,7 +489,6 @@ impl GpuBackend {
         Ok(())
     }
 
-    /// GPU twin of `preview_stats`: stats of `runs` runs of `run_len` bytes of `data`.
     /// GPU twin of `kernels::diff_blocks`: differing bytes and words per block, in chunks of
     /// whole blocks.
     pub fn diff_blocks(&self, a: &[u8], b: &[u8], block_bytes: usize) -> Result<Vec<u32>> {
@@ -515,6 +514,7 @@ impl GpuBackend {
         Ok(counts)
     }
 
+    /// GPU twin of `preview_stats`: stats of `runs` runs of `run_len` bytes of `data`.
     pub fn preview_stats(
         &self,
         data: &[u8],

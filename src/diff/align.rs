@@ -51,6 +51,12 @@ struct Chunk {
     hash: u128,
 }
 
+impl Chunk {
+    fn span(&self) -> (u64, u64) {
+        (self.offset as u64, (self.offset + self.len) as u64)
+    }
+}
+
 /// FastCDC sizes for a comparison block: chunks average one block.
 fn cut(data: &[u8], block: usize) -> Vec<Chunk> {
     let avg = (block as u32).clamp(256, 1 << 20);
@@ -131,48 +137,30 @@ pub fn align(a: &[u8], b: &[u8], block: usize) -> Alignment {
                  a_gap: Option<(u64, u64)>| {
         match (pending_b.take(), a_gap) {
             (Some(b_span), Some(a_span)) => replaced(&mut out.ranges, a, b, a_span, b_span),
-            (Some(b), None) => out.ranges.push(DeltaRange {
-                kind: Change::Inserted,
-                a: None,
-                b: Some(b),
-            }),
-            (None, Some(a)) => out.ranges.push(DeltaRange {
-                kind: Change::Deleted,
-                a: Some(a),
-                b: None,
-            }),
+            (Some(b), None) => push_range(&mut out.ranges, Change::Inserted, None, Some(b)),
+            (None, Some(a)) => push_range(&mut out.ranges, Change::Deleted, Some(a), None),
             (None, None) => {}
         }
     };
+    // A chunks skipped between two anchors.
     let a_gap = |from: usize, to: usize| -> Option<(u64, u64)> {
-        // A chunks skipped between two anchors that no in-order match used.
-        let skipped: Vec<&Chunk> = ca[from..to].iter().collect();
-        let first = skipped.first()?;
-        let last = skipped.last()?;
-        Some((first.offset as u64, (last.offset + last.len) as u64))
+        let skipped = &ca[from..to];
+        Some((skipped.first()?.span().0, skipped.last()?.span().1))
     };
     for (j, c) in cb.iter().enumerate() {
-        let span = (c.offset as u64, (c.offset + c.len) as u64);
+        let span = c.span();
         match candidate[j] {
-            Some(i) if in_order[j] => {
-                flush(&mut out, &mut pending_b, a_gap(next_a, i));
-                next_a = i + 1;
-                push_range(
-                    &mut out.ranges,
-                    Change::Unchanged,
-                    Some((ca[i].offset as u64, (ca[i].offset + ca[i].len) as u64)),
-                    Some(span),
-                );
-                push_copy(&mut out.ops, ca[i].offset as u64, c.len as u64);
-            }
             Some(i) => {
-                flush(&mut out, &mut pending_b, None);
-                push_range(
-                    &mut out.ranges,
-                    Change::Moved,
-                    Some((ca[i].offset as u64, (ca[i].offset + ca[i].len) as u64)),
-                    Some(span),
-                );
+                // An in-order match is an anchor: what lies before it is replaced content.
+                let kind = if in_order[j] {
+                    flush(&mut out, &mut pending_b, a_gap(next_a, i));
+                    next_a = i + 1;
+                    Change::Unchanged
+                } else {
+                    flush(&mut out, &mut pending_b, None);
+                    Change::Moved
+                };
+                push_range(&mut out.ranges, kind, Some(ca[i].span()), Some(span));
                 push_copy(&mut out.ops, ca[i].offset as u64, c.len as u64);
             }
             None => {

@@ -35,9 +35,34 @@ pub struct Side {
     /// `file`, `brick`, `rts_png`, `parts`, `district` or `memory`.
     pub kind: &'static str,
     pub bytes: Vec<u8>,
+    /// SHA-256 of `bytes`, computed or verified once when the side was loaded.
+    pub sha256: [u8; 32],
     pub regions: Vec<NamedRange>,
     /// Districts: path -> SHA-256. Memory: mapping key -> SHA-256 (empty when not read).
     pub members: Option<BTreeMap<String, String>>,
+}
+
+impl Side {
+    /// A side made of `bytes` (hashed here unless `verified_sha256` already is their hash);
+    /// an ELF's sections name its regions.
+    pub fn from_bytes(
+        path: &Path,
+        kind: &'static str,
+        bytes: Vec<u8>,
+        verified_sha256: Option<&str>,
+    ) -> Side {
+        let sha256 = verified_sha256
+            .and_then(|h| hex::decode(h).ok()?.try_into().ok())
+            .unwrap_or_else(|| crate::analysis::sha256(&bytes));
+        Side {
+            path: path.to_path_buf(),
+            kind,
+            regions: elf_sections(&bytes),
+            bytes,
+            sha256,
+            members: None,
+        }
+    }
 }
 
 /// Reads `path` as a comparable side: a snapshot directory (`district.json`), a memory snapshot
@@ -56,21 +81,17 @@ pub fn load_side(backend: &Backend, path: &Path) -> Result<Side> {
             "is a directory without district.json or regions.json; diff a snapshot (foundry-gpu snapshot) or a memory snapshot (foundry-gpu mem)",
         ));
     }
-    let kind = detect(path)?;
-    let (kind, bytes) = match kind {
-        FileKind::Raw => ("file", crate::source::read_input(path)?.to_vec()),
-        FileKind::Brick => ("brick", crate::fold::decode_bytes(backend, path)?),
-        FileKind::RtsPng => ("rts_png", crate::fold::decode_bytes(backend, path)?),
-        FileKind::PartsIndex => ("parts", crate::fold::decode_bytes(backend, path)?),
+    let kind = match detect(path)? {
+        FileKind::Raw => {
+            let bytes = crate::source::read_copy(path)?;
+            return Ok(Side::from_bytes(path, "file", bytes, None));
+        }
+        FileKind::Brick => "brick",
+        FileKind::RtsPng => "rts_png",
+        FileKind::PartsIndex => "parts",
     };
-    let regions = elf_sections(&bytes);
-    Ok(Side {
-        path: path.to_path_buf(),
-        kind,
-        bytes,
-        regions,
-        members: None,
-    })
+    let (bytes, sha) = crate::fold::decode_bytes(backend, path)?;
+    Ok(Side::from_bytes(path, kind, bytes, Some(&sha)))
 }
 
 fn elf_sections(bytes: &[u8]) -> Vec<NamedRange> {
@@ -101,7 +122,7 @@ fn load_district(backend: &Backend, dir: &Path) -> Result<Side> {
     let parts = index["parts_index"]
         .as_str()
         .ok_or_else(|| Error::malformed(&index_path, "has no parts_index"))?;
-    let bytes = crate::fold::decode_bytes(backend, &dir.join(parts))?;
+    let (bytes, sha) = crate::fold::decode_bytes(backend, &dir.join(parts))?;
     let mut regions = Vec::new();
     let mut members = BTreeMap::new();
     for f in index["files"].as_array().into_iter().flatten() {
@@ -124,11 +145,9 @@ fn load_district(backend: &Backend, dir: &Path) -> Result<Side> {
         );
     }
     Ok(Side {
-        path: dir.into(),
-        kind: "district",
-        bytes,
         regions,
         members: Some(members),
+        ..Side::from_bytes(dir, "district", bytes, Some(&sha))
     })
 }
 
@@ -138,7 +157,7 @@ fn load_memory(backend: &Backend, dir: &Path) -> Result<Side> {
     let district = table["district"]
         .as_str()
         .ok_or_else(|| Error::malformed(&table_path, "has no district"))?;
-    let bytes = crate::fold::decode_bytes(backend, &dir.join(district))?;
+    let (bytes, sha) = crate::fold::decode_bytes(backend, &dir.join(district))?;
     let mut regions = Vec::new();
     let mut members = BTreeMap::new();
     for r in table["regions"].as_array().into_iter().flatten() {
@@ -163,11 +182,9 @@ fn load_memory(backend: &Backend, dir: &Path) -> Result<Side> {
         members.insert(key, r["sha256"].as_str().unwrap_or_default().to_string());
     }
     Ok(Side {
-        path: dir.into(),
-        kind: "memory",
-        bytes,
         regions,
         members: Some(members),
+        ..Side::from_bytes(dir, "memory", bytes, Some(&sha))
     })
 }
 
@@ -205,7 +222,7 @@ pub struct AlignedCompare {
     pub changed_bytes: u64,
     /// 4-byte groups that differ: changed `.rts.png` pixels.
     pub changed_pixels: u64,
-    /// Blocks past the shorter side's end, counted as changed.
+    /// B's size minus A's, in bytes; blocks past the shorter side's end count as changed.
     pub size_difference: i64,
     /// The changed blocks as byte ranges (merged), capped at 10,000 entries.
     pub changed_ranges: Vec<(u64, u64)>,
@@ -318,7 +335,7 @@ fn summary(side: &Side) -> SideSummary {
         path: side.path.clone(),
         kind: side.kind,
         size: side.bytes.len() as u64,
-        sha256: hex::encode(crate::analysis::sha256(&side.bytes)),
+        sha256: hex::encode(side.sha256),
     }
 }
 
@@ -449,13 +466,6 @@ pub fn write_diff(
     started: Instant,
 ) -> Result<DiffReport> {
     let (mut report, alignment) = compare(backend, a, b, opts)?;
-    let patch = patch::Patch {
-        a_size: a.bytes.len() as u64,
-        b_size: b.bytes.len() as u64,
-        a_sha256: crate::analysis::sha256(&a.bytes),
-        b_sha256: crate::analysis::sha256(&b.bytes),
-        ops: alignment.ops.clone(),
-    };
     let image = preview::render_delta(
         backend,
         &b.bytes,
@@ -463,6 +473,13 @@ pub fn write_diff(
         &b.regions,
         opts.preview_side,
     )?;
+    let patch = patch::Patch {
+        a_size: a.bytes.len() as u64,
+        b_size: b.bytes.len() as u64,
+        a_sha256: a.sha256,
+        b_sha256: b.sha256,
+        ops: alignment.ops,
+    };
     let mut staged = StagedOutputs::new();
     let paths = [
         out.join("delta.png"),
@@ -472,30 +489,12 @@ pub fn write_diff(
     staged.write(&paths[0], |w| crate::format::preview::write_png(w, &image))?;
     staged.write(&paths[1], |w| patch.write_to(w))?;
     report.outputs = paths.to_vec();
-    report.patch_bytes = encoded_size(&patch);
+    report.patch_bytes = patch.encoded_len();
     report.seconds = started.elapsed().as_secs_f64();
     let text = serde_json::to_string_pretty(&report).expect("report serialises");
     staged.write(&paths[2], |w| w.write_all(text.as_bytes()))?;
     staged.commit()?;
     Ok(report)
-}
-
-fn encoded_size(patch: &patch::Patch) -> u64 {
-    let mut counter = CountingSink(0);
-    patch.write_to(&mut counter).expect("counting never fails");
-    counter.0
-}
-
-struct CountingSink(u64);
-
-impl std::io::Write for CountingSink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0 += buf.len() as u64;
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// What `patch` did.

@@ -10,6 +10,8 @@ use std::path::Path;
 pub const MAGIC: &[u8; 8] = b"FGPATCH1";
 const OP_COPY: u8 = 1;
 const OP_DATA: u8 = 2;
+/// Magic, two sizes, two hashes, the op count.
+const HEADER_LEN: u64 = 8 + 8 + 8 + 32 + 32 + 8;
 
 /// A patch read from disk or about to be written.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,6 +24,19 @@ pub struct Patch {
 }
 
 impl Patch {
+    /// Bytes [`write_to`](Self::write_to) writes.
+    pub fn encoded_len(&self) -> u64 {
+        HEADER_LEN
+            + self
+                .ops
+                .iter()
+                .map(|op| match op {
+                    PatchOp::Copy { .. } => 1 + 8 + 8,
+                    PatchOp::Data(d) => 1 + 8 + d.len() as u64,
+                })
+                .sum::<u64>()
+    }
+
     /// Serialises: magic, a_size, b_size (u64 LE), both hashes, op count, then per op a tag and
     /// either offset+length or length+bytes.
     pub fn write_to(&self, w: &mut dyn Write) -> std::io::Result<()> {
@@ -173,6 +188,7 @@ mod tests {
         };
         let mut bytes = Vec::new();
         patch.write_to(&mut bytes).unwrap();
+        assert_eq!(patch.encoded_len(), bytes.len() as u64);
         let p = Path::new("x.patch");
         let back = Patch::parse(p, &bytes).unwrap();
         assert_eq!(back, patch);

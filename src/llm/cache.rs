@@ -3,9 +3,9 @@
 
 use super::digest::PROMPT_VERSION;
 use super::reply::{Answer, SCHEMA_VERSION};
+use crate::format::staged::StagedOutputs;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// One stored answer and what it was asked under.
@@ -28,11 +28,9 @@ pub struct AnswerCache {
     dir: PathBuf,
 }
 
-/// `$FOUNDRY_LLM_CACHE`, else `$XDG_CACHE_HOME/foundry-gpu/llm`, else `~/.cache/foundry-gpu/llm`.
+/// `$XDG_CACHE_HOME/foundry-gpu/llm`, else `~/.cache/foundry-gpu/llm` (`FOUNDRY_LLM_CACHE` is
+/// one layer up, in [`super::LlmConfig::resolve`]).
 pub fn default_dir() -> Option<PathBuf> {
-    if let Some(d) = std::env::var_os("FOUNDRY_LLM_CACHE") {
-        return Some(d.into());
-    }
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))?;
@@ -72,13 +70,14 @@ impl AnswerCache {
     }
 
     /// Stores `entry` atomically (temp file and rename), so concurrent runs never read half.
-    pub fn put(&self, entry: &CachedAnswer) -> std::io::Result<()> {
-        std::fs::create_dir_all(&self.dir)?;
-        let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
-        tmp.write_all(&serde_json::to_vec_pretty(entry).expect("cache entry serialises"))?;
-        tmp.persist(self.path(&entry.content_sha256, &entry.requested_model))
-            .map_err(|e| e.error)?;
-        Ok(())
+    pub fn put(&self, entry: &CachedAnswer) -> crate::Result<()> {
+        let text = serde_json::to_vec_pretty(entry).expect("cache entry serialises");
+        let mut staged = StagedOutputs::new();
+        staged.write(
+            &self.path(&entry.content_sha256, &entry.requested_model),
+            |w| w.write_all(&text),
+        )?;
+        staged.commit().map(drop)
     }
 }
 

@@ -124,10 +124,6 @@ impl LlmClient {
         })
     }
 
-    pub fn config(&self) -> &LlmConfig {
-        &self.config
-    }
-
     /// Probes the server once (later calls reuse the answer).
     pub fn probe(&self) -> ServerState {
         self.runtime.block_on(self.state()).clone()

@@ -25,15 +25,8 @@ const HEX_WINDOW: usize = 48;
 pub struct Digest {
     pub text: String,
     pub estimated_tokens: usize,
-    pub budget_tokens: usize,
     /// What was left out, e.g. `"sections: 12 of 30 omitted"`.
     pub omitted: Vec<String>,
-}
-
-impl Digest {
-    pub fn truncated(&self) -> bool {
-        !self.omitted.is_empty()
-    }
 }
 
 /// Token estimate for one line of the given kind.
@@ -177,8 +170,8 @@ pub fn build(
             ));
         }
     }
-    for warning in super::super::semantic::local_warnings(analysis) {
-        overview.push(format!("local check: {warning}"));
+    for warning in crate::semantic::local_warnings(analysis) {
+        overview.push(format!("local check: {}", warning.text));
     }
     b.group("Facts:", &overview, false);
 
@@ -248,7 +241,6 @@ pub fn build(
     );
     Digest {
         estimated_tokens: b.used,
-        budget_tokens,
         text: b.text,
         omitted: b.omitted,
     }
@@ -282,7 +274,7 @@ fn hex_windows(data: &[u8], analysis: &LocalAnalysis, elf: Option<&object::File>
         .iter()
         .filter(|r| r.class == "high")
     {
-        starts.push((format!("{} region", r.class), r.start as usize));
+        starts.push(("high region".into(), r.start as usize));
     }
     starts
         .into_iter()
@@ -307,10 +299,10 @@ mod tests {
         }
         let analysis = analyze(&data);
         let big = build("x", &data, &analysis, Some("testing"), 100_000);
-        assert!(!big.truncated(), "{:?}", big.omitted);
+        assert!(big.omitted.is_empty(), "{:?}", big.omitted);
         let small = build("x", &data, &analysis, Some("testing"), 300);
         assert!(small.estimated_tokens <= 300);
-        assert!(small.truncated());
+        assert!(!small.omitted.is_empty());
         assert!(small.text.contains("[truncated:"), "{}", small.text);
         assert!(small.text.contains("why it is being mapped: testing"));
         // The whole text, costed at the denser text rate, stays within the budget.

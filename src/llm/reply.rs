@@ -134,7 +134,7 @@ pub fn classify(status: u16, message: &str, code: Option<&str>) -> LlmError {
     .any(|k| text.contains(k) || code.contains(k))
     {
         LlmError::ContextOverflow(m)
-    } else if text.contains("parse grammar") || text.contains("grammar") {
+    } else if text.contains("grammar") {
         LlmError::GrammarFailure(m)
     } else if text.contains("unexpected endpoint") {
         LlmError::WrongEndpoint(m)
@@ -152,8 +152,6 @@ pub struct RawReply {
     pub finish_reason: Option<String>,
     /// The model the server says answered (may differ from the one asked for).
     pub model: Option<String>,
-    pub prompt_tokens: Option<u64>,
-    pub completion_tokens: Option<u64>,
 }
 
 impl RawReply {
@@ -163,12 +161,6 @@ impl RawReply {
             if !m.is_empty() {
                 self.model = Some(m.to_string());
             }
-        }
-        if let Some(usage) = body.get("usage") {
-            self.prompt_tokens = usage["prompt_tokens"].as_u64().or(self.prompt_tokens);
-            self.completion_tokens = usage["completion_tokens"]
-                .as_u64()
-                .or(self.completion_tokens);
         }
         let Some(choice) = body.get("choices").and_then(|c| c.get(0)) else {
             return;

@@ -48,11 +48,6 @@ impl SseParser {
         }
         parse_event(&rest)
     }
-
-    /// True when bytes of an unfinished event are buffered.
-    pub fn has_partial(&self) -> bool {
-        !self.pending.iter().all(u8::is_ascii_whitespace)
-    }
 }
 
 /// Position and length of the first blank-line separator (`\n\n`, `\r\n\r\n`, `\r\r`, or a mix).
@@ -162,7 +157,6 @@ mod tests {
     fn unfinished_events_are_visible() {
         let mut p = SseParser::new();
         assert!(p.feed(b"data: {\"x\":").unwrap().is_empty());
-        assert!(p.has_partial());
         assert_eq!(p.finish().unwrap(), Some(SseItem::Data("{\"x\":".into())));
         assert!(SseParser::new().feed(b"data: \xff\xfe\n\n").is_err());
     }

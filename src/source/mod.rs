@@ -31,31 +31,27 @@ impl Deref for InputBytes {
 /// Reads `path` whole. `/proc` and `/sys` files report size 0, so anything that
 /// is not a regular file of known size is read to EOF, never sized by `stat`.
 pub fn read_input(path: &Path) -> Result<InputBytes> {
-    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, "read", e))?;
-    if meta.is_dir() {
-        return Err(Error::malformed(
-            path,
-            "is a directory; fold takes one file",
-        ));
-    }
-    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, "read", e))?;
+    let (file, meta) = open_file(path)?;
     if meta.is_file() && meta.len() >= MMAP_THRESHOLD {
         // SAFETY: the mapping is read-only and private to this process. Another
         // process truncating the file while we read it could fault; the
         // alternative, copying every input into memory first, doubles peak
-        // memory for multi-GiB inputs.
+        // memory for multi-GiB inputs. Sources expected to change use `read_copy`.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, "map", e))?;
         return Ok(InputBytes::Mapped(map));
     }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    file.read_to_end(&mut bytes)
-        .map_err(|e| Error::io(path, "read", e))?;
-    Ok(InputBytes::Owned(bytes))
+    read_open(path, file, meta.len()).map(InputBytes::Owned)
 }
 
 /// Reads `path` to EOF into memory, never mapped: for sources expected to change while they
 /// are read (watch mode), where a mapping would fault (SIGBUS) if a writer truncated the file.
 pub fn read_copy(path: &Path) -> Result<Vec<u8>> {
+    let (file, meta) = open_file(path)?;
+    read_open(path, file, meta.len())
+}
+
+/// Opens `path` for reading, refusing a directory by name.
+fn open_file(path: &Path) -> Result<(std::fs::File, std::fs::Metadata)> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, "read", e))?;
     if meta.is_dir() {
         return Err(Error::malformed(
@@ -63,9 +59,15 @@ pub fn read_copy(path: &Path) -> Result<Vec<u8>> {
             "is a directory; fold takes one file",
         ));
     }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut bytes))
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, "read", e))?;
+    Ok((file, meta))
+}
+
+/// Reads an opened file to EOF (`/proc` and `/sys` files report size 0, so `size_hint` only
+/// presizes the buffer).
+fn read_open(path: &Path, mut file: std::fs::File, size_hint: u64) -> Result<Vec<u8>> {
+    let mut bytes = Vec::with_capacity(size_hint as usize);
+    file.read_to_end(&mut bytes)
         .map_err(|e| Error::io(path, "read", e))?;
     Ok(bytes)
 }

@@ -98,12 +98,6 @@ pub struct Status {
     pub updated_at: f64,
 }
 
-fn now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
 /// Counts the folder's tasks by state.
 pub fn count(tasks: &Path) -> Status {
     let mut s = Status::default();
@@ -155,7 +149,7 @@ impl Shared {
         (status.pending, status.running, status.done, status.failed) =
             (fresh.pending, fresh.running, fresh.done, fresh.failed);
         status.daemon_pid = std::process::id();
-        status.updated_at = now();
+        status.updated_at = crate::map::unix_now();
         let text = serde_json::to_string_pretty(&*status).expect("status serialises");
         let mut staged = StagedOutputs::new();
         // A status write that fails must not stop the work it describes.
@@ -243,7 +237,7 @@ impl Shared {
                 self.path(&format!("{stem}.task.task.{ext}.done")),
             ),
             Err(reason) => {
-                let error = serde_json::json!({"task_file": original, "reason": reason, "time": now(), "attempts": attempt});
+                let error = serde_json::json!({"task_file": original, "reason": reason, "time": crate::map::unix_now(), "attempts": attempt});
                 let text = serde_json::to_string_pretty(&error).expect("error serialises");
                 let mut staged = StagedOutputs::new();
                 let _ = staged

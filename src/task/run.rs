@@ -270,7 +270,6 @@ pub fn run_task(
     Ok(report)
 }
 
-/// `convert_binary` (and `foundry-v2` on a file): brick, `.rts.png` and previews.
 /// Where a single-file task's results go, and who describes them.
 struct FileSinks<'a> {
     out_dir: &'a Path,
@@ -278,6 +277,7 @@ struct FileSinks<'a> {
     llm: Option<Arc<LlmClient>>,
 }
 
+/// `convert_binary` (and `foundry-v2` on a file): brick, `.rts.png` and previews.
 fn convert_file(
     backend: &Backend,
     task: &FoundryTask,
@@ -619,19 +619,12 @@ fn scan_modules(
             findings.push(("low", "no vermagic".into()));
         }
         // The same risk checks as any ELF: W+X segments and packed sections weigh most.
-        for w in folded.semantic["analysis"]["warnings"]
-            .as_array()
+        // (The licence is judged above, against the accepted list.)
+        for w in crate::semantic::local_warnings(&folded.analysis)
             .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .filter(|w| !w.contains("without a license"))
+            .filter(|w| w.kind != crate::semantic::WarningKind::UnlicensedModule)
         {
-            let severity = if w.contains("writable and executable") || w.contains("packed") {
-                "high"
-            } else {
-                "medium"
-            };
-            findings.push((severity, w.to_string()));
+            findings.push((w.kind.severity(), w.text));
         }
         if let Some(risk @ ("high" | "critical")) = folded.semantic["risk"].as_str() {
             findings.push((
@@ -664,9 +657,7 @@ fn scan_modules(
     } else {
         ((critical * 40 + high * 20 + medium * 10 + low * 2) * 100 / (total * 12)).min(100)
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
+    let now = crate::map::unix_now();
     // The map reads exactly this shape at tile (-10,-10); local findings carry no CVE ids.
     let district = json!({"security": {"last_scan": now, "risk_score": risk, "vulnerable_drivers": flagged,
         "total_drivers": total, "critical_vulns": critical, "high_vulns": high, "medium_vulns": medium, "low_vulns": low,
@@ -722,8 +713,10 @@ fn watch(
     let opts = crate::watch::WatchOptions {
         output: out_dir.to_path_buf(),
         interval,
-        debounce: std::time::Duration::from_millis(100),
-        max_delay: std::time::Duration::from_secs(2),
+        debounce: crate::process_memory::parse_duration(crate::watch::DEFAULT_DEBOUNCE)
+            .expect("the default parses"),
+        max_delay: crate::process_memory::parse_duration(crate::watch::DEFAULT_MAX_DELAY)
+            .expect("the default parses"),
         publish: extra_str(task, "publish").map(PathBuf::from),
         versioned: extra_bool(task, "versioned"),
         fold: FoldOptions {

@@ -305,10 +305,10 @@ struct LiveArgs {
     #[arg(long, value_parser = process_memory::parse_duration, default_value = "1s")]
     interval: std::time::Duration,
     /// A path is re-folded once its events have been quiet this long.
-    #[arg(long, value_parser = process_memory::parse_duration, default_value = "100ms")]
+    #[arg(long, value_parser = process_memory::parse_duration, default_value = foundry_gpu::watch::DEFAULT_DEBOUNCE)]
     debounce: std::time::Duration,
     /// A path that never goes quiet is still re-folded this often.
-    #[arg(long, value_parser = process_memory::parse_duration, default_value = "2s")]
+    #[arg(long, value_parser = process_memory::parse_duration, default_value = foundry_gpu::watch::DEFAULT_MAX_DELAY)]
     max_delay: std::time::Duration,
     /// Name each re-fold NAME.vN.* (for readers that cache textures by path).
     #[arg(long)]
@@ -437,6 +437,11 @@ impl LlmServerArgs {
                 None => Error::Usage(e),
             }
         })
+    }
+
+    /// The client when `--llm` asked for one.
+    fn client_if(&self, llm: bool) -> Result<Option<Arc<LlmClient>>, Error> {
+        llm.then(|| self.client()).transpose()
     }
 
     fn client(&self) -> Result<Arc<LlmClient>, Error> {
@@ -630,7 +635,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                     legend: look.legend,
                     compression,
                     sidecars,
-                    llm: if llm { Some(server.client()?) } else { None },
+                    llm: server.client_if(llm)?,
                     ..Default::default()
                 };
                 let opts = live.options(&output, tree.publish.clone(), fold);
@@ -639,7 +644,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             if input.is_dir() {
                 let backend = open_backend(global)?;
                 let mut opts = tree.options(max_side, compression);
-                opts.llm = if llm { Some(server.client()?) } else { None };
+                opts.llm = server.client_if(llm)?;
                 let report = snapshot::snapshot(&backend, &[input], &output, &opts, &bar)?;
                 drop(bar);
                 print_snapshot(global, &report);
@@ -657,7 +662,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                     .as_deref()
                     .map_or(SectionChoice::None, SectionChoice::parse),
                 name: None,
-                llm: if llm { Some(server.client()?) } else { None },
+                llm: server.client_if(llm)?,
                 intent: None,
             };
             let backend = open_backend(global)?;
@@ -717,7 +722,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
         } => {
             let backend = open_backend(global)?;
             let mut opts = tree.options(district.max_side, district.compression);
-            opts.llm = if llm { Some(server.client()?) } else { None };
+            opts.llm = server.client_if(llm)?;
             let report = snapshot::snapshot(&backend, &roots, &district.output, &opts, &bar)?;
             drop(bar);
             print_snapshot(global, &report);
