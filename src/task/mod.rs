@@ -28,9 +28,8 @@ pub enum TaskType {
     ScanKernelModules,
 }
 
-fn default_ai_model() -> String {
-    "glm-4-9b-0414".into()
-}
+/// The schema's `ai_model` when a task names none.
+pub const DEFAULT_AI_MODEL: &str = "glm-4-9b-0414";
 
 fn default_texture_size() -> u32 {
     256
@@ -53,8 +52,9 @@ pub struct FoundryTask {
     /// Free text for the analysis.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub intent: Option<String>,
-    #[serde(default = "default_ai_model")]
-    pub ai_model: String,
+    /// The model the task names, if it names one; see [`FoundryTask::ai_model`].
+    #[serde(default, rename = "ai_model", skip_serializing_if = "Option::is_none")]
+    pub ai_model_named: Option<String>,
     #[serde(default = "default_texture_size")]
     pub texture_size: u32,
     #[serde(default = "default_max_files")]
@@ -70,6 +70,13 @@ pub struct FoundryTask {
     /// Fields this version does not know, kept as written.
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
+}
+
+impl FoundryTask {
+    /// The task's `ai_model`, or the schema's default when it names none.
+    pub fn ai_model(&self) -> &str {
+        self.ai_model_named.as_deref().unwrap_or(DEFAULT_AI_MODEL)
+    }
 }
 
 /// Why a task file cannot be read: the file, where, which field, what.
@@ -184,12 +191,7 @@ mod tests {
         let t = parse("a.task.json", r#"{"task_id": "t", "type": "crystallize_system", "source": "/", "paths": ["/bin"], "max_files_per_path": 10, "colour": "blue"}"#).unwrap();
         assert_eq!(t.kind, TaskType::CrystallizeSystem);
         assert_eq!(
-            (
-                t.texture_size,
-                t.max_files,
-                t.ai_model.as_str(),
-                t.auto_generated
-            ),
+            (t.texture_size, t.max_files, t.ai_model(), t.auto_generated),
             (256, 50, "glm-4-9b-0414", false)
         );
         assert_eq!(t.paths, ["/bin"]);

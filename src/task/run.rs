@@ -38,26 +38,39 @@ pub struct TaskLlm {
     pub enabled: bool,
     /// `--llm-model` was given: it wins over a task's `ai_model`.
     pub model_pinned: bool,
+    /// `--llm-url` was given: it wins over a task's `llm_url`.
+    pub url_pinned: bool,
 }
 
 impl TaskLlm {
-    /// A client for `task` when it should ask: the task's `ai_model` and `llm_url` apply unless
-    /// the command line pinned them.
+    /// A client for `task` when it should ask.
     pub fn client_for(&self, task: &FoundryTask) -> Result<Option<Arc<LlmClient>>> {
         if !self.enabled && task.kind != TaskType::AnalyzeSystem {
             return Ok(None);
         }
+        LlmClient::new(self.config_for(task)?)
+            .map(|c| Some(Arc::new(c)))
+            .map_err(Error::Usage)
+    }
+
+    /// The settings for `task`: the command line, then the task's own `ai_model` and `llm_url`,
+    /// then the environment and `foundry.toml` (already in `config`), then the schema's default
+    /// model.
+    pub fn config_for(&self, task: &FoundryTask) -> Result<crate::llm::LlmConfig> {
         let mut config = self.config.clone();
         if !self.model_pinned {
-            config.model = Some(task.ai_model.clone());
+            config.model = task
+                .ai_model_named
+                .clone()
+                .filter(|m| !m.trim().is_empty())
+                .or(config.model)
+                .or_else(|| Some(task.ai_model().to_string()));
         }
-        if let Some(url) = extra_str(task, "llm_url") {
+        if let Some(url) = extra_str(task, "llm_url").filter(|_| !self.url_pinned) {
             config.base_url = crate::llm::normalise_base_url(&url)
                 .map_err(|e| Error::Usage(format!("task {}: llm_url {e}", task.task_id)))?;
         }
-        LlmClient::new(config)
-            .map(|c| Some(Arc::new(c)))
-            .map_err(Error::Usage)
+        Ok(config)
     }
 }
 

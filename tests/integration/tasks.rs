@@ -4,6 +4,60 @@ use foundry_gpu::task::{parse_task, read_task, TaskType};
 use std::path::Path;
 
 #[test]
+fn model_and_server_follow_command_line_then_task_then_environment() {
+    use foundry_gpu::llm::LlmConfig;
+    use foundry_gpu::task::run::TaskLlm;
+    let task = |extra: &str| {
+        parse_task(
+            Path::new("t.task.json"),
+            &format!(r#"{{"task_id": "t", "type": "analyze_system", "source": "."{extra}}}"#),
+        )
+        .unwrap()
+    };
+    // `config` holds what the environment and foundry.toml said.
+    let resolved = |model: Option<&str>| TaskLlm {
+        config: LlmConfig {
+            base_url: "http://env:1".into(),
+            model: model.map(String::from),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let plain = task("");
+    let named = task(r#", "ai_model": "task-model", "llm_url": "http://task:2""#);
+    let from_env = resolved(Some("env-model"));
+    assert_eq!(
+        from_env.config_for(&plain).unwrap().model.as_deref(),
+        Some("env-model")
+    );
+    assert_eq!(
+        from_env.config_for(&plain).unwrap().base_url,
+        "http://env:1"
+    );
+    let c = from_env.config_for(&named).unwrap();
+    assert_eq!(
+        (c.model.as_deref(), c.base_url.as_str()),
+        (Some("task-model"), "http://task:2")
+    );
+    // Nothing configured anywhere: the schema's default model.
+    assert_eq!(
+        resolved(None).config_for(&plain).unwrap().model.as_deref(),
+        Some("glm-4-9b-0414")
+    );
+    // The command line wins over the task.
+    let pinned = TaskLlm {
+        model_pinned: true,
+        url_pinned: true,
+        ..resolved(Some("cli-model"))
+    };
+    let c = pinned.config_for(&named).unwrap();
+    assert_eq!(
+        (c.model.as_deref(), c.base_url.as_str()),
+        (Some("cli-model"), "http://env:1")
+    );
+}
+
+#[test]
 fn examples_parse_and_json_equals_yaml() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("openspec/tasks/examples");
     let mut kinds = Vec::new();
@@ -47,7 +101,7 @@ fn every_historical_task_file_parses() {
     assert_eq!(crystallize.max_files_per_path, Some(10));
     let auto = read_task(&dir.join("auto_62d6b00f.task.json")).unwrap();
     assert!(auto.auto_generated);
-    assert_eq!(auto.ai_model, "glm-4-9b-0414", "the schema's default");
+    assert_eq!(auto.ai_model(), "glm-4-9b-0414", "the schema's default");
 }
 
 #[test]

@@ -404,10 +404,10 @@ fn run_watch(
 /// Which language-model server to ask and how (`fold`, `run`, `daemon`, `analyze`).
 #[derive(Args, Clone)]
 struct LlmServerArgs {
-    /// LM Studio / OpenAI-compatible base URL [default: http://localhost:1234; env FOUNDRY_LLM_URL].
+    /// LM Studio / OpenAI-compatible base URL; wins over a task's llm_url, which wins over FOUNDRY_LLM_URL [default: http://localhost:1234].
     #[arg(long, value_name = "URL")]
     llm_url: Option<String>,
-    /// Model to ask [env FOUNDRY_LLM_MODEL; wins over a task's ai_model; default: the server's first].
+    /// Model to ask; wins over a task's ai_model, which wins over FOUNDRY_LLM_MODEL and foundry.toml [default: the server's first; for tasks, glm-4-9b-0414].
     #[arg(long, value_name = "NAME")]
     llm_model: Option<String>,
     /// Answer cache [default: ~/.cache/foundry-gpu/llm; env FOUNDRY_LLM_CACHE].
@@ -832,6 +832,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                     config: server.resolve()?,
                     enabled: llm,
                     model_pinned: server.llm_model.is_some(),
+                    url_pinned: server.llm_url.is_some(),
                 },
             };
             let report = foundry_gpu::task::run::run_task(&backend, &parsed, &task, &opts, &bar)?;
@@ -870,6 +871,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                     config: server.resolve()?,
                     enabled: llm,
                     model_pinned: server.llm_model.is_some(),
+                    url_pinned: server.llm_url.is_some(),
                 },
             };
             let status = foundry_gpu::task::daemon::run_daemon(&backend, opts)?;
