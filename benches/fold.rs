@@ -257,6 +257,8 @@ fn semantic(c: &mut Criterion) {
         cache
             .put(&CachedAnswer {
                 content_sha256: hex::encode(foundry_gpu::analysis::sha256(&data)),
+                // The fold below shows the input under its output's name, x.
+                prompt_context: foundry_gpu::llm::cache::prompt_context("x", None),
                 prompt_version: PROMPT_VERSION,
                 schema_version: SCHEMA_VERSION,
                 requested_model: "bench-model".into(),

@@ -306,12 +306,13 @@ impl LlmClient {
             seconds: 0.0,
         };
         let sha = &request.analysis.sha256;
+        let question = super::cache::prompt_context(request.name, request.intent);
         // A configured model lets the cache answer without touching the server at all.
         if let Some(hit) = self
             .config
             .model
             .as_deref()
-            .and_then(|m| self.cached(sha, m))
+            .and_then(|m| self.cached(sha, &question, m))
         {
             return cached_outcome(outcome, hit, started);
         }
@@ -339,7 +340,7 @@ impl LlmClient {
         };
         let model = outcome.requested_model.clone().unwrap_or_default();
         if self.config.model.is_none() {
-            if let Some(hit) = self.cached(sha, &model) {
+            if let Some(hit) = self.cached(sha, &question, &model) {
                 return cached_outcome(outcome, hit, started);
             }
         }
@@ -382,6 +383,7 @@ impl LlmClient {
                     if let Some(cache) = &self.cache {
                         let entry = CachedAnswer {
                             content_sha256: sha.clone(),
+                            prompt_context: question,
                             prompt_version: digest::PROMPT_VERSION,
                             schema_version: super::reply::SCHEMA_VERSION,
                             requested_model: model,
@@ -412,8 +414,8 @@ impl LlmClient {
         outcome
     }
 
-    fn cached(&self, sha: &str, model: &str) -> Option<CachedAnswer> {
-        self.cache.as_ref()?.get(sha, model)
+    fn cached(&self, sha: &str, context: &str, model: &str) -> Option<CachedAnswer> {
+        self.cache.as_ref()?.get(sha, context, model)
     }
 
     /// One streamed chat completion; errors are recognised in any status, body or frame.

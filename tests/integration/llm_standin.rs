@@ -1130,4 +1130,17 @@ fn cached_answers_need_no_request_until_bytes_or_model_change() {
     assert_answered(&other, GOOD_SUMMARY);
     assert_eq!(server.chats().len(), 3, "another model asks again");
     assert_eq!(server.chats()[2].body["model"], "other-model");
+
+    // The same bytes under another name, or asked with an intent, are another question.
+    let renamed = Artifact::new("renamed", artifact.data.clone());
+    assert_answered(&describe_with(config(MODEL), &renamed), GOOD_SUMMARY);
+    assert_eq!(server.chats().len(), 4, "another name asks again");
+    let client = LlmClient::new(config(MODEL)).expect("client");
+    let with_intent = ArtifactRequest {
+        intent: Some("is this a rootkit?"),
+        ..artifact.request()
+    };
+    assert_answered(&client.describe(with_intent), GOOD_SUMMARY);
+    assert_eq!(server.chats().len(), 5, "another intent asks again");
+    assert_eq!(client.describe(with_intent).status, "cached");
 }
