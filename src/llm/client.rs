@@ -90,7 +90,9 @@ pub struct LlmClient {
     runtime: tokio::runtime::Runtime,
     permits: Arc<Semaphore>,
     cache: Option<AnswerCache>,
-    state: OnceCell<ServerState>,
+    /// The probe's answer. Ready is kept; any other state is probed again by the next call, so
+    /// a server started after the client (a long watch) is found.
+    state: std::sync::Mutex<Arc<OnceCell<ServerState>>>,
 }
 
 impl std::fmt::Debug for LlmClient {
@@ -120,13 +122,14 @@ impl LlmClient {
             http,
             runtime,
             config,
-            state: OnceCell::new(),
+            state: std::sync::Mutex::new(Arc::new(OnceCell::new())),
         })
     }
 
     /// Probes the server once (later calls reuse the answer).
     pub fn probe(&self) -> ServerState {
-        self.runtime.block_on(self.state()).clone()
+        let cell = self.state_for_this_call();
+        self.runtime.block_on(self.state(&cell)).clone()
     }
 
     /// Describes one artifact.
@@ -136,9 +139,23 @@ impl LlmClient {
 
     /// Describes every artifact, at most `concurrency` requests in flight; outcomes in order.
     pub fn describe_all(&self, requests: &[ArtifactRequest<'_>]) -> Vec<LlmOutcome> {
+        // One probe serves the whole batch.
+        let cell = self.state_for_this_call();
         self.runtime.block_on(futures_util::future::join_all(
-            requests.iter().map(|r| self.describe_one(*r)),
+            requests.iter().map(|r| self.describe_one(*r, &cell)),
         ))
+    }
+
+    /// The probe cell this call uses: the last one if it found the server ready, else a new one.
+    fn state_for_this_call(&self) -> Arc<OnceCell<ServerState>> {
+        let mut cell = self.state.lock().expect("probe state lock");
+        if cell
+            .get()
+            .is_some_and(|s| !matches!(s, ServerState::Ready { .. }))
+        {
+            *cell = Arc::new(OnceCell::new());
+        }
+        Arc::clone(&cell)
     }
 
     fn url(&self, path: &str) -> String {
@@ -152,8 +169,8 @@ impl LlmClient {
         }
     }
 
-    async fn state(&self) -> &ServerState {
-        self.state.get_or_init(|| self.probe_now()).await
+    async fn state<'c>(&self, cell: &'c OnceCell<ServerState>) -> &'c ServerState {
+        cell.get_or_init(|| self.probe_now()).await
     }
 
     /// GETs `path` and parses JSON, with the connect timeout and a short read timeout.
@@ -288,7 +305,11 @@ impl LlmClient {
         None
     }
 
-    async fn describe_one(&self, request: ArtifactRequest<'_>) -> LlmOutcome {
+    async fn describe_one(
+        &self,
+        request: ArtifactRequest<'_>,
+        cell: &OnceCell<ServerState>,
+    ) -> LlmOutcome {
         let started = Instant::now();
         let mut outcome = LlmOutcome {
             status: "failed",
@@ -316,7 +337,7 @@ impl LlmClient {
         {
             return cached_outcome(outcome, hit, started);
         }
-        let context = match self.state().await {
+        let context = match self.state(cell).await {
             ServerState::Ready {
                 models,
                 context_tokens,

@@ -724,6 +724,33 @@ fn a_refused_token_is_auth_required() {
 }
 
 #[test]
+fn a_server_that_was_not_ready_is_probed_again_by_the_next_call() {
+    // Refuses the first probe (as a server still starting up with auth on might), then serves.
+    let probes = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&probes);
+    let server = StandIn::start(move |request, _| {
+        if request.is_chat() {
+            return streamed_answer(GOOD_ANSWER);
+        }
+        if request.path == MODELS_PATH && seen.fetch_add(1, Ordering::SeqCst) == 0 {
+            return Reply::json(401, &error_body("not yet", Some("invalid_api_key")));
+        }
+        Reply::json(200, &model_list(&[MODEL]))
+    });
+    let client = LlmClient::new(config_for(server.url())).expect("client");
+    let artifact = wordy_artifact(0);
+    assert_eq!(client.describe(artifact.request()).status, "auth_required");
+    assert_answered(&client.describe(artifact.request()), GOOD_SUMMARY);
+    let after_ready = probes.load(Ordering::SeqCst);
+    assert_answered(&client.describe(artifact.request()), GOOD_SUMMARY);
+    assert_eq!(
+        probes.load(Ordering::SeqCst),
+        after_ready,
+        "a ready server is not probed again"
+    );
+}
+
+#[test]
 fn a_wrong_base_url_is_misconfigured() {
     let (state, outcome, _server) =
         answer_every_request_with(unexpected_endpoint("GET", MODELS_PATH), None);
