@@ -132,20 +132,37 @@ pub fn align(a: &[u8], b: &[u8], block: usize) -> Alignment {
     // Walk B; between in-order anchors, unmatched A chunks and unmatched B chunks pair up.
     let mut next_a = 0usize;
     let mut pending_b: Option<(u64, u64)> = None;
-    let flush = |out: &mut Alignment,
-                 pending_b: &mut Option<(u64, u64)>,
-                 a_gap: Option<(u64, u64)>| {
-        match (pending_b.take(), a_gap) {
-            (Some(b_span), Some(a_span)) => replaced(&mut out.ranges, a, b, a_span, b_span),
-            (Some(b), None) => push_range(&mut out.ranges, Change::Inserted, None, Some(b)),
-            (None, Some(a)) => push_range(&mut out.ranges, Change::Deleted, Some(a), None),
-            (None, None) => {}
+    // Unmatched B content pairs with the first stretch of A gone from between the same
+    // anchors (replaced); any further stretches were deleted.
+    let flush =
+        |out: &mut Alignment, pending_b: &mut Option<(u64, u64)>, a_gaps: Vec<(u64, u64)>| {
+            let mut gaps = a_gaps.into_iter();
+            match (pending_b.take(), gaps.next()) {
+                (Some(b_span), Some(a_span)) => replaced(&mut out.ranges, a, b, a_span, b_span),
+                (Some(b), None) => push_range(&mut out.ranges, Change::Inserted, None, Some(b)),
+                (None, Some(a)) => push_range(&mut out.ranges, Change::Deleted, Some(a), None),
+                (None, None) => {}
+            }
+            for a in gaps {
+                push_range(&mut out.ranges, Change::Deleted, Some(a), None);
+            }
+        };
+    // A chunk some B chunk copies (in order or moved) did not go away.
+    let mut a_used = vec![false; ca.len()];
+    for &i in candidate.iter().flatten() {
+        a_used[i] = true;
+    }
+    // The stretches of A between two anchors that no B chunk took.
+    let a_gaps = |from: usize, to: usize| -> Vec<(u64, u64)> {
+        let mut gaps: Vec<(u64, u64)> = Vec::new();
+        for i in (from..to).filter(|&i| !a_used[i]) {
+            let (start, end) = ca[i].span();
+            match gaps.last_mut() {
+                Some(last) if last.1 == start => last.1 = end,
+                _ => gaps.push((start, end)),
+            }
         }
-    };
-    // A chunks skipped between two anchors.
-    let a_gap = |from: usize, to: usize| -> Option<(u64, u64)> {
-        let skipped = &ca[from..to];
-        Some((skipped.first()?.span().0, skipped.last()?.span().1))
+        gaps
     };
     for (j, c) in cb.iter().enumerate() {
         let span = c.span();
@@ -153,11 +170,11 @@ pub fn align(a: &[u8], b: &[u8], block: usize) -> Alignment {
             Some(i) => {
                 // An in-order match is an anchor: what lies before it is replaced content.
                 let kind = if in_order[j] {
-                    flush(&mut out, &mut pending_b, a_gap(next_a, i));
+                    flush(&mut out, &mut pending_b, a_gaps(next_a, i));
                     next_a = i + 1;
                     Change::Unchanged
                 } else {
-                    flush(&mut out, &mut pending_b, None);
+                    flush(&mut out, &mut pending_b, Vec::new());
                     Change::Moved
                 };
                 push_range(&mut out.ranges, kind, Some(ca[i].span()), Some(span));
@@ -172,7 +189,7 @@ pub fn align(a: &[u8], b: &[u8], block: usize) -> Alignment {
             }
         }
     }
-    flush(&mut out, &mut pending_b, a_gap(next_a, ca.len()));
+    flush(&mut out, &mut pending_b, a_gaps(next_a, ca.len()));
     out
 }
 
@@ -346,7 +363,14 @@ mod tests {
         let al = align(&a, &b, 4096);
         assert_eq!(apply(&a, &al.ops), b);
         assert!(total(&al, Change::Moved) > 150_000, "{:?}", al.ranges);
-        assert!(total(&al, Change::Deleted) > 80_000, "{:?}", al.ranges);
+        // The deleted 100 KB, give or take the chunks at its edges; moved content is not
+        // also reported as deleted from where it was.
+        let deleted = total(&al, Change::Deleted);
+        assert!(
+            (80_000..130_000).contains(&deleted),
+            "{deleted}: {:?}",
+            al.ranges
+        );
     }
 
     #[test]
