@@ -299,19 +299,29 @@ pub fn aligned_compare(
         size_difference: b.len() as i64 - a.len() as i64,
         changed_ranges: Vec::new(),
     };
+    // When the sizes differ, the block holding the shorter side's end also holds bytes only
+    // the longer side has: it changed even if the shared bytes match.
+    let first_grown = if a.len() == b.len() {
+        usize::MAX
+    } else {
+        common / block
+    };
     for (i, pair) in counts.chunks_exact(2).enumerate() {
         if pair[0] == 0 {
             continue;
         }
-        out.changed_blocks += 1;
         out.changed_bytes += u64::from(pair[0]);
         out.changed_pixels += u64::from(pair[1]);
         let start = (i * block) as u64;
         let end = (start + block as u64).min(common as u64);
         push_merged(&mut out.changed_ranges, start, end);
     }
-    let tail_blocks = out.blocks - common.div_ceil(block) as u64;
-    out.changed_blocks += tail_blocks;
+    let changed_in_common = counts
+        .chunks_exact(2)
+        .enumerate()
+        .filter(|(i, pair)| pair[0] > 0 && *i < first_grown)
+        .count() as u64;
+    out.changed_blocks = changed_in_common + out.blocks.saturating_sub(first_grown as u64);
     if a.len() != b.len() {
         push_merged(
             &mut out.changed_ranges,
@@ -530,4 +540,30 @@ pub fn apply_patch(
         sha256: hex::encode(patch.b_sha256),
         verified: true,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_count_the_one_the_shorter_side_ends_in() {
+        let a = vec![1u8; 100];
+        let mut b = a.clone();
+        b.resize(5000, 2);
+        // Block 0 holds A's end and B's extra bytes; block 1 is B's alone.
+        let c = aligned_compare(&Backend::Cpu, &a, &b, 4096).unwrap();
+        assert_eq!((c.blocks, c.changed_blocks, c.changed_bytes), (2, 2, 0));
+        assert_eq!(c.changed_ranges, [(100, 5000)]);
+        let same = aligned_compare(&Backend::Cpu, &b, &b, 4096).unwrap();
+        assert_eq!(same.changed_blocks, 0);
+        let mut edited = b.clone();
+        edited[4500] = 9;
+        let one = aligned_compare(&Backend::Cpu, &b, &edited, 4096).unwrap();
+        assert_eq!((one.changed_blocks, one.changed_bytes), (1, 1));
+        // Whole blocks shared, then B goes on: only B's own blocks count.
+        let long = vec![1u8; 8192 + 10];
+        let grown = aligned_compare(&Backend::Cpu, &long[..8192], &long, 4096).unwrap();
+        assert_eq!((grown.blocks, grown.changed_blocks), (3, 1));
+    }
 }
