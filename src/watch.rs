@@ -169,6 +169,29 @@ fn stamp(path: &Path) -> Option<(u64, std::time::SystemTime)> {
     Some((m.len(), m.modified().ok()?))
 }
 
+/// Two targets whose outputs would land on the same names (`a/config` and `b/config`, or two
+/// trees both called `src`) would overwrite each other: refuse, naming both.
+fn refuse_shared_outputs(targets: &[Target], paths: &[PathBuf]) -> Result<()> {
+    let mut seen: HashMap<String, &Path> = HashMap::new();
+    for (t, given) in targets.iter().zip(paths) {
+        let (Target::File { path } | Target::Polled { path } | Target::Tree { root: path }) = t;
+        let mut key = path
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        if matches!(t, Target::Tree { .. }) {
+            key = format!("files/{key}");
+        }
+        if let Some(other) = seen.insert(key.clone(), given) {
+            return Err(Error::Usage(format!(
+                "{} and {} would both write OUT/{key}*; watch them into separate output folders",
+                other.display(),
+                given.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Output directory and NAME for `source`.
 fn destination(opts: &WatchOptions, targets: &[Target], source: &Path) -> (PathBuf, String) {
     for t in targets {
@@ -228,6 +251,13 @@ pub fn watch(
         } else {
             Target::File { path: abs }
         });
+    }
+
+    refuse_shared_outputs(&targets, paths)?;
+    if opts.interval.is_zero() {
+        return Err(Error::Usage(
+            "--interval must be more than 0 (it paces /proc and /sys polling)".into(),
+        ));
     }
 
     let (tx, rx) = mpsc::channel::<notify::Result<notify::Event>>();

@@ -188,6 +188,38 @@ fn own_outputs_never_trigger_a_refold() {
 }
 
 #[test]
+fn targets_that_would_share_outputs_and_a_zero_interval_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for sub in ["a", "b"] {
+        std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        std::fs::write(dir.path().join(sub).join("config"), sub).unwrap();
+    }
+    let out = dir.path().join("out");
+    let run = |args: &[&Path], extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_foundry-gpu"))
+            .arg("watch")
+            .args(args)
+            .arg("-o")
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let (a, b) = (dir.path().join("a/config"), dir.path().join("b/config"));
+    let o = run(&[&a, &b], &[]);
+    assert_eq!(o.status.code(), Some(2));
+    let message = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        message.contains("a/config") && message.contains("b/config"),
+        "{message}"
+    );
+    let o = run(&[&a], &["--interval", "0s"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--interval"));
+    assert!(!out.join("config.brick").exists(), "nothing was folded");
+}
+
+#[test]
 fn a_failed_refold_is_reported_and_retried_on_the_next_change() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("f");
