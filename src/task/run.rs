@@ -276,7 +276,17 @@ pub fn run_task(
             llm,
             &mut report,
         )?,
-        TaskType::WatchPath => watch(backend, task, &source, &out_dir, &mut report)?,
+        TaskType::WatchPath => watch(
+            backend,
+            task,
+            &FileSinks {
+                out_dir: &out_dir,
+                publish: publish.as_deref(),
+                llm,
+            },
+            &source,
+            &mut report,
+        )?,
     }
     report.seconds = started.elapsed().as_secs_f64();
     write_report(&mut report)?;
@@ -714,10 +724,11 @@ fn scan_modules(
 fn watch(
     backend: &Backend,
     task: &FoundryTask,
+    sinks: &FileSinks<'_>,
     source: &Path,
-    out_dir: &Path,
     report: &mut TaskReport,
 ) -> Result<()> {
+    let out_dir = sinks.out_dir;
     let interval = std::time::Duration::from_millis(extra_u64(task, "interval_ms").unwrap_or(1000));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -730,10 +741,13 @@ fn watch(
             .expect("the default parses"),
         max_delay: crate::process_memory::parse_duration(crate::watch::DEFAULT_MAX_DELAY)
             .expect("the default parses"),
-        publish: extra_str(task, "publish").map(PathBuf::from),
+        // Resolved like every task's: against the task root, else `--publish`.
+        publish: sinks.publish.map(Path::to_path_buf),
         versioned: extra_bool(task, "versioned"),
         fold: FoldOptions {
             texture_size: Some(task.texture_size),
+            llm: sinks.llm.clone(),
+            intent: task.intent.clone(),
             ..Default::default()
         },
         max_refolds: extra_u64(task, "max_refolds"),

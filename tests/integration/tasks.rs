@@ -279,15 +279,20 @@ mod run {
         std::fs::write(&watched, "one").unwrap();
         let changer = {
             let watched = watched.clone();
+            let first_brick = dir.path().join("out/w/live.txt.brick");
             std::thread::spawn(move || {
-                std::thread::sleep(std::time::Duration::from_millis(400));
+                // Change the file once the first fold has landed, however slow the machine.
+                while !first_brick.exists() {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
                 std::fs::write(&watched, "two, longer").unwrap();
             })
         };
+        // Stops after the second re-fold; max_cycles only bounds a broken run (30 s).
         let r = run_json(
             dir.path(),
             "w.task.json",
-            r#"{"task_id": "w", "type": "watch_path", "source": "live.txt", "interval_ms": 100, "max_cycles": 10}"#,
+            r#"{"task_id": "w", "type": "watch_path", "source": "live.txt", "interval_ms": 100, "max_cycles": 300, "max_refolds": 2, "publish": "builder"}"#,
         )
         .unwrap();
         changer.join().unwrap();
@@ -296,6 +301,8 @@ mod run {
             foundry_gpu::fold::decode(&Backend::Cpu, &dir.path().join("out/w/live.txt.brick"))
                 .unwrap();
         assert_eq!(back.bytes, b"two, longer");
+        // `publish` resolves against the task's folder, as for every other task type.
+        assert!(dir.path().join("builder/map/manifest.json").exists());
     }
 
     #[test]
