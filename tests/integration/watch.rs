@@ -188,6 +188,50 @@ fn own_outputs_never_trigger_a_refold() {
 }
 
 #[test]
+fn fold_watch_keeps_the_fold_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let elf = dir.path().join("tool");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/sample-elf"),
+        &elf,
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let o = Command::new(env!("CARGO_BIN_EXE_foundry-gpu"))
+        .arg("fold")
+        .arg(&elf)
+        .arg("-o")
+        .arg(&out)
+        .args([
+            "--watch",
+            "--max-refolds",
+            "1",
+            "--sections",
+            ".text",
+            "--backend",
+            "cpu",
+        ])
+        .args(["--preview-side", "64"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        out.join("tool.text.brick").exists(),
+        "--sections reached the watch"
+    );
+    let preview = image_side(&out.join("tool.preview.png"));
+    assert_eq!(preview, 64, "--preview-side reached the watch");
+}
+
+fn image_side(png: &Path) -> u32 {
+    png::Decoder::new(std::io::BufReader::new(std::fs::File::open(png).unwrap()))
+        .read_info()
+        .unwrap()
+        .info()
+        .width
+}
+
+#[test]
 fn targets_that_would_share_outputs_and_a_zero_interval_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     for sub in ["a", "b"] {

@@ -625,31 +625,6 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             watch,
             live,
         } => {
-            if watch {
-                drop(bar);
-                let fold = FoldOptions {
-                    texture_size,
-                    max_side,
-                    palette: look.palette,
-                    preview_side: look.preview_side,
-                    legend: look.legend,
-                    compression,
-                    sidecars,
-                    llm: server.client_if(llm)?,
-                    ..Default::default()
-                };
-                let opts = live.options(&output, tree.publish.clone(), fold);
-                return run_watch(global, &[input], &opts);
-            }
-            if input.is_dir() {
-                let backend = open_backend(global)?;
-                let mut opts = tree.options(max_side, compression);
-                opts.llm = server.client_if(llm)?;
-                let report = snapshot::snapshot(&backend, &[input], &output, &opts, &bar)?;
-                drop(bar);
-                print_snapshot(global, &report);
-                return Ok(ExitCode::SUCCESS);
-            }
             let opts = FoldOptions {
                 texture_size,
                 max_side,
@@ -665,6 +640,22 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 llm: server.client_if(llm)?,
                 intent: None,
             };
+            if watch {
+                drop(bar);
+                let live = live.options(&output, tree.publish.clone(), opts);
+                return run_watch(global, &[input], &live);
+            }
+            if input.is_dir() {
+                let backend = open_backend(global)?;
+                let snapshot_opts = snapshot::SnapshotOptions {
+                    llm: opts.llm,
+                    ..tree.options(max_side, compression)
+                };
+                let report = snapshot::snapshot(&backend, &[input], &output, &snapshot_opts, &bar)?;
+                drop(bar);
+                print_snapshot(global, &report);
+                return Ok(ExitCode::SUCCESS);
+            }
             let backend = open_backend(global)?;
             let report = fold::fold_file(
                 &backend,
