@@ -351,6 +351,13 @@ mod tests {
             &al.ranges
         );
         assert_eq!(total(&al, Change::Moved), 0);
+        // The 10 KB inserted, plus at most the chunks cut around it.
+        let new = total(&al, Change::Inserted) + total(&al, Change::Changed);
+        assert!(
+            (10_000..10_000 + 3 * 16_384).contains(&new),
+            "{new}: {:?}",
+            al.ranges
+        );
     }
 
     #[test]

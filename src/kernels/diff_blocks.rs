@@ -42,14 +42,17 @@ mod tests {
 
     #[test]
     fn counts_each_differing_byte_in_its_block() {
-        let a = vec![7u8; 10_000];
+        // 10,005 bytes: the last block ends in a 5-byte tail past the last 8-byte group.
+        let a = vec![7u8; 10_005];
         let mut b = a.clone();
         b[0] = 0;
         b[4095] = 1;
         b[4096] = 2;
         b[9_999] = 3;
         b[9_998] = 4;
-        assert_eq!(diff_blocks(&a, &b, 4096), [2, 2, 1, 1, 2, 1]);
+        b[10_001] = 5; // in the tail's first word
+        b[10_004] = 6; // alone in the tail's short last word
+        assert_eq!(diff_blocks(&a, &b, 4096), [2, 2, 1, 1, 4, 3]);
         assert_eq!(diff_blocks(&a, &a, 4096), [0; 6]);
     }
 }

@@ -91,6 +91,7 @@ fn every_run_says_which_backend_did_the_work() {
         "cpu",
         "-v",
     ]);
+    assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("backend: cpu"), "{}", stderr(&o));
     if gpu().is_some() {
         let o = foundry(&[
