@@ -1,29 +1,12 @@
 //! The command line as a user meets it: outputs, JSON, exit codes, and one clear
 //! error line naming the file for every kind of bad input, with nothing left behind.
 
-use crate::harness::{gpu, sample_bytes};
-use std::path::{Path, PathBuf};
+use crate::harness::{foundry, golden, gpu, s, sample_bytes};
+use std::path::Path;
 use std::process::{Command, Output};
-
-fn foundry(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_foundry-gpu"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn golden(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures/golden")
-        .join(name)
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 /// Files in `dir` (temporary files included).

@@ -2,31 +2,9 @@
 //! rebuilds B bit for bit, insertions do not smear into everything after them, and wrong inputs
 //! are refused with nothing written.
 
-use crate::harness::{gpu, sample_bytes};
+use crate::harness::{foundry, foundry_json as ok_json, gpu, s, sample_bytes};
 use serde_json::Value;
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn foundry(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_foundry-gpu"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
-
-fn ok_json(args: &[&str]) -> Value {
-    let o = foundry(&[args, &["--json"]].concat());
-    assert!(
-        o.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    serde_json::from_slice(&o.stdout).unwrap()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 fn total(report: &Value, kind: &str) -> u64 {
     report["totals"][kind].as_u64().unwrap()

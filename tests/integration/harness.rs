@@ -126,3 +126,34 @@ pub fn assert_same(what: &str, expected: &[u8], actual: &[u8]) {
         panic!("{message}");
     }
 }
+
+/// Runs the `foundry-gpu` binary with `args`.
+pub fn foundry(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_foundry-gpu"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+/// Runs `foundry-gpu ARGS --json`, requires success, and parses the report.
+pub fn foundry_json(args: &[&str]) -> serde_json::Value {
+    let o = foundry(&[args, &["--json"]].concat());
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).expect("a JSON report")
+}
+
+/// A path as a command-line argument.
+pub fn s(p: &std::path::Path) -> &str {
+    p.to_str().expect("test paths are UTF-8")
+}
+
+/// A file of `shared/fixtures/golden`.
+pub fn golden(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/fixtures/golden")
+        .join(name)
+}

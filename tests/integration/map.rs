@@ -1,24 +1,11 @@
 //! Publishing to the infinite map: tiles land in queue/, the manifest keeps foreign entries,
 //! every entry decodes, tiles stay put between runs, and timestamps only grow.
 
+use crate::harness::foundry_json as foundry;
 use foundry_gpu::fold;
 use foundry_gpu::Backend;
 use std::path::Path;
 use std::process::Command;
-
-fn foundry(args: &[&str]) -> serde_json::Value {
-    let o = Command::new(env!("CARGO_BIN_EXE_foundry-gpu"))
-        .args(args)
-        .arg("--json")
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    serde_json::from_slice(&o.stdout).expect("a JSON report")
-}
 
 fn manifest(builder: &Path) -> serde_json::Map<String, serde_json::Value> {
     serde_json::from_str(&std::fs::read_to_string(builder.join("map/manifest.json")).unwrap())
