@@ -1,9 +1,10 @@
 //! Criterion bench of `diff`: two inputs compared (read, per-page kernel, content-defined
 //! alignment) beside the floor of reading both once, in the same run.
 //!
-//! Groups: `read_both` (floor: `std::fs::read` of A and B from the page cache),
-//! `diff_blocks/cpu` (the per-page kernel alone, in memory), `diff_compare/cpu` (what `diff`
-//! does before writing: read both, compare pages, align by content). Sizes from
+//! One group, `diff`, with three ids: `read_both` (the floor: `std::fs::read` of A and B from
+//! the page cache), `diff_blocks/cpu` (the per-page kernel alone, in memory) and
+//! `diff_compare/cpu` (what `diff` does before writing: read both, compare pages, align by
+//! content). Sizes from
 //! `FOUNDRY_BENCH_DIFF_MIB` (default 256; 1024 for the 1 GiB figure).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};

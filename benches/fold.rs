@@ -184,6 +184,7 @@ fn kernels(c: &mut Criterion) {
                 texture[y as usize * side + x as usize] =
                     (u32::from(byte) * 0x0001_0101) | 0xFF00_0000;
             }
+            black_box(&mut texture);
         })
     });
     naive.finish();

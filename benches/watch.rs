@@ -75,10 +75,7 @@ fn percentile(samples: &mut [Duration], p: f64) -> Duration {
     samples[((samples.len() - 1) as f64 * p).round() as usize]
 }
 
-fn report(what: &str, samples: &mut Vec<Duration>) {
-    if samples.is_empty() {
-        return;
-    }
+fn report(what: &str, samples: &mut [Duration]) {
     let p50 = percentile(samples, 0.5);
     let p95 = percentile(samples, 0.95);
     println!(
@@ -87,7 +84,6 @@ fn report(what: &str, samples: &mut Vec<Duration>) {
         p95.as_secs_f64() * 1e3,
         samples.len()
     );
-    samples.clear();
 }
 
 /// Edits `file` in place with the `i`-th variant of `base` and times until its brick is updated.
@@ -131,20 +127,24 @@ fn watch_benches(c: &mut Criterion) {
     group.bench_function("write_floor/10MiB", |b| {
         b.iter(|| std::fs::write(dir.path().join("floor.bin"), &base).unwrap())
     });
-    let mut samples = Vec::new();
     let mut i = 0;
     group.bench_function("refold/10MiB", |b| {
         b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                i += 1;
-                let d = edit_and_wait(&running, &file, &mut base, i);
-                samples.push(d);
-                total += d;
-            }
-            total
+            (0..iters)
+                .map(|_| {
+                    i += 1;
+                    edit_and_wait(&running, &file, &mut base, i)
+                })
+                .sum()
         })
     });
+    // Percentiles from a run of their own, after criterion's warm-up and measurement.
+    let mut samples: Vec<Duration> = (0..20)
+        .map(|_| {
+            i += 1;
+            edit_and_wait(&running, &file, &mut base, i)
+        })
+        .collect();
     drop(running);
     report("10 MiB file edited in place", &mut samples);
 
@@ -171,18 +171,25 @@ fn watch_benches(c: &mut Criterion) {
     );
     let target = tree.join("d050/f050.txt").canonicalize().unwrap();
     let mut small = std::fs::read(&target).unwrap();
+    group.bench_function("write_floor/small", |b| {
+        b.iter(|| std::fs::write(dir.path().join("floor.txt"), &small).unwrap())
+    });
     group.bench_function("refold/1-of-10k", |b| {
         b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                i += 1;
-                let d = edit_and_wait(&running, &target, &mut small, i);
-                samples.push(d);
-                total += d;
-            }
-            total
+            (0..iters)
+                .map(|_| {
+                    i += 1;
+                    edit_and_wait(&running, &target, &mut small, i)
+                })
+                .sum()
         })
     });
+    let mut samples: Vec<Duration> = (0..100)
+        .map(|_| {
+            i += 1;
+            edit_and_wait(&running, &target, &mut small, i)
+        })
+        .collect();
     report("one file changed in a 10,000-file tree", &mut samples);
     // Idle: nothing changes for 10 s; the watch should sleep in the kernel.
     let (cpu0, wall0) = (process_cpu_seconds(), Instant::now());
