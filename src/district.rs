@@ -7,7 +7,7 @@ use crate::error::Result;
 use crate::format::brick::{self, BrickHeader};
 use crate::format::parts::{self, PartEntry, PartsIndex};
 use crate::format::rts_png::{self, PngCompression};
-use crate::format::staged::{StagedOutputs, WrittenFile};
+use crate::format::staged::StagedOutputs;
 use crate::format::{brick_min_side, order_of_side, rts_min_side};
 use crate::kernels::Layout;
 use crate::source::elf::TextureLayout;
@@ -31,7 +31,6 @@ pub struct DistrictWriter<'a> {
     total: u64,
     /// Bytes already written out in parts.
     flushed: u64,
-    written: Vec<WrittenFile>,
 }
 
 /// A finished district.
@@ -43,7 +42,6 @@ pub struct District {
     pub parts: Vec<PartEntry>,
     /// Where any byte range of the stream lands in the `.brick` parts.
     pub layout: TextureLayout,
-    pub written: Vec<WrittenFile>,
 }
 
 impl<'a> DistrictWriter<'a> {
@@ -71,7 +69,6 @@ impl<'a> DistrictWriter<'a> {
             whole: Sha256::new(),
             total: 0,
             flushed: 0,
-            written: Vec::new(),
         }
     }
 
@@ -143,7 +140,7 @@ impl<'a> DistrictWriter<'a> {
         staged.write(&self.dir.join(&rts_name), |w| {
             rts_png::write_rts_png(w, &image, &text, None)
         })?;
-        self.written.extend(staged.commit()?);
+        staged.commit()?;
         self.parts.push(PartEntry {
             index,
             offset,
@@ -178,7 +175,7 @@ impl<'a> DistrictWriter<'a> {
         let mut staged = StagedOutputs::new();
         let text = serde_json::to_string_pretty(&index).expect("index serialises");
         staged.write(&index_path, |w| w.write_all(text.as_bytes()))?;
-        self.written.extend(staged.commit()?);
+        staged.commit()?;
         Ok(District {
             index_path,
             size: self.total,
@@ -189,7 +186,6 @@ impl<'a> DistrictWriter<'a> {
                 bytes_per_pixel: 1,
             },
             parts: self.parts,
-            written: self.written,
         })
     }
 }

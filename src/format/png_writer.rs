@@ -108,11 +108,6 @@ impl DeflatedRgba {
         })
     }
 
-    /// Compressed size of the image data.
-    pub fn idat_bytes(&self) -> usize {
-        self.idat.iter().map(Vec::len).sum()
-    }
-
     /// Writes the PNG with the given tEXt chunks (keyword, text) before IDAT.
     pub fn write(&self, out: &mut dyn Write, texts: &[(&str, &str)]) -> io::Result<()> {
         out.write_all(PNG_SIGNATURE)?;

@@ -102,11 +102,6 @@ impl SkipLog {
             });
         }
     }
-
-    /// Every skip, whatever the reason.
-    pub fn total(&self) -> u64 {
-        self.counts.values().sum()
-    }
 }
 
 /// A regular file to fold.
