@@ -327,11 +327,10 @@ pub fn watch(
                 for path in event.paths {
                     // A directory inside a tree (created, or moved in with its files): its
                     // files are what gets folded.
-                    if path.is_dir()
-                        && targets
-                            .iter()
-                            .any(|t| matches!(t, Target::Tree { root } if path.starts_with(root)))
-                    {
+                    let in_a_tree = targets
+                        .iter()
+                        .any(|t| matches!(t, Target::Tree { root } if path.starts_with(root)));
+                    if in_a_tree && path.is_dir() {
                         if !path.starts_with(&output_root) {
                             if let Ok(found) = crate::source::tree::walk(
                                 std::slice::from_ref(&path),

@@ -115,7 +115,13 @@ pub fn align(a: &[u8], b: &[u8], block: usize) -> Alignment {
         .map(|(j, c)| {
             let list = where_in_a.get(&c.hash)?;
             let expected = j * ca.len() / cb.len().max(1);
-            list.iter().copied().min_by_key(|&i| i.abs_diff(expected))
+            // The list is ascending (built in A order): only the neighbours of `expected` can
+            // be nearest, which keeps thousands of identical zero pages from costing n x k.
+            let at = list.partition_point(|&i| i < expected);
+            list[at.saturating_sub(1)..(at + 1).min(list.len())]
+                .iter()
+                .copied()
+                .min_by_key(|&i| i.abs_diff(expected))
         })
         .collect();
     let matched: Vec<usize> = (0..cb.len()).filter(|&j| candidate[j].is_some()).collect();

@@ -418,13 +418,13 @@ pub fn compare(
             }
         })
         .collect();
-    let changes: Vec<DeltaRange> = alignment
-        .ranges
-        .iter()
-        .filter(|r| r.kind != Change::Unchanged)
-        .cloned()
-        .collect();
-    let ranges_omitted = changes.len().saturating_sub(RANGE_CAP);
+    let changes = || {
+        alignment
+            .ranges
+            .iter()
+            .filter(|r| r.kind != Change::Unchanged)
+    };
+    let ranges_omitted = changes().count().saturating_sub(RANGE_CAP);
     let members = match (&a.members, &b.members) {
         (Some(x), Some(y)) => Some(members_delta(x, y)),
         _ => None,
@@ -436,7 +436,7 @@ pub fn compare(
         backend: backend.label(),
         aligned,
         totals,
-        ranges: changes.into_iter().take(RANGE_CAP).collect(),
+        ranges: changes().take(RANGE_CAP).cloned().collect(),
         ranges_omitted,
         regions,
         members,
