@@ -23,6 +23,7 @@ impl Running {
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, events) = mpsc::channel();
         let opts = WatchOptions {
+            policy: None,
             output: out.to_path_buf(),
             interval: Duration::from_secs(1),
             debounce: Duration::from_millis(20),

@@ -1,4 +1,4 @@
-//! `foundry.toml`: settings a user keeps between runs (today the `[llm]` table), read from
+//! `foundry.toml`: settings a user keeps between runs (the `[llm]` and `[policy]` tables), read from
 //! `--config FILE` or `./foundry.toml`, with errors that name the file, line and key.
 
 use crate::error::{Error, Result};
@@ -15,6 +15,8 @@ pub const DEFAULT_FILE: &str = "foundry.toml";
 pub struct Config {
     #[serde(default)]
     pub llm: LlmSettings,
+    #[serde(default)]
+    pub policy: crate::policy::PolicySettings,
     /// The file it came from, if any.
     #[serde(skip)]
     pub source: Option<PathBuf>,

@@ -31,6 +31,12 @@ pub struct DistrictWriter<'a> {
     total: u64,
     /// Bytes already written out in parts.
     flushed: u64,
+    /// Output modes ([`crate::policy::output_mode`]): of the source being appended now, of the
+    /// part being filled, and of everything so far (the index). A part is as private as the
+    /// most private source it holds.
+    source_mode: u32,
+    part_mode: u32,
+    overall_mode: u32,
 }
 
 /// A finished district.
@@ -42,6 +48,8 @@ pub struct District {
     pub parts: Vec<PartEntry>,
     /// Where any byte range of the stream lands in the `.brick` parts.
     pub layout: TextureLayout,
+    /// The most private output mode of any part: what the district's own index gets.
+    pub mode: u32,
 }
 
 impl<'a> DistrictWriter<'a> {
@@ -69,7 +77,17 @@ impl<'a> DistrictWriter<'a> {
             whole: Sha256::new(),
             total: 0,
             flushed: 0,
+            source_mode: 0o644,
+            part_mode: 0o644,
+            overall_mode: 0o644,
         }
+    }
+
+    /// The bytes appended from now on come from a source whose outputs get `mode`.
+    pub fn set_source_mode(&mut self, mode: u32) {
+        self.source_mode = mode;
+        self.part_mode &= mode;
+        self.overall_mode &= mode;
     }
 
     /// Bytes appended so far: the offset the next append lands at.
@@ -117,7 +135,7 @@ impl<'a> DistrictWriter<'a> {
         let offset = self.flushed;
         let part_info =
             json!({"index": index, "offset": offset, "size": bytes.len(), "district": self.name});
-        let mut staged = StagedOutputs::new();
+        let mut staged = StagedOutputs::new().with_mode(self.part_mode);
         let brick_name = format!("{stem}.brick");
         let header = BrickHeader::new(
             brick_side,
@@ -152,6 +170,7 @@ impl<'a> DistrictWriter<'a> {
         self.part_orders.push(order_of_side(brick_side));
         self.flushed += self.buffer.len() as u64;
         self.buffer.clear();
+        self.part_mode = self.source_mode;
         Ok(())
     }
 
@@ -172,7 +191,7 @@ impl<'a> DistrictWriter<'a> {
             parts: self.parts.clone(),
         };
         let index_path = self.dir.join(parts::index_file_name(&self.name));
-        let mut staged = StagedOutputs::new();
+        let mut staged = StagedOutputs::new().with_mode(self.overall_mode);
         let text = serde_json::to_string_pretty(&index).expect("index serialises");
         staged.write(&index_path, |w| w.write_all(text.as_bytes()))?;
         staged.commit()?;
@@ -186,6 +205,7 @@ impl<'a> DistrictWriter<'a> {
                 bytes_per_pixel: 1,
             },
             parts: self.parts,
+            mode: self.overall_mode,
         })
     }
 }

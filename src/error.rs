@@ -30,6 +30,9 @@ pub enum Error {
     /// A request that cannot be honoured (bad option value, impossible size).
     #[error("{0}")]
     Usage(String),
+    /// The policy (`[policy]`, `--policy`) refused a path, a size or a host.
+    #[error("{}: refused by policy: {rule}", path.display())]
+    Policy { path: PathBuf, rule: String },
     /// No wgpu adapter, or the device failed.
     #[error("GPU: {0}")]
     Gpu(String),
@@ -57,7 +60,7 @@ impl Error {
     /// false when the work failed (exit code 1).
     pub fn is_input_error(&self) -> bool {
         match self {
-            Error::Malformed { .. } | Error::Usage(_) => true,
+            Error::Malformed { .. } | Error::Usage(_) | Error::Policy { .. } => true,
             // Any failure to read an input (missing, permission, I/O error) is the
             // input's problem; failures to write outputs are the work's.
             Error::Io { action, .. } => *action == "read",

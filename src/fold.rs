@@ -440,7 +440,7 @@ pub fn fold_bytes(
     // Only an ELF that parses counts as one; a corrupt one is plain bytes.
     facts.elf = elf.is_some();
 
-    let mut staged = StagedOutputs::new();
+    let mut staged = StagedOutputs::new().with_mode(crate::policy::output_mode_of(input));
     let mut records: Vec<(&'static str, Option<u32>)> = Vec::new();
     let mut index_parts = Vec::new();
     progress.stage("folding", data.len() as u64);

@@ -11,6 +11,7 @@
 //! - [`snapshot`], [`district`]: whole trees folded into per-file bricks and one district.
 //! - [`analysis`]: local, deterministic facts about the bytes (entropy, text, ELF, hardening).
 //! - [`llm`], [`semantic`]: the LM Studio client and the `semantic` metadata built from it.
+//! - [`policy`]: what task-driven work may read, write and ask.
 //!
 //! The library never prints; the `foundry-gpu` binary does.
 
@@ -31,6 +32,7 @@ pub mod format;
 pub mod kernels;
 pub mod llm;
 pub mod map;
+pub mod policy;
 pub mod process_memory;
 pub mod progress;
 pub mod semantic;

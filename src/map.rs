@@ -103,32 +103,11 @@ impl BuilderRoot {
         self.root.join("map/manifest.json")
     }
 
-    fn load_placement(&self) -> Result<Placement> {
-        let path = self.placement_path();
-        match std::fs::read_to_string(&path) {
-            Ok(text) => serde_json::from_str(&text)
-                .map_err(|e| Error::malformed(&path, format!("not a placement file: {e}"))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Placement::default()),
-            Err(e) => Err(Error::io(&path, "read", e)),
-        }
-    }
-
     /// Reads the manifest; a malformed one is an error, never silently replaced,
     /// because one bad entry breaks the whole map for the compositor.
     pub fn read_manifest(&self) -> Result<Map<String, Value>> {
         let path = self.manifest_path();
-        match std::fs::read_to_string(&path) {
-            Ok(text) => match serde_json::from_str::<Value>(&text) {
-                Ok(Value::Object(map)) => Ok(map),
-                Ok(_) => Err(Error::malformed(&path, "manifest is not a JSON object")),
-                Err(e) => Err(Error::malformed(
-                    &path,
-                    format!("manifest is not valid JSON: {e}"),
-                )),
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Map::new()),
-            Err(e) => Err(Error::io(&path, "read", e)),
-        }
+        parse_manifest(&path, read_if_present(&path)?.as_deref())
     }
 
     /// Copies `tiles` into `queue/` and merges them into the manifest with a new timestamp.
@@ -142,27 +121,19 @@ impl BuilderRoot {
             .map_err(|e| Error::io(&lock_path, "open lock", e))?;
         // Two publishers read-merge-write one after the other, never interleaved.
         lock.lock().map_err(|e| Error::io(&lock_path, "lock", e))?;
-        let mut placement = self.load_placement()?;
-        let mut manifest = self.read_manifest()?;
-        let previous = manifest
-            .values()
-            .filter_map(|v| v.get("timestamp").and_then(Value::as_f64))
-            .fold(0.0, f64::max);
-        let now = unix_now();
-        // The browser reloads a tile only when its timestamp grows.
-        let timestamp = now.max(previous + 0.001);
-        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-        for t in tiles {
-            *counts.entry(t.root).or_default() += 1;
-        }
+        let (manifest_path, placement_path) = (self.manifest_path(), self.placement_path());
+        let merged = merge_manifest(
+            (&manifest_path, read_if_present(&manifest_path)?.as_deref()),
+            (
+                &placement_path,
+                read_if_present(&placement_path)?.as_deref(),
+            ),
+            tiles,
+            unix_now(),
+        )?;
         let mut staged = StagedOutputs::new();
         let mut placed = BTreeMap::new();
-        for tile in tiles {
-            let (x, y) = place(&mut placement, tile.root, tile.rel, counts[tile.root]);
-            let name = match tile.version {
-                Some(v) => format!("{}.v{v}", tile_name(tile.root, tile.rel)),
-                None => tile_name(tile.root, tile.rel),
-            };
+        for (tile, (name, key)) in tiles.iter().zip(merged.placed) {
             let png_name = format!("{name}.rts.png");
             let png =
                 std::fs::read(tile.rts_png).map_err(|e| Error::io(tile.rts_png, "read", e))?;
@@ -176,32 +147,132 @@ impl BuilderRoot {
                     |w| w.write_all(&bytes),
                 )?;
             }
-            let key = format!("{x},{y}");
-            manifest.insert(
-                key.clone(),
-                serde_json::json!({"brick": png_name, "timestamp": timestamp}),
-            );
             placed.insert(format!("{}/{}", tile.root, tile.rel), key);
         }
-        let placement_text = serde_json::to_string(&placement).expect("placement serialises");
-        staged.write(&self.placement_path(), |w| {
-            w.write_all(placement_text.as_bytes())
-        })?;
-        let manifest_text =
-            serde_json::to_string_pretty(&Value::Object(manifest)).expect("manifest serialises");
-        staged.write(&self.manifest_path(), |w| {
-            w.write_all(manifest_text.as_bytes())
-        })?;
+        let placement_text =
+            serde_json::to_string(&merged.placement).expect("placement serialises");
+        staged.write(&placement_path, |w| w.write_all(placement_text.as_bytes()))?;
+        let manifest_text = serde_json::to_string_pretty(&Value::Object(merged.manifest))
+            .expect("manifest serialises");
+        staged.write(&manifest_path, |w| w.write_all(manifest_text.as_bytes()))?;
         // Tiles land before the manifest that points at them.
         staged.commit()?;
         Ok(PublishReport {
             builder_root: self.root.clone(),
             tiles: tiles.len(),
             manifest: self.manifest_path(),
-            timestamp,
+            timestamp: merged.timestamp,
             placed,
         })
     }
+}
+
+fn read_if_present(path: &Path) -> Result<Option<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(path, "read", e)),
+    }
+}
+
+fn parse_manifest(path: &Path, text: Option<&str>) -> Result<Map<String, Value>> {
+    match text.map(serde_json::from_str::<Value>) {
+        None => Ok(Map::new()),
+        Some(Ok(Value::Object(map))) => Ok(map),
+        Some(Ok(_)) => Err(Error::malformed(path, "manifest is not a JSON object")),
+        Some(Err(e)) => Err(Error::malformed(
+            path,
+            format!("manifest is not valid JSON: {e}"),
+        )),
+    }
+}
+
+/// Largest square a placement file may give a root: 2^24 tiles a side is far beyond any tree,
+/// and keeps every coordinate computation inside `i64`.
+const MAX_ROOT_ORDER: u32 = 24;
+/// Farthest a root's origin may sit from the map's origin.
+const MAX_ORIGIN: i64 = 1 << 40;
+
+fn parse_placement(path: &Path, text: Option<&str>) -> Result<Placement> {
+    let Some(text) = text else {
+        return Ok(Placement::default());
+    };
+    let placement: Placement = serde_json::from_str(text)
+        .map_err(|e| Error::malformed(path, format!("not a placement file: {e}")))?;
+    for (root, region) in &placement.roots {
+        let (x, y) = region.origin;
+        let problem = if !(MIN_ROOT_ORDER..=MAX_ROOT_ORDER).contains(&region.order) {
+            Some(format!(
+                "order {} is outside {MIN_ROOT_ORDER}..={MAX_ROOT_ORDER}",
+                region.order
+            ))
+        } else if x.abs() > MAX_ORIGIN || y.abs() > MAX_ORIGIN {
+            Some(format!("origin ({x}, {y}) is beyond ±2^40"))
+        } else {
+            let cells = 1u64 << (2 * region.order);
+            region
+                .tiles
+                .iter()
+                .find(|(_, &d)| d >= cells)
+                .map(|(rel, d)| format!("tile {rel:?} at {d} is outside a square of {cells}"))
+        };
+        if let Some(problem) = problem {
+            return Err(Error::malformed(path, format!("root {root:?}: {problem}")));
+        }
+    }
+    Ok(placement)
+}
+
+/// A manifest and placement after a publish: what [`BuilderRoot::publish`] writes.
+pub struct MergedManifest {
+    pub manifest: Map<String, Value>,
+    placement: Placement,
+    pub timestamp: f64,
+    /// Per tile, in order: its file name stem in `queue/` and its manifest key "X,Y".
+    pub placed: Vec<(String, String)>,
+}
+
+/// Places `tiles` and merges them into the manifest. Entries the foundry did not write (other
+/// tools share the map) are kept as they are; only the keys of placed tiles are replaced.
+/// Each part is `(path, text)`, with `None` text for a file not yet written.
+pub fn merge_manifest(
+    manifest: (&Path, Option<&str>),
+    placement: (&Path, Option<&str>),
+    tiles: &[Tile],
+    now: f64,
+) -> Result<MergedManifest> {
+    let mut manifest = parse_manifest(manifest.0, manifest.1)?;
+    let mut placement = parse_placement(placement.0, placement.1)?;
+    let previous = manifest
+        .values()
+        .filter_map(|v| v.get("timestamp").and_then(Value::as_f64))
+        .fold(0.0, f64::max);
+    // The browser reloads a tile only when its timestamp grows.
+    let timestamp = now.max(previous + 0.001);
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for t in tiles {
+        *counts.entry(t.root).or_default() += 1;
+    }
+    let mut placed = Vec::with_capacity(tiles.len());
+    for tile in tiles {
+        let (x, y) = place(&mut placement, tile.root, tile.rel, counts[tile.root]);
+        let name = match tile.version {
+            Some(v) => format!("{}.v{v}", tile_name(tile.root, tile.rel)),
+            None => tile_name(tile.root, tile.rel),
+        };
+        let key = format!("{x},{y}");
+        manifest.insert(
+            key.clone(),
+            serde_json::json!({"brick": format!("{name}.rts.png"), "timestamp": timestamp}),
+        );
+        placed.push((name, key));
+    }
+    Ok(MergedManifest {
+        manifest,
+        placement,
+        timestamp,
+        placed,
+    })
 }
 
 /// The tile of `rel` in `root`'s square, placing it (and the root) on first sight.

@@ -130,6 +130,7 @@ pub fn snapshot_process(
         opts.max_side,
         opts.compression,
     );
+    district.set_source_mode(0o600);
     let part_size = u64::from(opts.max_side) * u64::from(opts.max_side);
     let mut records = Vec::with_capacity(mappings.len());
     let mut kept_for_preview: Vec<u8> = Vec::new();
@@ -165,7 +166,8 @@ pub fn snapshot_process(
                         record.mapping.start,
                         file_label(&record.label)
                     ));
-                    write_file_brick(backend, &bytes, &facts, &out.join(&rel))?;
+                    // A process's memory is its own: never readable by others.
+                    write_file_brick(backend, &bytes, &facts, &out.join(&rel), 0o600)?;
                     record.brick = Some(rel.to_string_lossy().into_owned());
                 } else if opts.mapping_bricks {
                     notes.push(format!(
@@ -187,7 +189,7 @@ pub fn snapshot_process(
             r.regions = district.layout.regions(offset, offset + r.mapping.len());
         }
     }
-    let mut staged = StagedOutputs::new();
+    let mut staged = StagedOutputs::new().with_mode(0o600);
     let regions_path = out.join("regions.json");
     let table = serde_json::json!({"format": "foundry-gpu-regions", "version": 1, "pid": pid,
         "district": district.index_path.file_name().map(|n| n.to_string_lossy().into_owned()),
@@ -423,7 +425,7 @@ pub fn snapshot_series(
         steps,
         seconds: started.elapsed().as_secs_f64(),
     };
-    let mut staged = StagedOutputs::new();
+    let mut staged = StagedOutputs::new().with_mode(0o600);
     let text = serde_json::to_string_pretty(&report).expect("series serialises");
     staged.write(&out.join("series.json"), |w| {
         std::io::Write::write_all(w, text.as_bytes())

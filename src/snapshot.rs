@@ -12,6 +12,7 @@ use crate::format::rts_png::PngCompression;
 use crate::format::staged::StagedOutputs;
 use crate::format::{brick_min_side, order_of_side};
 use crate::kernels::Layout;
+use crate::policy::output_mode;
 use crate::progress::{Progress, Silent};
 use crate::source::elf::PixelRegion;
 use crate::source::tree::{walk, FileEntry, SkipLog, SkipReason, SymlinkEntry, WalkOptions};
@@ -215,6 +216,7 @@ pub(crate) fn write_file_brick(
     bytes: &[u8],
     facts: &ByteFacts,
     path: &Path,
+    mode: u32,
 ) -> Result<()> {
     let side = brick_min_side(bytes.len() as u64);
     let engine = if (bytes.len() as u64) < GPU_MIN_BYTES {
@@ -224,7 +226,7 @@ pub(crate) fn write_file_brick(
     };
     let texture = engine.fold(Layout::Brick, bytes, order_of_side(side))?;
     let header = BrickHeader::new(side, facts, brick::flags_for(facts));
-    let mut staged = StagedOutputs::new();
+    let mut staged = StagedOutputs::new().with_mode(mode);
     staged.write(path, |w| brick::write_brick(w, &header, &texture))?;
     staged.commit()?;
     Ok(())
@@ -251,7 +253,8 @@ fn fold_one(
     let as_skip = |e: Error| SkipReason::ReadError(e.to_string());
     let rel = brick_rel_path(&names[entry.root], &entry.rel);
     let brick = if opts.file_bricks {
-        write_file_brick(backend, &read.bytes, &facts, &out.join(&rel)).map_err(as_skip)?;
+        let mode = output_mode(entry.mode);
+        write_file_brick(backend, &read.bytes, &facts, &out.join(&rel), mode).map_err(as_skip)?;
         Some(rel.to_string_lossy().into_owned())
     } else {
         None
@@ -264,6 +267,7 @@ fn fold_one(
             &entry.rel,
             &out.join(&rel),
             opts.compression,
+            output_mode(entry.mode),
         )
         .map_err(as_skip)?;
         Some(rel.to_string_lossy().into_owned())
@@ -374,6 +378,7 @@ pub fn snapshot(
             match result {
                 Ok(one) => {
                     let offset = district.offset();
+                    district.set_source_mode(output_mode(entry.mode));
                     district.append(&one.read.bytes)?;
                     let mut record = record_for(
                         entry,
@@ -422,7 +427,7 @@ pub fn snapshot(
         skipped,
     };
     let index_path = out.join("district.json");
-    let mut staged = StagedOutputs::new();
+    let mut staged = StagedOutputs::new().with_mode(district.mode);
     staged.write(&index_path, |w| {
         serde_json::to_writer(&mut *w, &index).map_err(std::io::Error::other)
     })?;
@@ -519,6 +524,7 @@ fn write_file_tile(
     rel: &Path,
     path: &Path,
     compression: PngCompression,
+    mode: u32,
 ) -> Result<()> {
     use crate::format::rts_png;
     let side = crate::format::rts_min_side(bytes.len() as u64);
@@ -528,7 +534,7 @@ fn write_file_tile(
     let name = rel.to_string_lossy();
     let meta = rts_png::metadata(&name, facts, side, &name, serde_json::Map::new());
     let text = rts_png::ascii_json(&meta);
-    let mut staged = StagedOutputs::new();
+    let mut staged = StagedOutputs::new().with_mode(mode);
     staged.write(path, |w| rts_png::write_rts_png(w, &image, &text, None))?;
     staged.commit()?;
     Ok(())
@@ -620,6 +626,7 @@ fn stream_big_file(
     };
     let mut file = std::fs::File::open(&entry.abs).map_err(|e| SkipReason::from_io(&e))?;
     let offset = district.offset();
+    district.set_source_mode(output_mode(entry.mode));
     let mut hasher = Sha256::new();
     let mut histogram = [0u64; 256];
     let mut chunk = vec![0u8; STREAM_CHUNK];

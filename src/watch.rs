@@ -95,6 +95,9 @@ pub struct WatchOptions {
     pub max_refolds: Option<u64>,
     /// Stop after this long.
     pub duration: Option<Duration>,
+    /// Task-driven watches: every re-fold checks the path again, so a watched file replaced by
+    /// a symlink to something denied is refused (reported as a failed re-fold).
+    pub policy: Option<std::sync::Arc<crate::policy::Policy>>,
 }
 
 /// One thing that happened, reported as it happens.
@@ -436,10 +439,16 @@ fn refold(
         version: folded.version,
     };
     let before = stamp(path);
-    let bytes = match std::fs::metadata(path) {
-        Ok(m) if m.is_file() || is_pseudo(path) => crate::source::read_copy(path),
-        Ok(_) => Err(Error::malformed(path, "is no longer a regular file")),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+    let refused = opts.policy.as_ref().and_then(|p| {
+        p.check_source(Path::new("/"), path)
+            .err()
+            .map(|r| r.into_error(path))
+    });
+    let bytes = match (refused, std::fs::metadata(path)) {
+        (Some(refusal), _) => Err(refusal),
+        (None, Ok(m)) if m.is_file() || is_pseudo(path) => crate::source::read_copy(path),
+        (None, Ok(_)) => Err(Error::malformed(path, "is no longer a regular file")),
+        (None, Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
             let was_present = folded.present;
             folded.present = false;
             folded.stamp = None;
@@ -450,7 +459,7 @@ fn refold(
             event.latency_seconds = since.elapsed().as_secs_f64();
             return Some(event);
         }
-        Err(e) => Err(Error::io(path, "read", e)),
+        (None, Err(e)) => Err(Error::io(path, "read", e)),
     };
     let bytes = match bytes {
         Ok(b) => b,

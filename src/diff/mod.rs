@@ -490,7 +490,15 @@ pub fn write_diff(
         b_sha256: b.sha256,
         ops: alignment.ops,
     };
-    let mut staged = StagedOutputs::new();
+    // The diff shows both sides' bytes: as private as the more private of them.
+    let mode = [a, b]
+        .iter()
+        .map(|side| match side.kind {
+            "memory" => 0o600,
+            _ => crate::policy::output_mode_of(&side.path),
+        })
+        .fold(0o644, |m, side| m & side);
+    let mut staged = StagedOutputs::new().with_mode(mode);
     let paths = [
         out.join("delta.png"),
         out.join("a-to-b.patch"),
@@ -529,7 +537,8 @@ pub fn apply_patch(
     let bytes = std::fs::read(patch_path).map_err(|e| Error::io(patch_path, "read", e))?;
     let patch = patch::Patch::parse(patch_path, &bytes)?;
     let b = patch.apply(a_path, &a.bytes, patch_path)?;
-    let mut staged = StagedOutputs::new();
+    let mode = crate::policy::output_mode_of(a_path) & crate::policy::output_mode_of(patch_path);
+    let mut staged = StagedOutputs::new().with_mode(mode);
     staged.write(output, |w| w.write_all(&b))?;
     staged.commit()?;
     Ok(PatchReport {

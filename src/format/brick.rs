@@ -260,7 +260,16 @@ pub struct Brick {
 impl Brick {
     /// Reads and checks a brick; fails on anything that stops decoding.
     pub fn read(path: &Path) -> Result<Self> {
-        let brick = Self::read_lenient(path)?;
+        Self::checked(path, Self::read_lenient(path)?)
+    }
+
+    /// [`Self::read`] of bytes already in memory; `path` only names them in errors.
+    pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Self> {
+        let lenient = Self::read_from(path, bytes, bytes.len() as u64)?;
+        Self::checked(path, lenient)
+    }
+
+    fn checked(path: &Path, brick: Self) -> Result<Self> {
         if let Some(problem) = brick.header.fatal_problems().into_iter().next() {
             return Err(Error::malformed(path, problem));
         }
@@ -270,11 +279,17 @@ impl Brick {
     /// Reads header and texture; only a short header, wrong magic or a texture
     /// of the wrong length fail. `info` uses this to report everything else.
     pub fn read_lenient(path: &Path) -> Result<Self> {
-        let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, "read", e))?;
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, "read", e))?;
         let file_len = file
             .metadata()
             .map_err(|e| Error::io(path, "read", e))?
             .len();
+        Self::read_from(path, file, file_len)
+    }
+
+    /// Header, then a texture whose length is checked against `file_len` before anything
+    /// that size is allocated.
+    fn read_from(path: &Path, mut file: impl Read, file_len: u64) -> Result<Self> {
         let mut head = vec![0u8; HEADER_LEN.min(file_len as usize)];
         file.read_exact(&mut head)
             .map_err(|e| Error::io(path, "read", e))?;
@@ -289,7 +304,7 @@ impl Brick {
             });
         }
         let expected = header.capacity() * 4;
-        let found = file_len - HEADER_LEN as u64;
+        let found = file_len.saturating_sub(HEADER_LEN as u64);
         if found != expected {
             return Err(Error::malformed(
                 path,

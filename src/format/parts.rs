@@ -58,7 +58,12 @@ impl PartsIndex {
     /// Reads an index and checks it describes one contiguous, consistent split.
     pub fn read(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "read", e))?;
-        let index: PartsIndex = serde_json::from_str(&text)
+        Self::parse(path, &text)
+    }
+
+    /// [`Self::read`] of text already in memory; `path` only names it in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Self> {
+        let index: PartsIndex = serde_json::from_str(text)
             .map_err(|e| Error::malformed(path, format!("not a parts index: {e}")))?;
         if index.format != FORMAT {
             return Err(Error::malformed(

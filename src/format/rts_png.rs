@@ -14,6 +14,8 @@ pub const PNG_SIGNATURE: &[u8; 8] = b"\x89PNG\r\n\x1a\n";
 pub const TEXT_KEY: &str = "PixelRTS";
 /// tEXt keyword (and value prefix) of the optional blueprint.
 pub const BLUEPRINT_KEY: &str = "PixelRTS-Blueprint";
+/// Deflate's largest possible expansion (258-byte matches in two bits), rounded up.
+const MAX_DEFLATE_RATIO: u64 = 1040;
 /// Keys that change how the Python decoder reads the pixels: never written.
 pub const FORBIDDEN_KEYS: [&str; 3] = ["encoded_size", "compression", "original_data_b64"];
 
@@ -158,10 +160,28 @@ impl RtsPng {
     /// Reads and checks a PixelRTS v2 PNG; fails on anything that stops decoding.
     pub fn read(path: &Path) -> Result<Self> {
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, "read", e))?;
-        let mut decoder = png::Decoder::new_with_limits(
+        let file_len = file
+            .metadata()
+            .map_err(|e| Error::io(path, "read", e))?
+            .len();
+        Self::read_from(
+            path,
             std::io::BufReader::with_capacity(1 << 20, file),
-            png::Limits { bytes: 4 << 30 },
-        );
+            file_len,
+        )
+    }
+
+    /// [`Self::read`] of bytes already in memory; `path` only names them in errors.
+    pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Self> {
+        Self::read_from(path, std::io::Cursor::new(bytes), bytes.len() as u64)
+    }
+
+    fn read_from(
+        path: &Path,
+        input: impl std::io::BufRead + std::io::Seek,
+        file_len: u64,
+    ) -> Result<Self> {
+        let mut decoder = png::Decoder::new_with_limits(input, png::Limits { bytes: 4 << 30 });
         decoder.set_transformations(png::Transformations::IDENTITY);
         let bad = |problem: String| Error::malformed(path, problem);
         let mut reader = decoder
@@ -181,6 +201,14 @@ impl RtsPng {
         {
             return Err(bad(format!(
                 "PNG is {width}x{height}; PixelRTS needs a square power-of-two side"
+            )));
+        }
+        // Deflate expands at most 1032:1, so a texture far larger than the file can hold is a
+        // lie (a decompression bomb); refuse it before allocating it.
+        let raw_len = u64::from(width) * (u64::from(width) * 4 + 1);
+        if raw_len > file_len.saturating_mul(MAX_DEFLATE_RATIO) + (1 << 20) {
+            return Err(bad(format!(
+                "a {width}x{width} image cannot be stored in {file_len} bytes of PNG"
             )));
         }
         let mut warnings = Vec::new();

@@ -1,17 +1,71 @@
 //! Atomic output: every file is written to a temporary sibling and renamed into place only
 //! when the whole set succeeded, so a failed run leaves no partial file and keeps old outputs.
+//! Task-driven processes also confine every write to a set of roots ([`confine_writes`]),
+//! checked on the resolved folder when the file is opened and again before the rename.
 
 use crate::error::{Error, Result};
 use std::fs::Permissions;
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 use tempfile::NamedTempFile;
 
 /// Files written but not yet renamed into place.
-#[derive(Default)]
 pub struct StagedOutputs {
     staged: Vec<(NamedTempFile, PathBuf)>,
+    mode: u32,
+}
+
+impl Default for StagedOutputs {
+    fn default() -> Self {
+        StagedOutputs {
+            staged: Vec::new(),
+            mode: 0o644,
+        }
+    }
+}
+
+/// Resolved folders every write of this process must stay below (`None`: anywhere). Set once by
+/// `run` and `daemon`, like a umask: it covers every writer, on every thread.
+static CONFINEMENT: RwLock<Option<Vec<PathBuf>>> = RwLock::new(None);
+
+/// Confines every later write of this process below `roots` (resolved now).
+pub fn confine_writes(roots: &[PathBuf]) {
+    let resolved = roots
+        .iter()
+        .map(|r| crate::policy::resolve_existing(&crate::policy::lexical_absolute(&cwd(), r)))
+        .collect();
+    *CONFINEMENT.write().expect("confinement") = Some(resolved);
+}
+
+fn cwd() -> PathBuf {
+    std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"))
+}
+
+/// Refuses `dir` when it resolves (through every existing folder and symlink) outside the
+/// confinement.
+fn check_confined(dir: &Path) -> Result<()> {
+    let guard = CONFINEMENT.read().expect("confinement");
+    let Some(roots) = guard.as_ref() else {
+        return Ok(());
+    };
+    let resolved = crate::policy::resolve_existing(&crate::policy::lexical_absolute(&cwd(), dir));
+    if roots.iter().any(|r| resolved.starts_with(r)) {
+        return Ok(());
+    }
+    Err(Error::Policy {
+        path: dir.to_path_buf(),
+        rule: format!(
+            "output_root: {} resolves outside {}",
+            resolved.display(),
+            roots
+                .iter()
+                .map(|r| r.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    })
 }
 
 /// One file once it is in place.
@@ -27,6 +81,12 @@ impl StagedOutputs {
         Self::default()
     }
 
+    /// Files staged from now on get `mode` (default `0644`); see [`crate::policy::output_mode`].
+    pub fn with_mode(mut self, mode: u32) -> Self {
+        self.mode = mode;
+        self
+    }
+
     /// Writes `path`'s future content through `write` into a temporary file beside it.
     pub fn write(
         &mut self,
@@ -37,14 +97,17 @@ impl StagedOutputs {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
+        // Checked before creating folders (none appear outside) and after (nothing moved).
+        check_confined(dir)?;
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create directory", e))?;
+        check_confined(dir)?;
         let name = path
             .file_name()
             .map_or_else(Default::default, |n| n.to_string_lossy());
         let mut temp = tempfile::Builder::new()
             .prefix(&format!(".{name}."))
             .suffix(".tmp")
-            .permissions(Permissions::from_mode(0o644))
+            .permissions(Permissions::from_mode(self.mode))
             .tempfile_in(dir)
             .map_err(|e| Error::io(dir, "create temporary file", e))?;
         {
@@ -73,6 +136,9 @@ impl StagedOutputs {
                 .metadata()
                 .map_err(|e| Error::io(&path, "stat", e))?
                 .len();
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                check_confined(dir)?;
+            }
             temp.persist(&path)
                 .map_err(|e| Error::io(&path, "rename into place", e.error))?;
             written.push(WrittenFile { path, bytes });

@@ -105,7 +105,11 @@ impl std::fmt::Debug for LlmClient {
 }
 
 impl LlmClient {
+    /// A client for `config`; refused when its host is neither loopback nor in
+    /// `config.allowed_hosts` (the policy's `llm_hosts`), because digests of local files go there.
     pub fn new(config: LlmConfig) -> Result<Self, String> {
+        crate::policy::check_llm_host(&config.base_url, &config.allowed_hosts)
+            .map_err(|r| format!("{}: refused by policy: {}", config.base_url, r.rule))?;
         let http = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             // Local servers only: a proxy from the environment must not intercept loopback.

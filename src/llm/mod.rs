@@ -62,6 +62,8 @@ pub struct LlmConfig {
     pub max_reply_tokens: u32,
     pub concurrency: usize,
     pub cache_dir: Option<PathBuf>,
+    /// Hosts besides loopback the client may ask (the policy's `llm_hosts`).
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for LlmConfig {
@@ -76,6 +78,7 @@ impl Default for LlmConfig {
             max_reply_tokens: DEFAULT_MAX_REPLY_TOKENS,
             concurrency: DEFAULT_CONCURRENCY,
             cache_dir: cache::default_dir(),
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -174,6 +177,7 @@ impl LlmConfig {
             max_reply_tokens,
             concurrency,
             cache_dir,
+            allowed_hosts: Vec::new(),
         })
     }
 }

@@ -24,6 +24,9 @@ pub struct WalkOptions {
     pub exclude: Vec<String>,
     /// Do not descend into directories on another file system than their root.
     pub one_file_system: bool,
+    /// Task-driven walks: paths the policy denies are left out (folders not entered), and so
+    /// are files above its `max_file_bytes`.
+    pub policy: Option<Arc<crate::policy::Policy>>,
 }
 
 /// Why something in the tree was not folded.
@@ -44,6 +47,10 @@ pub enum SkipReason {
     Excluded,
     MaxFiles,
     MaxBytes,
+    /// Denied by the policy; the rule that denied it.
+    Denied(String),
+    /// Larger than the policy's `max_file_bytes`.
+    OverMaxFileBytes(u64),
     ReadError(String),
 }
 
@@ -59,6 +66,8 @@ impl SkipReason {
             SkipReason::Excluded => "excluded",
             SkipReason::MaxFiles => "over --max-files",
             SkipReason::MaxBytes => "over --max-bytes",
+            SkipReason::Denied(_) => "denied by policy",
+            SkipReason::OverMaxFileBytes(_) => "over policy max_file_bytes",
             SkipReason::ReadError(_) => "read error",
         }
     }
@@ -115,6 +124,8 @@ pub struct FileEntry {
     pub abs: PathBuf,
     /// Size the walk saw (`stat`).
     pub size: u64,
+    /// Permission bits the walk saw: outputs keep what the source hid.
+    pub mode: u32,
 }
 
 /// A symlink, recorded and never followed.
@@ -201,8 +212,12 @@ pub fn walk(roots: &[PathBuf], opts: &WalkOptions) -> Result<Walk> {
         }
         let root_dev = meta.dev();
         let pruned: Arc<Mutex<Vec<(PathBuf, SkipReason)>>> = Arc::default();
-        let (pruned_in, exclude_in, root_in) =
-            (Arc::clone(&pruned), Arc::clone(&exclude), root.clone());
+        let (pruned_in, exclude_in, root_in, policy_in) = (
+            Arc::clone(&pruned),
+            Arc::clone(&exclude),
+            root.clone(),
+            opts.policy.clone(),
+        );
         let one_fs = opts.one_file_system;
         let walker = jwalk::WalkDir::new(root)
             .sort(true)
@@ -215,7 +230,10 @@ pub fn walk(roots: &[PathBuf], opts: &WalkOptions) -> Result<Walk> {
                     }
                     let path = child.path();
                     let rel = path.strip_prefix(&root_in).unwrap_or(&path);
-                    let reason = if exclude_in.is_match(rel) {
+                    let denied = policy_in.as_ref().and_then(|p| p.denied(&path));
+                    let reason = if let Some(refusal) = denied {
+                        Some(SkipReason::Denied(refusal.rule))
+                    } else if exclude_in.is_match(rel) {
                         Some(SkipReason::Excluded)
                     } else if one_fs && child.metadata().is_ok_and(|m| m.dev() != root_dev) {
                         Some(SkipReason::OtherFileSystem)
@@ -270,12 +288,20 @@ pub fn walk(roots: &[PathBuf], opts: &WalkOptions) -> Result<Walk> {
                 );
                 continue;
             }
+            if let Some(refusal) = opts.policy.as_ref().and_then(|p| p.denied(&abs)) {
+                out.skipped.add(&abs, SkipReason::Denied(refusal.rule));
+                continue;
+            }
             if exclude.is_match(&rel) || (!opts.include.is_empty() && !include.is_match(&rel)) {
                 out.skipped.add(&abs, SkipReason::Excluded);
                 continue;
             }
+            let max_file_bytes = opts.policy.as_ref().map(|p| p.limits.max_file_bytes);
             match std::fs::symlink_metadata(&abs) {
                 Err(e) => out.skipped.add(&abs, SkipReason::from_io(&e)),
+                Ok(meta) if max_file_bytes.is_some_and(|max| meta.len() > max) => out
+                    .skipped
+                    .add(&abs, SkipReason::OverMaxFileBytes(meta.len())),
                 Ok(meta) => match sparse(&meta) {
                     Some(reason) => out.skipped.add(&abs, reason),
                     None => out.files.push(FileEntry {
@@ -283,6 +309,7 @@ pub fn walk(roots: &[PathBuf], opts: &WalkOptions) -> Result<Walk> {
                         rel,
                         abs,
                         size: meta.len(),
+                        mode: meta.mode(),
                     }),
                 },
             }

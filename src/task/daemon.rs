@@ -37,6 +37,7 @@ pub struct DaemonOptions {
     pub publish: Option<PathBuf>,
     /// Language-model settings every task runs with.
     pub llm: super::run::TaskLlm,
+    pub policy: Arc<crate::policy::Policy>,
 }
 
 /// What a task file's name says about it.
@@ -269,14 +270,20 @@ impl Shared {
         original: &Path,
         stem: &str,
     ) -> std::result::Result<(), String> {
-        let text = std::fs::read_to_string(self.path(claimed))
-            .map_err(|e| format!("{}: {e}", original.display()))?;
+        let text = super::read_task_file(
+            &self.path(claimed),
+            original,
+            Some(&self.opts.tasks),
+            self.opts.policy.limits.max_task_file_bytes,
+        )
+        .map_err(|e| e.to_string())?;
         let task = parse_task(original, &text).map_err(|e| e.to_string())?;
         let opts = RunOptions {
             output_root: self.opts.output_root.clone(),
             task_root: self.opts.tasks.clone(),
             publish: self.opts.publish.clone(),
             llm: self.opts.llm.clone(),
+            policy: Arc::clone(&self.opts.policy),
         };
         let report = run_task(backend, &task, original, &opts, &crate::progress::Silent)
             .map_err(|e| e.to_string())?;

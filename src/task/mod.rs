@@ -143,6 +143,18 @@ pub fn parse_task(path: &Path, text: &str) -> Result<FoundryTask, TaskError> {
         serde_json::from_str(text)
             .map_err(|e| error(e.line(), e.column(), None, format!("not valid JSON: {e}")))?
     };
+    let depth = nesting(&value);
+    if depth > crate::policy::MAX_TASK_NESTING {
+        return Err(error(
+            1,
+            1,
+            None,
+            format!(
+                "nested {depth} levels deep; a task file nests at most {}",
+                crate::policy::MAX_TASK_NESTING
+            ),
+        ));
+    }
     if !value.is_object() {
         return Err(error(
             1,
@@ -166,9 +178,70 @@ pub fn parse_task(path: &Path, text: &str) -> Result<FoundryTask, TaskError> {
     })
 }
 
-/// Reads and parses a task file.
+/// Reads the text of the task file at `path` (named `name` in errors): at most `max_bytes`, and,
+/// when `folder` is given, never through a symlink that resolves outside it.
+pub fn read_task_file(
+    path: &Path,
+    name: &Path,
+    folder: Option<&Path>,
+    max_bytes: u64,
+) -> crate::Result<String> {
+    use std::io::Read;
+    let refused = |rule: String| crate::Error::Policy {
+        path: name.to_path_buf(),
+        rule,
+    };
+    let link = std::fs::symlink_metadata(path).map_err(|e| crate::Error::io(name, "read", e))?;
+    let open_path = if link.file_type().is_symlink() {
+        let target = path
+            .canonicalize()
+            .map_err(|e| crate::Error::io(name, "read", e))?;
+        if let Some(folder) = folder {
+            let folder = folder
+                .canonicalize()
+                .map_err(|e| crate::Error::io(folder, "read", e))?;
+            if !target.starts_with(&folder) {
+                return Err(refused(format!(
+                    "task files: a symlink to {}, outside the task folder {}",
+                    target.display(),
+                    folder.display()
+                )));
+            }
+        }
+        target
+    } else {
+        path.to_path_buf()
+    };
+    let file = std::fs::File::open(&open_path).map_err(|e| crate::Error::io(name, "read", e))?;
+    let mut bytes = Vec::new();
+    file.take(max_bytes.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| crate::Error::io(name, "read", e))?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(refused(format!(
+            "max_task_file_bytes: the file is larger than {max_bytes} bytes"
+        )));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        crate::Error::malformed(
+            name,
+            format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()),
+        )
+    })
+}
+
+/// How deeply objects and lists nest in `value` (a scalar is 0).
+fn nesting(value: &Value) -> usize {
+    match value {
+        Value::Array(items) => 1 + items.iter().map(nesting).max().unwrap_or(0),
+        Value::Object(fields) => 1 + fields.values().map(nesting).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Reads and parses a task file (at most [`crate::policy::DEFAULT_MAX_TASK_FILE_BYTES`]).
 pub fn read_task(path: &Path) -> crate::Result<FoundryTask> {
-    let text = std::fs::read_to_string(path).map_err(|e| crate::Error::io(path, "read", e))?;
+    let text = read_task_file(path, path, None, crate::policy::DEFAULT_MAX_TASK_FILE_BYTES)?;
     parse_task(path, &text).map_err(|e| crate::Error::Malformed {
         path: path.to_path_buf(),
         problem: e

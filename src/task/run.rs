@@ -7,9 +7,10 @@ use crate::error::{Error, Result};
 use crate::fold::{self, human_bytes, FoldOptions, OutputRecord, OutputTarget, SectionChoice};
 use crate::format::staged::StagedOutputs;
 use crate::llm::LlmClient;
+use crate::policy::Policy;
 use crate::progress::Progress;
 use crate::snapshot::{snapshot, SnapshotOptions, SnapshotReport};
-use crate::source::tree::WalkOptions;
+use crate::source::tree::{SkipReason, WalkOptions};
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -27,6 +28,8 @@ pub struct RunOptions {
     /// Builder root to publish to, when the task does not name one.
     pub publish: Option<PathBuf>,
     pub llm: TaskLlm,
+    /// What tasks may read, write and ask ([`crate::policy`]).
+    pub policy: Arc<Policy>,
 }
 
 /// How tasks use the language model.
@@ -57,6 +60,13 @@ impl TaskLlm {
     /// then the environment and `foundry.toml` (already in `config`), then the schema's default
     /// model.
     pub fn config_for(&self, task: &FoundryTask) -> Result<crate::llm::LlmConfig> {
+        let config = self.config_unchecked(task)?;
+        crate::policy::check_llm_host(&config.base_url, &config.allowed_hosts)
+            .map_err(|r| r.into_error(Path::new(&format!("task {}", task.task_id))))?;
+        Ok(config)
+    }
+
+    fn config_unchecked(&self, task: &FoundryTask) -> Result<crate::llm::LlmConfig> {
         let mut config = self.config.clone();
         if !self.model_pinned {
             config.model = task
@@ -108,6 +118,171 @@ pub struct TaskReport {
     pub next_steps: Vec<String>,
     /// The report itself, `TASK_ID.report.md`.
     pub report_path: PathBuf,
+}
+
+/// What a task will read and write, decided and checked against the policy before it runs;
+/// `--dry-run` prints it and stops.
+#[derive(Clone, Debug, Serialize)]
+pub struct TaskPlan {
+    pub task_id: String,
+    #[serde(rename = "type")]
+    pub kind: TaskType,
+    /// Every source the task reads (files, or roots of trees).
+    pub reads: Vec<PathBuf>,
+    /// The folder every output lands in.
+    pub output_dir: PathBuf,
+    pub publish: Option<PathBuf>,
+    /// The language-model server it would ask, if any.
+    pub llm: Option<String>,
+    pub limits: crate::policy::Limits,
+    /// Dry runs of tree tasks: what the walk would fold and leave out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub walk: Option<PlannedWalk>,
+}
+
+/// A tree task's walk, done without reading a byte of any file.
+#[derive(Clone, Debug, Serialize)]
+pub struct PlannedWalk {
+    pub files: u64,
+    pub bytes: u64,
+    /// The first files in path order.
+    pub first_files: Vec<PathBuf>,
+    pub skipped: BTreeMap<String, u64>,
+    /// Examples of what the policy left out, with the rule.
+    pub denied: Vec<String>,
+}
+
+/// Checks `task` against the policy and says what it will read and write.
+pub fn plan_task(task: &FoundryTask, opts: &RunOptions) -> Result<TaskPlan> {
+    let policy = &opts.policy;
+    let task_path = PathBuf::from(format!("task {}", task.task_id));
+    let limits = policy.limits;
+    if task.texture_size > limits.max_texture_side {
+        return Err(Error::Policy {
+            path: task_path,
+            rule: format!(
+                "max_texture_side: texture_size {} is above {}",
+                task.texture_size, limits.max_texture_side
+            ),
+        });
+    }
+    let reads: Vec<PathBuf> = if task.kind == TaskType::CrystallizeSystem && !task.paths.is_empty()
+    {
+        task.paths
+            .iter()
+            .map(|p| resolve(&opts.task_root, p))
+            .collect()
+    } else {
+        vec![resolve(&opts.task_root, &task.source)]
+    };
+    for source in &reads {
+        policy
+            .check_source(&opts.task_root, source)
+            .map_err(|r| r.into_error(source))?;
+        if let Ok(meta) = std::fs::metadata(source) {
+            if meta.is_file() && meta.len() > limits.max_file_bytes {
+                return Err(Error::Policy {
+                    path: source.clone(),
+                    rule: format!(
+                        "max_file_bytes: {} bytes is above {}",
+                        meta.len(),
+                        limits.max_file_bytes
+                    ),
+                });
+            }
+        }
+    }
+    let output_dir = opts.output_root.join(slug(&task.task_id));
+    policy
+        .check_destination(&output_dir)
+        .map_err(|r| r.into_error(&output_dir))?;
+    let publish = match extra_str(task, "publish") {
+        Some(p) => {
+            let builder = resolve(&opts.task_root, &p);
+            // The operator's own --publish is trusted; a task's must stay in the output root.
+            if opts.publish.as_deref() != Some(builder.as_path()) {
+                policy
+                    .check_destination(&builder)
+                    .map_err(|r| r.into_error(&builder))?;
+            }
+            Some(builder)
+        }
+        None => opts.publish.clone(),
+    };
+    let asks = opts.llm.enabled || task.kind == TaskType::AnalyzeSystem;
+    let llm = if asks {
+        Some(opts.llm.config_for(task)?.base_url)
+    } else {
+        None
+    };
+    Ok(TaskPlan {
+        task_id: task.task_id.clone(),
+        kind: task.kind,
+        reads,
+        output_dir,
+        publish,
+        llm,
+        limits,
+        walk: None,
+    })
+}
+
+/// [`plan_task`], plus the walk a tree task would do: nothing is read or written.
+pub fn dry_run(task: &FoundryTask, opts: &RunOptions) -> Result<TaskPlan> {
+    let mut plan = plan_task(task, opts)?;
+    let roots: Vec<PathBuf> = plan.reads.iter().filter(|r| r.is_dir()).cloned().collect();
+    if !roots.is_empty() {
+        let walk = crate::source::tree::walk(&roots, &task_walk(task, opts))?;
+        plan.walk = Some(PlannedWalk {
+            files: walk.files.len() as u64,
+            bytes: walk.files.iter().map(|f| f.size).sum(),
+            first_files: walk.files.iter().take(20).map(|f| f.abs.clone()).collect(),
+            skipped: walk
+                .skipped
+                .counts
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
+            denied: walk
+                .skipped
+                .examples
+                .iter()
+                .filter_map(|s| match &s.reason {
+                    SkipReason::Denied(rule) => Some(format!("{}: {rule}", s.path)),
+                    _ => None,
+                })
+                .take(20)
+                .collect(),
+        });
+    }
+    Ok(plan)
+}
+
+/// The walk of a tree task: its own filters and limits, capped by the policy's.
+fn task_walk(task: &FoundryTask, opts: &RunOptions) -> WalkOptions {
+    let limits = opts.policy.limits;
+    let cap = |asked: Option<u64>, policy: u64| Some(asked.map_or(policy, |a| a.min(policy)));
+    WalkOptions {
+        max_files: cap(
+            match task.kind {
+                TaskType::ConvertDirectory | TaskType::AnalyzeSystem => Some(task.max_files),
+                TaskType::FoundryV2 => extra_u64(task, "max_files").or(Some(task.max_files)),
+                _ => None,
+            },
+            limits.max_files_per_task,
+        ),
+        max_files_per_root: (task.kind == TaskType::CrystallizeSystem)
+            .then(|| task.max_files_per_path.unwrap_or(task.max_files)),
+        max_bytes: cap(extra_u64(task, "max_bytes"), limits.max_task_bytes),
+        include: if task.kind == TaskType::ScanKernelModules {
+            vec!["**/*.ko".into()]
+        } else {
+            extra_list(task, "include")
+        },
+        exclude: extra_list(task, "exclude"),
+        one_file_system: extra_bool(task, "one_file_system"),
+        policy: Some(Arc::clone(&opts.policy)),
+    }
 }
 
 fn resolve(root: &Path, path: &str) -> PathBuf {
@@ -181,11 +356,10 @@ pub fn run_task(
     progress: &dyn Progress,
 ) -> Result<TaskReport> {
     let started = Instant::now();
+    let plan = plan_task(task, opts)?;
     let source = resolve(&opts.task_root, &task.source);
-    let out_dir = opts.output_root.join(slug(&task.task_id));
-    let publish = extra_str(task, "publish")
-        .map(|p| resolve(&opts.task_root, &p))
-        .or(opts.publish.clone());
+    let out_dir = plan.output_dir.clone();
+    let publish = plan.publish.clone();
     let mut report = TaskReport {
         task_id: task.task_id.clone(),
         kind: task.kind,
@@ -231,32 +405,12 @@ pub fn run_task(
         | TaskType::ConvertDirectory
         | TaskType::CrystallizeSystem
         | TaskType::FoundryV2 => {
-            let roots: Vec<PathBuf> =
-                if task.kind == TaskType::CrystallizeSystem && !task.paths.is_empty() {
-                    task.paths
-                        .iter()
-                        .map(|p| resolve(&opts.task_root, p))
-                        .collect()
-                } else {
-                    vec![source.clone()]
-                };
+            let roots = plan.reads.clone();
             report.read = roots
                 .iter()
                 .map(|r| r.to_string_lossy().into_owned())
                 .collect();
-            let walk = WalkOptions {
-                max_files: match task.kind {
-                    TaskType::ConvertDirectory => Some(task.max_files),
-                    TaskType::FoundryV2 => extra_u64(task, "max_files").or(Some(task.max_files)),
-                    _ => None,
-                },
-                max_files_per_root: (task.kind == TaskType::CrystallizeSystem)
-                    .then(|| task.max_files_per_path.unwrap_or(task.max_files)),
-                max_bytes: extra_u64(task, "max_bytes"),
-                include: extra_list(task, "include"),
-                exclude: extra_list(task, "exclude"),
-                one_file_system: extra_bool(task, "one_file_system"),
-            };
+            let walk = task_walk(task, opts);
             let snap_opts = SnapshotOptions {
                 walk,
                 file_bricks: !extra_bool(task, "no_file_bricks"),
@@ -267,10 +421,18 @@ pub fn run_task(
             let snap = snapshot(backend, &roots, &out_dir, &snap_opts, progress)?;
             record_snapshot(&snap, &mut report);
         }
-        TaskType::AnalyzeSystem => analyze(task, &source, &out_dir, llm, &mut report)?,
+        TaskType::AnalyzeSystem => analyze(
+            task,
+            &source,
+            &out_dir,
+            &task_walk(task, opts),
+            llm,
+            &mut report,
+        )?,
         TaskType::ScanKernelModules => scan_modules(
             backend,
             &source,
+            &task_walk(task, opts),
             &out_dir,
             publish.as_deref(),
             llm,
@@ -285,6 +447,7 @@ pub fn run_task(
                 llm,
             },
             &source,
+            &opts.policy,
             &mut report,
         )?,
     }
@@ -473,18 +636,13 @@ fn analyze(
     task: &FoundryTask,
     source: &Path,
     out_dir: &Path,
+    walk_opts: &WalkOptions,
     llm: Option<Arc<LlmClient>>,
     report: &mut TaskReport,
 ) -> Result<()> {
     let mut files = Vec::new();
     if source.is_dir() {
-        let walk = crate::source::tree::walk(
-            &[source.to_path_buf()],
-            &WalkOptions {
-                max_files: Some(task.max_files),
-                ..Default::default()
-            },
-        )?;
+        let walk = crate::source::tree::walk(&[source.to_path_buf()], walk_opts)?;
         report.skipped = walk
             .skipped
             .counts
@@ -579,18 +737,13 @@ fn analyze(
 fn scan_modules(
     backend: &Backend,
     source: &Path,
+    walk_opts: &WalkOptions,
     out_dir: &Path,
     publish: Option<&Path>,
     llm: Option<Arc<LlmClient>>,
     report: &mut TaskReport,
 ) -> Result<()> {
-    let walk = crate::source::tree::walk(
-        &[source.to_path_buf()],
-        &WalkOptions {
-            include: vec!["**/*.ko".into()],
-            ..Default::default()
-        },
-    )?;
+    let walk = crate::source::tree::walk(&[source.to_path_buf()], walk_opts)?;
     let mut modules = Vec::new();
     let (mut critical, mut high, mut medium, mut low) = (0u64, 0u64, 0u64, 0u64);
     let mut kernel_version = String::new();
@@ -726,6 +879,7 @@ fn watch(
     task: &FoundryTask,
     sinks: &FileSinks<'_>,
     source: &Path,
+    policy: &Arc<Policy>,
     report: &mut TaskReport,
 ) -> Result<()> {
     let out_dir = sinks.out_dir;
@@ -751,6 +905,7 @@ fn watch(
             ..Default::default()
         },
         max_refolds: extra_u64(task, "max_refolds"),
+        policy: Some(Arc::clone(policy)),
         duration: extra_u64(task, "max_cycles").map(|n| interval * n as u32),
     };
     let mut events = Vec::new();

@@ -538,6 +538,7 @@ fn config_for(server_url: String) -> LlmConfig {
         max_reply_tokens: MAX_REPLY_TOKENS,
         concurrency: 2,
         cache_dir: None,
+        allowed_hosts: Vec::new(),
     }
 }
 

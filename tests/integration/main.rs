@@ -6,6 +6,7 @@ mod daemon;
 mod diff;
 mod elf;
 mod formats;
+mod fuzz_regressions;
 mod harness;
 mod llm_real;
 mod llm_standin;

@@ -19,6 +19,8 @@ fn model_and_server_follow_command_line_then_task_then_environment() {
         config: LlmConfig {
             base_url: "http://env:1".into(),
             model: model.map(String::from),
+            // The policy's llm_hosts: these test hosts are not loopback.
+            allowed_hosts: vec!["env".into(), "task".into()],
             ..Default::default()
         },
         ..Default::default()
@@ -55,6 +57,10 @@ fn model_and_server_follow_command_line_then_task_then_environment() {
         (c.model.as_deref(), c.base_url.as_str()),
         (Some("cli-model"), "http://env:1")
     );
+    // A task's llm_url must be loopback or a host the policy names.
+    let elsewhere = task(r#", "llm_url": "http://10.1.2.3:1234""#);
+    let e = from_env.config_for(&elsewhere).unwrap_err().to_string();
+    assert!(e.contains("task t: refused by policy: llm_hosts"), "{e}");
 }
 
 #[test]
@@ -146,6 +152,18 @@ mod run {
                 },
                 ..Default::default()
             },
+            // The defaults, widened to the repository's samples.
+            policy: std::sync::Arc::new(
+                foundry_gpu::policy::Policy::new(
+                    &foundry_gpu::policy::PolicySettings {
+                        allow: vec![concat!(env!("CARGO_MANIFEST_DIR"), "/samples").into()],
+                        ..Default::default()
+                    },
+                    dir,
+                    &dir.join("out"),
+                )
+                .unwrap(),
+            ),
         };
         run_task(&Backend::Cpu, &task, &path, &opts, &Silent)
     }
@@ -293,7 +311,7 @@ mod run {
         let r = run_json(
             dir.path(),
             "w.task.json",
-            r#"{"task_id": "w", "type": "watch_path", "source": "live.txt", "interval_ms": 100, "max_cycles": 300, "max_refolds": 2, "publish": "builder"}"#,
+            r#"{"task_id": "w", "type": "watch_path", "source": "live.txt", "interval_ms": 100, "max_cycles": 300, "max_refolds": 2, "publish": "out/builder"}"#,
         )
         .unwrap();
         changer.join().unwrap();
@@ -303,7 +321,7 @@ mod run {
                 .unwrap();
         assert_eq!(back.bytes, b"two, longer");
         // `publish` resolves against the task's folder, as for every other task type.
-        assert!(dir.path().join("builder/map/manifest.json").exists());
+        assert!(dir.path().join("out/builder/map/manifest.json").exists());
     }
 
     #[test]

@@ -163,6 +163,8 @@ enum Command {
         llm: bool,
         #[command(flatten)]
         server: LlmServerArgs,
+        #[command(flatten)]
+        policy: PolicyArgs,
     },
     /// Run every task dropped into a folder, each exactly once, until SIGINT/SIGTERM.
     #[command(
@@ -192,6 +194,8 @@ enum Command {
         llm: bool,
         #[command(flatten)]
         server: LlmServerArgs,
+        #[command(flatten)]
+        policy: PolicyArgs,
     },
     /// Show the daemon's status: pending, running, done and failed tasks, the current one, the last error.
     #[command(
@@ -329,6 +333,7 @@ impl LiveArgs {
         fold: FoldOptions,
     ) -> foundry_gpu::watch::WatchOptions {
         foundry_gpu::watch::WatchOptions {
+            policy: None,
             output: output.to_path_buf(),
             interval: self.interval,
             debounce: self.debounce,
@@ -401,6 +406,157 @@ fn run_watch(
     Ok(ExitCode::SUCCESS)
 }
 
+/// The policy tasks obey (`run`, `daemon`).
+#[derive(Args, Clone)]
+struct PolicyArgs {
+    /// Policy file (a [policy] table) [default: the [policy] table of --config or ./foundry.toml, else the built-in defaults; see README "Security model"].
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// Print what each task would read and write, checked against the policy; run nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+impl PolicyArgs {
+    /// The policy for tasks from `task_root` writing below `output_root`.
+    fn load(
+        &self,
+        server: &LlmServerArgs,
+        task_root: &Path,
+        output_root: &Path,
+    ) -> Result<Arc<foundry_gpu::policy::Policy>, Error> {
+        let settings = match &self.policy {
+            Some(file) => foundry_gpu::policy::read_settings(file)?,
+            None => foundry_gpu::config::load(server.config.as_deref())?.policy,
+        };
+        foundry_gpu::policy::Policy::new(&settings, task_root, output_root).map(Arc::new)
+    }
+
+    /// The LLM settings and the policy together: the policy names the hosts it may ask.
+    fn task_llm(
+        &self,
+        server: &LlmServerArgs,
+        llm: bool,
+        policy: &foundry_gpu::policy::Policy,
+    ) -> Result<TaskLlm, Error> {
+        let mut config = server.resolve()?;
+        config.allowed_hosts = policy.llm_hosts.clone();
+        Ok(TaskLlm {
+            config,
+            enabled: llm,
+            model_pinned: server.llm_model.is_some(),
+            url_pinned: server.llm_url.is_some(),
+        })
+    }
+}
+
+/// Confines every write of this process (see `format::staged::confine_writes`): the output
+/// root, the operator's own --publish, the task folder's bookkeeping and the LLM answer cache.
+fn confine_task_writes(
+    output_root: &Path,
+    publish: Option<&Path>,
+    tasks: Option<&Path>,
+    llm: &TaskLlm,
+) {
+    let mut roots = vec![output_root.to_path_buf()];
+    roots.extend(publish.map(Path::to_path_buf));
+    roots.extend(tasks.map(Path::to_path_buf));
+    roots.extend(llm.config.cache_dir.clone());
+    foundry_gpu::format::staged::confine_writes(&roots);
+}
+
+fn print_plan(plan: &foundry_gpu::task::run::TaskPlan, json: bool) {
+    if json {
+        print_json(plan);
+        return;
+    }
+    println!(
+        "task {} ({:?}): allowed by the policy",
+        plan.task_id, plan.kind
+    );
+    for read in &plan.reads {
+        println!("  reads:   {}", read.display());
+    }
+    if let Some(walk) = &plan.walk {
+        println!(
+            "  walk:    {} files, {}",
+            walk.files,
+            human_bytes(walk.bytes)
+        );
+        for file in &walk.first_files {
+            println!("           {}", file.display());
+        }
+        for (reason, count) in &walk.skipped {
+            println!("  skips:   {count} {reason}");
+        }
+        for denied in &walk.denied {
+            println!("  denied:  {denied}");
+        }
+    }
+    println!("  writes:  {}/", plan.output_dir.display());
+    if let Some(p) = &plan.publish {
+        println!("  publish: {}", p.display());
+    }
+    if let Some(url) = &plan.llm {
+        println!("  asks:    {url}");
+    }
+}
+
+/// `daemon --dry-run`: every pending task's plan (or why the policy refuses it); nothing is
+/// claimed, read or written.
+fn daemon_dry_run(
+    tasks: &Path,
+    output_root: &Path,
+    publish: Option<PathBuf>,
+    llm: TaskLlm,
+    policy: Arc<foundry_gpu::policy::Policy>,
+    json: bool,
+) -> Result<ExitCode, Error> {
+    use foundry_gpu::task::daemon::{task_state, TaskState};
+    let mut names: Vec<String> = std::fs::read_dir(tasks)
+        .map_err(|e| Error::io(tasks, "read", e))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| matches!(task_state(n), Some(TaskState::Pending { .. })))
+        .collect();
+    names.sort();
+    let opts = foundry_gpu::task::run::RunOptions {
+        output_root: output_root.to_path_buf(),
+        task_root: tasks.to_path_buf(),
+        publish,
+        llm,
+        policy: Arc::clone(&policy),
+    };
+    let mut plans = Vec::new();
+    for name in &names {
+        let path = tasks.join(name);
+        let plan = foundry_gpu::task::read_task_file(
+            &path,
+            &path,
+            Some(tasks),
+            policy.limits.max_task_file_bytes,
+        )
+        .and_then(|text| {
+            foundry_gpu::task::parse_task(&path, &text).map_err(|e| Error::Usage(e.to_string()))
+        })
+        .and_then(|task| foundry_gpu::task::run::dry_run(&task, &opts));
+        match plan {
+            Ok(plan) if json => plans.push(serde_json::json!({"task_file": path, "plan": plan})),
+            Ok(plan) => print_plan(&plan, false),
+            Err(e) if json => {
+                plans.push(serde_json::json!({"task_file": path, "refused": e.to_string()}))
+            }
+            Err(e) => println!("{name}: would fail: {e}"),
+        }
+    }
+    if json {
+        print_json(&plans);
+    } else if names.is_empty() {
+        println!("{}: no pending tasks", tasks.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Which language-model server to ask and how (`fold`, `run`, `daemon`, `analyze`).
 #[derive(Args, Clone)]
 struct LlmServerArgs {
@@ -431,12 +587,13 @@ impl LlmServerArgs {
             cache_dir: self.llm_cache.clone(),
             no_cache: self.no_llm_cache,
         };
-        LlmConfig::resolve(&file.llm, &|k| std::env::var(k).ok(), &overrides).map_err(|e| {
-            match &file.source {
+        let mut config = LlmConfig::resolve(&file.llm, &|k| std::env::var(k).ok(), &overrides)
+            .map_err(|e| match &file.source {
                 Some(path) => Error::malformed(path, e),
                 None => Error::Usage(e),
-            }
-        })
+            })?;
+        config.allowed_hosts = file.policy.llm_hosts;
+        Ok(config)
     }
 
     /// The client when `--llm` asked for one.
@@ -501,6 +658,7 @@ impl TreeArgs {
                 include: self.include.clone(),
                 exclude: self.exclude.clone(),
                 one_file_system: self.one_file_system,
+                policy: None,
             },
             max_side,
             compression,
@@ -729,6 +887,13 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             every,
             count,
         } => {
+            let policy = foundry_gpu::config::load(None)?.policy;
+            if policy.process_memory_interactive == Some(false) {
+                return Err(Error::Policy {
+                    path: PathBuf::from(format!("/proc/{pid}/mem")),
+                    rule: "process_memory_interactive = false (foundry.toml [policy])".into(),
+                });
+            }
             let backend = open_backend(global)?;
             let opts = MemOptions {
                 max_side: district.max_side,
@@ -812,20 +977,32 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             publish,
             llm,
             server,
+            policy,
         } => {
             let parsed = foundry_gpu::task::read_task(&task)?;
-            let backend = open_backend(global)?;
+            let task_root = task
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+            let rules = policy.load(&server, &task_root, &output_root)?;
+            let task_llm = policy.task_llm(&server, llm, &rules)?;
             let opts = foundry_gpu::task::run::RunOptions {
                 output_root,
-                task_root: task.parent().map(Path::to_path_buf).unwrap_or_default(),
+                task_root,
                 publish,
-                llm: TaskLlm {
-                    config: server.resolve()?,
-                    enabled: llm,
-                    model_pinned: server.llm_model.is_some(),
-                    url_pinned: server.llm_url.is_some(),
-                },
+                llm: task_llm,
+                policy: rules,
             };
+            if policy.dry_run {
+                drop(bar);
+                print_plan(
+                    &foundry_gpu::task::run::dry_run(&parsed, &opts)?,
+                    global.json,
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            confine_task_writes(&opts.output_root, opts.publish.as_deref(), None, &opts.llm);
+            let backend = open_backend(global)?;
             let report = foundry_gpu::task::run::run_task(&backend, &parsed, &task, &opts, &bar)?;
             drop(bar);
             if global.json {
@@ -846,10 +1023,17 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             publish,
             llm,
             server,
+            policy,
         } => {
             drop(bar);
+            let rules = policy.load(&server, &tasks, &output_root)?;
+            let task_llm = policy.task_llm(&server, llm, &rules)?;
+            if policy.dry_run {
+                return daemon_dry_run(&tasks, &output_root, publish, task_llm, rules, global.json);
+            }
             std::fs::create_dir_all(&tasks)
                 .map_err(|e| Error::io(&tasks, "create directory", e))?;
+            confine_task_writes(&output_root, publish.as_deref(), Some(&tasks), &task_llm);
             let backend = open_backend(global)?;
             let opts = foundry_gpu::task::daemon::DaemonOptions {
                 tasks,
@@ -858,12 +1042,8 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 poll: std::time::Duration::from_millis(poll_ms),
                 exit_when_idle,
                 publish,
-                llm: TaskLlm {
-                    config: server.resolve()?,
-                    enabled: llm,
-                    model_pinned: server.llm_model.is_some(),
-                    url_pinned: server.llm_url.is_some(),
-                },
+                llm: task_llm,
+                policy: rules,
             };
             let status = foundry_gpu::task::daemon::run_daemon(&backend, opts)?;
             if global.json {

@@ -1,0 +1,7 @@
+//! Fuzz target `task_parser`: the checks in `fuzz/checks.rs`, which the regression tests also run.
+#![no_main]
+
+#[path = "../checks.rs"]
+mod checks;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::task_parser(data));

@@ -1,0 +1,528 @@
+//! The policy task-driven work obeys (`[policy]` in `foundry.toml`, or `--policy FILE`): which
+//! sources may be read, which are denied whatever else allows them, where outputs may land,
+//! how much a task may read, whether process memory may be read, and which LLM hosts may be
+//! asked. Anyone who can write the task folder can drop a task, so the defaults are narrow.
+//!
+//! Paths are judged twice, as written (made absolute and normalised without touching the file
+//! system) and as resolved (`canonicalize`, every symlink followed): a denial of either wins,
+//! and only the resolved path counts for being inside an allowed root, so a symlink cannot
+//! carry a task out of what it may read.
+
+use crate::error::{Error, Result};
+use globset::{GlobBuilder, GlobMatcher};
+use serde::Deserialize;
+use std::path::{Component, Path, PathBuf};
+
+/// Read-only system roots a task may read by default, besides its own task folder.
+pub const DEFAULT_ALLOWED_ROOTS: &[&str] = &[
+    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc", "/opt", "/boot", "/proc", "/sys",
+];
+
+/// Paths (and everything below them) denied by default. `~` is the daemon user's home.
+pub const DEFAULT_DENIED: &[&str] = &[
+    "/etc/shadow",
+    "/etc/shadow-",
+    "/etc/gshadow",
+    "/etc/gshadow-",
+    "/etc/ssh/ssh_host_*_key",
+    "/etc/ssl/private",
+    "/root",
+    "~/.ssh",
+    "**/.ssh",
+    "**/.gnupg",
+    "**/id_rsa",
+    "**/id_dsa",
+    "**/id_ecdsa",
+    "**/id_ed25519",
+    "**/id_ecdsa_sk",
+    "**/id_ed25519_sk",
+    "**/*.key",
+    "**/*.p12",
+    "**/*.pfx",
+    "/proc/*/environ",
+    "/proc/kcore",
+    "/dev/mem",
+    "/dev/kmem",
+    "/dev/port",
+];
+
+/// Paths that expose another process's memory; denied to tasks unless
+/// `process_memory_for_tasks = true`.
+pub const PROCESS_MEMORY_PATHS: &[&str] = &["/proc/*/mem", "/proc/*/map_files", "/proc/*/pagemap"];
+
+/// Default limits on what one task may do.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 4 << 30;
+pub const DEFAULT_MAX_TASK_BYTES: u64 = 16 << 30;
+pub const DEFAULT_MAX_FILES_PER_TASK: u64 = 200_000;
+pub const DEFAULT_MAX_TEXTURE_SIDE: u32 = 16_384;
+/// Task files are a few hundred bytes; a megabyte is already absurd.
+pub const DEFAULT_MAX_TASK_FILE_BYTES: u64 = 1 << 20;
+/// Objects and lists nested deeper than this in a task file are refused.
+pub const MAX_TASK_NESTING: usize = 16;
+
+/// The `[policy]` table of `foundry.toml` (or a `--policy` file holding one); every key optional.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySettings {
+    /// Source roots allowed in addition to the defaults and the task folder.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// When set, replaces [`DEFAULT_ALLOWED_ROOTS`] (the task folder stays allowed).
+    pub allow_only: Option<Vec<String>>,
+    /// Patterns denied in addition to [`DEFAULT_DENIED`].
+    #[serde(default)]
+    pub deny: Vec<String>,
+    /// Default denials to lift, each written exactly as in [`DEFAULT_DENIED`].
+    #[serde(default)]
+    pub undeny: Vec<String>,
+    /// Every task output (and every publish) must stay below this; default: the `--output` root.
+    pub output_root: Option<PathBuf>,
+    pub max_file_bytes: Option<u64>,
+    pub max_task_bytes: Option<u64>,
+    pub max_files_per_task: Option<u64>,
+    pub max_texture_side: Option<u32>,
+    pub max_task_file_bytes: Option<u64>,
+    /// May tasks read process memory (`/proc/PID/mem` and friends)? Default false.
+    pub process_memory_for_tasks: Option<bool>,
+    /// May the interactive `mem` command read process memory? Default true.
+    pub process_memory_interactive: Option<bool>,
+    /// LLM hosts other than loopback that may be asked (exact host names or addresses).
+    #[serde(default)]
+    pub llm_hosts: Vec<String>,
+}
+
+/// A file holding only a policy: `[policy]` or the keys at top level.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    policy: PolicySettings,
+}
+
+/// Reads a `--policy` file: a `[policy]` table, or its keys at top level.
+pub fn read_settings(path: &Path) -> Result<PolicySettings> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "read", e))?;
+    let bad = |e: toml::de::Error| Error::malformed(path, e.to_string().trim_end().to_string());
+    if let Ok(file) = toml::from_str::<PolicyFile>(&text) {
+        return Ok(file.policy);
+    }
+    toml::from_str::<PolicySettings>(&text).map_err(bad)
+}
+
+/// One deny rule: the pattern as written, and its matcher.
+#[derive(Clone, Debug)]
+struct DenyRule {
+    pattern: String,
+    matcher: GlobMatcher,
+}
+
+/// Limits on one task.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct Limits {
+    pub max_file_bytes: u64,
+    pub max_task_bytes: u64,
+    pub max_files_per_task: u64,
+    pub max_texture_side: u32,
+    pub max_task_file_bytes: u64,
+}
+
+/// The policy in force, with every path made absolute.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    allowed_roots: Vec<PathBuf>,
+    deny: Vec<DenyRule>,
+    /// Resolved output root; every destination must resolve below it.
+    pub output_root: PathBuf,
+    pub limits: Limits,
+    pub process_memory_for_tasks: bool,
+    pub process_memory_interactive: bool,
+    pub llm_hosts: Vec<String>,
+}
+
+/// Why a path was refused: the rule, in the words of the policy file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub rule: String,
+}
+
+fn home() -> Option<PathBuf> {
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+}
+
+fn expand_home(pattern: &str) -> Option<String> {
+    match pattern.strip_prefix("~/") {
+        Some(rest) => home().map(|h| format!("{}/{rest}", h.to_string_lossy())),
+        None => Some(pattern.to_string()),
+    }
+}
+
+/// `path` made absolute against `base`, `.` and `..` resolved by name only.
+pub fn lexical_absolute(base: &Path, path: &Path) -> PathBuf {
+    let joined = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base.join(path)
+    };
+    let mut out = PathBuf::from("/");
+    for component in joined.components() {
+        match component {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(part) => out.push(part),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    out
+}
+
+/// The resolved form of `path`, or of its nearest existing ancestor with the rest appended
+/// (an output that does not exist yet resolves through the folders that do).
+pub fn resolve_existing(path: &Path) -> PathBuf {
+    let mut missing = Vec::new();
+    let mut at = path.to_path_buf();
+    loop {
+        if let Ok(real) = at.canonicalize() {
+            return missing.iter().rev().fold(real, |p, part| p.join(part));
+        }
+        match (at.file_name().map(|n| n.to_os_string()), at.parent()) {
+            (Some(name), Some(parent)) => {
+                missing.push(name);
+                at = parent.to_path_buf();
+            }
+            _ => return path.to_path_buf(),
+        }
+    }
+}
+
+impl Policy {
+    /// The policy from `settings`, for tasks from `task_root` writing under `output_root`.
+    pub fn new(settings: &PolicySettings, task_root: &Path, output_root: &Path) -> Result<Self> {
+        let cwd = std::env::current_dir().map_err(|e| Error::io(".", "read", e))?;
+        let mut allowed: Vec<PathBuf> = match &settings.allow_only {
+            Some(list) => list.iter().map(PathBuf::from).collect(),
+            None => DEFAULT_ALLOWED_ROOTS.iter().map(PathBuf::from).collect(),
+        };
+        allowed.extend(settings.allow.iter().map(PathBuf::from));
+        allowed.push(task_root.to_path_buf());
+        let allowed_roots = allowed
+            .iter()
+            .filter_map(|p| expand_home(&p.to_string_lossy()))
+            .map(|p| resolve_existing(&lexical_absolute(&cwd, Path::new(&p))))
+            .collect();
+        for lifted in &settings.undeny {
+            if !DEFAULT_DENIED.contains(&lifted.as_str()) {
+                return Err(Error::Usage(format!(
+                    "policy undeny {lifted:?} is not one of the default denials ({})",
+                    DEFAULT_DENIED.join(", ")
+                )));
+            }
+        }
+        let process_memory_for_tasks = settings.process_memory_for_tasks.unwrap_or(false);
+        let mut patterns: Vec<&str> = DEFAULT_DENIED
+            .iter()
+            .copied()
+            .filter(|d| !settings.undeny.iter().any(|u| u == d))
+            .collect();
+        if !process_memory_for_tasks {
+            patterns.extend(PROCESS_MEMORY_PATHS);
+        }
+        patterns.extend(settings.deny.iter().map(String::as_str));
+        let mut deny = Vec::new();
+        for pattern in patterns {
+            let Some(expanded) = expand_home(pattern) else {
+                continue; // `~/...` with no home: nothing to deny there.
+            };
+            let matcher = GlobBuilder::new(&expanded)
+                .literal_separator(true)
+                .build()
+                .map_err(|e| Error::Usage(format!("policy deny {pattern:?}: {e}")))?
+                .compile_matcher();
+            deny.push(DenyRule {
+                pattern: pattern.to_string(),
+                matcher,
+            });
+        }
+        let output_root = resolve_existing(&lexical_absolute(
+            &cwd,
+            settings.output_root.as_deref().unwrap_or(output_root),
+        ));
+        let limits = Limits {
+            max_file_bytes: settings.max_file_bytes.unwrap_or(DEFAULT_MAX_FILE_BYTES),
+            max_task_bytes: settings.max_task_bytes.unwrap_or(DEFAULT_MAX_TASK_BYTES),
+            max_files_per_task: settings
+                .max_files_per_task
+                .unwrap_or(DEFAULT_MAX_FILES_PER_TASK),
+            max_texture_side: settings
+                .max_texture_side
+                .unwrap_or(DEFAULT_MAX_TEXTURE_SIDE),
+            max_task_file_bytes: settings
+                .max_task_file_bytes
+                .unwrap_or(DEFAULT_MAX_TASK_FILE_BYTES),
+        };
+        Ok(Policy {
+            allowed_roots,
+            deny,
+            output_root,
+            limits,
+            process_memory_for_tasks,
+            process_memory_interactive: settings.process_memory_interactive.unwrap_or(true),
+            llm_hosts: settings.llm_hosts.clone(),
+        })
+    }
+
+    /// The deny rule that matches `path` or one of its ancestors.
+    pub fn denied(&self, path: &Path) -> Option<Refusal> {
+        path.ancestors().find_map(|p| {
+            self.deny
+                .iter()
+                .find(|rule| rule.matcher.is_match(p))
+                .map(|rule| Refusal {
+                    rule: format!("deny {:?}", rule.pattern),
+                })
+        })
+    }
+
+    /// Whether a task may read `path` (absolute or relative to `base`): not denied as written
+    /// or as resolved, and resolved inside an allowed root.
+    pub fn check_source(&self, base: &Path, path: &Path) -> std::result::Result<(), Refusal> {
+        let written = lexical_absolute(base, path);
+        let resolved = resolve_existing(&written);
+        if let Some(refusal) = self.denied(&written).or_else(|| self.denied(&resolved)) {
+            return Err(refusal);
+        }
+        if self
+            .allowed_roots
+            .iter()
+            .any(|root| resolved.starts_with(root))
+        {
+            Ok(())
+        } else {
+            Err(Refusal {
+                rule: format!(
+                    "allow: {} is not below an allowed root ({})",
+                    resolved.display(),
+                    self.allowed_roots
+                        .iter()
+                        .map(|r| r.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            })
+        }
+    }
+
+    /// Whether a task may write `path`: resolved (through every existing folder and symlink)
+    /// below the output root.
+    pub fn check_destination(&self, path: &Path) -> std::result::Result<PathBuf, Refusal> {
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+        let resolved = resolve_existing(&lexical_absolute(&cwd, path));
+        if resolved.starts_with(&self.output_root) {
+            Ok(resolved)
+        } else {
+            Err(Refusal {
+                rule: format!(
+                    "output_root: {} resolves outside {}",
+                    resolved.display(),
+                    self.output_root.display()
+                ),
+            })
+        }
+    }
+
+    /// Whether the LLM at `base_url` may be asked: loopback, or a host the policy names.
+    pub fn check_llm_url(&self, base_url: &str) -> std::result::Result<(), Refusal> {
+        check_llm_host(base_url, &self.llm_hosts)
+    }
+}
+
+/// The host part of `scheme://host:port/...`, brackets removed.
+fn url_host(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    if let Some(v6) = authority.strip_prefix('[') {
+        return v6.split(']').next().unwrap_or("");
+    }
+    authority.split(':').next().unwrap_or("")
+}
+
+/// Loopback names and addresses: `localhost`, `127.0.0.0/8`, `::1`.
+pub fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    host == "localhost"
+        || host.ends_with(".localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Whether `base_url`'s host is loopback or one of `allowed`.
+pub fn check_llm_host(base_url: &str, allowed: &[String]) -> std::result::Result<(), Refusal> {
+    let host = url_host(base_url);
+    if is_loopback_host(host) || allowed.iter().any(|a| a.eq_ignore_ascii_case(host)) {
+        Ok(())
+    } else {
+        Err(Refusal {
+            rule: format!("llm_hosts: {host:?} is not loopback and not in the policy's llm_hosts"),
+        })
+    }
+}
+
+/// Output file mode for a source with `source_mode`: what the source hid stays hidden.
+/// World-readable sources give `0644`, group-readable ones `0640`, anything else `0600`.
+pub fn output_mode(source_mode: u32) -> u32 {
+    if source_mode & 0o004 != 0 {
+        0o644
+    } else if source_mode & 0o040 != 0 {
+        0o640
+    } else {
+        0o600
+    }
+}
+
+/// [`output_mode`] of the file at `path`; `0600` when it cannot be read (gone, or hidden).
+pub fn output_mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).map_or(0o600, |m| output_mode(m.mode()))
+}
+
+impl Refusal {
+    /// The error a refused task fails with.
+    pub fn into_error(self, path: &Path) -> Error {
+        Error::Policy {
+            path: path.to_path_buf(),
+            rule: self.rule,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(settings: PolicySettings, task_root: &Path, out: &Path) -> Policy {
+        Policy::new(&settings, task_root, out).unwrap()
+    }
+
+    #[test]
+    fn denials_win_over_allowed_roots_and_cover_what_lies_below() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = policy(PolicySettings::default(), dir.path(), dir.path());
+        let root = Path::new("/");
+        assert!(p.check_source(root, Path::new("/etc/passwd")).is_ok());
+        let shadow = p.check_source(root, Path::new("/etc/shadow")).unwrap_err();
+        assert_eq!(shadow.rule, "deny \"/etc/shadow\"");
+        assert!(p
+            .check_source(root, Path::new("/etc/../etc/gshadow"))
+            .is_err());
+        assert!(p.check_source(root, Path::new("/proc/1/environ")).is_err());
+        assert!(p.check_source(root, Path::new("/proc/self/mem")).is_err());
+        assert!(p.check_source(root, Path::new("/proc/kcore")).is_err());
+        assert!(p.check_source(root, Path::new("/root/notes.txt")).is_err());
+        let key = dir.path().join("site.key");
+        assert!(p
+            .check_source(root, &key)
+            .unwrap_err()
+            .rule
+            .contains("*.key"));
+        let ssh = dir.path().join("home/u/.ssh/config");
+        assert!(p.check_source(root, &ssh).is_err());
+        assert!(
+            p.check_source(root, Path::new("/home")).is_err(),
+            "not allowed"
+        );
+        assert!(p.check_source(dir.path(), Path::new("data.bin")).is_ok());
+    }
+
+    #[test]
+    fn a_symlink_out_of_the_allowed_roots_is_judged_by_its_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let tasks = dir.path().join("tasks");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(&tasks).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("secret"), b"x").unwrap();
+        std::os::unix::fs::symlink(outside.join("secret"), tasks.join("link")).unwrap();
+        std::os::unix::fs::symlink("/etc/shadow", tasks.join("shadow")).unwrap();
+        let p = policy(PolicySettings::default(), &tasks, dir.path());
+        assert!(p
+            .check_source(&tasks, Path::new("link"))
+            .unwrap_err()
+            .rule
+            .starts_with("allow:"));
+        assert!(p
+            .check_source(&tasks, Path::new("shadow"))
+            .unwrap_err()
+            .rule
+            .contains("shadow"));
+    }
+
+    #[test]
+    fn settings_widen_and_narrow() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = PolicySettings {
+            allow: vec!["/home".into()],
+            undeny: vec!["/etc/shadow".into()],
+            deny: vec!["/etc/hostname".into()],
+            process_memory_for_tasks: Some(true),
+            ..Default::default()
+        };
+        let p = policy(settings, dir.path(), dir.path());
+        let root = Path::new("/");
+        assert!(p.check_source(root, Path::new("/home/x")).is_ok());
+        assert!(p.check_source(root, Path::new("/etc/shadow")).is_ok());
+        assert!(p.check_source(root, Path::new("/etc/gshadow")).is_err());
+        assert!(p.check_source(root, Path::new("/etc/hostname")).is_err());
+        assert!(p.check_source(root, Path::new("/proc/self/mem")).is_ok());
+        let typo = PolicySettings {
+            undeny: vec!["/etc/shadw".into()],
+            ..Default::default()
+        };
+        assert!(Policy::new(&typo, dir.path(), dir.path()).is_err());
+    }
+
+    #[test]
+    fn destinations_resolve_through_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        std::fs::create_dir_all(&out).unwrap();
+        std::os::unix::fs::symlink("/tmp", out.join("escape")).unwrap();
+        let p = policy(PolicySettings::default(), dir.path(), &out);
+        assert!(p.check_destination(&out.join("task/x.brick")).is_ok());
+        assert!(p.check_destination(&out.join("../x.brick")).is_err());
+        assert!(p.check_destination(&out.join("escape/x.brick")).is_err());
+        assert!(p.check_destination(Path::new("/etc/x")).is_err());
+    }
+
+    #[test]
+    fn llm_hosts_are_loopback_unless_listed() {
+        for ok in [
+            "http://127.0.0.1:1234",
+            "http://localhost:1234",
+            "http://[::1]:8080/v1",
+            "http://127.8.9.10",
+        ] {
+            assert!(check_llm_host(ok, &[]).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://10.0.0.5:1234",
+            "http://example.com",
+            "http://localhost.evil.com",
+            "http://user@192.168.1.2:1234",
+        ] {
+            assert!(check_llm_host(bad, &[]).is_err(), "{bad}");
+        }
+        assert!(check_llm_host("http://gpu-box:1234", &["gpu-box".into()]).is_ok());
+    }
+
+    #[test]
+    fn output_modes_keep_what_the_source_hid() {
+        assert_eq!(output_mode(0o100644), 0o644);
+        assert_eq!(output_mode(0o100640), 0o640);
+        assert_eq!(output_mode(0o100600), 0o600);
+        assert_eq!(output_mode(0o100400), 0o600);
+        assert_eq!(output_mode(0o100755), 0o644);
+    }
+}
