@@ -232,6 +232,7 @@ mod tests {
             prompt_tokens_estimated: None,
             prompt_budget_tokens: None,
             digest_omitted: vec![],
+            redacted: Default::default(),
             seconds: 0.0,
         }
     }

@@ -80,6 +80,9 @@ pub struct LlmOutcome {
     pub prompt_budget_tokens: Option<usize>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub digest_omitted: Vec<String>,
+    /// Secrets removed from the digest before it was sent, by kind.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub redacted: std::collections::BTreeMap<&'static str, u64>,
     pub seconds: f64,
 }
 
@@ -328,6 +331,7 @@ impl LlmClient {
             prompt_tokens_estimated: None,
             prompt_budget_tokens: None,
             digest_omitted: Vec::new(),
+            redacted: Default::default(),
             seconds: 0.0,
         };
         let sha = &request.analysis.sha256;
@@ -382,6 +386,7 @@ impl LlmClient {
             outcome.prompt_tokens_estimated = Some(digest.estimated_tokens);
             outcome.prompt_budget_tokens = Some(budget);
             outcome.digest_omitted = digest.omitted.clone();
+            outcome.redacted = digest.redacted.clone();
             outcome.requests += 1;
             let result = {
                 let _permit = self

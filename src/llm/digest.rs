@@ -27,6 +27,8 @@ pub struct Digest {
     pub estimated_tokens: usize,
     /// What was left out, e.g. `"sections: 12 of 30 omitted"`.
     pub omitted: Vec<String>,
+    /// Secrets replaced before the text leaves the machine, by kind ([`super::redact`]).
+    pub redacted: std::collections::BTreeMap<&'static str, u64>,
 }
 
 /// Token estimate for one line of the given kind.
@@ -239,10 +241,12 @@ pub fn build(
         &hex_windows(data, analysis, parsed.as_ref()),
         true,
     );
+    let (text, redacted) = super::redact::redact(&b.text);
     Digest {
         estimated_tokens: b.used,
-        text: b.text,
+        text,
         omitted: b.omitted,
+        redacted,
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod cache;
 pub mod client;
 pub mod digest;
+pub mod redact;
 pub mod reply;
 pub mod sse;
 

@@ -652,6 +652,49 @@ fn assert_grammar_friendly(schema: &Value, at: &str) {
 }
 
 #[test]
+fn secrets_in_an_artifact_never_reach_the_server_and_are_counted_in_the_metadata() {
+    let server = lm_studio_always(streamed_answer(GOOD_ANSWER));
+    let mut data = b"\x00config dump\x00".to_vec();
+    data.extend_from_slice(b"DB_PASSWORD=hunter2-very-secret\x00");
+    data.extend_from_slice(b"AKIAIOSFODNN7EXAMPLE\x00");
+    data.extend_from_slice(
+        b"-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAsecretbody\n-----END RSA PRIVATE KEY-----\x00",
+    );
+    let artifact = Artifact::new("app.env", data);
+    let outcome = describe_with(config_for(server.url()), &artifact);
+    assert_answered(&outcome, GOOD_SUMMARY);
+    let chats = server.chats();
+    let prompt = chats[0].user_message();
+    for secret in [
+        "hunter2-very-secret",
+        "AKIAIOSFODNN7EXAMPLE",
+        "MIIEowIBAAKCAQEAsecretbody",
+    ] {
+        assert!(!prompt.contains(secret), "{secret} was sent:\n{prompt}");
+    }
+    assert!(prompt.contains("[REDACTED password_or_token]"), "{prompt}");
+    let meta = serde_json::to_value(&outcome).unwrap();
+    assert_eq!(meta["redacted"]["password_or_token"], 1, "{meta}");
+    assert_eq!(meta["redacted"]["aws_access_key"], 1, "{meta}");
+    assert_eq!(meta["redacted"]["private_key"], 1, "{meta}");
+}
+
+#[test]
+fn a_server_off_the_machine_is_refused_unless_the_policy_names_it() {
+    let elsewhere = LlmConfig {
+        base_url: "http://10.9.8.7:1234".into(),
+        ..config_for(String::new())
+    };
+    let e = LlmClient::new(elsewhere.clone()).err().unwrap();
+    assert!(e.contains("refused by policy: llm_hosts"), "{e}");
+    let allowed = LlmConfig {
+        allowed_hosts: vec!["10.9.8.7".into()],
+        ..elsewhere
+    };
+    assert!(LlmClient::new(allowed).is_ok());
+}
+
+#[test]
 fn a_streamed_answer_is_read_and_the_request_is_well_formed() {
     let server = lm_studio_always(streamed_answer(GOOD_ANSWER));
     let outcome = describe(&server);
