@@ -12,6 +12,7 @@ mod llm_real;
 mod llm_standin;
 mod map;
 mod memory;
+mod policy;
 mod tasks;
 mod tree;
 mod twins;

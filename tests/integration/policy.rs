@@ -1,0 +1,349 @@
+//! The policy and daemon hygiene, through the real binary: refused sources fail with the rule,
+//! outputs cannot escape the output root (not even through a symlink), task files that are too
+//! big, too deep, absurd or symlinked out of the folder fail cleanly, outputs keep the source's
+//! secrecy, and `--dry-run` reads and writes nothing.
+
+use crate::harness::{foundry, s};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+/// Runs the daemon once over `tasks` (exits when idle), hermetic about the LLM.
+fn daemon_batch(tasks: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_foundry-gpu"))
+        .env("FOUNDRY_LLM_URL", "http://127.0.0.1:9")
+        .current_dir(tasks.parent().unwrap())
+        .args(["daemon", "--tasks", s(tasks), "--output-root", s(out)])
+        .args(["--backend", "cpu", "--poll-ms", "50", "--exit-when-idle"])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn error_reason(tasks: &Path, stem: &str) -> String {
+    let text = std::fs::read_to_string(tasks.join(format!("{stem}.error.json")))
+        .unwrap_or_else(|e| panic!("{stem}.error.json: {e}"));
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["reason"].as_str().unwrap().to_string()
+}
+
+fn task(tasks: &Path, stem: &str, body: &str) {
+    std::fs::write(tasks.join(format!("{stem}.task.json")), body).unwrap();
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn the_daemon_refuses_what_the_policy_denies_and_names_the_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tasks, out) = (dir.path().join("tasks"), dir.path().join("out"));
+    std::fs::create_dir_all(&tasks).unwrap();
+    std::fs::write(tasks.join("ok.bin"), b"fine bytes").unwrap();
+    std::fs::create_dir_all(dir.path().join("home/.ssh")).unwrap();
+    std::fs::write(dir.path().join("elsewhere.bin"), b"not allowed").unwrap();
+    std::os::unix::fs::symlink(dir.path().join("elsewhere.bin"), tasks.join("link.bin")).unwrap();
+    let convert =
+        |src: &str| format!(r#"{{"task_id": "t", "type": "convert_binary", "source": "{src}"}}"#);
+    task(&tasks, "a_ok", &convert("ok.bin"));
+    task(&tasks, "b_shadow", &convert("/etc/shadow"));
+    task(&tasks, "c_environ", &convert("/proc/self/environ"));
+    task(&tasks, "d_kcore", &convert("/proc/kcore"));
+    task(
+        &tasks,
+        "e_outside",
+        &convert(s(&dir.path().join("elsewhere.bin"))),
+    );
+    task(&tasks, "f_symlink", &convert("link.bin"));
+    task(&tasks, "g_dotdot", &convert("../elsewhere.bin"));
+    task(&tasks, "h_mem", &convert("/proc/self/mem"));
+    task(
+        &tasks,
+        "i_publish",
+        r#"{"task_id": "p", "type": "convert_binary", "source": "ok.bin", "publish": "/tmp/foundry-escape"}"#,
+    );
+    task(
+        &tasks,
+        "j_texture",
+        r#"{"task_id": "x", "type": "convert_binary", "source": "ok.bin", "texture_size": 1073741824}"#,
+    );
+    task(
+        &tasks,
+        "k_llm",
+        r#"{"task_id": "l", "type": "analyze_system", "source": "ok.bin", "llm_url": "http://203.0.113.9:1234"}"#,
+    );
+    let run = daemon_batch(&tasks, &out, &[]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(tasks.join("a_ok.task.task.json.done").exists());
+    for (stem, rule) in [
+        ("b_shadow", "deny \"/etc/shadow\""),
+        ("c_environ", "deny \"/proc/*/environ\""),
+        ("d_kcore", "deny \"/proc/kcore\""),
+        ("e_outside", "allow: "),
+        ("f_symlink", "allow: "),
+        ("g_dotdot", "allow: "),
+        ("h_mem", "deny \"/proc/*/mem\""),
+        ("i_publish", "output_root: "),
+        ("j_texture", "max_texture_side"),
+        ("k_llm", "llm_hosts"),
+    ] {
+        assert!(
+            tasks.join(format!("{stem}.task.json.failed")).exists(),
+            "{stem} did not fail"
+        );
+        let reason = error_reason(&tasks, stem);
+        assert!(
+            reason.contains("refused by policy") && reason.contains(rule),
+            "{stem}: {reason}"
+        );
+    }
+    assert!(!Path::new("/tmp/foundry-escape").exists());
+}
+
+#[test]
+fn outputs_cannot_escape_the_output_root_through_a_symlink() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tasks, out) = (dir.path().join("tasks"), dir.path().join("out"));
+    let victim = dir.path().join("victim");
+    std::fs::create_dir_all(&tasks).unwrap();
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::create_dir_all(&victim).unwrap();
+    std::fs::write(tasks.join("ok.bin"), b"bytes").unwrap();
+    // Someone who can write the output root points a task's output folder elsewhere.
+    std::os::unix::fs::symlink(&victim, out.join("t")).unwrap();
+    task(
+        &tasks,
+        "escape",
+        r#"{"task_id": "t", "type": "convert_binary", "source": "ok.bin"}"#,
+    );
+    let run = daemon_batch(&tasks, &out, &[]);
+    assert!(run.status.success());
+    let reason = error_reason(&tasks, "escape");
+    assert!(reason.contains("output_root"), "{reason}");
+    assert_eq!(
+        std::fs::read_dir(&victim).unwrap().count(),
+        0,
+        "nothing lands outside"
+    );
+}
+
+#[test]
+fn bad_task_files_fail_cleanly_and_a_symlinked_one_is_not_followed_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tasks, out) = (dir.path().join("tasks"), dir.path().join("out"));
+    std::fs::create_dir_all(&tasks).unwrap();
+    std::fs::write(tasks.join("ok.bin"), b"bytes").unwrap();
+    let huge = format!(
+        r#"{{"task_id": "big", "type": "convert_binary", "source": "ok.bin", "pad": "{}"}}"#,
+        "x".repeat(2 << 20)
+    );
+    task(&tasks, "a_huge", &huge);
+    let deep = format!(
+        r#"{{"task_id": "deep", "type": "convert_binary", "source": "ok.bin", "x": {}1{}}}"#,
+        "[".repeat(40),
+        "]".repeat(40)
+    );
+    task(&tasks, "b_deep", &deep);
+    task(
+        &tasks,
+        "c_negative",
+        r#"{"task_id": "n", "type": "convert_directory", "source": ".", "max_files": -1}"#,
+    );
+    std::fs::write(
+        tasks.join("d_absurd.task.yaml"),
+        "task_id: a\ntype: convert_binary\nsource: ok.bin\ntexture_size: 1099511627776\n",
+    )
+    .unwrap();
+    let outside = dir.path().join("outside.task.json");
+    std::fs::write(
+        &outside,
+        r#"{"task_id": "o", "type": "convert_binary", "source": "ok.bin"}"#,
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(&outside, tasks.join("e_link.task.json")).unwrap();
+    let run = daemon_batch(&tasks, &out, &[]);
+    assert!(run.status.success());
+    for (stem, ext, words) in [
+        ("a_huge", "json", "max_task_file_bytes"),
+        ("b_deep", "json", "nested"),
+        ("c_negative", "json", "max_files"),
+        ("d_absurd", "yaml", "texture_size"),
+        ("e_link", "json", "outside the task folder"),
+    ] {
+        assert!(
+            tasks.join(format!("{stem}.task.{ext}.failed")).exists(),
+            "{stem} did not fail: {:?}",
+            std::fs::read_dir(&tasks)
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name())
+                .collect::<Vec<_>>()
+        );
+        let reason = error_reason(&tasks, stem);
+        assert!(reason.contains(words), "{stem}: {reason}");
+    }
+    assert!(
+        outside.exists(),
+        "the symlink's target is never moved or deleted"
+    );
+    assert!(!out.join("o").exists());
+}
+
+#[test]
+fn outputs_keep_what_the_source_hid() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tasks, out) = (dir.path().join("tasks"), dir.path().join("out"));
+    std::fs::create_dir_all(tasks.join("tree")).unwrap();
+    let private = tasks.join("private.bin");
+    std::fs::write(&private, b"only mine").unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(tasks.join("tree/public.txt"), b"anyone").unwrap();
+    std::fs::set_permissions(
+        tasks.join("tree/public.txt"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    std::fs::write(tasks.join("tree/secret.txt"), b"hidden").unwrap();
+    std::fs::set_permissions(
+        tasks.join("tree/secret.txt"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    task(
+        &tasks,
+        "a",
+        r#"{"task_id": "p", "type": "convert_binary", "source": "private.bin"}"#,
+    );
+    task(
+        &tasks,
+        "b",
+        r#"{"task_id": "d", "type": "convert_directory", "source": "tree"}"#,
+    );
+    let run = daemon_batch(&tasks, &out, &[]);
+    assert!(run.status.success());
+    for name in [
+        "private.bin.brick",
+        "private.bin.rts.png",
+        "private.bin.preview.png",
+    ] {
+        assert_eq!(mode(&out.join("p").join(name)), 0o600, "{name}");
+    }
+    assert_eq!(mode(&out.join("d/files/tree/public.txt.brick")), 0o644);
+    assert_eq!(mode(&out.join("d/files/tree/secret.txt.brick")), 0o600);
+    // The district holds both files' bytes: as private as the more private one.
+    assert_eq!(mode(&out.join("d/district.json")), 0o600);
+    let parts: Vec<_> = std::fs::read_dir(out.join("d"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("district."))
+        .collect();
+    assert!(!parts.is_empty());
+    for part in parts {
+        assert_eq!(mode(&part.path()), 0o600, "{:?}", part.file_name());
+    }
+}
+
+#[test]
+fn dry_run_prints_the_plan_and_touches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tasks, out) = (dir.path().join("tasks"), dir.path().join("out"));
+    std::fs::create_dir_all(tasks.join("tree/.ssh")).unwrap();
+    std::fs::write(tasks.join("tree/a.txt"), b"a").unwrap();
+    std::fs::write(tasks.join("tree/.ssh/id_ed25519"), b"KEY").unwrap();
+    std::fs::write(tasks.join("tree/server.key"), b"KEY").unwrap();
+    task(
+        &tasks,
+        "a",
+        r#"{"task_id": "d", "type": "convert_directory", "source": "tree"}"#,
+    );
+    task(
+        &tasks,
+        "b",
+        r#"{"task_id": "s", "type": "convert_binary", "source": "/etc/shadow"}"#,
+    );
+    let run = daemon_batch(&tasks, &out, &["--dry-run"]);
+    let text = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{text}");
+    assert!(text.contains("walk:    1 files"), "{text}");
+    assert!(text.contains("tree/a.txt"), "{text}");
+    assert!(
+        text.contains("denied:") && text.contains("**/.ssh") && text.contains("**/*.key"),
+        "{text}"
+    );
+    assert!(
+        text.contains("b.task.json: would fail") && text.contains("/etc/shadow"),
+        "{text}"
+    );
+    assert!(!out.exists(), "a dry run writes nothing");
+    assert!(tasks.join("a.task.json").exists() && tasks.join("b.task.json").exists());
+    assert!(!tasks.join(".foundry").exists());
+
+    let single = foundry(&[
+        "run",
+        s(&tasks.join("a.task.json")),
+        "--output-root",
+        s(&out),
+        "--dry-run",
+        "--json",
+    ]);
+    assert!(single.status.success());
+    let plan: serde_json::Value = serde_json::from_slice(&single.stdout).unwrap();
+    assert_eq!(plan["walk"]["files"], 1, "{plan}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn a_policy_file_widens_and_narrows() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tasks, out) = (dir.path().join("tasks"), dir.path().join("out"));
+    std::fs::create_dir_all(&tasks).unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    std::fs::write(dir.path().join("data/x.bin"), vec![7u8; 5000]).unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "[policy]\nallow = [\"{}\"]\nmax_file_bytes = 4096\n",
+            s(&dir.path().join("data"))
+        ),
+    )
+    .unwrap();
+    let src = s(&dir.path().join("data/x.bin")).to_string();
+    task(
+        &tasks,
+        "a",
+        &format!(r#"{{"task_id": "x", "type": "convert_binary", "source": "{src}"}}"#),
+    );
+    let run = daemon_batch(&tasks, &out, &["--policy", s(&policy)]);
+    assert!(run.status.success());
+    let reason = error_reason(&tasks, "a");
+    assert!(
+        reason.contains("max_file_bytes: 5000 bytes is above 4096"),
+        "{reason}"
+    );
+    std::fs::write(
+        &policy,
+        format!("[policy]\nallow = [\"{}\"]\n", s(&dir.path().join("data"))),
+    )
+    .unwrap();
+    task(
+        &tasks,
+        "b",
+        &format!(r#"{{"task_id": "y", "type": "convert_binary", "source": "{src}"}}"#),
+    );
+    let run = daemon_batch(&tasks, &out, &["--policy", s(&policy)]);
+    assert!(run.status.success());
+    assert!(
+        tasks.join("b.task.task.json.done").exists(),
+        "{:?}",
+        error_reason(&tasks, "b")
+    );
+    std::fs::write(&policy, "[policy]\nundeny = [\"/etc/shadw\"]\n").unwrap();
+    let run = daemon_batch(&tasks, &out, &["--policy", s(&policy)]);
+    assert!(!run.status.success());
+    assert!(String::from_utf8_lossy(&run.stderr).contains("not one of the default denials"));
+}
