@@ -13,6 +13,7 @@ mod llm_standin;
 mod map;
 mod memory;
 mod policy;
+mod properties;
 mod tasks;
 mod tree;
 mod twins;
