@@ -974,6 +974,59 @@ fn a_stall_mid_stream_times_out() {
 }
 
 #[test]
+fn a_server_dying_mid_stream_leaves_the_daemon_task_done_once_with_the_reason_in_its_metadata() {
+    // The server sends the first event and a half, then its socket closes for good.
+    let server = lm_studio(|_| {
+        let events = delta_events(MODEL, "content", r#"{"summary":"A small"#);
+        Reply::sse_head(Framing::CloseDelimited)
+            .body_piece(Framing::CloseDelimited, events[0].as_bytes())
+            .send(&events[1].as_bytes()[..events[1].len() / 2])
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let tasks = dir.path().join("tasks");
+    std::fs::create_dir_all(&tasks).unwrap();
+    std::fs::write(tasks.join("tool.bin"), b"\x00\x01some tool\x00--help\x00").unwrap();
+    std::fs::write(
+        tasks.join("t.task.json"),
+        r#"{"task_id": "t", "type": "convert_binary", "source": "tool.bin"}"#,
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_foundry-gpu"))
+        .args([
+            "daemon",
+            "--tasks",
+            tasks.to_str().unwrap(),
+            "--output-root",
+            out.to_str().unwrap(),
+        ])
+        .args([
+            "--backend",
+            "cpu",
+            "--exit-when-idle",
+            "--poll-ms",
+            "50",
+            "--llm",
+            "--no-llm-cache",
+        ])
+        .args(["--llm-url", &server.url()])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(tasks.join("t.task.task.json.done").exists());
+    assert!(!tasks.join("t.task.json.failed").exists());
+    let png = foundry_gpu::format::rts_png::RtsPng::read(&out.join("t/tool.bin.rts.png")).unwrap();
+    let llm = &png.metadata["semantic"]["llm"];
+    assert_eq!(llm["status"], "failed", "{llm}");
+    assert_eq!(llm["error"], "stream_broken", "{llm}");
+    assert!(server.chats().len() >= 1);
+}
+
+#[test]
 fn a_reset_mid_stream_is_stream_broken() {
     let events = delta_events(MODEL, "content", r#"{"summary":"A small"#);
     let half_frame = &events[1].as_bytes()[..events[1].len() / 2];

@@ -5,6 +5,7 @@ mod cli;
 mod daemon;
 mod diff;
 mod elf;
+mod faults;
 mod formats;
 mod fuzz_regressions;
 mod harness;

@@ -1,0 +1,345 @@
+//! Faults injected into real runs: the disk filling up while outputs are written, sources
+//! vanishing and permissions changing in the middle of a walk, and repeated SIGKILLs of the
+//! daemon. Each time nothing is lost: no partial outputs, previous outputs intact, and every
+//! task ends exactly once, done or failed with a reason.
+
+use crate::harness::s;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_foundry-gpu")
+}
+
+/// Every file below `dir`, relative, with its bytes.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut all: Vec<_> = walk(dir)
+        .into_iter()
+        .map(|p| {
+            (
+                p.strip_prefix(dir).unwrap().to_path_buf(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect();
+    all.sort();
+    all
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// `foundry-gpu ARGS` with a file-size limit of `limit_kib` and SIGXFSZ ignored, so a write
+/// past the limit fails with EFBIG ("File too large") the way a full disk fails with ENOSPC.
+fn run_with_file_size_limit(limit_kib: u64, args: &[&str]) -> Output {
+    Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "trap '' XFSZ; ulimit -f {limit_kib}; exec \"$0\" \"$@\""
+        ))
+        .arg(bin())
+        .args(args)
+        .env("FOUNDRY_LLM_URL", "http://127.0.0.1:9")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_full_disk_fails_the_task_with_the_reason_and_keeps_the_previous_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let tasks = dir.path().join("tasks");
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&tasks).unwrap();
+    let source = tasks.join("data.bin");
+    std::fs::write(&source, crate::harness::sample_bytes(20_000, 1)).unwrap();
+    let task = tasks.join("t.task.json");
+    std::fs::write(
+        &task,
+        r#"{"task_id": "t", "type": "convert_binary", "source": "data.bin"}"#,
+    )
+    .unwrap();
+    let args = [
+        "run",
+        s(&task),
+        "--output-root",
+        s(&out),
+        "--backend",
+        "cpu",
+    ];
+    let first = run_with_file_size_limit(1 << 20, &args);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let before = snapshot(&out);
+    assert!(before.len() >= 3);
+
+    // The source grows past what the "disk" can take.
+    std::fs::write(&source, crate::harness::sample_bytes(3 << 20, 2)).unwrap();
+    let full = run_with_file_size_limit(1024, &args);
+    let stderr = String::from_utf8_lossy(&full.stderr);
+    assert!(!full.status.success());
+    assert!(stderr.contains("File too large"), "{stderr}");
+    assert_eq!(
+        snapshot(&out),
+        before,
+        "previous outputs intact, no partial or temporary file"
+    );
+
+    // Through the daemon the task ends once, failed, with the reason beside it.
+    std::fs::rename(&task, tasks.join("d.task.json")).unwrap();
+    let daemon = run_with_file_size_limit(
+        1024,
+        &[
+            "daemon",
+            "--tasks",
+            s(&tasks),
+            "--output-root",
+            s(&out),
+            "--backend",
+            "cpu",
+            "--exit-when-idle",
+            "--poll-ms",
+            "50",
+        ],
+    );
+    assert!(
+        daemon.status.success(),
+        "{}",
+        String::from_utf8_lossy(&daemon.stderr)
+    );
+    assert!(tasks.join("d.task.json.failed").exists());
+    let reason = std::fs::read_to_string(tasks.join("d.error.json")).unwrap();
+    assert!(reason.contains("File too large"), "{reason}");
+    assert_eq!(snapshot(&out), before);
+}
+
+/// A tree of `n` files in `n / 100` folders, in path order.
+fn tree(root: &Path, n: usize) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for i in 0..n {
+        let sub = root.join(format!("d{:03}", i / 100));
+        std::fs::create_dir_all(&sub).unwrap();
+        let file = sub.join(format!("f{i:05}.txt"));
+        std::fs::write(&file, format!("file {i}\n").repeat(40)).unwrap();
+        files.push(file);
+    }
+    files
+}
+
+fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "condition not reached in time");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Runs a convert_directory task over `tree/` while `meddle` changes the tree once the walk is
+/// done (the output folder appears after it); returns the district index.
+fn run_tree_task_while(
+    dir: &Path,
+    as_nobody: bool,
+    meddle: impl FnOnce() + Send,
+) -> serde_json::Value {
+    let tasks = dir.join("tasks");
+    let out = dir.join("out");
+    let task = tasks.join("t.task.json");
+    std::fs::write(
+        &task,
+        r#"{"task_id": "t", "type": "convert_directory", "source": "tree", "max_files": 100000}"#,
+    )
+    .unwrap();
+    let mut command = if as_nobody {
+        // Root reads everything whatever the modes say: drop to nobody so they count.
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", bin()]);
+        c
+    } else {
+        Command::new(bin())
+    };
+    command
+        .args([
+            "run",
+            s(&task),
+            "--output-root",
+            s(&out),
+            "--backend",
+            "cpu",
+        ])
+        .env("FOUNDRY_LLM_URL", "http://127.0.0.1:9")
+        .env("HOME", dir);
+    let district = out.join("t");
+    let status = std::thread::scope(|scope| {
+        let child = scope.spawn(move || command.output().unwrap());
+        wait_for(Duration::from_secs(60), || district.exists());
+        meddle();
+        child.join().unwrap()
+    });
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let index = std::fs::read_to_string(out.join("t/district.json")).unwrap();
+    serde_json::from_str(&index).unwrap()
+}
+
+/// Every file the index lists as folded has a brick that unfolds to what was read.
+fn check_index_consistent(out: &Path, index: &serde_json::Value) -> usize {
+    let files = index["files"].as_array().unwrap();
+    for f in files {
+        let brick = out.join("t").join(f["brick"].as_str().unwrap());
+        let back = foundry_gpu::fold::decode(&foundry_gpu::Backend::Cpu, &brick).unwrap();
+        assert_eq!(
+            foundry_gpu::analysis::sha256(&back.bytes).to_vec(),
+            hex::decode(f["sha256"].as_str().unwrap()).unwrap()
+        );
+    }
+    files.len()
+}
+
+#[test]
+fn files_vanishing_mid_walk_are_skipped_as_vanished_and_the_task_still_ends_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = tree(&dir.path().join("tasks/tree"), 4000);
+    let index = run_tree_task_while(dir.path(), false, || {
+        // Folding goes in path order: the last files go before their turn comes.
+        for f in files.iter().rev().take(1500) {
+            std::fs::remove_file(f).unwrap();
+        }
+    });
+    let folded = check_index_consistent(&dir.path().join("out"), &index);
+    let vanished = index["skipped"]["counts"]["vanished"].as_u64().unwrap_or(0);
+    eprintln!("folded {folded}, vanished {vanished}");
+    assert!(
+        vanished > 0,
+        "some files vanished after the walk listed them"
+    );
+    assert_eq!(folded as u64 + vanished, 4000);
+}
+
+#[test]
+fn permissions_changing_mid_walk_are_skipped_as_denied_and_the_task_still_ends_once() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let root = dir.path().join("tasks/tree");
+    let files = tree(&root, 4000);
+    std::fs::create_dir_all(dir.path().join("out")).unwrap();
+    std::fs::set_permissions(
+        dir.path().join("out"),
+        std::fs::Permissions::from_mode(0o777),
+    )
+    .unwrap();
+    let index = run_tree_task_while(dir.path(), true, || {
+        for f in files.iter().rev().take(1500) {
+            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o000)).unwrap();
+        }
+    });
+    let folded = check_index_consistent(&dir.path().join("out"), &index);
+    let denied = index["skipped"]["counts"]["permission denied"]
+        .as_u64()
+        .unwrap_or(0);
+    eprintln!("folded {folded}, permission denied {denied}");
+    assert!(
+        denied > 0,
+        "some files became unreadable after the walk listed them"
+    );
+    assert_eq!(folded as u64 + denied, 4000);
+}
+
+#[test]
+fn sigkill_at_random_moments_never_loses_or_repeats_a_finished_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let tasks = dir.path().join("tasks");
+    std::fs::create_dir_all(tasks.join("src")).unwrap();
+    let n = 40;
+    for i in 0..n {
+        std::fs::write(
+            tasks.join(format!("src/f{i:03}.bin")),
+            crate::harness::sample_bytes(2000 + i * 97, i as u64),
+        )
+        .unwrap();
+        std::fs::write(
+            tasks.join(format!("t{i:03}.task.json")),
+            format!(
+                r#"{{"task_id": "t{i:03}", "type": "convert_binary", "source": "src/f{i:03}.bin"}}"#
+            ),
+        )
+        .unwrap();
+    }
+    let daemon = |idle: bool| {
+        let mut c = Command::new(bin());
+        c.args([
+            "daemon",
+            "--tasks",
+            s(&tasks),
+            "--output-root",
+            s(&dir.path().join("out")),
+        ])
+        .args(["--backend", "cpu", "--poll-ms", "20"])
+        .env("FOUNDRY_LLM_URL", "http://127.0.0.1:9");
+        if idle {
+            c.arg("--exit-when-idle");
+        }
+        c.spawn().unwrap()
+    };
+    // Kills land at moments spread over claims, folds, the outputs' renames and the task's.
+    for delay_ms in [35u64, 80, 55, 120, 20, 95, 60, 150] {
+        let mut d = daemon(false);
+        std::thread::sleep(Duration::from_millis(delay_ms + 150));
+        d.kill().unwrap();
+        d.wait().unwrap();
+    }
+    let mut d = daemon(true);
+    assert!(d.wait().unwrap().success());
+    let names: Vec<String> = std::fs::read_dir(&tasks)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    for i in 0..n {
+        let stem = format!("t{i:03}");
+        let done = names.contains(&format!("{stem}.task.task.json.done"));
+        let failed = names.contains(&format!("{stem}.task.json.failed"));
+        assert!(done ^ failed, "{stem} ends exactly once: {names:?}");
+        if done {
+            let brick = dir.path().join(format!("out/{stem}/f{i:03}.bin.brick"));
+            let back = foundry_gpu::fold::decode(&foundry_gpu::Backend::Cpu, &brick).unwrap();
+            assert_eq!(
+                back.bytes,
+                std::fs::read(tasks.join(format!("src/f{i:03}.bin"))).unwrap()
+            );
+        } else {
+            let reason = std::fs::read_to_string(tasks.join(format!("{stem}.error.json"))).unwrap();
+            assert!(
+                reason.contains("gave up after 3 attempts"),
+                "{stem}: {reason}"
+            );
+        }
+    }
+    let temporaries: Vec<_> = walk(&dir.path().join("out"))
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".tmp"))
+        .collect();
+    eprintln!(
+        "temporary files a SIGKILL left behind (never read, never renamed): {}",
+        temporaries.len()
+    );
+    assert!(!names
+        .iter()
+        .any(|n| n.contains(".claimed-") || n.ends_with(".task.json")));
+}
