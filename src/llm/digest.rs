@@ -264,10 +264,15 @@ fn hex_windows(data: &[u8], analysis: &LocalAnalysis, elf: Option<&object::File>
     let mut starts: Vec<(String, usize)> = vec![("start".into(), 0)];
     if let Some(file) = elf {
         let entry = file.entry();
+        // A crafted file can put a section anywhere in the address space: no sum may overflow.
         let offset = file.sections().find_map(|s| {
             let (addr, size) = (s.address(), s.size());
             let (file_offset, _) = s.file_range()?;
-            (entry >= addr && entry < addr + size).then(|| (file_offset + entry - addr) as usize)
+            let inside = entry >= addr && entry - addr < size;
+            inside
+                .then(|| file_offset.checked_add(entry - addr))
+                .flatten()
+                .and_then(|o| usize::try_from(o).ok())
         });
         if let Some(o) = offset {
             starts.push(("entry".into(), o));
