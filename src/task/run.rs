@@ -157,14 +157,21 @@ pub fn plan_task(task: &FoundryTask, opts: &RunOptions) -> Result<TaskPlan> {
     let policy = &opts.policy;
     let task_path = PathBuf::from(format!("task {}", task.task_id));
     let limits = policy.limits;
-    if task.texture_size > limits.max_texture_side {
-        return Err(Error::Policy {
-            path: task_path,
-            rule: format!(
-                "max_texture_side: texture_size {} is above {}",
-                task.texture_size, limits.max_texture_side
-            ),
-        });
+    let sides = [
+        ("texture_size", Some(u64::from(task.texture_size))),
+        ("max_side", extra_u64(task, "max_side")),
+        ("preview_side", extra_u64(task, "preview_side")),
+    ];
+    for (field, side) in sides {
+        if let Some(side) = side.filter(|&s| s > u64::from(limits.max_texture_side)) {
+            return Err(Error::Policy {
+                path: task_path,
+                rule: format!(
+                    "max_texture_side: {field} {side} is above {}",
+                    limits.max_texture_side
+                ),
+            });
+        }
     }
     let reads: Vec<PathBuf> = if task.kind == TaskType::CrystallizeSystem && !task.paths.is_empty()
     {
@@ -496,9 +503,14 @@ fn convert_file(
     let dest_path = out_dir.join(&stem);
     let opts = FoldOptions {
         texture_size: Some(task.texture_size),
-        max_side: extra_u64(task, "max_side").map_or(crate::fold::DEFAULT_MAX_SIDE, |v| v as u32),
+        // plan_task already refused sides above the policy's limit, so these fit in u32.
+        max_side: extra_u64(task, "max_side").map_or(crate::fold::DEFAULT_MAX_SIDE, |v| {
+            v.min(u64::from(u32::MAX)) as u32
+        }),
         preview_side: extra_u64(task, "preview_side")
-            .map_or(crate::fold::DEFAULT_PREVIEW_SIDE, |v| v as u32),
+            .map_or(crate::fold::DEFAULT_PREVIEW_SIDE, |v| {
+                v.min(u64::from(u32::MAX)) as u32
+            }),
         legend: extra_bool(task, "legend"),
         sidecars: extra_bool(task, "sidecars"),
         sections: extra_str(task, "sections")

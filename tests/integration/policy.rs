@@ -69,6 +69,11 @@ fn the_daemon_refuses_what_the_policy_denies_and_names_the_rule() {
     );
     task(
         &tasks,
+        "l_max_side",
+        r#"{"task_id": "m", "type": "foundry-v2", "source": "ok.bin", "max_side": 4294967552}"#,
+    );
+    task(
+        &tasks,
         "k_llm",
         r#"{"task_id": "l", "type": "analyze_system", "source": "ok.bin", "llm_url": "http://203.0.113.9:1234"}"#,
     );
@@ -88,7 +93,8 @@ fn the_daemon_refuses_what_the_policy_denies_and_names_the_rule() {
         ("g_dotdot", "allow: "),
         ("h_mem", "deny \"/proc/*/mem\""),
         ("i_publish", "output_root: "),
-        ("j_texture", "max_texture_side"),
+        ("j_texture", "max_texture_side: texture_size 1073741824"),
+        ("l_max_side", "max_texture_side: max_side 4294967552"),
         ("k_llm", "llm_hosts"),
     ] {
         assert!(
