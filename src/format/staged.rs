@@ -68,6 +68,43 @@ fn check_confined(dir: &Path) -> Result<()> {
     })
 }
 
+/// Whether `name` is one of our temporaries: `.NAME.XXXXXX.tmp`, six random characters.
+fn is_staged_temporary(name: &str) -> bool {
+    let Some(rest) = name.strip_suffix(".tmp") else {
+        return false;
+    };
+    let Some((stem, random)) = rest.rsplit_once('.') else {
+        return false;
+    };
+    stem.len() > 1
+        && stem.starts_with('.')
+        && random.len() == 6
+        && random.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+/// Removes the temporaries a killed writer left below `dir` (regular files named as
+/// [`StagedOutputs`] names them; symlinks and everything else are left alone). Returns how many.
+pub fn remove_stale_temporaries(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_dir() {
+            removed += remove_stale_temporaries(&entry.path());
+        } else if kind.is_file()
+            && is_staged_temporary(&entry.file_name().to_string_lossy())
+            && std::fs::remove_file(entry.path()).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// One file once it is in place.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct WrittenFile {
@@ -171,5 +208,38 @@ mod tests {
         let written = staged.commit().unwrap();
         assert_eq!(written[0].bytes, 6);
         assert_eq!(std::fs::read(&a).unwrap(), b"second");
+    }
+
+    #[test]
+    fn only_our_own_temporaries_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("files/etc");
+        std::fs::create_dir_all(&sub).unwrap();
+        // What a killed writer leaves: a staged file never committed.
+        let mut staged = StagedOutputs::new();
+        staged
+            .write(&sub.join("passwd.brick"), |w| w.write_all(b"half"))
+            .unwrap();
+        let (temp, _) = staged.staged.pop().unwrap();
+        temp.keep().unwrap();
+        let users = [
+            "notes.tmp",
+            ".hidden.tmp",
+            ".x.abc.tmp",
+            "a.brick",
+            ".a.brick.ABC12!.tmp",
+        ];
+        for name in users {
+            std::fs::write(sub.join(name), b"mine").unwrap();
+        }
+        assert_eq!(remove_stale_temporaries(dir.path()), 1);
+        let mut left: Vec<_> = std::fs::read_dir(&sub)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        let mut expected = users.map(String::from).to_vec();
+        expected.sort();
+        assert_eq!(left, expected);
     }
 }

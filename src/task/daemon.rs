@@ -230,7 +230,7 @@ impl Shared {
                 "gave up after {MAX_ATTEMPTS} attempts: the daemon running it died each time"
             ))
         } else {
-            self.run_one(backend, claimed, &original, stem)
+            self.run_one(backend, claimed, &original, stem, attempt)
         };
         let result = match &outcome {
             Ok(()) => std::fs::rename(
@@ -269,6 +269,7 @@ impl Shared {
         claimed: &str,
         original: &Path,
         stem: &str,
+        attempt: u32,
     ) -> std::result::Result<(), String> {
         let text = super::read_task_file(
             &self.path(claimed),
@@ -278,6 +279,12 @@ impl Shared {
         )
         .map_err(|e| e.to_string())?;
         let task = parse_task(original, &text).map_err(|e| e.to_string())?;
+        if attempt > 1 {
+            // The daemon that died running it may have left half-written temporaries; they are
+            // ours, were never renamed into place, and the re-run writes fresh ones.
+            let out_dir = super::run::output_dir(&task, &self.opts.output_root);
+            crate::format::staged::remove_stale_temporaries(&out_dir);
+        }
         let opts = RunOptions {
             output_root: self.opts.output_root.clone(),
             task_root: self.opts.tasks.clone(),

@@ -199,7 +199,7 @@ pub fn plan_task(task: &FoundryTask, opts: &RunOptions) -> Result<TaskPlan> {
             }
         }
     }
-    let output_dir = opts.output_root.join(slug(&task.task_id));
+    let output_dir = output_dir(task, &opts.output_root);
     policy
         .check_destination(&output_dir)
         .map_err(|r| r.into_error(&output_dir))?;
@@ -290,6 +290,11 @@ fn task_walk(task: &FoundryTask, opts: &RunOptions) -> WalkOptions {
         one_file_system: extra_bool(task, "one_file_system"),
         policy: Some(Arc::clone(&opts.policy)),
     }
+}
+
+/// The folder `task`'s outputs land in: `OUTPUT_ROOT/TASK_ID` (made safe as a name).
+pub fn output_dir(task: &FoundryTask, output_root: &Path) -> PathBuf {
+    output_root.join(slug(&task.task_id))
 }
 
 fn resolve(root: &Path, path: &str) -> PathBuf {
