@@ -138,6 +138,9 @@ pub struct TaskPlan {
     /// Dry runs of tree tasks: what the walk would fold and leave out.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub walk: Option<PlannedWalk>,
+    /// The files it writes in `output_dir` (a tree also writes one brick per folded file
+    /// under `files/`).
+    pub writes: Vec<PathBuf>,
 }
 
 /// A tree task's walk, done without reading a byte of any file.
@@ -216,6 +219,24 @@ pub fn plan_task(task: &FoundryTask, opts: &RunOptions) -> Result<TaskPlan> {
         }
         None => opts.publish.clone(),
     };
+    let one_file = reads.len() == 1 && reads[0].is_file();
+    let mut writes = vec![output_dir.join(format!("{}.report.md", slug(&task.task_id)))];
+    match task.kind {
+        TaskType::ConvertBinary | TaskType::FoundryV2 | TaskType::WatchPath if one_file => {
+            let stem = output_stem(task, &reads[0]);
+            for ext in ["brick", "rts.png", "preview.png"] {
+                writes.push(output_dir.join(format!("{stem}.{ext}")));
+            }
+        }
+        TaskType::AnalyzeSystem => {
+            writes.push(output_dir.join(format!("{}.analysis.json", slug(&task.task_id))))
+        }
+        TaskType::ScanKernelModules => writes.push(output_dir.join("modules.json")),
+        _ => {
+            writes.push(output_dir.join("district.json"));
+            writes.push(output_dir.join("district.parts.json"));
+        }
+    }
     let asks = opts.llm.enabled || task.kind == TaskType::AnalyzeSystem;
     let llm = if asks {
         Some(opts.llm.config_for(task)?.base_url)
@@ -231,6 +252,7 @@ pub fn plan_task(task: &FoundryTask, opts: &RunOptions) -> Result<TaskPlan> {
         llm,
         limits,
         walk: None,
+        writes,
     })
 }
 
@@ -290,6 +312,20 @@ fn task_walk(task: &FoundryTask, opts: &RunOptions) -> WalkOptions {
         one_file_system: extra_bool(task, "one_file_system"),
         policy: Some(Arc::clone(&opts.policy)),
     }
+}
+
+/// A one-file task's output name: its `destination` without the format suffix, else the
+/// source's file name.
+fn output_stem(task: &FoundryTask, source: &Path) -> String {
+    let destination = task.destination.clone().unwrap_or_else(|| {
+        source
+            .file_name()
+            .map_or("output".into(), |n| n.to_string_lossy().into_owned())
+    });
+    destination
+        .trim_end_matches(".brick")
+        .trim_end_matches(".rts.png")
+        .to_string()
 }
 
 /// The folder `task`'s outputs land in: `OUTPUT_ROOT/TASK_ID` (made safe as a name).
@@ -485,15 +521,7 @@ fn convert_file(
     progress: &dyn Progress,
 ) -> Result<()> {
     let (out_dir, publish) = (sinks.out_dir, sinks.publish);
-    let destination = task.destination.clone().unwrap_or_else(|| {
-        source
-            .file_name()
-            .map_or("output".into(), |n| n.to_string_lossy().into_owned())
-    });
-    let stem = destination
-        .trim_end_matches(".brick")
-        .trim_end_matches(".rts.png")
-        .to_string();
+    let stem = output_stem(task, source);
     // Outputs stay under the output root: a destination may name a subfolder, not escape it.
     let escapes = Path::new(&stem).is_absolute()
         || Path::new(&stem)
@@ -501,7 +529,7 @@ fn convert_file(
             .any(|c| matches!(c, std::path::Component::ParentDir));
     if escapes || stem.is_empty() {
         return Err(Error::Usage(format!(
-            "task {}: destination {destination:?} must be a relative path inside the output root",
+            "task {}: destination {stem:?} must be a relative path inside the output root",
             task.task_id
         )));
     }

@@ -299,6 +299,28 @@ fn dry_run_prints_the_plan_and_touches_nothing() {
     assert!(single.status.success());
     let plan: serde_json::Value = serde_json::from_slice(&single.stdout).unwrap();
     assert_eq!(plan["walk"]["files"], 1, "{plan}");
+    std::fs::write(
+        tasks.join("one.task.json"),
+        r#"{"task_id": "o", "type": "convert_binary", "source": "tree/a.txt"}"#,
+    )
+    .unwrap();
+    let one = foundry(&[
+        "run",
+        s(&tasks.join("one.task.json")),
+        "--output-root",
+        s(&out),
+        "--dry-run",
+    ]);
+    let text = String::from_utf8_lossy(&one.stdout);
+    assert!(one.status.success(), "{text}");
+    for file in [
+        "o/a.txt.brick",
+        "o/a.txt.rts.png",
+        "o/a.txt.preview.png",
+        "o/o.report.md",
+    ] {
+        assert!(text.contains(file), "{file} missing from:\n{text}");
+    }
     assert!(!out.exists());
 }
 

@@ -494,6 +494,9 @@ fn print_plan(plan: &foundry_gpu::task::run::TaskPlan, json: bool) {
         }
     }
     println!("  writes:  {}/", plan.output_dir.display());
+    for file in &plan.writes {
+        println!("           {}", file.display());
+    }
     if let Some(p) = &plan.publish {
         println!("  publish: {}", p.display());
     }
