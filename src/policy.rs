@@ -9,7 +9,7 @@
 //! carry a task out of what it may read.
 
 use crate::error::{Error, Result};
-use globset::{GlobBuilder, GlobMatcher};
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
 use std::path::{Component, Path, PathBuf};
 
@@ -108,11 +108,12 @@ pub fn read_settings(path: &Path) -> Result<PolicySettings> {
     toml::from_str::<PolicySettings>(&text).map_err(bad)
 }
 
-/// One deny rule: the pattern as written, and its matcher.
+/// The deny rules: the patterns as written, and one set matching them all in a pass (a walk
+/// asks for every file and each of its folders).
 #[derive(Clone, Debug)]
-struct DenyRule {
-    pattern: String,
-    matcher: GlobMatcher,
+struct DenyRules {
+    patterns: Vec<String>,
+    set: GlobSet,
 }
 
 /// Limits on one task.
@@ -129,7 +130,7 @@ pub struct Limits {
 #[derive(Clone, Debug)]
 pub struct Policy {
     allowed_roots: Vec<PathBuf>,
-    deny: Vec<DenyRule>,
+    deny: DenyRules,
     /// Resolved output root; every destination must resolve below it.
     pub output_root: PathBuf,
     pub limits: Limits,
@@ -229,21 +230,26 @@ impl Policy {
             patterns.extend(PROCESS_MEMORY_PATHS);
         }
         patterns.extend(settings.deny.iter().map(String::as_str));
-        let mut deny = Vec::new();
+        let mut kept = Vec::new();
+        let mut set = GlobSetBuilder::new();
         for pattern in patterns {
             let Some(expanded) = expand_home(pattern) else {
                 continue; // `~/...` with no home: nothing to deny there.
             };
-            let matcher = GlobBuilder::new(&expanded)
-                .literal_separator(true)
-                .build()
-                .map_err(|e| Error::Usage(format!("policy deny {pattern:?}: {e}")))?
-                .compile_matcher();
-            deny.push(DenyRule {
-                pattern: pattern.to_string(),
-                matcher,
-            });
+            set.add(
+                GlobBuilder::new(&expanded)
+                    .literal_separator(true)
+                    .build()
+                    .map_err(|e| Error::Usage(format!("policy deny {pattern:?}: {e}")))?,
+            );
+            kept.push(pattern.to_string());
         }
+        let deny = DenyRules {
+            set: set
+                .build()
+                .map_err(|e| Error::Usage(format!("policy deny: {e}")))?,
+            patterns: kept,
+        };
         let output_root = resolve_existing(&lexical_absolute(
             &cwd,
             settings.output_root.as_deref().unwrap_or(output_root),
@@ -275,12 +281,10 @@ impl Policy {
     /// The deny rule that matches `path` or one of its ancestors.
     pub fn denied(&self, path: &Path) -> Option<Refusal> {
         path.ancestors().find_map(|p| {
-            self.deny
-                .iter()
-                .find(|rule| rule.matcher.is_match(p))
-                .map(|rule| Refusal {
-                    rule: format!("deny {:?}", rule.pattern),
-                })
+            let first = self.deny.set.matches(p).into_iter().min()?;
+            Some(Refusal {
+                rule: format!("deny {:?}", self.deny.patterns[first]),
+            })
         })
     }
 
