@@ -164,7 +164,69 @@ pub struct FoldReport {
     pub analysis: crate::analysis::local::LocalAnalysis,
     pub outputs: Vec<OutputRecord>,
     pub notes: Vec<String>,
+    /// Set when an earlier fold's textures were updated in place rather than folded afresh.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refolded: Option<Refolded>,
     pub seconds: f64,
+}
+
+/// How much of an incremental fold was redone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Refolded {
+    /// Pages (of [`REFOLD_PAGE`] bytes) whose pixels were re-folded, and the pages in the file.
+    pub pages: u64,
+    pub of_pages: u64,
+    /// `.rts.png` deflate bands re-deflated, and the bands in the image.
+    pub bands: u64,
+    pub of_bands: u64,
+}
+
+/// Page size of an incremental fold: what differs is found and re-folded page by page.
+pub const REFOLD_PAGE: usize = 4096;
+
+/// Largest source whose textures are kept for an incremental fold: the kept brick texture is
+/// four times the source, the `.rts.png` one the same size.
+pub const REFOLD_MAX_BYTES: usize = 64 << 20;
+
+/// What a single-part fold leaves behind, so the next fold of an edited version re-folds only
+/// the pages that changed and re-deflates only the bands holding them. Watch mode keeps one
+/// per watched file.
+#[derive(Default)]
+pub struct FoldReuse {
+    kept: Option<KeptTextures>,
+}
+
+struct KeptTextures {
+    brick_side: u32,
+    rts_side: u32,
+    compression: PngCompression,
+    brick: Vec<u32>,
+    rts: Vec<u32>,
+    rts_png: DeflatedRgba,
+}
+
+/// Byte ranges where `now` differs from `before`, page by page (adjacent pages merged), plus
+/// the stretch only one of them covers.
+pub fn changed_pages(before: &[u8], now: &[u8], page: usize) -> Vec<std::ops::Range<usize>> {
+    let common = before.len().min(now.len());
+    let mut ranges: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut push = |range: std::ops::Range<usize>| match ranges.last_mut() {
+        Some(last) if last.end == range.start => last.end = range.end,
+        _ => ranges.push(range),
+    };
+    for (i, (a, b)) in before[..common]
+        .chunks(page)
+        .zip(now[..common].chunks(page))
+        .enumerate()
+    {
+        if a != b {
+            push(i * page..i * page + a.len());
+        }
+    }
+    if before.len() != now.len() {
+        push(common..before.len().max(now.len()));
+    }
+    ranges
 }
 
 fn check_side_option(what: &str, side: u32) -> Result<()> {
@@ -233,29 +295,80 @@ pub fn human_bytes(n: u64) -> String {
 struct PreparedPart {
     brick: Option<Vec<u32>>,
     rts: Option<DeflatedRgba>,
+    /// The `.rts.png` texture itself, kept when the fold is to be reused.
+    rts_texture: Option<Vec<u32>>,
+    refolded: Option<Refolded>,
+}
+
+/// Which textures a part needs, and whether the `.rts.png` one is kept for reuse.
+#[derive(Clone, Copy)]
+struct PartOutputs {
+    brick: bool,
+    rts: bool,
+    keep_rts_texture: bool,
 }
 
 fn prepare_part(
     backend: &Backend,
     bytes: &[u8],
     plan: &PartPlan,
-    want_brick: bool,
-    want_rts: bool,
+    wanted: PartOutputs,
     compression: PngCompression,
     name: &str,
 ) -> Result<PreparedPart> {
-    let brick = want_brick
+    let brick = wanted
+        .brick
         .then(|| backend.fold(Layout::Brick, bytes, order_of_side(plan.brick_side)))
         .transpose()?;
-    let rts = if want_rts {
+    let (rts, rts_texture) = if wanted.rts {
         let texture = backend.fold(Layout::Rts, bytes, order_of_side(plan.rts_side))?;
         let image = rts_png::encode_texture(plan.rts_side, &texture, compression)
             .map_err(|e| Error::io(name, "compress", e))?;
-        Some(image)
+        (Some(image), wanted.keep_rts_texture.then_some(texture))
     } else {
-        None
+        (None, None)
     };
-    Ok(PreparedPart { brick, rts })
+    Ok(PreparedPart {
+        brick,
+        rts,
+        rts_texture,
+        refolded: None,
+    })
+}
+
+/// Updates the textures `kept` from an earlier fold of `previous` to hold `data`: only the
+/// changed pages are re-folded (on the CPU twin: a few pages do not pay for an upload, and the
+/// twins give the same bytes) and only their deflate bands re-deflated.
+fn prepare_part_from(
+    mut kept: KeptTextures,
+    previous: &[u8],
+    data: &[u8],
+    name: &str,
+) -> Result<PreparedPart> {
+    let changed = changed_pages(previous, data, REFOLD_PAGE);
+    let brick_order = order_of_side(kept.brick_side);
+    let rts_order = order_of_side(kept.rts_side);
+    crate::kernels::refold_ranges(Layout::Brick, data, brick_order, &mut kept.brick, &changed);
+    let rows = crate::kernels::refold_ranges(Layout::Rts, data, rts_order, &mut kept.rts, &changed);
+    let bands = kept
+        .rts_png
+        .redeflate_rows(bytemuck::cast_slice(&kept.rts), &rows)
+        .map_err(|e| Error::io(name, "compress", e))?;
+    let pages: u64 = changed
+        .iter()
+        .map(|r| (r.end.div_ceil(REFOLD_PAGE) - r.start / REFOLD_PAGE) as u64)
+        .sum();
+    Ok(PreparedPart {
+        brick: Some(kept.brick),
+        refolded: Some(Refolded {
+            pages,
+            of_pages: data.len().div_ceil(REFOLD_PAGE) as u64,
+            bands: bands as u64,
+            of_bands: kept.rts_png.band_count() as u64,
+        }),
+        rts: Some(kept.rts_png),
+        rts_texture: Some(kept.rts),
+    })
 }
 
 struct PartPlan {
@@ -341,7 +454,7 @@ fn check_fold_options(opts: &FoldOptions) -> Result<()> {
 }
 
 /// Folds `data`, already read from `input` (which names the outputs and the report), into the
-/// outputs `target` names. Watch mode hands over the exact bytes it read and hashed.
+/// outputs `target` names.
 pub fn fold_bytes(
     backend: &Backend,
     input: &Path,
@@ -349,6 +462,23 @@ pub fn fold_bytes(
     target: &OutputTarget,
     opts: &FoldOptions,
     progress: &dyn Progress,
+) -> Result<FoldReport> {
+    fold_bytes_reusing(backend, input, data, target, opts, progress, None)
+}
+
+/// [`fold_bytes`], given what the last fold of an earlier version left: `(previous bytes,
+/// reuse)`. When the new version still fits the same single textures, only its changed pages
+/// are re-folded; the outputs are byte for byte what a fresh fold writes. The reuse is
+/// refilled for the next call (emptied when the source outgrows [`REFOLD_MAX_BYTES`] or needs
+/// parts). Watch mode hands over the exact bytes it read and hashed.
+pub fn fold_bytes_reusing(
+    backend: &Backend,
+    input: &Path,
+    data: &[u8],
+    target: &OutputTarget,
+    opts: &FoldOptions,
+    progress: &dyn Progress,
+    reuse: Option<(Option<&[u8]>, &mut FoldReuse)>,
 ) -> Result<FoldReport> {
     let started = Instant::now();
     check_fold_options(opts)?;
@@ -396,6 +526,19 @@ pub fn fold_bytes(
     };
     // Local analysis always runs; the model is asked only with --llm.
     progress.stage("analysing", data.len() as u64);
+    // Textures are kept for the next fold only when this one makes both in one part.
+    let reusable = !multi && want_brick && want_rts && data.len() <= REFOLD_MAX_BYTES;
+    let (previous, mut reuse) = match reuse {
+        Some((previous, reuse)) => (previous, Some(reuse)),
+        None => (None, None),
+    };
+    let kept = reuse.as_mut().and_then(|r| r.kept.take()).filter(|k| {
+        reusable
+            && k.brick_side == plans[0].brick_side
+            && k.rts_side == plans[0].rts_side
+            && k.compression == opts.compression
+    });
+    let keep = reusable && reuse.is_some();
     // A single part is folded and deflated while the analysis runs beside it.
     let ((analysis, facts_of_all), mut first_prepared) = if multi {
         (crate::analysis::local::analyze_with_facts(data), None)
@@ -403,16 +546,20 @@ pub fn fold_bytes(
         let plan = &plans[0];
         let (analysis, prepared) = rayon::join(
             || crate::analysis::local::analyze_with_facts(data),
-            || {
-                prepare_part(
+            || match (kept, previous) {
+                (Some(kept), Some(previous)) => prepare_part_from(kept, previous, data, &name),
+                _ => prepare_part(
                     backend,
                     &data[plan.range.clone()],
                     plan,
-                    want_brick,
-                    want_rts,
+                    PartOutputs {
+                        brick: want_brick,
+                        rts: want_rts,
+                        keep_rts_texture: keep,
+                    },
                     opts.compression,
                     &name,
-                )
+                ),
             },
         );
         (analysis, Some(prepared))
@@ -443,6 +590,7 @@ pub fn fold_bytes(
     let mut staged = StagedOutputs::new().with_mode(crate::policy::output_mode_of(input));
     let mut records: Vec<(&'static str, Option<u32>)> = Vec::new();
     let mut index_parts = Vec::new();
+    let mut refolded = None;
     progress.stage("folding", data.len() as u64);
     for (i, plan) in plans.iter().enumerate() {
         let bytes = &data[plan.range.clone()];
@@ -451,8 +599,11 @@ pub fn fold_bytes(
                 backend,
                 bytes,
                 plan,
-                want_brick,
-                want_rts,
+                PartOutputs {
+                    brick: want_brick,
+                    rts: want_rts,
+                    keep_rts_texture: false,
+                },
                 opts.compression,
                 &name,
             )
@@ -550,6 +701,23 @@ pub fn fold_bytes(
         }
         index_parts.push(entry);
         progress.advance(bytes.len() as u64);
+        refolded = prepared.refolded;
+        if let (true, Some(reuse), Some(brick), Some(rts_png), Some(rts)) = (
+            keep,
+            reuse.as_mut(),
+            prepared.brick,
+            prepared.rts,
+            prepared.rts_texture,
+        ) {
+            reuse.kept = Some(KeptTextures {
+                brick_side: plan.brick_side,
+                rts_side: plan.rts_side,
+                compression: opts.compression,
+                brick,
+                rts,
+                rts_png,
+            });
+        }
     }
     if let Some(e) = &elf {
         if opts.sections != SectionChoice::None {
@@ -663,6 +831,7 @@ pub fn fold_bytes(
         analysis,
         outputs,
         notes,
+        refolded,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -1311,4 +1480,27 @@ fn info_parts(backend: &Backend, path: &Path, report: &mut InfoReport) -> Result
     }
     report.parts = Some(index);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changed_pages_merges_neighbours_and_covers_a_changed_length() {
+        let before = vec![0u8; 10_000];
+        assert!(changed_pages(&before, &before, 4096).is_empty());
+        let mut now = before.clone();
+        now[10] = 1;
+        now[4100] = 1;
+        assert_eq!(changed_pages(&before, &now, 4096), [0..8192]);
+        now[4100] = 0;
+        now[9_999] = 1;
+        assert_eq!(changed_pages(&before, &now, 4096), [0..4096, 8192..10_000]);
+        assert_eq!(
+            changed_pages(&before, &now[..5000], 4096),
+            [0..4096, 5000..10_000]
+        );
+        assert_eq!(changed_pages(&before[..100], &before, 4096), [100..10_000]);
+    }
 }

@@ -119,6 +119,9 @@ pub struct WatchEvent {
     pub percent_different: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// How much was re-folded, when the last fold's textures were updated in place.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refolded: Option<fold::Refolded>,
     /// From the first event of the burst (or the poll that saw it) to the outputs in place.
     pub latency_seconds: f64,
     pub version: u64,
@@ -147,7 +150,7 @@ enum Target {
 }
 
 /// What was last folded for one source file.
-#[derive(Clone, Debug, Default)]
+#[derive(Default)]
 struct Folded {
     sha256: Option<[u8; 32]>,
     /// The bytes last folded, for the diff against the next state.
@@ -156,6 +159,8 @@ struct Folded {
     stamp: Option<(u64, std::time::SystemTime)>,
     version: u64,
     present: bool,
+    /// The last fold's textures, so an edit re-folds only its pages.
+    reuse: fold::FoldReuse,
 }
 
 /// A time already `by` in the past, so the debouncer treats the path as due at once.
@@ -435,6 +440,7 @@ fn refold(
         diff: None,
         percent_different: None,
         error: None,
+        refolded: None,
         latency_seconds: 0.0,
         version: folded.version,
     };
@@ -492,13 +498,14 @@ fn refold(
     };
     // The fold gets the exact bytes read and hashed above, so a write racing the fold cannot
     // tear what lands (no torn reads).
-    let result = fold::fold_bytes(
+    let result = fold::fold_bytes_reusing(
         backend,
         path,
         &bytes,
         &OutputTarget::Directory(dir.clone()),
         &fold_opts,
         &crate::progress::Silent,
+        Some((folded.bytes.as_deref(), &mut folded.reuse)),
     );
     let report = match result {
         Ok(r) => r,
@@ -510,6 +517,7 @@ fn refold(
         }
     };
     event.outputs = report.outputs.iter().map(|o| o.path.clone()).collect();
+    event.refolded = report.refolded;
     let mut bytes = bytes;
     if let Some(previous) = folded.bytes.take() {
         let diff_dir = dir.join(format!("{name}.diff"));

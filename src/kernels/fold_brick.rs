@@ -1,6 +1,6 @@
 //! `fold_brick`: CPU twin of `shaders/fold_brick.wgsl` (one byte per pixel, R=G=B=byte, A=255).
 
-use super::{fold_tiled, Layout, PixelSource};
+use super::{fold_tiled, refold_tiled, Layout, PixelSource};
 use crate::curve::TILE_PIXELS;
 
 struct BrickBytes<'a>(&'a [u8]);
@@ -34,4 +34,15 @@ pub fn fold_brick(data: &[u8], order: u32, texture: &mut [u32]) {
         "source larger than the texture"
     );
     fold_tiled(order, &BrickBytes(data), texture);
+}
+
+/// Re-folds the pixels with curve indices in `pixels` into `texture`, an earlier `fold_brick`.
+pub fn refold_brick(
+    data: &[u8],
+    order: u32,
+    texture: &mut [u32],
+    pixels: std::ops::Range<usize>,
+    rows: &mut Vec<std::ops::Range<usize>>,
+) {
+    refold_tiled(order, &BrickBytes(data), texture, pixels, rows);
 }

@@ -1,6 +1,6 @@
 //! `fold_rts`: CPU twin of `shaders/fold_rts.wgsl` (four dense bytes per pixel, zero-padded tail).
 
-use super::{fold_tiled, PixelSource};
+use super::{fold_tiled, refold_tiled, PixelSource};
 use crate::curve::TILE_PIXELS;
 
 struct RtsWords<'a>(&'a [u8]);
@@ -35,4 +35,15 @@ pub fn fold_rts(data: &[u8], order: u32, texture: &mut [u32]) {
         "source larger than the texture"
     );
     fold_tiled(order, &RtsWords(data), texture);
+}
+
+/// Re-folds the pixels with curve indices in `pixels` into `texture`, an earlier `fold_rts`.
+pub fn refold_rts(
+    data: &[u8],
+    order: u32,
+    texture: &mut [u32],
+    pixels: std::ops::Range<usize>,
+    rows: &mut Vec<std::ops::Range<usize>>,
+) {
+    refold_tiled(order, &RtsWords(data), texture, pixels, rows);
 }

@@ -79,38 +79,103 @@ pub(crate) fn fold_tiled<S: PixelSource>(order: u32, source: &S, texture: &mut [
         }
         return;
     }
-    let tables = tile_tables();
     texture
         .par_chunks_mut(side * TILE_SIDE)
         .enumerate()
         .for_each(|(tile_row, stripe)| {
             for tile_col in 0..side / TILE_SIDE {
                 let tile = xy2d(order - TILE_ORDER, tile_col as u32, tile_row as u32) as usize;
-                let (_, transform) = tile_placement(order, tile as u64);
-                let offsets = &tables.offset_at[transform];
-                let column = tile_col * TILE_SIDE;
-                let rows = offsets.chunks_exact(TILE_SIDE).enumerate();
-                match source.whole_tile(tile) {
-                    Some(cells) => {
-                        for (ly, row_offsets) in rows {
-                            let row = &mut stripe[ly * side + column..][..TILE_SIDE];
-                            for (out, &off) in row.iter_mut().zip(row_offsets) {
-                                *out = S::pixel(cells[off as usize]);
-                            }
-                        }
-                    }
-                    None => {
-                        let base = tile * TILE_PIXELS;
-                        for (ly, row_offsets) in rows {
-                            let row = &mut stripe[ly * side + column..][..TILE_SIDE];
-                            for (out, &off) in row.iter_mut().zip(row_offsets) {
-                                *out = source.pixel_or_padding(base + off as usize);
-                            }
-                        }
-                    }
-                }
+                fill_tile(order, source, tile, stripe, tile_col * TILE_SIDE, side);
             }
         });
+}
+
+/// Writes tile `tile`'s 256 pixels: its row `ly` is `pixels[first + ly * stride..][..16]`.
+fn fill_tile<S: PixelSource>(
+    order: u32,
+    source: &S,
+    tile: usize,
+    pixels: &mut [u32],
+    first: usize,
+    stride: usize,
+) {
+    let (_, transform) = tile_placement(order, tile as u64);
+    let offsets = &tile_tables().offset_at[transform];
+    let rows = offsets.chunks_exact(TILE_SIDE).enumerate();
+    match source.whole_tile(tile) {
+        Some(cells) => {
+            for (ly, row_offsets) in rows {
+                let row = &mut pixels[first + ly * stride..][..TILE_SIDE];
+                for (out, &off) in row.iter_mut().zip(row_offsets) {
+                    *out = S::pixel(cells[off as usize]);
+                }
+            }
+        }
+        None => {
+            let base = tile * TILE_PIXELS;
+            for (ly, row_offsets) in rows {
+                let row = &mut pixels[first + ly * stride..][..TILE_SIDE];
+                for (out, &off) in row.iter_mut().zip(row_offsets) {
+                    *out = source.pixel_or_padding(base + off as usize);
+                }
+            }
+        }
+    }
+}
+
+/// Re-folds only the pixels with curve indices in `pixels` (widened to whole tiles) into
+/// `texture`, which holds a fold of the same order: an edit re-folds its pages, not the file.
+/// The result is exactly what [`fold_tiled`] gives for the same source. Adds the texture rows
+/// it wrote to `rows`.
+pub(crate) fn refold_tiled<S: PixelSource>(
+    order: u32,
+    source: &S,
+    texture: &mut [u32],
+    pixels: std::ops::Range<usize>,
+    rows: &mut Vec<std::ops::Range<usize>>,
+) {
+    let side = side_of(order, texture.len());
+    let end = pixels.end.min(texture.len());
+    if order < TILE_ORDER {
+        for d in pixels.start..end {
+            let (x, y) = crate::curve::d2xy(order, d as u64);
+            texture[y as usize * side + x as usize] = source.pixel_or_padding(d);
+        }
+        rows.push(0..side);
+        return;
+    }
+    for tile in pixels.start / TILE_PIXELS..end.div_ceil(TILE_PIXELS) {
+        let ((x, y), _) = tile_placement(order, tile as u64);
+        let (x, y) = (x as usize, y as usize);
+        fill_tile(order, source, tile, texture, y * side + x, side);
+        rows.push(y..y + TILE_SIDE);
+    }
+}
+
+/// Re-folds the pixels holding the source bytes in `changed` (byte ranges of `data`, which may
+/// reach past its end when the source shrank) into `texture`, an earlier fold of the same order.
+/// Returns the texture rows written (unsorted, may overlap), for re-deflating only those.
+pub fn refold_ranges(
+    layout: Layout,
+    data: &[u8],
+    order: u32,
+    texture: &mut [u32],
+    changed: &[std::ops::Range<usize>],
+) -> Vec<std::ops::Range<usize>> {
+    let bpp = layout.bytes_per_pixel();
+    assert!(
+        layout.pixels_for(data.len() as u64) <= texture.len() as u64,
+        "source larger than the texture"
+    );
+    let mut rows = Vec::new();
+    for range in changed {
+        let pixels = range.start / bpp..range.end.div_ceil(bpp);
+        match layout {
+            Layout::Brick => fold_brick::refold_brick(data, order, texture, pixels, &mut rows),
+            Layout::Rts => fold_rts::refold_rts(data, order, texture, pixels, &mut rows),
+        }
+    }
+    rows
 }
 
 /// Receives unfolded pixels: the inverse of [`PixelSource`].
@@ -204,4 +269,69 @@ pub struct CurveParams {
     /// Threads per dispatch row, for kernels that flatten a 2-D grid.
     pub row_threads: u32,
     pub _pad: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fold(layout: Layout, data: &[u8], order: u32) -> Vec<u32> {
+        let mut texture = vec![0u32; 1 << (2 * order)];
+        match layout {
+            Layout::Brick => fold_brick::fold_brick(data, order, &mut texture),
+            Layout::Rts => fold_rts::fold_rts(data, order, &mut texture),
+        }
+        texture
+    }
+
+    fn bytes(len: usize, seed: u32) -> Vec<u8> {
+        (0..len as u32)
+            .map(|i| (i.wrapping_add(seed).wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect()
+    }
+
+    #[test]
+    #[allow(clippy::single_range_in_vec_init)] // lists of byte ranges that happen to hold one
+    fn refolding_the_changed_ranges_equals_a_fresh_fold() {
+        for layout in [Layout::Brick, Layout::Rts] {
+            for order in [2, 5, 8] {
+                let capacity = (1usize << (2 * order)) * layout.bytes_per_pixel();
+                let old = bytes(capacity - 7, 1);
+                // Same length with two edits; shorter (the tail becomes padding); longer.
+                let mut edited = old.clone();
+                edited[3] ^= 0x55;
+                edited[capacity / 2] ^= 0xAA;
+                let cases = [
+                    (edited, vec![3..4, capacity / 2..capacity / 2 + 1]),
+                    (old[..capacity / 3].to_vec(), vec![capacity / 3..old.len()]),
+                    (bytes(capacity, 1), vec![old.len()..capacity]),
+                ];
+                for (new, changed) in cases {
+                    let before = fold(layout, &old, order);
+                    let mut texture = before.clone();
+                    let rows = refold_ranges(layout, &new, order, &mut texture, &changed);
+                    assert_eq!(
+                        texture,
+                        fold(layout, &new, order),
+                        "{layout:?} order {order}"
+                    );
+                    // Every row that changed is reported, for the re-deflate.
+                    let side = 1usize << order;
+                    for (y, (a, b)) in before.chunks(side).zip(texture.chunks(side)).enumerate() {
+                        if a != b {
+                            assert!(rows.iter().any(|r| r.contains(&y)), "row {y} not reported");
+                        }
+                    }
+                    // Leaving out a changed range must show.
+                    let mut partial = fold(layout, &old, order);
+                    refold_ranges(layout, &new, order, &mut partial, &changed[1..]);
+                    assert_ne!(
+                        partial,
+                        fold(layout, &new, order),
+                        "{layout:?} order {order}"
+                    );
+                }
+            }
+        }
+    }
 }

@@ -17,6 +17,10 @@ struct Watch {
 
 impl Watch {
     fn start(paths: &[&Path], out: &Path, extra: &[&str]) -> Watch {
+        Watch::start_on("cpu", paths, out, extra)
+    }
+
+    fn start_on(backend: &str, paths: &[&Path], out: &Path, extra: &[&str]) -> Watch {
         let mut child = Command::new(env!("CARGO_BIN_EXE_foundry-gpu"))
             .arg("watch")
             .args(paths)
@@ -25,7 +29,7 @@ impl Watch {
             .args([
                 "--json",
                 "--backend",
-                "cpu",
+                backend,
                 "--debounce",
                 "50ms",
                 "--interval",
@@ -58,6 +62,18 @@ impl Watch {
                 .recv_timeout(left)
                 .unwrap_or_else(|_| panic!("no {kind} event within {seconds} s"));
             if event["kind"] == kind {
+                return event;
+            }
+        }
+    }
+
+    /// The `refolded` event of the state with `sha256`, skipping states caught mid-write.
+    fn refold_of(&self, sha256: &str, seconds: u64) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let event = self.next("refolded", left.as_secs().max(1));
+            if event["sha256"] == sha256 {
                 return event;
             }
         }
@@ -144,6 +160,91 @@ fn edits_deletion_recreation_rename_and_symlink_swaps_are_all_followed() {
         sha(b"fifth, behind a symlink")
     );
     assert_eq!(brick_bytes(&brick), b"fifth, behind a symlink");
+}
+
+/// Every output the watch wrote for `file` is byte for byte what a fresh `fold` of the same
+/// bytes writes.
+fn assert_outputs_match_a_fresh_fold(file: &Path, out: &Path) {
+    let fresh = tempfile::tempdir().unwrap();
+    let name = file.file_name().unwrap().to_str().unwrap();
+    let copy = fresh.path().join(name);
+    std::fs::copy(file, &copy).unwrap();
+    let fresh_out = fresh.path().join("out");
+    let o = crate::harness::foundry(&[
+        "fold",
+        copy.to_str().unwrap(),
+        "-o",
+        fresh_out.to_str().unwrap(),
+        "--backend",
+        "cpu",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for ext in ["brick", "rts.png", "preview.png"] {
+        let output = format!("{name}.{ext}");
+        crate::harness::assert_same(
+            &output,
+            &std::fs::read(fresh_out.join(&output)).unwrap(),
+            &std::fs::read(out.join(&output)).unwrap(),
+        );
+    }
+}
+
+#[test]
+fn an_edit_refolds_only_its_pages_and_the_outputs_match_a_fresh_fold() {
+    let mut backends = vec!["cpu"];
+    if crate::harness::gpu().is_some() {
+        backends.push("gpu");
+    }
+    for backend in backends {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("app.log");
+        // 5 MiB: a side-4096 brick and a side-2048 .rts.png, whose IDAT is four deflate bands.
+        let mut log: Vec<u8> = (0..)
+            .flat_map(|i| format!("line {i} of the watched log\n").into_bytes())
+            .take(5 << 20)
+            .collect();
+        std::fs::write(&file, &log).unwrap();
+        let out = dir.path().join("out");
+        let w = Watch::start_on(backend, &[&file], &out, &[]);
+        let first = w.refold_of(&sha(&log), 60);
+        assert!(first["refolded"].is_null(), "the first fold is whole");
+        assert_outputs_match_a_fresh_fold(&file, &out);
+
+        // One byte rewritten in place, the way an editor patching a block does.
+        use std::io::{Seek, SeekFrom, Write};
+        let at = 2_500_000;
+        log[at] = b'#';
+        let mut handle = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+        handle.seek(SeekFrom::Start(at as u64)).unwrap();
+        handle.write_all(b"#").unwrap();
+        drop(handle);
+        let e = w.refold_of(&sha(&log), 60);
+        let refolded = &e["refolded"];
+        assert_eq!(refolded["pages"], 1, "{backend}: {e}");
+        assert_eq!(refolded["of_pages"], 1280);
+        assert_eq!(refolded["bands"], 1);
+        assert_eq!(refolded["of_bands"], 4);
+        assert_outputs_match_a_fresh_fold(&file, &out);
+
+        // Truncated by 10,000 bytes: only the tail's pages, which become padding.
+        log.truncate(log.len() - 10_000);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_len(log.len() as u64)
+            .unwrap();
+        let e = w.refold_of(&sha(&log), 60);
+        assert_eq!(e["refolded"]["pages"], 3, "{backend}: {e}");
+        assert_outputs_match_a_fresh_fold(&file, &out);
+
+        // Cut to 1 MiB, which needs smaller textures: folded whole again.
+        log.truncate(1 << 20);
+        std::fs::write(&file, &log).unwrap();
+        let e = w.refold_of(&sha(&log), 60);
+        assert!(e["refolded"].is_null(), "{backend}: {e}");
+        assert_outputs_match_a_fresh_fold(&file, &out);
+    }
 }
 
 #[test]

@@ -368,7 +368,7 @@ fn run_watch(
         } else {
             match event.kind {
                 "refolded" => println!(
-                    "{} v{} {} in {:.0} ms{}",
+                    "{} v{} {} in {:.0} ms{}{}",
                     event.path.display(),
                     event.version,
                     human_bytes(event.size.unwrap_or(0)),
@@ -376,6 +376,10 @@ fn run_watch(
                     event
                         .percent_different
                         .map(|p| format!(", {p:.2} % different"))
+                        .unwrap_or_default(),
+                    event
+                        .refolded
+                        .map(|r| format!(", re-folded {} of {} pages", r.pages, r.of_pages))
                         .unwrap_or_default()
                 ),
                 kind => println!(
