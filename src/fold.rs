@@ -1487,6 +1487,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::single_range_in_vec_init)] // lists of byte ranges that happen to hold one
     fn changed_pages_merges_neighbours_and_covers_a_changed_length() {
         let before = vec![0u8; 10_000];
         assert!(changed_pages(&before, &before, 4096).is_empty());
