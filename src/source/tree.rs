@@ -200,6 +200,39 @@ fn special_kind(t: &std::fs::FileType) -> &'static str {
     }
 }
 
+/// The policy's verdict on the entries of one walked root. The walk follows no symlink below
+/// the root, but the root itself may run through one (`/proc/self/root/etc`, a task folder's
+/// link to `/etc`), so each entry is judged as written and as resolved: below the canonical
+/// root. A denial of either wins, as for a task's own sources.
+#[derive(Clone)]
+struct RootDenials {
+    policy: Arc<crate::policy::Policy>,
+    written_root: PathBuf,
+    /// `None` when the root resolves to itself: judging the same path twice finds nothing new.
+    resolved_root: Option<PathBuf>,
+}
+
+impl RootDenials {
+    fn new(policy: Arc<crate::policy::Policy>, root: &Path) -> Result<Self> {
+        let resolved = root
+            .canonicalize()
+            .map_err(|e| Error::io(root, "read", e))?;
+        Ok(RootDenials {
+            policy,
+            written_root: root.to_path_buf(),
+            resolved_root: (resolved != root).then_some(resolved),
+        })
+    }
+
+    /// The rule that denies `path` (an entry below the root), as written or as resolved.
+    fn denied(&self, path: &Path) -> Option<crate::policy::Refusal> {
+        self.policy.denied(path).or_else(|| {
+            let rel = path.strip_prefix(&self.written_root).ok()?;
+            self.policy.denied(&self.resolved_root.as_ref()?.join(rel))
+        })
+    }
+}
+
 /// Walks every root in turn (each root's files contiguous, in path order).
 pub fn walk(roots: &[PathBuf], opts: &WalkOptions) -> Result<Walk> {
     let include = glob_set("--include", &opts.include)?;
@@ -211,12 +244,16 @@ pub fn walk(roots: &[PathBuf], opts: &WalkOptions) -> Result<Walk> {
             return Err(Error::malformed(root, "is not a directory"));
         }
         let root_dev = meta.dev();
+        let denials = match &opts.policy {
+            Some(policy) => Some(RootDenials::new(Arc::clone(policy), root)?),
+            None => None,
+        };
         let pruned: Arc<Mutex<Vec<(PathBuf, SkipReason)>>> = Arc::default();
-        let (pruned_in, exclude_in, root_in, policy_in) = (
+        let (pruned_in, exclude_in, root_in, denials_in) = (
             Arc::clone(&pruned),
             Arc::clone(&exclude),
             root.clone(),
-            opts.policy.clone(),
+            denials.clone(),
         );
         let one_fs = opts.one_file_system;
         let walker = jwalk::WalkDir::new(root)
@@ -230,7 +267,7 @@ pub fn walk(roots: &[PathBuf], opts: &WalkOptions) -> Result<Walk> {
                     }
                     let path = child.path();
                     let rel = path.strip_prefix(&root_in).unwrap_or(&path);
-                    let denied = policy_in.as_ref().and_then(|p| p.denied(&path));
+                    let denied = denials_in.as_ref().and_then(|d| d.denied(&path));
                     let reason = if let Some(refusal) = denied {
                         Some(SkipReason::Denied(refusal.rule))
                     } else if exclude_in.is_match(rel) {
@@ -288,7 +325,7 @@ pub fn walk(roots: &[PathBuf], opts: &WalkOptions) -> Result<Walk> {
                 );
                 continue;
             }
-            if let Some(refusal) = opts.policy.as_ref().and_then(|p| p.denied(&abs)) {
+            if let Some(refusal) = denials.as_ref().and_then(|d| d.denied(&abs)) {
                 out.skipped.add(&abs, SkipReason::Denied(refusal.rule));
                 continue;
             }

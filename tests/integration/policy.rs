@@ -375,3 +375,77 @@ fn a_policy_file_widens_and_narrows() {
     assert!(!run.status.success());
     assert!(String::from_utf8_lossy(&run.stderr).contains("not one of the default denials"));
 }
+
+/// Every path below `dir`, recursively.
+fn all_paths(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            found.extend(all_paths(&path));
+        }
+        found.push(path);
+    }
+    found
+}
+
+#[test]
+fn a_walk_through_a_symlinked_root_is_judged_by_the_resolved_paths_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tasks, out) = (dir.path().join("tasks"), dir.path().join("out"));
+    let vault = dir.path().join("vault");
+    std::fs::create_dir_all(&tasks).unwrap();
+    std::fs::create_dir_all(vault.join("private")).unwrap();
+    std::fs::write(vault.join("fine.txt"), b"anyone may fold this").unwrap();
+    std::fs::write(vault.join("token.txt"), b"denied as a file").unwrap();
+    std::fs::write(vault.join("private/inner.txt"), b"denied as a folder").unwrap();
+    // The task folder's link carries the walk into the vault under another name.
+    std::os::unix::fs::symlink(&vault, tasks.join("link")).unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "[policy]\nallow = [\"{vault}\"]\ndeny = [\"{vault}/token.txt\", \"{vault}/private\"]\n",
+            vault = s(&vault)
+        ),
+    )
+    .unwrap();
+    task(
+        &tasks,
+        "a",
+        r#"{"task_id": "d", "type": "convert_directory", "source": "link"}"#,
+    );
+    let plan = foundry(&[
+        "run",
+        s(&tasks.join("a.task.json")),
+        "--output-root",
+        s(&out),
+        "--policy",
+        s(&policy),
+        "--dry-run",
+        "--json",
+    ]);
+    assert!(
+        plan.status.success(),
+        "{}",
+        String::from_utf8_lossy(&plan.stderr)
+    );
+    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    assert_eq!(plan["walk"]["files"], 1, "{plan}");
+    assert_eq!(plan["walk"]["skipped"]["denied by policy"], 2, "{plan}");
+
+    let run = daemon_batch(&tasks, &out, &["--policy", s(&policy)]);
+    assert!(run.status.success());
+    assert!(tasks.join("a.task.task.json.done").exists());
+    let written = all_paths(&out);
+    assert!(
+        written.iter().any(|p| s(p).contains("fine.txt")),
+        "{written:?}"
+    );
+    assert!(
+        !written
+            .iter()
+            .any(|p| s(p).contains("token.txt") || s(p).contains("inner.txt")),
+        "{written:?}"
+    );
+}
