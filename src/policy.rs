@@ -39,16 +39,18 @@ pub const DEFAULT_DENIED: &[&str] = &[
     "**/*.key",
     "**/*.p12",
     "**/*.pfx",
-    "/proc/*/environ",
+    // `**`: a thread's files (`/proc/PID/task/TID/...`) expose the same as its process's.
+    "/proc/**/environ",
     "/proc/kcore",
     "/dev/mem",
     "/dev/kmem",
     "/dev/port",
 ];
 
-/// Paths that expose another process's memory; denied to tasks unless
-/// `process_memory_for_tasks = true`.
-pub const PROCESS_MEMORY_PATHS: &[&str] = &["/proc/*/mem", "/proc/*/map_files", "/proc/*/pagemap"];
+/// Paths that expose another process's memory (or one of its threads', below `task/TID`);
+/// denied to tasks unless `process_memory_for_tasks = true`.
+pub const PROCESS_MEMORY_PATHS: &[&str] =
+    &["/proc/**/mem", "/proc/**/map_files", "/proc/**/pagemap"];
 
 /// Default limits on what one task may do.
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 4 << 30;
@@ -438,6 +440,52 @@ mod tests {
             "not allowed"
         );
         assert!(p.check_source(dir.path(), Path::new("data.bin")).is_ok());
+    }
+
+    #[test]
+    fn process_memory_and_environments_are_denied_for_threads_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = policy(PolicySettings::default(), dir.path(), dir.path());
+        let root = Path::new("/");
+        for name in ["mem", "environ", "pagemap", "map_files/7f00-7f01"] {
+            for process in [
+                "/proc/1",
+                "/proc/self",
+                "/proc/1/task/1",
+                "/proc/self/task/42",
+            ] {
+                let path = format!("{process}/{name}");
+                assert!(p.check_source(root, Path::new(&path)).is_err(), "{path}");
+            }
+        }
+        assert!(p.check_source(root, Path::new("/proc/1/maps")).is_ok());
+        assert!(p
+            .check_source(root, Path::new("/proc/1/task/1/maps"))
+            .is_ok());
+        let memory_allowed = PolicySettings {
+            process_memory_for_tasks: Some(true),
+            ..Default::default()
+        };
+        let p = policy(memory_allowed, dir.path(), dir.path());
+        assert!(p
+            .check_source(root, Path::new("/proc/1/task/1/mem"))
+            .is_ok());
+        assert!(p
+            .check_source(root, Path::new("/proc/1/task/1/environ"))
+            .is_err());
+        let environ_lifted = PolicySettings {
+            undeny: vec!["/proc/**/environ".into()],
+            ..Default::default()
+        };
+        let p = policy(environ_lifted, dir.path(), dir.path());
+        assert!(p
+            .check_source(root, Path::new("/proc/1/task/1/environ"))
+            .is_ok());
+        let old_spelling = PolicySettings {
+            undeny: vec!["/proc/*/environ".into()],
+            ..Default::default()
+        };
+        assert!(Policy::new(&old_spelling, dir.path(), dir.path()).is_err());
     }
 
     #[test]

@@ -86,12 +86,12 @@ fn the_daemon_refuses_what_the_policy_denies_and_names_the_rule() {
     assert!(tasks.join("a_ok.task.task.json.done").exists());
     for (stem, rule) in [
         ("b_shadow", "deny \"/etc/shadow\""),
-        ("c_environ", "deny \"/proc/*/environ\""),
+        ("c_environ", "deny \"/proc/**/environ\""),
         ("d_kcore", "deny \"/proc/kcore\""),
         ("e_outside", "allow: "),
         ("f_symlink", "allow: "),
         ("g_dotdot", "allow: "),
-        ("h_mem", "deny \"/proc/*/mem\""),
+        ("h_mem", "deny \"/proc/**/mem\""),
         ("i_publish", "output_root: "),
         ("j_texture", "max_texture_side: texture_size 1073741824"),
         ("l_max_side", "max_texture_side: max_side 4294967552"),
