@@ -377,15 +377,10 @@ pub fn check_llm_host(base_url: &str, allowed: &[String]) -> std::result::Result
 }
 
 /// Output file mode for a source with `source_mode`: what the source hid stays hidden.
-/// World-readable sources give `0644`, group-readable ones `0640`, anything else `0600`.
+/// The owner may read and write; the group and others may read exactly when they may read
+/// the source (`0644`, `0640`, `0604` or `0600`). Nothing is ever executable.
 pub fn output_mode(source_mode: u32) -> u32 {
-    if source_mode & 0o004 != 0 {
-        0o644
-    } else if source_mode & 0o040 != 0 {
-        0o640
-    } else {
-        0o600
-    }
+    0o600 | (source_mode & 0o044)
 }
 
 /// [`output_mode`] of the file at `path`; `0600` when it cannot be read (gone, or hidden).
@@ -576,5 +571,8 @@ mod tests {
         assert_eq!(output_mode(0o100600), 0o600);
         assert_eq!(output_mode(0o100400), 0o600);
         assert_eq!(output_mode(0o100755), 0o644);
+        // Readable by others but not by the group: the group must not gain a read.
+        assert_eq!(output_mode(0o100604), 0o604);
+        assert_eq!(output_mode(0o100705), 0o604);
     }
 }
