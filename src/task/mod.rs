@@ -73,9 +73,17 @@ pub struct FoundryTask {
 }
 
 impl FoundryTask {
-    /// The task's `ai_model`, or the schema's default when it names none.
+    /// The model the task names; a blank `ai_model` names none (no server has a model
+    /// called "").
+    pub fn ai_model_given(&self) -> Option<&str> {
+        self.ai_model_named
+            .as_deref()
+            .filter(|m| !m.trim().is_empty())
+    }
+
+    /// The task's `ai_model`, or the schema's default when it names none (or a blank one).
     pub fn ai_model(&self) -> &str {
-        self.ai_model_named.as_deref().unwrap_or(DEFAULT_AI_MODEL)
+        self.ai_model_given().unwrap_or(DEFAULT_AI_MODEL)
     }
 }
 

@@ -70,9 +70,8 @@ impl TaskLlm {
         let mut config = self.config.clone();
         if !self.model_pinned {
             config.model = task
-                .ai_model_named
-                .clone()
-                .filter(|m| !m.trim().is_empty())
+                .ai_model_given()
+                .map(String::from)
                 .or(config.model)
                 .or_else(|| Some(task.ai_model().to_string()));
         }
@@ -1100,4 +1099,28 @@ fn write_report(r: &mut TaskReport) -> Result<()> {
     staged.write(&r.report_path, |w| w.write_all(text.as_bytes()))?;
     staged.commit()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task::{parse_task, DEFAULT_AI_MODEL};
+
+    fn task_naming_model(model: &str) -> FoundryTask {
+        let text = format!(
+            r#"{{"task_id": "t", "type": "analyze_system", "source": "a", "ai_model": "{model}"}}"#
+        );
+        parse_task(Path::new("t.task.json"), &text).unwrap()
+    }
+
+    #[test]
+    fn a_blank_ai_model_falls_back_to_the_default_model() {
+        let llm = TaskLlm::default();
+        for blank in ["", "   "] {
+            let config = llm.config_for(&task_naming_model(blank)).unwrap();
+            assert_eq!(config.model.as_deref(), Some(DEFAULT_AI_MODEL), "{blank:?}");
+        }
+        let named = llm.config_for(&task_naming_model("qwen3-8b")).unwrap();
+        assert_eq!(named.model.as_deref(), Some("qwen3-8b"));
+    }
 }
