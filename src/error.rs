@@ -30,6 +30,9 @@ pub enum Error {
     /// A request that cannot be honoured (bad option value, impossible size).
     #[error("{0}")]
     Usage(String),
+    /// A task file that does not parse: its file, line, column and field.
+    #[error(transparent)]
+    Task(#[from] crate::task::TaskError),
     /// The policy (`[policy]`, `--policy`) refused a path, a size or a host.
     #[error("{}: refused by policy: {rule}", path.display())]
     Policy { path: PathBuf, rule: String },
@@ -60,7 +63,9 @@ impl Error {
     /// false when the work failed (exit code 1).
     pub fn is_input_error(&self) -> bool {
         match self {
-            Error::Malformed { .. } | Error::Usage(_) | Error::Policy { .. } => true,
+            Error::Malformed { .. } | Error::Task(_) | Error::Usage(_) | Error::Policy { .. } => {
+                true
+            }
             // Any failure to read an input (missing, permission, I/O error) is the
             // input's problem; failures to write outputs are the work's.
             Error::Io { action, .. } => *action == "read",

@@ -7,7 +7,6 @@
 //! `STEM.report.md` beside it; `STEM.task.json.failed` with `STEM.error.json`. YAML tasks
 //! follow the same pattern with `yaml`. Nothing is ever deleted.
 
-use super::parse_task;
 use super::run::{run_task, RunOptions};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
@@ -271,14 +270,13 @@ impl Shared {
         stem: &str,
         attempt: u32,
     ) -> std::result::Result<(), String> {
-        let text = super::read_task_file(
+        let task = super::read_task(
             &self.path(claimed),
             original,
             Some(&self.opts.tasks),
             self.opts.policy.limits.max_task_file_bytes,
         )
         .map_err(|e| e.to_string())?;
-        let task = parse_task(original, &text).map_err(|e| e.to_string())?;
         if attempt > 1 {
             // The daemon that died running it may have left half-written temporaries; they are
             // ours, were never renamed into place, and the re-run writes fresh ones.

@@ -188,7 +188,7 @@ pub fn parse_task(path: &Path, text: &str) -> Result<FoundryTask, TaskError> {
 
 /// Reads the text of the task file at `path` (named `name` in errors): at most `max_bytes`, and,
 /// when `folder` is given, never through a symlink that resolves outside it.
-pub fn read_task_file(
+fn read_task_text(
     path: &Path,
     name: &Path,
     folder: Option<&Path>,
@@ -247,16 +247,18 @@ fn nesting(value: &Value) -> usize {
     }
 }
 
-/// Reads and parses a task file (at most [`crate::policy::DEFAULT_MAX_TASK_FILE_BYTES`]).
-pub fn read_task(path: &Path) -> crate::Result<FoundryTask> {
-    let text = read_task_file(path, path, None, crate::policy::DEFAULT_MAX_TASK_FILE_BYTES)?;
-    parse_task(path, &text).map_err(|e| crate::Error::Malformed {
-        path: path.to_path_buf(),
-        problem: e
-            .to_string()
-            .split_once(": ")
-            .map_or(e.to_string(), |(_, rest)| rest.to_string()),
-    })
+/// Reads and parses the task file at `path`, named `name` in errors (the daemon reads a claimed
+/// file under its original name): at most `max_bytes` (the policy's `max_task_file_bytes`), and,
+/// when `folder` is given, never through a symlink that resolves outside it. `run`, the daemon
+/// and its `--dry-run` all read tasks here, so all obey the same limits.
+pub fn read_task(
+    path: &Path,
+    name: &Path,
+    folder: Option<&Path>,
+    max_bytes: u64,
+) -> crate::Result<FoundryTask> {
+    let text = read_task_text(path, name, folder, max_bytes)?;
+    Ok(parse_task(name, &text)?)
 }
 
 #[cfg(test)]

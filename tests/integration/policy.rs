@@ -449,3 +449,33 @@ fn a_walk_through_a_symlinked_root_is_judged_by_the_resolved_paths_too() {
         "{written:?}"
     );
 }
+
+#[test]
+fn run_reads_the_task_file_within_the_policys_max_task_file_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tasks, out) = (dir.path().join("tasks"), dir.path().join("out"));
+    std::fs::create_dir_all(&tasks).unwrap();
+    std::fs::write(tasks.join("ok.bin"), b"bytes").unwrap();
+    let body = r#"{"task_id": "t", "type": "convert_binary", "source": "ok.bin", "intent": "a task file well over sixty-four bytes long"}"#;
+    assert!(body.len() > 64);
+    task(&tasks, "a", body);
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, "[policy]\nmax_task_file_bytes = 64\n").unwrap();
+    let run = foundry(&[
+        "run",
+        s(&tasks.join("a.task.json")),
+        "--output-root",
+        s(&out),
+        "--policy",
+        s(&policy),
+        "--backend",
+        "cpu",
+    ]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("refused by policy: max_task_file_bytes"),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "a refused task writes nothing");
+}

@@ -1,7 +1,17 @@
 //! FoundryTask files: the shipped examples and every real historical task parse; JSON and YAML agree.
 
-use foundry_gpu::task::{parse_task, read_task, TaskType};
+use foundry_gpu::task::{parse_task, read_task, FoundryTask, TaskType};
 use std::path::Path;
+
+/// The task file at `path`, read as `run` reads it under the default policy.
+fn read_with_default_limit(path: &Path) -> foundry_gpu::Result<FoundryTask> {
+    read_task(
+        path,
+        path,
+        None,
+        foundry_gpu::policy::DEFAULT_MAX_TASK_FILE_BYTES,
+    )
+}
 
 #[test]
 fn model_and_server_follow_command_line_then_task_then_environment() {
@@ -70,8 +80,8 @@ fn examples_parse_and_json_equals_yaml() {
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         if path.to_string_lossy().ends_with(".task.json") {
-            let json = read_task(&path).unwrap();
-            let yaml = read_task(&path.with_extension("yaml")).unwrap();
+            let json = read_with_default_limit(&path).unwrap();
+            let yaml = read_with_default_limit(&path.with_extension("yaml")).unwrap();
             assert_eq!(json, yaml, "{}", path.display());
             kinds.push(json.kind);
         }
@@ -96,16 +106,16 @@ fn every_historical_task_file_parses() {
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         if path.to_string_lossy().ends_with(".task.json") {
-            let task = read_task(&path).unwrap_or_else(|e| panic!("{e}"));
+            let task = read_with_default_limit(&path).unwrap_or_else(|e| panic!("{e}"));
             assert!(!task.task_id.is_empty());
             parsed += 1;
         }
     }
     assert_eq!(parsed, 5);
-    let crystallize = read_task(&dir.join("crystallize_linux.task.json")).unwrap();
+    let crystallize = read_with_default_limit(&dir.join("crystallize_linux.task.json")).unwrap();
     assert_eq!(crystallize.paths, ["/bin", "/etc", "/usr/bin"]);
     assert_eq!(crystallize.max_files_per_path, Some(10));
-    let auto = read_task(&dir.join("auto_62d6b00f.task.json")).unwrap();
+    let auto = read_with_default_limit(&dir.join("auto_62d6b00f.task.json")).unwrap();
     assert!(auto.auto_generated);
     assert_eq!(auto.ai_model(), "glm-4-9b-0414", "the schema's default");
 }
@@ -128,9 +138,10 @@ fn the_shipped_schema_lists_the_seven_types() {
 }
 
 mod run {
+    use super::read_with_default_limit;
     use foundry_gpu::progress::Silent;
+    use foundry_gpu::task::parse_task;
     use foundry_gpu::task::run::{run_task, RunOptions, TaskReport};
-    use foundry_gpu::task::{parse_task, read_task};
     use foundry_gpu::Backend;
     use std::path::Path;
     use std::process::Command;
@@ -138,7 +149,7 @@ mod run {
     fn run_json(dir: &Path, name: &str, json: &str) -> foundry_gpu::Result<TaskReport> {
         let path = dir.join(name);
         std::fs::write(&path, json).unwrap();
-        let task = read_task(&path)?;
+        let task = read_with_default_limit(&path)?;
         let opts = RunOptions {
             output_root: dir.join("out"),
             task_root: dir.to_path_buf(),

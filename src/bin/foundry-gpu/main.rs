@@ -537,15 +537,12 @@ fn daemon_dry_run(
     let mut plans = Vec::new();
     for name in &names {
         let path = tasks.join(name);
-        let plan = foundry_gpu::task::read_task_file(
+        let plan = foundry_gpu::task::read_task(
             &path,
             &path,
             Some(tasks),
             policy.limits.max_task_file_bytes,
         )
-        .and_then(|text| {
-            foundry_gpu::task::parse_task(&path, &text).map_err(|e| Error::Usage(e.to_string()))
-        })
         .and_then(|task| foundry_gpu::task::run::dry_run(&task, &opts));
         match plan {
             Ok(plan) if json => plans.push(serde_json::json!({"task_file": path, "plan": plan})),
@@ -986,12 +983,14 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             server,
             policy,
         } => {
-            let parsed = foundry_gpu::task::read_task(&task)?;
             let task_root = task
                 .parent()
                 .filter(|p| !p.as_os_str().is_empty())
                 .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+            // The policy first: its max_task_file_bytes bounds the read of the task file.
             let rules = policy.load(&server, &task_root, &output_root)?;
+            let parsed =
+                foundry_gpu::task::read_task(&task, &task, None, rules.limits.max_task_file_bytes)?;
             let task_llm = policy.task_llm(&server, llm, &rules)?;
             let opts = foundry_gpu::task::run::RunOptions {
                 output_root,
