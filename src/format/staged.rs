@@ -84,7 +84,12 @@ fn is_staged_temporary(name: &str) -> bool {
 
 /// Removes the temporaries a killed writer left below `dir` (regular files named as
 /// [`StagedOutputs`] names them; symlinks and everything else are left alone). Returns how many.
+/// No symlink is followed, `dir` itself included: a link planted there could point anywhere.
 pub fn remove_stale_temporaries(dir: &Path) -> usize {
+    let is_real_dir = std::fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_dir());
+    if !is_real_dir {
+        return 0;
+    }
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };
@@ -241,5 +246,19 @@ mod tests {
         let mut expected = users.map(String::from).to_vec();
         expected.sort();
         assert_eq!(left, expected);
+    }
+
+    #[test]
+    fn a_symlinked_folder_is_not_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        let theirs = elsewhere.join(".ledger.db.a1B2c3.tmp");
+        std::fs::write(&theirs, b"not ours").unwrap();
+        let link = dir.path().join("out");
+        std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+        assert_eq!(remove_stale_temporaries(&link), 0);
+        assert!(theirs.exists());
+        assert_eq!(remove_stale_temporaries(&elsewhere), 1);
     }
 }

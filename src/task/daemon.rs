@@ -7,7 +7,7 @@
 //! `STEM.report.md` beside it; `STEM.task.json.failed` with `STEM.error.json`. YAML tasks
 //! follow the same pattern with `yaml`. Nothing is ever deleted.
 
-use super::run::{run_task, RunOptions};
+use super::run::{plan_task, run_task, RunOptions};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::format::staged::StagedOutputs;
@@ -277,12 +277,6 @@ impl Shared {
             self.opts.policy.limits.max_task_file_bytes,
         )
         .map_err(|e| e.to_string())?;
-        if attempt > 1 {
-            // The daemon that died running it may have left half-written temporaries; they are
-            // ours, were never renamed into place, and the re-run writes fresh ones.
-            let out_dir = super::run::output_dir(&task, &self.opts.output_root);
-            crate::format::staged::remove_stale_temporaries(&out_dir);
-        }
         let opts = RunOptions {
             output_root: self.opts.output_root.clone(),
             task_root: self.opts.tasks.clone(),
@@ -290,6 +284,14 @@ impl Shared {
             llm: self.opts.llm.clone(),
             policy: Arc::clone(&self.opts.policy),
         };
+        if attempt > 1 {
+            // The daemon that died running it may have left half-written temporaries; they are
+            // ours, were never renamed into place, and the re-run writes fresh ones. Swept only
+            // once the plan has checked the output folder against the output root, so a
+            // planted symlink cannot point the sweep elsewhere.
+            let plan = plan_task(&task, &opts).map_err(|e| e.to_string())?;
+            crate::format::staged::remove_stale_temporaries(&plan.output_dir);
+        }
         let report = run_task(backend, &task, original, &opts, &crate::progress::Silent)
             .map_err(|e| e.to_string())?;
         let md = std::fs::read(&report.report_path).map_err(|e| e.to_string())?;

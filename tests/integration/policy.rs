@@ -479,3 +479,32 @@ fn run_reads_the_task_file_within_the_policys_max_task_file_bytes() {
     );
     assert!(!out.exists(), "a refused task writes nothing");
 }
+
+#[test]
+fn a_takeover_sweeps_temporaries_only_in_a_checked_output_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tasks, out) = (dir.path().join("tasks"), dir.path().join("out"));
+    let victim = dir.path().join("victim");
+    std::fs::create_dir_all(&tasks).unwrap();
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::create_dir_all(&victim).unwrap();
+    std::fs::write(tasks.join("ok.bin"), b"bytes").unwrap();
+    // Named as our temporaries are, but someone else's, reached through a planted symlink.
+    let theirs = victim.join(".ledger.db.a1B2c3.tmp");
+    std::fs::write(&theirs, b"not ours").unwrap();
+    std::os::unix::fs::symlink(&victim, out.join("t")).unwrap();
+    // Claimed by a daemon that holds no lock: the next daemon takes it over as attempt 2.
+    std::fs::write(
+        tasks.join("a.task.json.claimed-gone-a1"),
+        r#"{"task_id": "t", "type": "convert_binary", "source": "ok.bin"}"#,
+    )
+    .unwrap();
+    let run = daemon_batch(&tasks, &out, &[]);
+    assert!(run.status.success());
+    let reason = error_reason(&tasks, "a");
+    assert!(reason.contains("output_root"), "{reason}");
+    assert!(
+        theirs.exists(),
+        "a temporary outside the output root is never removed"
+    );
+}
