@@ -40,6 +40,10 @@ pub struct Side {
     pub regions: Vec<NamedRange>,
     /// Districts: path -> SHA-256. Memory: mapping key -> SHA-256 (empty when not read).
     pub members: Option<BTreeMap<String, String>>,
+    /// What outputs showing these bytes may reveal ([`crate::policy::output_mode`]), from the
+    /// files the bytes were decoded from: a snapshot's `district.json` and parts index, not
+    /// the folder holding them. Process memory is always `0600`.
+    pub output_mode: u32,
 }
 
 impl Side {
@@ -54,6 +58,10 @@ impl Side {
         let sha256 = verified_sha256
             .and_then(|h| hex::decode(h).ok()?.try_into().ok())
             .unwrap_or_else(|| crate::analysis::sha256(&bytes));
+        let output_mode = match kind {
+            "memory" => 0o600,
+            _ => crate::policy::output_mode_of(path),
+        };
         Side {
             path: path.to_path_buf(),
             kind,
@@ -61,6 +69,7 @@ impl Side {
             bytes,
             sha256,
             members: None,
+            output_mode,
         }
     }
 }
@@ -122,7 +131,8 @@ fn load_district(backend: &Backend, dir: &Path) -> Result<Side> {
     let parts = index["parts_index"]
         .as_str()
         .ok_or_else(|| Error::malformed(&index_path, "has no parts_index"))?;
-    let (bytes, sha) = crate::fold::decode_bytes(backend, &dir.join(parts))?;
+    let parts_path = dir.join(parts);
+    let (bytes, sha) = crate::fold::decode_bytes(backend, &parts_path)?;
     let mut regions = Vec::new();
     let mut members = BTreeMap::new();
     for f in index["files"].as_array().into_iter().flatten() {
@@ -147,6 +157,8 @@ fn load_district(backend: &Backend, dir: &Path) -> Result<Side> {
     Ok(Side {
         regions,
         members: Some(members),
+        output_mode: crate::policy::output_mode_of(&index_path)
+            & crate::policy::output_mode_of(&parts_path),
         ..Side::from_bytes(dir, "district", bytes, Some(&sha))
     })
 }
@@ -491,13 +503,7 @@ pub fn write_diff(
         ops: alignment.ops,
     };
     // The diff shows both sides' bytes: as private as the more private of them.
-    let mode = [a, b]
-        .iter()
-        .map(|side| match side.kind {
-            "memory" => 0o600,
-            _ => crate::policy::output_mode_of(&side.path),
-        })
-        .fold(0o644, |m, side| m & side);
+    let mode = a.output_mode & b.output_mode;
     let mut staged = StagedOutputs::new().with_mode(mode);
     let paths = [
         out.join("delta.png"),
@@ -537,7 +543,8 @@ pub fn apply_patch(
     let bytes = std::fs::read(patch_path).map_err(|e| Error::io(patch_path, "read", e))?;
     let patch = patch::Patch::parse(patch_path, &bytes)?;
     let b = patch.apply(a_path, &a.bytes, patch_path)?;
-    let mode = crate::policy::output_mode_of(a_path) & crate::policy::output_mode_of(patch_path);
+    // B holds A's bytes and the patch's: as private as the more private of them.
+    let mode = a.output_mode & crate::policy::output_mode_of(patch_path);
     let mut staged = StagedOutputs::new().with_mode(mode);
     staged.write(output, |w| w.write_all(&b))?;
     staged.commit()?;

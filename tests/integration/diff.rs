@@ -227,3 +227,50 @@ fn a_patch_meets_only_its_own_a_and_a_broken_patch_is_refused() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("district.json"));
 }
+
+#[test]
+fn a_diff_of_snapshots_is_as_private_as_their_district_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let dir = tempfile::tempdir().unwrap();
+    let mut snapshots = Vec::new();
+    for (name, content) in [("s1", "first secret\n"), ("s2", "second secret\n")] {
+        let tree = dir.path().join(name).join("tree");
+        std::fs::create_dir_all(&tree).unwrap();
+        let secret = tree.join("secret.txt");
+        std::fs::write(&secret, content.repeat(50)).unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let snap = dir.path().join(format!("{name}-snap"));
+        ok_json(&["snapshot", s(&tree), "-o", s(&snap), "--backend", "cpu"]);
+        // The folder is as the umask leaves it; the district itself is private.
+        assert_eq!(mode(&snap.join("district.json")), 0o600);
+        assert_ne!(
+            mode(&snap) & 0o044,
+            0,
+            "a readable folder, or the test shows nothing"
+        );
+        snapshots.push(snap);
+    }
+    let out = dir.path().join("d");
+    ok_json(&[
+        "diff",
+        s(&snapshots[0]),
+        s(&snapshots[1]),
+        "-o",
+        s(&out),
+        "--backend",
+        "cpu",
+    ]);
+    for name in ["delta.png", "a-to-b.patch", "diff.json"] {
+        assert_eq!(mode(&out.join(name)), 0o600, "{name}");
+    }
+    let rebuilt = dir.path().join("rebuilt");
+    ok_json(&[
+        "patch",
+        s(&snapshots[0]),
+        s(&out.join("a-to-b.patch")),
+        "-o",
+        s(&rebuilt),
+    ]);
+    assert_eq!(mode(&rebuilt), 0o600);
+}
