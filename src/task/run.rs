@@ -205,6 +205,14 @@ pub fn plan_task(task: &FoundryTask, opts: &RunOptions) -> Result<TaskPlan> {
     policy
         .check_destination(&output_dir)
         .map_err(|r| r.into_error(&output_dir))?;
+    let writes_one_file = match task.kind {
+        TaskType::ConvertBinary => true,
+        TaskType::FoundryV2 => !reads[0].is_dir(),
+        _ => false,
+    };
+    if writes_one_file {
+        check_output_stem(task, &reads[0])?;
+    }
     let publish = match extra_str(task, "publish") {
         Some(p) => {
             let builder = resolve(&opts.task_root, &p);
@@ -325,6 +333,23 @@ fn output_stem(task: &FoundryTask, source: &Path) -> String {
         .trim_end_matches(".brick")
         .trim_end_matches(".rts.png")
         .to_string()
+}
+
+/// Refuses a one-file task whose output name (see [`output_stem`]) would leave its output
+/// folder: absolute, climbing out with `..`, or empty.
+fn check_output_stem(task: &FoundryTask, source: &Path) -> Result<()> {
+    let stem = output_stem(task, source);
+    let escapes = Path::new(&stem).is_absolute()
+        || Path::new(&stem)
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir));
+    if escapes || stem.is_empty() {
+        return Err(Error::Usage(format!(
+            "task {}: destination {stem:?} must be a relative path inside the output root",
+            task.task_id
+        )));
+    }
+    Ok(())
 }
 
 /// The folder `task`'s outputs land in: `OUTPUT_ROOT/TASK_ID` (made safe as a name).
@@ -520,18 +545,8 @@ fn convert_file(
     progress: &dyn Progress,
 ) -> Result<()> {
     let (out_dir, publish) = (sinks.out_dir, sinks.publish);
+    // plan_task (run before this) refused a destination that leaves the output folder.
     let stem = output_stem(task, source);
-    // Outputs stay under the output root: a destination may name a subfolder, not escape it.
-    let escapes = Path::new(&stem).is_absolute()
-        || Path::new(&stem)
-            .components()
-            .any(|c| matches!(c, std::path::Component::ParentDir));
-    if escapes || stem.is_empty() {
-        return Err(Error::Usage(format!(
-            "task {}: destination {stem:?} must be a relative path inside the output root",
-            task.task_id
-        )));
-    }
     let dest_path = out_dir.join(&stem);
     let opts = FoldOptions {
         texture_size: Some(task.texture_size),

@@ -508,3 +508,40 @@ fn a_takeover_sweeps_temporaries_only_in_a_checked_output_folder() {
         "a temporary outside the output root is never removed"
     );
 }
+
+#[test]
+fn dry_run_refuses_a_destination_outside_the_output_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tasks, out) = (dir.path().join("tasks"), dir.path().join("out"));
+    std::fs::create_dir_all(&tasks).unwrap();
+    std::fs::write(tasks.join("ok.bin"), b"bytes").unwrap();
+    for (stem, destination) in [("a", "../escape"), ("b", "/tmp/escape.brick")] {
+        task(
+            &tasks,
+            stem,
+            &format!(
+                r#"{{"task_id": "t", "type": "convert_binary", "source": "ok.bin", "destination": "{destination}"}}"#
+            ),
+        );
+        let plan = foundry(&[
+            "run",
+            s(&tasks.join(format!("{stem}.task.json"))),
+            "--output-root",
+            s(&out),
+            "--dry-run",
+        ]);
+        let stderr = String::from_utf8_lossy(&plan.stderr);
+        assert_eq!(plan.status.code(), Some(2), "{destination}: {stderr}");
+        assert!(
+            stderr.contains("must be a relative path inside the output root"),
+            "{destination}: {stderr}"
+        );
+    }
+    let daemon = daemon_batch(&tasks, &out, &["--dry-run"]);
+    let text = String::from_utf8_lossy(&daemon.stdout);
+    assert!(
+        text.contains("a.task.json: would fail") && text.contains("b.task.json: would fail"),
+        "{text}"
+    );
+    assert!(!out.exists());
+}
