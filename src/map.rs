@@ -87,8 +87,7 @@ impl BuilderRoot {
     /// Opens (creating if needed) `queue/`, `processed/`, `cache/`, `map/` and `metadata/` under `root`.
     pub fn open(root: &Path) -> Result<Self> {
         for sub in ["queue", "processed", "cache", "map", "metadata"] {
-            let dir = root.join(sub);
-            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, "create directory", e))?;
+            crate::format::staged::create_dir_all(&root.join(sub))?;
         }
         Ok(BuilderRoot {
             root: root.to_path_buf(),
@@ -113,6 +112,8 @@ impl BuilderRoot {
     /// Copies `tiles` into `queue/` and merges them into the manifest with a new timestamp.
     pub fn publish(&self, tiles: &[Tile]) -> Result<PublishReport> {
         let lock_path = self.root.join("map/.manifest.lock");
+        // Opening the lock may create it: its folder must be inside the confinement too.
+        crate::format::staged::create_dir_all(&self.root.join("map"))?;
         let lock = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)

@@ -299,7 +299,7 @@ pub fn snapshot(
     let names = root_names(roots);
     let total_bytes: u64 = found.files.iter().map(|f| f.size).sum();
     progress.stage("folding", total_bytes);
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, "create directory", e))?;
+    crate::format::staged::create_dir_all(out)?;
     let description = format!("district of {}", names.join(", "));
     let mut district = DistrictWriter::new(
         backend,

@@ -239,8 +239,7 @@ pub fn watch(
     if paths.is_empty() {
         return Err(Error::Usage("watch needs at least one path".into()));
     }
-    std::fs::create_dir_all(&opts.output)
-        .map_err(|e| Error::io(&opts.output, "create directory", e))?;
+    crate::format::staged::create_dir_all(&opts.output)?;
     // Our own outputs must never trigger us: compare canonical paths.
     let output_root = opts
         .output

@@ -68,6 +68,14 @@ fn check_confined(dir: &Path) -> Result<()> {
     })
 }
 
+/// `std::fs::create_dir_all`, confined like every write: refused when `dir` resolves outside
+/// the confinement, checked before (no folder appears outside) and after (nothing moved).
+pub fn create_dir_all(dir: &Path) -> Result<()> {
+    check_confined(dir)?;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create directory", e))?;
+    check_confined(dir)
+}
+
 /// Whether `name` is one of our temporaries: `.NAME.XXXXXX.tmp`, six random characters.
 fn is_staged_temporary(name: &str) -> bool {
     let Some(rest) = name.strip_suffix(".tmp") else {
@@ -139,10 +147,7 @@ impl StagedOutputs {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
-        // Checked before creating folders (none appear outside) and after (nothing moved).
-        check_confined(dir)?;
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create directory", e))?;
-        check_confined(dir)?;
+        create_dir_all(dir)?;
         let name = path
             .file_name()
             .map_or_else(Default::default, |n| n.to_string_lossy());
@@ -246,6 +251,75 @@ mod tests {
         let mut expected = users.map(String::from).to_vec();
         expected.sort();
         assert_eq!(left, expected);
+    }
+
+    /// Names the folder the child process of
+    /// [`folders_outside_the_confinement_are_never_created`] works in. The confinement is
+    /// process-wide and cannot be lifted, so it is set only in that child, never beside the
+    /// other tests of this process.
+    const CONFINED_CHILD: &str = "FOUNDRY_TEST_CONFINED_CHILD";
+
+    #[test]
+    fn folders_outside_the_confinement_are_never_created() {
+        let Some(dir) = std::env::var_os(CONFINED_CHILD).map(PathBuf::from) else {
+            let dir = tempfile::tempdir().unwrap();
+            let name = "format::staged::tests::folders_outside_the_confinement_are_never_created";
+            let child = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", name, "--test-threads=1", "--nocapture"])
+                .env(CONFINED_CHILD, dir.path())
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&child.stdout);
+            assert!(
+                child.status.success() && stdout.contains("1 passed"),
+                "{stdout}{}",
+                String::from_utf8_lossy(&child.stderr)
+            );
+            return;
+        };
+        let (inside, outside) = (dir.join("inside"), dir.join("outside"));
+        let tree = inside.join("tree");
+        std::fs::create_dir_all(&tree).unwrap();
+        std::fs::write(tree.join("a.txt"), b"some bytes").unwrap();
+        confine_writes(std::slice::from_ref(&inside));
+
+        create_dir_all(&inside.join("made/below")).unwrap();
+        assert!(create_dir_all(&outside.join("dir")).is_err());
+        assert!(crate::map::BuilderRoot::open(&outside.join("builder")).is_err());
+        let backend = crate::backend::Backend::Cpu;
+        let snapshot = crate::snapshot::snapshot(
+            &backend,
+            std::slice::from_ref(&tree),
+            &outside.join("snapshot"),
+            &Default::default(),
+            &crate::progress::Silent,
+        );
+        assert!(snapshot.is_err());
+        let watch_opts = crate::watch::WatchOptions {
+            output: outside.join("watch"),
+            interval: std::time::Duration::from_millis(10),
+            debounce: std::time::Duration::from_millis(10),
+            max_delay: std::time::Duration::from_millis(10),
+            publish: None,
+            versioned: false,
+            fold: Default::default(),
+            max_refolds: Some(0),
+            duration: Some(std::time::Duration::ZERO),
+            policy: None,
+        };
+        let stopped = std::sync::atomic::AtomicBool::new(true);
+        let watched = crate::watch::watch(
+            &backend,
+            &[tree.join("a.txt")],
+            &watch_opts,
+            &stopped,
+            &mut |_| {},
+        );
+        assert!(watched.is_err());
+        assert!(
+            !outside.exists(),
+            "a folder appeared outside the confinement"
+        );
     }
 
     #[test]
