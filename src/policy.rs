@@ -100,14 +100,20 @@ struct PolicyFile {
     policy: PolicySettings,
 }
 
-/// Reads a `--policy` file: a `[policy]` table, or its keys at top level.
+/// Reads a `--policy` file: a `[policy]` table, or its keys at top level. The file's shape is
+/// decided first, so a misspelled key is reported as itself (with its line), not as the
+/// other shape's "unknown field `policy`".
 pub fn read_settings(path: &Path) -> Result<PolicySettings> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "read", e))?;
     let bad = |e: toml::de::Error| Error::malformed(path, e.to_string().trim_end().to_string());
-    if let Ok(file) = toml::from_str::<PolicyFile>(&text) {
-        return Ok(file.policy);
+    let table: toml::Table = toml::from_str(&text).map_err(bad)?;
+    if table.contains_key("policy") {
+        toml::from_str::<PolicyFile>(&text)
+            .map(|file| file.policy)
+            .map_err(bad)
+    } else {
+        toml::from_str::<PolicySettings>(&text).map_err(bad)
     }
-    toml::from_str::<PolicySettings>(&text).map_err(bad)
 }
 
 /// The deny rules: the patterns as written, and one set matching them all in a pass (a walk
@@ -541,6 +547,32 @@ mod tests {
         assert!(p.check_destination(&out.join("../x.brick")).is_err());
         assert!(p.check_destination(&out.join("escape/x.brick")).is_err());
         assert!(p.check_destination(Path::new("/etc/x")).is_err());
+    }
+
+    #[test]
+    fn a_policy_file_error_names_the_file_and_the_misspelled_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policy.toml");
+        let read = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            read_settings(&path)
+        };
+        let table = read("[policy]\nmax_file_bytes = 10\n").unwrap();
+        assert_eq!(table.max_file_bytes, Some(10));
+        let top_level = read("max_file_bytes = 20\n").unwrap();
+        assert_eq!(top_level.max_file_bytes, Some(20));
+        for text in ["[policy]\nalow = [\"/srv\"]\n", "alow = [\"/srv\"]\n"] {
+            let error = read(text).unwrap_err().to_string();
+            assert!(
+                error.contains(&path.display().to_string()) && error.contains("alow"),
+                "{text:?}: {error}"
+            );
+            assert!(!error.contains("unknown field `policy`"), "{error}");
+        }
+        let beside = read("[policy]\nmax_file_bytes = 10\n[llm]\nmodel = \"m\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(beside.contains("llm"), "{beside}");
     }
 
     #[test]
