@@ -9,7 +9,7 @@
 //! carry a task out of what it may read.
 
 use crate::error::{Error, Result};
-use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use globset::{Candidate, GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
 use std::path::{Component, Path, PathBuf};
 
@@ -186,6 +186,17 @@ pub fn lexical_absolute(base: &Path, path: &Path) -> PathBuf {
     out
 }
 
+/// `path` made absolute against the working folder, `.` and `..` resolved by name only. A
+/// relative path fails when the working folder cannot be read (it was deleted): guessing one
+/// could widen what a policy allows or where writes may land.
+pub fn absolute(path: &Path) -> Result<PathBuf> {
+    if path.is_absolute() {
+        return Ok(lexical_absolute(Path::new("/"), path));
+    }
+    let cwd = std::env::current_dir().map_err(|e| Error::io(".", "read", e))?;
+    Ok(lexical_absolute(&cwd, path))
+}
+
 /// The resolved form of `path`, or of its nearest existing ancestor with the rest appended
 /// (an output that does not exist yet resolves through the folders that do).
 pub fn resolve_existing(path: &Path) -> PathBuf {
@@ -208,7 +219,6 @@ pub fn resolve_existing(path: &Path) -> PathBuf {
 impl Policy {
     /// The policy from `settings`, for tasks from `task_root` writing under `output_root`.
     pub fn new(settings: &PolicySettings, task_root: &Path, output_root: &Path) -> Result<Self> {
-        let cwd = std::env::current_dir().map_err(|e| Error::io(".", "read", e))?;
         let mut allowed: Vec<PathBuf> = match &settings.allow_only {
             Some(list) => list.iter().map(PathBuf::from).collect(),
             None => DEFAULT_ALLOWED_ROOTS.iter().map(PathBuf::from).collect(),
@@ -218,8 +228,8 @@ impl Policy {
         let allowed_roots = allowed
             .iter()
             .filter_map(|p| expand_home(&p.to_string_lossy()))
-            .map(|p| resolve_existing(&lexical_absolute(&cwd, Path::new(&p))))
-            .collect();
+            .map(|p| absolute(Path::new(&p)).map(|a| resolve_existing(&a)))
+            .collect::<Result<Vec<_>>>()?;
         for lifted in &settings.undeny {
             if !DEFAULT_DENIED.contains(&lifted.as_str()) {
                 return Err(Error::Usage(format!(
@@ -258,10 +268,9 @@ impl Policy {
                 .map_err(|e| Error::Usage(format!("policy deny: {e}")))?,
             patterns: kept,
         };
-        let output_root = resolve_existing(&lexical_absolute(
-            &cwd,
+        let output_root = resolve_existing(&absolute(
             settings.output_root.as_deref().unwrap_or(output_root),
-        ));
+        )?);
         let limits = Limits {
             max_file_bytes: settings.max_file_bytes.unwrap_or(DEFAULT_MAX_FILE_BYTES),
             max_task_bytes: settings.max_task_bytes.unwrap_or(DEFAULT_MAX_TASK_BYTES),
@@ -289,7 +298,18 @@ impl Policy {
     /// The deny rule that matches `path` or one of its ancestors.
     pub fn denied(&self, path: &Path) -> Option<Refusal> {
         path.ancestors().find_map(|p| {
-            let first = self.deny.set.matches(p).into_iter().min()?;
+            // Nearly every path a walk asks about is allowed: `is_match` settles those without
+            // listing the matching rules, which allocates.
+            let candidate = Candidate::new(p);
+            if !self.deny.set.is_match_candidate(&candidate) {
+                return None;
+            }
+            let first = self
+                .deny
+                .set
+                .matches_candidate(&candidate)
+                .into_iter()
+                .min()?;
             Some(Refusal {
                 rule: format!("deny {:?}", self.deny.patterns[first]),
             })
@@ -328,8 +348,10 @@ impl Policy {
     /// Whether a task may write `path`: resolved (through every existing folder and symlink)
     /// below the output root.
     pub fn check_destination(&self, path: &Path) -> std::result::Result<PathBuf, Refusal> {
-        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
-        let resolved = resolve_existing(&lexical_absolute(&cwd, path));
+        let written = absolute(path).map_err(|e| Refusal {
+            rule: format!("output_root: {e}"),
+        })?;
+        let resolved = resolve_existing(&written);
         if resolved.starts_with(&self.output_root) {
             Ok(resolved)
         } else {
@@ -341,11 +363,6 @@ impl Policy {
                 ),
             })
         }
-    }
-
-    /// Whether the LLM at `base_url` may be asked: loopback, or a host the policy names.
-    pub fn check_llm_url(&self, base_url: &str) -> std::result::Result<(), Refusal> {
-        check_llm_host(base_url, &self.llm_hosts)
     }
 }
 
@@ -361,7 +378,7 @@ fn url_host(url: &str) -> &str {
 }
 
 /// Loopback names and addresses: `localhost`, `127.0.0.0/8`, `::1`.
-pub fn is_loopback_host(host: &str) -> bool {
+fn is_loopback_host(host: &str) -> bool {
     let host = host.trim_end_matches('.').to_ascii_lowercase();
     host == "localhost"
         || host.ends_with(".localhost")
@@ -534,6 +551,20 @@ mod tests {
             ..Default::default()
         };
         assert!(Policy::new(&typo, dir.path(), dir.path()).is_err());
+    }
+
+    #[test]
+    fn paths_are_made_absolute_against_the_working_folder_by_name() {
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(
+            absolute(Path::new("/a/./b/../c")).unwrap(),
+            Path::new("/a/c")
+        );
+        assert_eq!(absolute(Path::new("x/./y")).unwrap(), cwd.join("x/y"));
+        assert_eq!(
+            absolute(Path::new("x/../../y")).unwrap(),
+            cwd.parent().unwrap_or(&cwd).join("y")
+        );
     }
 
     #[test]

@@ -31,16 +31,13 @@ impl Default for StagedOutputs {
 static CONFINEMENT: RwLock<Option<Vec<PathBuf>>> = RwLock::new(None);
 
 /// Confines every later write of this process below `roots` (resolved now).
-pub fn confine_writes(roots: &[PathBuf]) {
+pub fn confine_writes(roots: &[PathBuf]) -> Result<()> {
     let resolved = roots
         .iter()
-        .map(|r| crate::policy::resolve_existing(&crate::policy::lexical_absolute(&cwd(), r)))
-        .collect();
+        .map(|r| crate::policy::absolute(r).map(|a| crate::policy::resolve_existing(&a)))
+        .collect::<Result<_>>()?;
     *CONFINEMENT.write().expect("confinement") = Some(resolved);
-}
-
-fn cwd() -> PathBuf {
-    std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"))
+    Ok(())
 }
 
 /// Refuses `dir` when it resolves (through every existing folder and symlink) outside the
@@ -50,7 +47,7 @@ fn check_confined(dir: &Path) -> Result<()> {
     let Some(roots) = guard.as_ref() else {
         return Ok(());
     };
-    let resolved = crate::policy::resolve_existing(&crate::policy::lexical_absolute(&cwd(), dir));
+    let resolved = crate::policy::resolve_existing(&crate::policy::absolute(dir)?);
     if roots.iter().any(|r| resolved.starts_with(r)) {
         return Ok(());
     }
@@ -281,7 +278,7 @@ mod tests {
         let tree = inside.join("tree");
         std::fs::create_dir_all(&tree).unwrap();
         std::fs::write(tree.join("a.txt"), b"some bytes").unwrap();
-        confine_writes(std::slice::from_ref(&inside));
+        confine_writes(std::slice::from_ref(&inside)).unwrap();
 
         create_dir_all(&inside.join("made/below")).unwrap();
         assert!(create_dir_all(&outside.join("dir")).is_err());

@@ -461,12 +461,12 @@ fn confine_task_writes(
     publish: Option<&Path>,
     tasks: Option<&Path>,
     llm: &TaskLlm,
-) {
+) -> Result<(), Error> {
     let mut roots = vec![output_root.to_path_buf()];
     roots.extend(publish.map(Path::to_path_buf));
     roots.extend(tasks.map(Path::to_path_buf));
     roots.extend(llm.config.cache_dir.clone());
-    foundry_gpu::format::staged::confine_writes(&roots);
+    foundry_gpu::format::staged::confine_writes(&roots)
 }
 
 fn print_plan(plan: &foundry_gpu::task::run::TaskPlan, json: bool) {
@@ -1007,7 +1007,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 );
                 return Ok(ExitCode::SUCCESS);
             }
-            confine_task_writes(&opts.output_root, opts.publish.as_deref(), None, &opts.llm);
+            confine_task_writes(&opts.output_root, opts.publish.as_deref(), None, &opts.llm)?;
             let backend = open_backend(global)?;
             let report = foundry_gpu::task::run::run_task(&backend, &parsed, &task, &opts, &bar)?;
             drop(bar);
@@ -1039,7 +1039,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             }
             std::fs::create_dir_all(&tasks)
                 .map_err(|e| Error::io(&tasks, "create directory", e))?;
-            confine_task_writes(&output_root, publish.as_deref(), Some(&tasks), &task_llm);
+            confine_task_writes(&output_root, publish.as_deref(), Some(&tasks), &task_llm)?;
             let backend = open_backend(global)?;
             let opts = foundry_gpu::task::daemon::DaemonOptions {
                 tasks,
