@@ -85,7 +85,7 @@ fn diff_benches(c: &mut Criterion) {
             bench.iter(|| {
                 let sa = load_side(&Backend::Cpu, &pa).unwrap();
                 let sb = load_side(&Backend::Cpu, &pb).unwrap();
-                black_box(compare(&Backend::Cpu, &sa, &sb, &DiffOptions::default()).unwrap())
+                black_box(compare(&Backend::Cpu, &sa, &sb, &DiffOptions::default(), None).unwrap())
             })
         });
     }

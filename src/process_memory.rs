@@ -321,6 +321,10 @@ pub struct SeriesStep {
     pub mappings_changed: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub percent_different: Option<f64>,
+    /// On the GPU: whether the previous snapshot was still on the device, and the bytes this
+    /// step's comparison uploaded (this snapshot only, when it was).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<crate::backend::DeviceUse>,
     /// Why this step has no snapshot (the process ended).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stopped: Option<String>,
@@ -364,6 +368,8 @@ pub fn snapshot_series(
     let mut steps: Vec<SeriesStep> = Vec::new();
     // Each snapshot is decoded once: as B of one diff, then as A of the next.
     let mut previous: Option<crate::diff::Side> = None;
+    // On the GPU each snapshot is also uploaded once: kept on the device as B, reused as A.
+    let mut on_device = crate::backend::DiffSeries::default();
     for index in 0..count {
         let due = started + every * index as u32;
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
@@ -396,7 +402,7 @@ pub fn snapshot_series(
         let current = crate::diff::load_side(backend, &dir)?;
         if let Some(before) = previous.take() {
             let diff_dir = out.join(format!("diff-{:03}-{index:03}", index - 1));
-            let d = crate::diff::write_diff(
+            let d = crate::diff::write_diff_in_series(
                 backend,
                 &before,
                 &current,
@@ -406,7 +412,9 @@ pub fn snapshot_series(
                     ..Default::default()
                 },
                 compared_at,
+                Some(&mut on_device),
             )?;
+            step.device = d.device;
             if let Some(m) = &d.members {
                 step.mappings_appeared = Some(m.added.clone());
                 step.mappings_disappeared = Some(m.removed.clone());

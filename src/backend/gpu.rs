@@ -177,7 +177,20 @@ pub struct GpuBackend {
     max_groups_per_dimension: u32,
     pipelines: Pipelines,
     dispatches: AtomicU64,
+    /// Input bytes copied to the device so far.
+    uploaded: AtomicU64,
     uncaptured: Arc<Mutex<Option<String>>>,
+}
+
+/// Bytes kept on the device between comparisons, in the chunks `diff_blocks` binds, so a
+/// series of snapshots uploads each once: compared as B, then as A of the next.
+pub struct ResidentBytes {
+    /// What the bytes are (their SHA-256), to know a later A is this B.
+    sha256: [u8; 32],
+    len: usize,
+    block_bytes: usize,
+    chunk_bytes: usize,
+    chunks: Vec<wgpu::Buffer>,
 }
 
 impl GpuBackend {
@@ -243,6 +256,7 @@ impl GpuBackend {
             max_groups_per_dimension: limits.max_compute_workgroups_per_dimension,
             pipelines: Pipelines { by_name },
             dispatches: AtomicU64::new(0),
+            uploaded: AtomicU64::new(0),
             uncaptured,
         };
         backend.check_uncaptured()?;
@@ -257,6 +271,11 @@ impl GpuBackend {
     /// Compute dispatches submitted so far (proof that wgpu ran the work).
     pub fn dispatch_count(&self) -> u64 {
         self.dispatches.load(Ordering::Relaxed)
+    }
+
+    /// Input bytes uploaded so far (proof that a resident snapshot was not sent again).
+    pub fn uploaded_bytes(&self) -> u64 {
+        self.uploaded.load(Ordering::Relaxed)
     }
 
     /// Largest buffer one chunk may bind.
@@ -281,6 +300,8 @@ impl GpuBackend {
     }
 
     fn storage_buffer(&self, label: &str, bytes: &[u8]) -> wgpu::Buffer {
+        self.uploaded
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         // Bindings must be non-empty and whole words.
         let mut padded;
         let contents = if bytes.is_empty() || !bytes.len().is_multiple_of(4) {
@@ -308,6 +329,23 @@ impl GpuBackend {
         output_words: usize,
         groups: (u32, u32),
     ) -> Result<Vec<u32>> {
+        let input_buffers: Vec<_> = inputs
+            .iter()
+            .map(|b| self.storage_buffer(kernel, b))
+            .collect();
+        let bound: Vec<&wgpu::Buffer> = input_buffers.iter().collect();
+        self.dispatch_on(kernel, params, &bound, output_words, groups)
+    }
+
+    /// [`Self::dispatch`] on input buffers already on the device.
+    fn dispatch_on(
+        &self,
+        kernel: &str,
+        params: &[u8],
+        input_buffers: &[&wgpu::Buffer],
+        output_words: usize,
+        groups: (u32, u32),
+    ) -> Result<Vec<u32>> {
         let scope_oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let scope_validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let output_bytes = (output_words.max(1) * 4) as u64;
@@ -318,10 +356,6 @@ impl GpuBackend {
                 contents: params,
                 usage: wgpu::BufferUsages::UNIFORM,
             });
-        let input_buffers: Vec<_> = inputs
-            .iter()
-            .map(|b| self.storage_buffer(kernel, b))
-            .collect();
         let output = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("output"),
             size: output_bytes,
@@ -346,7 +380,7 @@ impl GpuBackend {
             });
         }
         entries.push(wgpu::BindGroupEntry {
-            binding: inputs.len() as u32 + 1,
+            binding: input_buffers.len() as u32 + 1,
             resource: output.as_entire_binding(),
         });
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -493,7 +527,7 @@ impl GpuBackend {
     /// whole blocks.
     pub fn diff_blocks(&self, a: &[u8], b: &[u8], block_bytes: usize) -> Result<Vec<u32>> {
         let blocks = a.len().div_ceil(block_bytes);
-        let blocks_per_chunk = (self.max_chunk_bytes as usize / block_bytes).max(1);
+        let blocks_per_chunk = self.diff_chunk_bytes(block_bytes) / block_bytes;
         let mut counts = Vec::with_capacity(blocks * 2);
         let mut first = 0;
         while first < blocks {
@@ -510,6 +544,79 @@ impl GpuBackend {
                 (gx, gy),
             )?);
             first += n;
+        }
+        Ok(counts)
+    }
+
+    /// Bytes per `diff_blocks` chunk: whole blocks within one binding.
+    fn diff_chunk_bytes(&self, block_bytes: usize) -> usize {
+        (self.max_chunk_bytes as usize / block_bytes).max(1) * block_bytes
+    }
+
+    /// Whether `resident` holds the bytes with `sha256`, `len` long, in `block_bytes` blocks.
+    pub fn holds(
+        resident: &ResidentBytes,
+        sha256: &[u8; 32],
+        len: usize,
+        block_bytes: usize,
+    ) -> bool {
+        resident.sha256 == *sha256 && resident.len == len && resident.block_bytes == block_bytes
+    }
+
+    /// Uploads `bytes` (whose SHA-256 is `sha256`) to stay on the device for
+    /// [`Self::diff_resident`] with `block_bytes` blocks.
+    pub fn upload_resident(
+        &self,
+        bytes: &[u8],
+        sha256: [u8; 32],
+        block_bytes: usize,
+    ) -> ResidentBytes {
+        let chunk_bytes = self.diff_chunk_bytes(block_bytes);
+        ResidentBytes {
+            sha256,
+            len: bytes.len(),
+            block_bytes,
+            chunk_bytes,
+            chunks: bytes
+                .chunks(chunk_bytes)
+                .map(|chunk| self.storage_buffer("resident", chunk))
+                .collect(),
+        }
+    }
+
+    /// `diff_blocks` of the first `common` bytes of two resident byte strings, uploading
+    /// nothing but the parameters. `common` must be a multiple of 4 (a partial last word would
+    /// read bytes past it) and within both.
+    pub fn diff_resident(
+        &self,
+        a: &ResidentBytes,
+        b: &ResidentBytes,
+        common: usize,
+    ) -> Result<Vec<u32>> {
+        let block_bytes = a.block_bytes;
+        assert!(
+            b.block_bytes == block_bytes && common.is_multiple_of(4) && common <= a.len.min(b.len),
+            "resident diff of mismatched snapshots"
+        );
+        let blocks_per_chunk = a.chunk_bytes / block_bytes;
+        let blocks = common.div_ceil(block_bytes);
+        let mut counts = Vec::with_capacity(blocks * 2);
+        for (i, (x, y)) in a.chunks.iter().zip(&b.chunks).enumerate() {
+            let start = i * a.chunk_bytes;
+            if start >= common {
+                break;
+            }
+            let end = (start + a.chunk_bytes).min(common);
+            let n = (end - start).div_ceil(block_bytes).min(blocks_per_chunk);
+            let ((gx, gy), _) = self.flat_grid(n as u64, 1);
+            let params: [u32; 4] = [block_bytes as u32, (end - start) as u32, n as u32, gx];
+            counts.extend(self.dispatch_on(
+                "diff_blocks",
+                bytemuck::cast_slice(&params),
+                &[x, y],
+                n * 2,
+                (gx, gy),
+            )?);
         }
         Ok(counts)
     }

@@ -19,6 +19,30 @@ pub enum BackendChoice {
     Cpu,
 }
 
+/// Largest side kept on the device for a series of comparisons (two are held at once).
+pub const RESIDENT_MAX_BYTES: usize = 1 << 30;
+
+/// A series of comparisons where each B is the next A (memory snapshots taken every second):
+/// on the GPU the last B stays on the device, so each snapshot is uploaded once.
+#[derive(Default)]
+pub struct DiffSeries {
+    last: Option<gpu::ResidentBytes>,
+}
+
+/// What a comparison in a series cost the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct DeviceUse {
+    /// A was already on the device (B of the previous comparison), so only B was uploaded.
+    pub a_resident: bool,
+    pub uploaded_bytes: u64,
+}
+
+/// One side of a comparison in a series: its bytes and their SHA-256.
+pub struct SeriesSide<'a> {
+    pub bytes: &'a [u8],
+    pub sha256: [u8; 32],
+}
+
 /// An engine ready to fold.
 pub enum Backend {
     Cpu,
@@ -136,6 +160,63 @@ impl Backend {
             Backend::Cpu => Ok(crate::kernels::diff_blocks::diff_blocks(a, b, block_bytes)),
             Backend::Gpu(g) => g.diff_blocks(a, b, block_bytes),
         }
+    }
+
+    /// [`Self::diff_blocks`] of the common prefix of two sides of `series`, giving the same
+    /// counts. On the GPU both sides are kept on the device and B stays there: when the next
+    /// comparison's A is this B (same SHA-256), A is not uploaded again.
+    pub fn diff_blocks_in_series(
+        &self,
+        a: SeriesSide,
+        b: SeriesSide,
+        block_bytes: usize,
+        series: &mut DiffSeries,
+    ) -> Result<(Vec<u32>, Option<DeviceUse>)> {
+        let common = a.bytes.len().min(b.bytes.len());
+        let g = match self {
+            Backend::Gpu(g)
+                if a.bytes.len().max(b.bytes.len()) <= RESIDENT_MAX_BYTES
+                    && block_bytes >= 64
+                    && block_bytes.is_power_of_two() =>
+            {
+                g
+            }
+            _ => {
+                series.last = None;
+                let counts =
+                    self.diff_blocks(&a.bytes[..common], &b.bytes[..common], block_bytes)?;
+                return Ok((counts, None));
+            }
+        };
+        let uploaded_before = g.uploaded_bytes();
+        let kept = series
+            .last
+            .take()
+            .filter(|r| GpuBackend::holds(r, &a.sha256, a.bytes.len(), block_bytes));
+        let a_resident = kept.is_some();
+        let a_on_device = kept.unwrap_or_else(|| g.upload_resident(a.bytes, a.sha256, block_bytes));
+        let b_on_device = g.upload_resident(b.bytes, b.sha256, block_bytes);
+        // The device compares whole words; a last partial word of the common prefix would
+        // read bytes past it on the longer side, so those (under four) are counted here.
+        let whole = common / 4 * 4;
+        let mut counts = g.diff_resident(&a_on_device, &b_on_device, whole)?;
+        if whole < common {
+            let differing = a.bytes[whole..common]
+                .iter()
+                .zip(&b.bytes[whole..common])
+                .filter(|(x, y)| x != y)
+                .count() as u32;
+            let block = whole / block_bytes;
+            counts.resize(counts.len().max((block + 1) * 2), 0);
+            counts[block * 2] += differing;
+            counts[block * 2 + 1] += u32::from(differing > 0);
+        }
+        series.last = Some(b_on_device);
+        let used = DeviceUse {
+            a_resident,
+            uploaded_bytes: g.uploaded_bytes() - uploaded_before,
+        };
+        Ok((counts, Some(used)))
     }
 
     /// Per-run statistics for previews (see `kernels::preview_stats`).

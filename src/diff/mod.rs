@@ -288,6 +288,10 @@ pub struct DiffReport {
     pub members: Option<Members>,
     pub outputs: Vec<PathBuf>,
     pub patch_bytes: u64,
+    /// On the GPU in a series (`mem --every`): whether A was still on the device, and what
+    /// this comparison uploaded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<crate::backend::DeviceUse>,
     pub seconds: f64,
 }
 
@@ -302,6 +306,12 @@ pub fn aligned_compare(
 ) -> Result<AlignedCompare> {
     let common = a.len().min(b.len());
     let counts = backend.diff_blocks(&a[..common], &b[..common], block)?;
+    Ok(aligned_from_counts(a, b, block, &counts))
+}
+
+/// The aligned comparison from `diff_blocks` counts of the common prefix.
+fn aligned_from_counts(a: &[u8], b: &[u8], block: usize, counts: &[u32]) -> AlignedCompare {
+    let common = a.len().min(b.len());
     let mut out = AlignedCompare {
         block,
         blocks: a.len().max(b.len()).div_ceil(block) as u64,
@@ -342,7 +352,7 @@ pub fn aligned_compare(
         );
     }
     out.changed_ranges.truncate(RANGE_CAP);
-    Ok(out)
+    out
 }
 
 fn push_merged(ranges: &mut Vec<(u64, u64)>, start: u64, end: u64) {
@@ -374,12 +384,21 @@ fn members_delta(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> 
     m
 }
 
-/// Compares two loaded sides; writes nothing.
+fn series_side(side: &Side) -> crate::backend::SeriesSide<'_> {
+    crate::backend::SeriesSide {
+        bytes: &side.bytes,
+        sha256: side.sha256,
+    }
+}
+
+/// Compares two loaded sides; writes nothing. In a `series` (each B the next A), the GPU keeps
+/// B on the device for the next comparison.
 pub fn compare(
     backend: &Backend,
     a: &Side,
     b: &Side,
     opts: &DiffOptions,
+    series: Option<&mut crate::backend::DiffSeries>,
 ) -> Result<(DiffReport, align::Alignment)> {
     let started = Instant::now();
     if !opts.block.is_power_of_two() || !(64..=1 << 20).contains(&opts.block) {
@@ -389,10 +408,29 @@ pub fn compare(
         )));
     }
     let (aligned, alignment) = rayon::join(
-        || aligned_compare(backend, &a.bytes, &b.bytes, opts.block),
+        || -> Result<_> {
+            match series {
+                Some(series) => {
+                    let (counts, used) = backend.diff_blocks_in_series(
+                        series_side(a),
+                        series_side(b),
+                        opts.block,
+                        series,
+                    )?;
+                    Ok((
+                        aligned_from_counts(&a.bytes, &b.bytes, opts.block, &counts),
+                        used,
+                    ))
+                }
+                None => Ok((
+                    aligned_compare(backend, &a.bytes, &b.bytes, opts.block)?,
+                    None,
+                )),
+            }
+        },
         || align::align(&a.bytes, &b.bytes, opts.block),
     );
-    let aligned = aligned?;
+    let (aligned, device) = aligned?;
     let mut totals = Totals::default();
     for r in &alignment.ranges {
         let len = |x: Option<(u64, u64)>| x.map_or(0, |(s, e)| e - s);
@@ -454,6 +492,7 @@ pub fn compare(
         members,
         outputs: Vec::new(),
         patch_bytes: 0,
+        device,
         seconds: started.elapsed().as_secs_f64(),
     };
     Ok((report, alignment))
@@ -487,7 +526,20 @@ pub fn write_diff(
     opts: &DiffOptions,
     started: Instant,
 ) -> Result<DiffReport> {
-    let (mut report, alignment) = compare(backend, a, b, opts)?;
+    write_diff_in_series(backend, a, b, out, opts, started, None)
+}
+
+/// [`write_diff`] as one step of a series whose B is the next step's A (see [`compare`]).
+pub fn write_diff_in_series(
+    backend: &Backend,
+    a: &Side,
+    b: &Side,
+    out: &Path,
+    opts: &DiffOptions,
+    started: Instant,
+    series: Option<&mut crate::backend::DiffSeries>,
+) -> Result<DiffReport> {
+    let (mut report, alignment) = compare(backend, a, b, opts, series)?;
     let image = preview::render_delta(
         backend,
         &b.bytes,

@@ -222,3 +222,32 @@ fn a_series_reports_a_new_mapping_and_a_changed_page() {
     assert_eq!(diff["a"]["kind"], "memory");
     assert!(out.join("series.json").exists() && out.join("001/regions.json").exists());
 }
+
+#[test]
+fn a_series_on_the_gpu_keeps_each_snapshot_on_the_device_for_the_next_diff() {
+    if gpu().is_none() {
+        eprintln!("skipping: no GPU adapter");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new("sleep").arg("60").spawn().unwrap();
+    let out = dir.path().join("series");
+    let o = Command::new(env!("CARGO_BIN_EXE_foundry-gpu"))
+        .args(["mem", &child.id().to_string(), "-o", out.to_str().unwrap()])
+        .args(["--every", "300ms", "--count", "3", "--no-mapping-bricks"])
+        .args(["--json", "--backend", "gpu"])
+        .output()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let series: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let steps = series["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 3);
+    let size = |i: usize| steps[i]["bytes"].as_u64().unwrap();
+    // The first diff uploads both snapshots; the second finds snapshot 1 still on the device.
+    assert_eq!(steps[1]["device"]["a_resident"], false);
+    assert_eq!(steps[1]["device"]["uploaded_bytes"], size(0) + size(1));
+    assert_eq!(steps[2]["device"]["a_resident"], true, "{steps:?}");
+    assert_eq!(steps[2]["device"]["uploaded_bytes"], size(2));
+}

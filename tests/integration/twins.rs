@@ -209,6 +209,61 @@ fn diff_blocks_twins_agree_and_the_comparison_can_fail() {
     assert!(message.contains("byte 12"), "{message}");
 }
 
+fn side(bytes: &[u8]) -> foundry_gpu::backend::SeriesSide<'_> {
+    foundry_gpu::backend::SeriesSide {
+        bytes,
+        sha256: foundry_gpu::analysis::sha256(bytes),
+    }
+}
+
+#[test]
+fn a_series_on_the_gpu_uploads_each_snapshot_once_and_counts_like_the_cpu() {
+    use foundry_gpu::backend::DiffSeries;
+    let mut gpus: Vec<&Backend> = gpu().into_iter().collect();
+    gpus.extend(gpu_small_chunks());
+    // Snapshots of changing sizes: the common prefix ends mid-word (a 3-byte tail) and on a
+    // block edge; the fourth side breaks the chain (its A is not the last B).
+    let base = sample_bytes(300_003, 5);
+    let mut snapshots = vec![base.clone(), base[..262_144].to_vec(), base.clone()];
+    snapshots[2][70_000] ^= 0x40;
+    snapshots[2][300_001] ^= 0x01;
+    let stranger = sample_bytes(300_003, 6);
+    let pairs = [(0, 1, true), (1, 2, true), (0, 2, false)];
+    for g in &gpus {
+        let Backend::Gpu(device) = g else {
+            unreachable!()
+        };
+        let mut series = DiffSeries::default();
+        for (step, &(a, b, chained)) in pairs.iter().enumerate() {
+            let (x, y) = (&snapshots[a][..], &snapshots[b][..]);
+            let before = device.uploaded_bytes();
+            let (counts, used) = g
+                .diff_blocks_in_series(side(x), side(y), 4096, &mut series)
+                .unwrap();
+            let common = x.len().min(y.len());
+            let cpu = Backend::Cpu
+                .diff_blocks(&x[..common], &y[..common], 4096)
+                .unwrap();
+            assert_same(
+                &format!("series step {step}"),
+                bytemuck::cast_slice(&cpu),
+                bytemuck::cast_slice(&counts),
+            );
+            let used = used.expect("the GPU reports its uploads");
+            let a_resident = step > 0 && chained;
+            assert_eq!(used.a_resident, a_resident, "step {step}");
+            let expected = y.len() + if a_resident { 0 } else { x.len() };
+            assert_eq!(used.uploaded_bytes as usize, expected, "step {step}");
+            assert_eq!(device.uploaded_bytes() - before, used.uploaded_bytes);
+        }
+        // A different A of the same length is not mistaken for the resident one.
+        let (_, used) = g
+            .diff_blocks_in_series(side(&stranger), side(&snapshots[0]), 4096, &mut series)
+            .unwrap();
+        assert!(!used.unwrap().a_resident);
+    }
+}
+
 #[test]
 fn every_shader_validates_with_naga_and_names_its_twin() {
     for (name, wgsl) in KERNELS {
