@@ -224,7 +224,7 @@ fn a_series_on_the_gpu_uploads_each_snapshot_once_and_counts_like_the_cpu() {
     // Snapshots of changing sizes: the common prefix ends mid-word (a 3-byte tail) and on a
     // block edge; the fourth side breaks the chain (its A is not the last B).
     let base = sample_bytes(300_003, 5);
-    let mut snapshots = vec![base.clone(), base[..262_144].to_vec(), base.clone()];
+    let mut snapshots = [base.clone(), base[..262_144].to_vec(), base.clone()];
     snapshots[2][70_000] ^= 0x40;
     snapshots[2][300_001] ^= 0x01;
     let stranger = sample_bytes(300_003, 6);
