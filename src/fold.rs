@@ -46,6 +46,10 @@ pub struct FoldOptions {
     pub llm: Option<std::sync::Arc<crate::llm::LlmClient>>,
     /// Why the artifact is being mapped (a task's `intent`), passed to the model.
     pub intent: Option<String>,
+    /// Mode of the outputs, instead of the one the input's own mode gives
+    /// ([`crate::policy::output_mode_of`]): a watched tree's district is as private as the most
+    /// private file it holds, not as its folder.
+    pub output_mode: Option<u32>,
 }
 
 /// `--sections`: none (default), `all`, or a comma-separated list of names.
@@ -88,6 +92,7 @@ impl Default for FoldOptions {
             name: None,
             llm: None,
             intent: None,
+            output_mode: None,
         }
     }
 }
@@ -587,7 +592,10 @@ pub fn fold_bytes_reusing(
     // Only an ELF that parses counts as one; a corrupt one is plain bytes.
     facts.elf = elf.is_some();
 
-    let mut staged = StagedOutputs::new().with_mode(crate::policy::output_mode_of(input));
+    let mut staged = StagedOutputs::new().with_mode(
+        opts.output_mode
+            .unwrap_or_else(|| crate::policy::output_mode_of(input)),
+    );
     let mut records: Vec<(&'static str, Option<u32>)> = Vec::new();
     let mut index_parts = Vec::new();
     let mut refolded = None;

@@ -71,6 +71,11 @@ impl Debouncer {
     pub fn is_idle(&self) -> bool {
         self.pending.is_empty()
     }
+
+    /// Whether any path at or below `root` is still waiting.
+    pub fn is_pending_under(&self, root: &Path) -> bool {
+        self.pending.keys().any(|p| p.starts_with(root))
+    }
 }
 
 /// `--debounce` and `--max-delay` when not given (the `watch_path` task uses them too).
@@ -131,6 +136,8 @@ pub struct WatchEvent {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct WatchSummary {
     pub refolds: u64,
+    /// Districts of watched trees rebuilt.
+    pub districts: u64,
     pub failures: u64,
     pub vanished: u64,
     pub events_ignored: u64,
@@ -161,6 +168,30 @@ struct Folded {
     present: bool,
     /// The last fold's textures, so an edit re-folds only its pages.
     reuse: fold::FoldReuse,
+    /// Output mode the file's bytes call for ([`crate::policy::output_mode_of`]).
+    mode: u32,
+}
+
+/// Largest watched tree whose district is kept: its files' bytes are held in memory to build
+/// it (and the last state for the diff).
+pub const DISTRICT_MAX_BYTES: usize = 256 << 20;
+
+/// A watched tree's district: its files concatenated in path order into one texture
+/// (`OUT/NAME.district.*`), rebuilt once the tree goes quiet after a change. Only the pages
+/// that changed or moved are re-folded: an edit that keeps a file's size touches its own
+/// pages; one that changes it shifts the files after it.
+#[derive(Default)]
+struct TreeDistrict {
+    /// A file of the tree changed since the district was last built.
+    stale: bool,
+    /// When the first of those changes was seen.
+    since: Option<Instant>,
+    /// The stream last folded, its files (path -> SHA-256) and their ranges, for the diff.
+    stream: Option<Vec<u8>>,
+    members: BTreeMap<String, String>,
+    regions: Vec<crate::diff::NamedRange>,
+    reuse: fold::FoldReuse,
+    version: u64,
 }
 
 /// A time already `by` in the past, so the debouncer treats the path as due at once.
@@ -285,6 +316,7 @@ pub fn watch(
     }
 
     let mut state: BTreeMap<PathBuf, Folded> = BTreeMap::new();
+    let mut districts: HashMap<PathBuf, TreeDistrict> = HashMap::new();
     let mut debouncer = Debouncer::new(opts.debounce, opts.max_delay);
     let mut first_seen: HashMap<PathBuf, Instant> = HashMap::new();
     let mut summary = WatchSummary::default();
@@ -397,6 +429,13 @@ pub fn watch(
                     "failed" => summary.failures += 1,
                     _ => summary.vanished += 1,
                 }
+                if event.kind != "failed" {
+                    if let Some(root) = tree_of(&targets, &path) {
+                        let district = districts.entry(root.to_path_buf()).or_default();
+                        district.stale = true;
+                        district.since = Some(district.since.map_or(since, |s| s.min(since)));
+                    }
+                }
                 report(&event);
             }
             // A write that raced the read: fold again once it settles, so the final state lands.
@@ -405,10 +444,211 @@ pub fn watch(
                 debouncer.event(path.clone(), Instant::now());
             }
         }
+        // A tree's district waits until none of its files is pending, so a burst is one rebuild.
+        for (root, district) in districts.iter_mut() {
+            if district.stale && !debouncer.is_pending_under(root) {
+                let event = rebuild_district(backend, root, opts, &state, district);
+                if event.kind == "district" {
+                    summary.districts += 1;
+                } else {
+                    summary.failures += 1;
+                }
+                report(&event);
+            }
+        }
     }
     drop(watcher);
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// The watched tree `path` lies in, if any.
+fn tree_of<'a>(targets: &'a [Target], path: &Path) -> Option<&'a Path> {
+    targets.iter().find_map(|t| match t {
+        Target::Tree { root } if path.starts_with(root) => Some(root.as_path()),
+        _ => None,
+    })
+}
+
+/// Folds the files of the tree at `root` (their last folded bytes, in path order) into its
+/// district, re-folding only what changed since the last build, and writes `NAME.district.json`
+/// (where each file lies in the stream) and a diff against the last build.
+fn rebuild_district(
+    backend: &Backend,
+    root: &Path,
+    opts: &WatchOptions,
+    state: &BTreeMap<PathBuf, Folded>,
+    district: &mut TreeDistrict,
+) -> WatchEvent {
+    let since = district.since.take().unwrap_or_else(Instant::now);
+    district.stale = false;
+    let mut event = WatchEvent {
+        path: root.to_path_buf(),
+        kind: "district",
+        sha256: None,
+        size: None,
+        outputs: Vec::new(),
+        diff: None,
+        percent_different: None,
+        error: None,
+        refolded: None,
+        latency_seconds: 0.0,
+        version: district.version,
+    };
+    let fail = |event: &mut WatchEvent, why: String| {
+        event.kind = "failed";
+        event.error = Some(why);
+        event.latency_seconds = since.elapsed().as_secs_f64();
+        event.clone()
+    };
+    let mut stream = Vec::new();
+    let mut members = BTreeMap::new();
+    let mut regions = Vec::new();
+    let mut files = Vec::new();
+    // Most private of the files: what the district reveals.
+    let mut mode = 0o644;
+    let under_root = state
+        .range::<Path, _>((std::ops::Bound::Included(root), std::ops::Bound::Unbounded))
+        .take_while(|(p, _)| p.starts_with(root));
+    for (path, folded) in under_root {
+        if !folded.present {
+            continue;
+        }
+        let (Some(bytes), Some(sha)) = (&folded.bytes, folded.sha256) else {
+            return fail(
+                &mut event,
+                format!(
+                    "district not rebuilt: {} is too big to hold for it (over {} bytes)",
+                    path.display(),
+                    KEEP_FOR_DIFF
+                ),
+            );
+        };
+        if stream.len() + bytes.len() > DISTRICT_MAX_BYTES {
+            return fail(
+                &mut event,
+                format!(
+                    "district not rebuilt: the tree holds more than {} MiB; `foundry-gpu snapshot` folds big trees",
+                    DISTRICT_MAX_BYTES >> 20
+                ),
+            );
+        }
+        let rel = path
+            .strip_prefix(root)
+            .unwrap_or(path)
+            .to_string_lossy()
+            .into_owned();
+        let start = stream.len() as u64;
+        stream.extend_from_slice(bytes);
+        let end = stream.len() as u64;
+        files.push(
+            serde_json::json!({"path": rel, "offset": start, "size": end - start,
+                                      "sha256": hex::encode(sha)}),
+        );
+        regions.push(crate::diff::NamedRange {
+            name: rel.clone(),
+            start,
+            end,
+        });
+        members.insert(rel, hex::encode(sha));
+        mode &= folded.mode;
+    }
+    let root_name = root
+        .file_name()
+        .map_or("root".into(), |n| n.to_string_lossy().into_owned());
+    let version = district.version + 1;
+    let name = match opts.versioned {
+        true => format!("{root_name}.district.v{version}"),
+        false => format!("{root_name}.district"),
+    };
+    let fold_opts = FoldOptions {
+        name: Some(name.clone()),
+        // A stream of many files: their sections and a model's summary belong to the files.
+        sections: fold::SectionChoice::None,
+        llm: None,
+        sidecars: false,
+        output_mode: Some(mode),
+        ..opts.fold.clone()
+    };
+    let folded = fold::fold_bytes_reusing(
+        backend,
+        root,
+        &stream,
+        &OutputTarget::Directory(opts.output.clone()),
+        &fold_opts,
+        &crate::progress::Silent,
+        Some((district.stream.as_deref(), &mut district.reuse)),
+    );
+    let report = match folded {
+        Ok(r) => r,
+        Err(e) => return fail(&mut event, format!("district: {e}")),
+    };
+    let index = serde_json::json!({"format": "foundry-gpu-watched-district", "version": 1,
+        "root": root, "size": stream.len(), "sha256": report.source.sha256_hex(), "files": files});
+    let index_path = opts.output.join(format!("{name}.json"));
+    let mut staged = crate::format::staged::StagedOutputs::new().with_mode(mode);
+    let written = staged
+        .write(&index_path, |w| {
+            serde_json::to_writer_pretty(w, &index).map_err(std::io::Error::other)
+        })
+        .and_then(|_| staged.commit());
+    if let Err(e) = written {
+        return fail(&mut event, format!("district index: {e}"));
+    }
+    event.outputs = report.outputs.iter().map(|o| o.path.clone()).collect();
+    event.outputs.push(index_path);
+    event.refolded = report.refolded;
+    let sha = report.source.sha256;
+    if let Some(previous) = district.stream.take() {
+        let side = |bytes, sha256, regions, members| crate::diff::Side {
+            path: root.to_path_buf(),
+            kind: "district",
+            bytes,
+            sha256,
+            regions,
+            members: Some(members),
+            output_mode: mode,
+        };
+        let previous_sha = crate::analysis::sha256(&previous);
+        let a = side(
+            previous,
+            previous_sha,
+            std::mem::take(&mut district.regions),
+            std::mem::take(&mut district.members),
+        );
+        let b = side(stream, sha, regions, members);
+        let diff_dir = opts.output.join(format!("{name}.diff"));
+        match crate::diff::write_diff(
+            backend,
+            &a,
+            &b,
+            &diff_dir,
+            &Default::default(),
+            Instant::now(),
+        ) {
+            Ok(d) => {
+                event.percent_different = Some(d.totals.percent_of_b_different);
+                event.diff = Some(diff_dir);
+            }
+            Err(e) => event.error = Some(format!("outputs written, diff failed: {e}")),
+        }
+        (stream, regions, members) = (b.bytes, b.regions, b.members.unwrap_or_default());
+    }
+    if let Some(builder) = &opts.publish {
+        if let Err(e) = fold::publish_versioned(&report, builder, opts.versioned.then_some(version))
+        {
+            event.error = Some(format!("outputs written, publishing failed: {e}"));
+        }
+    }
+    event.sha256 = Some(hex::encode(sha));
+    event.size = Some(stream.len() as u64);
+    event.version = version;
+    district.version = version;
+    district.stream = Some(stream);
+    district.regions = regions;
+    district.members = members;
+    event.latency_seconds = since.elapsed().as_secs_f64();
+    event
 }
 
 /// Whether an event path concerns a target (a file target's name in its directory, or anything
@@ -480,6 +720,7 @@ fn refold(
     };
     folded.present = true;
     folded.stamp = before;
+    folded.mode = crate::policy::output_mode_of(path);
     let sha = crate::analysis::sha256(&bytes);
     if folded.sha256 == Some(sha) {
         return None;

@@ -165,10 +165,15 @@ fn edits_deletion_recreation_rename_and_symlink_swaps_are_all_followed() {
 /// Every output the watch wrote for `file` is byte for byte what a fresh `fold` of the same
 /// bytes writes.
 fn assert_outputs_match_a_fresh_fold(file: &Path, out: &Path) {
-    let fresh = tempfile::tempdir().unwrap();
     let name = file.file_name().unwrap().to_str().unwrap();
+    assert_outputs_match_a_fresh_fold_of(&std::fs::read(file).unwrap(), name, out);
+}
+
+/// The outputs `out/NAME.*` are byte for byte what a fresh `fold` of `bytes` named NAME writes.
+fn assert_outputs_match_a_fresh_fold_of(bytes: &[u8], name: &str, out: &Path) {
+    let fresh = tempfile::tempdir().unwrap();
     let copy = fresh.path().join(name);
-    std::fs::copy(file, &copy).unwrap();
+    std::fs::write(&copy, bytes).unwrap();
     let fresh_out = fresh.path().join("out");
     let o = crate::harness::foundry(&[
         "fold",
@@ -475,4 +480,86 @@ fn proc_files_are_polled_and_versioned_publishing_bumps_the_manifest() {
         "versioned names for readers that cache by path"
     );
     assert!(out.join("meminfo.v1.rts.png").exists() && out.join("meminfo.v2.rts.png").exists());
+}
+
+#[test]
+fn a_watched_tree_keeps_its_district_in_step() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    let text = |seed: u8| -> Vec<u8> {
+        (0..20_000u32)
+            .map(|i| b'a' + ((i as u8) ^ seed) % 26)
+            .collect()
+    };
+    let (a, mut b, c) = (text(1), text(2), text(3));
+    std::fs::write(tree.join("a.txt"), &a).unwrap();
+    std::fs::write(tree.join("sub/b.txt"), &b).unwrap();
+    std::fs::write(tree.join("sub/c.key"), &c).unwrap();
+    std::fs::set_permissions(
+        tree.join("sub/c.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let w = Watch::start(&[&tree], &out, &[]);
+    let stream = |parts: &[&[u8]]| parts.concat();
+    let district_of = |w: &Watch, expected: &[u8]| -> Value {
+        let e = w.next("district", 30);
+        assert_eq!(e["sha256"], sha(expected), "{e}");
+        assert_eq!(brick_bytes(&out.join("tree.district.brick")), expected);
+        assert_outputs_match_a_fresh_fold_of(expected, "tree.district", &out);
+        e
+    };
+    let first = district_of(&w, &stream(&[&a, &b, &c]));
+    assert!(
+        first["diff"].is_null(),
+        "nothing to compare the first build with"
+    );
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(out.join("tree.district.json")).unwrap()).unwrap();
+    let files: Vec<(&str, u64)> = index["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["path"].as_str().unwrap(), f["offset"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        files,
+        [("a.txt", 0), ("sub/b.txt", 20_000), ("sub/c.key", 40_000)]
+    );
+    // As private as its most private file.
+    let mode = std::fs::metadata(out.join("tree.district.brick"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // One byte of one file, same size: one page of the district is re-folded.
+    b[10_000] = b'#';
+    std::fs::write(tree.join("sub/b.txt"), &b).unwrap();
+    let e = district_of(&w, &stream(&[&a, &b, &c]));
+    assert_eq!(e["refolded"]["pages"], 1, "{e}");
+    let diff: Value = serde_json::from_slice(
+        &std::fs::read(Path::new(e["diff"].as_str().unwrap()).join("diff.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(diff["members"]["changed"][0], "sub/b.txt");
+
+    // A file added, then one removed: reported by path.
+    std::fs::write(tree.join("sub/d.txt"), "new file").unwrap();
+    let e = district_of(&w, &stream(&[&a, &b, &c, b"new file"]));
+    let diff: Value = serde_json::from_slice(
+        &std::fs::read(Path::new(e["diff"].as_str().unwrap()).join("diff.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(diff["members"]["added"][0], "sub/d.txt");
+    std::fs::remove_file(tree.join("a.txt")).unwrap();
+    let e = district_of(&w, &stream(&[&b, &c, b"new file"]));
+    let diff: Value = serde_json::from_slice(
+        &std::fs::read(Path::new(e["diff"].as_str().unwrap()).join("diff.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(diff["members"]["removed"][0], "a.txt");
 }

@@ -801,6 +801,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 name: None,
                 llm: server.client_if(llm)?,
                 intent: None,
+                output_mode: None,
             };
             if watch {
                 drop(bar);
