@@ -50,13 +50,18 @@ impl Running {
 
     /// Waits for the refold of `path` with the given content hash.
     fn wait_for(&self, path: &Path, sha: &str) {
+        self.wait_until(|e| e.path == path && e.sha256.as_deref() == Some(sha));
+    }
+
+    /// Waits for the first event that `wanted` accepts, returning it.
+    fn wait_until(&self, wanted: impl Fn(&WatchEvent) -> bool) -> WatchEvent {
         loop {
             let e = self
                 .events
                 .recv_timeout(Duration::from_secs(60))
                 .expect("refold");
-            if e.path == path && e.sha256.as_deref() == Some(sha) {
-                return;
+            if wanted(&e) {
+                return e;
             }
         }
     }
@@ -89,13 +94,48 @@ fn report(what: &str, samples: &mut [Duration]) {
 
 /// Edits `file` in place with the `i`-th variant of `base` and times until its brick is updated.
 fn edit_and_wait(running: &Running, file: &Path, base: &mut [u8], i: u64) -> Duration {
+    edit_and_time(running, file, base, i, None).0
+}
+
+/// [`edit_and_wait`], also timing (for a file in the watched tree `district_of`) until the
+/// tree's district is rebuilt.
+fn edit_and_time(
+    running: &Running,
+    file: &Path,
+    base: &mut [u8],
+    i: u64,
+    district_of: Option<&Path>,
+) -> (Duration, Option<Duration>) {
     let at = (i as usize * 7919) % base.len();
     base[at] = base[at].wrapping_add(1);
     let sha = hex::encode(foundry_gpu::analysis::sha256(base));
     let start = Instant::now();
     std::fs::write(file, &*base).unwrap();
     running.wait_for(file, &sha);
-    start.elapsed()
+    let brick = start.elapsed();
+    let district = district_of.map(|root| {
+        running.wait_until(|e| e.path == root && e.kind == "district");
+        start.elapsed()
+    });
+    (brick, district)
+}
+
+/// `count` timed edits after criterion's own (percentiles need raw samples).
+fn sampled_edits(
+    running: &Running,
+    file: &Path,
+    base: &mut [u8],
+    i: &mut u64,
+    count: usize,
+    district_of: Option<&Path>,
+) -> (Vec<Duration>, Vec<Duration>) {
+    (0..count)
+        .map(|_| {
+            *i += 1;
+            edit_and_time(running, file, base, *i, district_of)
+        })
+        .map(|(brick, district)| (brick, district.unwrap_or_default()))
+        .unzip()
 }
 
 fn process_cpu_seconds() -> f64 {
@@ -140,12 +180,7 @@ fn watch_benches(c: &mut Criterion) {
         })
     });
     // Percentiles from a run of their own, after criterion's warm-up and measurement.
-    let mut samples: Vec<Duration> = (0..20)
-        .map(|_| {
-            i += 1;
-            edit_and_wait(&running, &file, &mut base, i)
-        })
-        .collect();
+    let (mut samples, _) = sampled_edits(&running, &file, &mut base, &mut i, 20, None);
     drop(running);
     report("10 MiB file edited in place", &mut samples);
 
@@ -185,13 +220,14 @@ fn watch_benches(c: &mut Criterion) {
                 .sum()
         })
     });
-    let mut samples: Vec<Duration> = (0..100)
-        .map(|_| {
-            i += 1;
-            edit_and_wait(&running, &target, &mut small, i)
-        })
-        .collect();
+    let root = tree.canonicalize().unwrap();
+    let (mut samples, mut districts) =
+        sampled_edits(&running, &target, &mut small, &mut i, 100, Some(&root));
     report("one file changed in a 10,000-file tree", &mut samples);
+    report(
+        "the same change, to the tree's district rebuilt",
+        &mut districts,
+    );
     // Idle: nothing changes for 10 s; the watch should sleep in the kernel.
     let (cpu0, wall0) = (process_cpu_seconds(), Instant::now());
     std::thread::sleep(Duration::from_secs(10));
