@@ -8,7 +8,7 @@
 //! `FOUNDRY_BENCH_DIFF_MIB` (default 256; 1024 for the 1 GiB figure).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use foundry_gpu::diff::{compare, load_side, DiffOptions};
+use foundry_gpu::diff::{compare, load_sides, DiffOptions};
 use foundry_gpu::Backend;
 use std::hint::black_box;
 use std::time::Duration;
@@ -83,8 +83,7 @@ fn diff_benches(c: &mut Criterion) {
         });
         group.bench_function(BenchmarkId::new("diff_compare/cpu", mib), |bench| {
             bench.iter(|| {
-                let sa = load_side(&Backend::Cpu, &pa).unwrap();
-                let sb = load_side(&Backend::Cpu, &pb).unwrap();
+                let (sa, sb) = load_sides(&Backend::Cpu, &pa, &pb).unwrap();
                 black_box(compare(&Backend::Cpu, &sa, &sb, &DiffOptions::default(), None).unwrap())
             })
         });
