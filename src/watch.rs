@@ -761,9 +761,8 @@ fn refold(
     let mut bytes = bytes;
     if let Some(previous) = folded.bytes.take() {
         let diff_dir = dir.join(format!("{name}.diff"));
-        let previous_sha = folded.sha256.map(hex::encode);
-        let a = crate::diff::Side::from_bytes(path, "file", previous, previous_sha.as_deref());
-        let b = crate::diff::Side::from_bytes(path, "file", bytes, Some(&hex::encode(sha)));
+        let a = crate::diff::Side::from_bytes(path, "file", previous, folded.sha256);
+        let b = crate::diff::Side::from_bytes(path, "file", bytes, Some(sha));
         let written = crate::diff::write_diff(
             backend,
             &a,

@@ -53,11 +53,9 @@ impl Side {
         path: &Path,
         kind: &'static str,
         bytes: Vec<u8>,
-        verified_sha256: Option<&str>,
+        verified_sha256: Option<[u8; 32]>,
     ) -> Side {
-        let sha256 = verified_sha256
-            .and_then(|h| hex::decode(h).ok()?.try_into().ok())
-            .unwrap_or_else(|| crate::analysis::sha256(&bytes));
+        let sha256 = verified_sha256.unwrap_or_else(|| crate::analysis::sha256(&bytes));
         let output_mode = match kind {
             "memory" => 0o600,
             _ => crate::policy::output_mode_of(path),
@@ -65,7 +63,11 @@ impl Side {
         Side {
             path: path.to_path_buf(),
             kind,
-            regions: elf_sections(&bytes),
+            // A district's or a process's regions are its files or mappings, set by the caller.
+            regions: match kind {
+                "district" | "memory" => Vec::new(),
+                _ => elf_sections(&bytes),
+            },
             bytes,
             sha256,
             members: None,
@@ -93,19 +95,29 @@ pub fn load_side(backend: &Backend, path: &Path) -> Result<Side> {
     let kind = match detect(path)? {
         FileKind::Raw => {
             let (bytes, sha) = crate::source::read_copy_hashed(path)?;
-            return Ok(Side::from_bytes(
-                path,
-                "file",
-                bytes,
-                Some(&hex::encode(sha)),
-            ));
+            return Ok(Side::from_bytes(path, "file", bytes, Some(sha)));
         }
         FileKind::Brick => "brick",
         FileKind::RtsPng => "rts_png",
         FileKind::PartsIndex => "parts",
     };
+    let (bytes, sha) = decode_verified(backend, path)?;
+    Ok(Side::from_bytes(path, kind, bytes, Some(sha)))
+}
+
+/// [`crate::fold::decode_bytes`], with the verified SHA-256 as bytes.
+fn decode_verified(backend: &Backend, path: &Path) -> Result<(Vec<u8>, [u8; 32])> {
     let (bytes, sha) = crate::fold::decode_bytes(backend, path)?;
-    Ok(Side::from_bytes(path, kind, bytes, Some(&sha)))
+    let sha = hex::decode(&sha)
+        .ok()
+        .and_then(|s| s.try_into().ok())
+        .ok_or_else(|| {
+            Error::malformed(
+                path,
+                format!("recorded SHA-256 {sha:?} is not 64 hex digits"),
+            )
+        })?;
+    Ok((bytes, sha))
 }
 
 fn elf_sections(bytes: &[u8]) -> Vec<NamedRange> {
@@ -137,7 +149,7 @@ fn load_district(backend: &Backend, dir: &Path) -> Result<Side> {
         .as_str()
         .ok_or_else(|| Error::malformed(&index_path, "has no parts_index"))?;
     let parts_path = dir.join(parts);
-    let (bytes, sha) = crate::fold::decode_bytes(backend, &parts_path)?;
+    let (bytes, sha) = decode_verified(backend, &parts_path)?;
     let mut regions = Vec::new();
     let mut members = BTreeMap::new();
     for f in index["files"].as_array().into_iter().flatten() {
@@ -164,7 +176,7 @@ fn load_district(backend: &Backend, dir: &Path) -> Result<Side> {
         members: Some(members),
         output_mode: crate::policy::output_mode_of(&index_path)
             & crate::policy::output_mode_of(&parts_path),
-        ..Side::from_bytes(dir, "district", bytes, Some(&sha))
+        ..Side::from_bytes(dir, "district", bytes, Some(sha))
     })
 }
 
@@ -174,7 +186,7 @@ fn load_memory(backend: &Backend, dir: &Path) -> Result<Side> {
     let district = table["district"]
         .as_str()
         .ok_or_else(|| Error::malformed(&table_path, "has no district"))?;
-    let (bytes, sha) = crate::fold::decode_bytes(backend, &dir.join(district))?;
+    let (bytes, sha) = decode_verified(backend, &dir.join(district))?;
     let mut regions = Vec::new();
     let mut members = BTreeMap::new();
     for r in table["regions"].as_array().into_iter().flatten() {
@@ -201,7 +213,7 @@ fn load_memory(backend: &Backend, dir: &Path) -> Result<Side> {
     Ok(Side {
         regions,
         members: Some(members),
-        ..Side::from_bytes(dir, "memory", bytes, Some(&sha))
+        ..Side::from_bytes(dir, "memory", bytes, Some(sha))
     })
 }
 
