@@ -270,6 +270,11 @@ pub fn watch(
     if paths.is_empty() {
         return Err(Error::Usage("watch needs at least one path".into()));
     }
+    if opts.interval.is_zero() {
+        return Err(Error::Usage(
+            "--interval must be more than 0 (it paces /proc and /sys polling)".into(),
+        ));
+    }
     crate::format::staged::create_dir_all(&opts.output)?;
     // Our own outputs must never trigger us: compare canonical paths.
     let output_root = opts
@@ -292,11 +297,6 @@ pub fn watch(
     }
 
     refuse_shared_outputs(&targets, paths)?;
-    if opts.interval.is_zero() {
-        return Err(Error::Usage(
-            "--interval must be more than 0 (it paces /proc and /sys polling)".into(),
-        ));
-    }
 
     let (tx, rx) = mpsc::channel::<notify::Result<notify::Event>>();
     let mut watcher = notify::recommended_watcher(tx)

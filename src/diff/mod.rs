@@ -338,30 +338,24 @@ fn aligned_from_counts(a: &[u8], b: &[u8], block: usize, counts: &[u32]) -> Alig
         size_difference: b.len() as i64 - a.len() as i64,
         changed_ranges: Vec::new(),
     };
-    // When the sizes differ, the block holding the shorter side's end also holds bytes only
-    // the longer side has: it changed even if the shared bytes match.
-    let first_grown = if a.len() == b.len() {
-        usize::MAX
-    } else {
-        common / block
-    };
+    // When the sizes differ, every block from the one holding the shorter side's end holds
+    // bytes only the longer side has: changed even if the shared bytes match.
+    let first_grown = (a.len() != b.len()).then_some(common / block);
     for (i, pair) in counts.chunks_exact(2).enumerate() {
         if pair[0] == 0 {
             continue;
         }
         out.changed_bytes += u64::from(pair[0]);
         out.changed_pixels += u64::from(pair[1]);
+        if first_grown.is_none_or(|grown| i < grown) {
+            out.changed_blocks += 1;
+        }
         let start = (i * block) as u64;
         let end = (start + block as u64).min(common as u64);
         push_merged(&mut out.changed_ranges, start, end);
     }
-    let changed_in_common = counts
-        .chunks_exact(2)
-        .enumerate()
-        .filter(|(i, pair)| pair[0] > 0 && *i < first_grown)
-        .count() as u64;
-    out.changed_blocks = changed_in_common + out.blocks.saturating_sub(first_grown as u64);
-    if a.len() != b.len() {
+    if let Some(grown) = first_grown {
+        out.changed_blocks += out.blocks - grown as u64;
         push_merged(
             &mut out.changed_ranges,
             common as u64,
