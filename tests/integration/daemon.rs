@@ -1,15 +1,14 @@
 //! The daemon: every task ends exactly once as done or failed, through malformed tasks,
 //! SIGKILL in the middle of work, two daemons on one folder, and SIGTERM.
 
+use crate::harness::{foundry_cmd, wait_for};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 fn daemon(tasks: &Path, extra: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_foundry-gpu"))
-        // Hermetic: an analyze_system task must not reach a real server on this machine.
-        .env("FOUNDRY_LLM_URL", "http://127.0.0.1:9")
+    foundry_cmd()
         .args([
             "daemon",
             "--tasks",
@@ -47,14 +46,6 @@ fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
         }
         assert!(start.elapsed() < limit, "daemon did not exit in time");
         std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < limit, "condition not reached in time");
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -220,7 +211,7 @@ fn sigkill_twice_mid_work_and_every_task_still_ends_exactly_once() {
     let tasks = dir.path().join("tasks");
     drop_tasks(&tasks, 50);
     let mut d = daemon(&tasks, &[]);
-    wait_for(Duration::from_secs(120), || {
+    wait_for(Duration::from_secs(120), "10 tasks done", || {
         count_suffix(&tasks, ".done") >= 10
     });
     d.kill().unwrap(); // SIGKILL
@@ -232,7 +223,7 @@ fn sigkill_twice_mid_work_and_every_task_still_ends_exactly_once() {
         .map(|n| n.split(".task.").next().unwrap().to_string())
         .collect();
     let mut d = daemon(&tasks, &[]);
-    wait_for(Duration::from_secs(120), || {
+    wait_for(Duration::from_secs(120), "25 tasks done", || {
         count_suffix(&tasks, ".done") >= 25
     });
     d.kill().unwrap();
@@ -280,7 +271,7 @@ fn sigterm_finishes_the_current_task_and_exits_zero() {
     )
     .unwrap();
     let mut d = daemon(&tasks, &[]);
-    wait_for(Duration::from_secs(60), || {
+    wait_for(Duration::from_secs(60), "the watch task claimed", || {
         names(&tasks).iter().any(|n| n.contains(".claimed-"))
     });
     std::thread::sleep(Duration::from_millis(300));

@@ -3,11 +3,11 @@
 //! daemon. Each time nothing is lost: no partial outputs, previous outputs intact, and every
 //! task ends exactly once, done or failed with a reason.
 
-use crate::harness::s;
+use crate::harness::{foundry_cmd, s, wait_for};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_foundry-gpu")
@@ -140,14 +140,6 @@ fn tree(root: &Path, n: usize) -> Vec<PathBuf> {
     files
 }
 
-fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < limit, "condition not reached in time");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
 /// Runs a convert_directory task over `tree/` while `meddle` changes the tree once the walk is
 /// done (the output folder appears after it); returns the district index.
 fn run_tree_task_while(
@@ -166,10 +158,11 @@ fn run_tree_task_while(
     let mut command = if as_nobody {
         // Root reads everything whatever the modes say: drop to nobody so they count.
         let mut c = Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", bin()]);
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", bin()])
+            .env("FOUNDRY_LLM_URL", "http://127.0.0.1:9");
         c
     } else {
-        Command::new(bin())
+        foundry_cmd()
     };
     command
         .args([
@@ -180,12 +173,15 @@ fn run_tree_task_while(
             "--backend",
             "cpu",
         ])
-        .env("FOUNDRY_LLM_URL", "http://127.0.0.1:9")
         .env("HOME", dir);
     let district = out.join("t");
     let status = std::thread::scope(|scope| {
         let child = scope.spawn(move || command.output().unwrap());
-        wait_for(Duration::from_secs(60), || district.exists());
+        wait_for(
+            Duration::from_secs(60),
+            "the walk done (output folder made)",
+            || district.exists(),
+        );
         meddle();
         child.join().unwrap()
     });
@@ -276,7 +272,7 @@ fn sigkill_at_random_moments_never_loses_or_repeats_a_finished_task() {
         .unwrap();
     }
     let daemon = |idle: bool| {
-        let mut c = Command::new(bin());
+        let mut c = foundry_cmd();
         c.args([
             "daemon",
             "--tasks",
@@ -284,8 +280,7 @@ fn sigkill_at_random_moments_never_loses_or_repeats_a_finished_task() {
             "--output-root",
             s(&dir.path().join("out")),
         ])
-        .args(["--backend", "cpu", "--poll-ms", "20"])
-        .env("FOUNDRY_LLM_URL", "http://127.0.0.1:9");
+        .args(["--backend", "cpu", "--poll-ms", "20"]);
         if idle {
             c.arg("--exit-when-idle");
         }

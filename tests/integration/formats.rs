@@ -1,7 +1,7 @@
 //! Formats against the contract: golden files, an independent reader, parts, growth,
 //! sidecars, previews that summarise instead of sampling, and atomic outputs.
 
-use crate::harness::{golden, gpu, sample_bytes, spec_d2xy};
+use crate::harness::{backends, golden, gpu, sample_bytes, spec_d2xy};
 use foundry_gpu::fold::{self, FoldOptions, OutputTarget};
 use foundry_gpu::format::preview::{self, Palette, CLASS_COLOURS, NO_DATA};
 use foundry_gpu::format::rts_png::{self, PngCompression};
@@ -9,12 +9,6 @@ use foundry_gpu::format::{brick::Brick, parts::PartsIndex};
 use foundry_gpu::progress::Silent;
 use foundry_gpu::{Backend, Error, Layout};
 use std::path::Path;
-
-fn backends() -> Vec<&'static Backend> {
-    let mut all = vec![&Backend::Cpu];
-    all.extend(gpu());
-    all
-}
 
 fn fold_to(
     backend: &Backend,

@@ -1,8 +1,11 @@
 //! Test harness: which GPU legs run (`FOUNDRY_TEST_GPU`), shared backends, test data,
-//! an independent reference fold written from formats.md, and a byte comparison that reports where.
+//! an independent reference fold written from formats.md, a byte comparison that reports where,
+//! the binary as a hermetic command, and polling with a deadline.
 
 use foundry_gpu::backend::{Backend, BackendChoice, GpuOptions};
+use std::process::Command;
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 /// `FOUNDRY_TEST_GPU`: `require` (CI: fail without an adapter), `auto` (default: skip without one), `off`.
 pub fn gpu_mode() -> String {
@@ -38,6 +41,13 @@ pub fn gpu_small_chunks() -> Option<&'static Backend> {
         })
     })
     .as_ref()
+}
+
+/// The CPU backend, then the GPU one when this run has it.
+pub fn backends() -> Vec<&'static Backend> {
+    let mut all = vec![&Backend::Cpu];
+    all.extend(gpu());
+    all
 }
 
 /// Deterministic bytes with the structure real files have: zero runs, text, noise.
@@ -127,9 +137,31 @@ pub fn assert_same(what: &str, expected: &[u8], actual: &[u8]) {
     }
 }
 
+/// The `foundry-gpu` binary, hermetic about the language model: `FOUNDRY_LLM_URL` points at a
+/// port nothing listens on, so a task that asks for an analysis never reaches a real server on
+/// this machine.
+pub fn foundry_cmd() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_foundry-gpu"));
+    command.env("FOUNDRY_LLM_URL", "http://127.0.0.1:9");
+    command
+}
+
+/// Polls `done` until it holds; panics naming `what` once `limit` has passed, so a condition
+/// that never comes fails the test instead of hanging it.
+pub fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < limit,
+            "not reached within {limit:?}: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Runs the `foundry-gpu` binary with `args`.
 pub fn foundry(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_foundry-gpu"))
+    Command::new(env!("CARGO_BIN_EXE_foundry-gpu"))
         .args(args)
         .output()
         .expect("the binary runs")

@@ -3,14 +3,13 @@
 //! big, too deep, absurd or symlinked out of the folder fail cleanly, outputs keep the source's
 //! secrecy, and `--dry-run` reads and writes nothing.
 
-use crate::harness::{foundry, s};
+use crate::harness::{foundry, foundry_cmd, s};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 /// Runs the daemon once over `tasks` (exits when idle), hermetic about the LLM.
 fn daemon_batch(tasks: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_foundry-gpu"))
-        .env("FOUNDRY_LLM_URL", "http://127.0.0.1:9")
+    foundry_cmd()
         .current_dir(tasks.parent().unwrap())
         .args(["daemon", "--tasks", s(tasks), "--output-root", s(out)])
         .args(["--backend", "cpu", "--poll-ms", "50", "--exit-when-idle"])

@@ -2,18 +2,11 @@
 //! both backends, through the real files; a diff's patch turns A into B for any edit; a manifest
 //! merge keeps every entry it did not place.
 
-use crate::harness::gpu;
+use crate::harness::backends;
 use foundry_gpu::fold::{self, FoldOptions, OutputTarget};
 use foundry_gpu::map::{merge_manifest, Tile};
-use foundry_gpu::Backend;
 use proptest::prelude::*;
 use std::path::Path;
-
-fn backends() -> Vec<&'static Backend> {
-    let mut all = vec![&Backend::Cpu];
-    all.extend(gpu());
-    all
-}
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
