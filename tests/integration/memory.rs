@@ -155,8 +155,12 @@ int main(int argc, char **argv) {
     printf("ready\n");
     fflush(stdout);
     /* Between the first and second snapshot: once the first is on disk, change a page and map
-       a file. */
-    while (access(argv[2], F_OK) != 0) usleep(20 * 1000);
+       a file. A first snapshot that never lands ends the child with status 3 after a minute,
+       which the test reports, rather than hanging it. */
+    for (int waited_ms = 0; access(argv[2], F_OK) != 0; waited_ms += 20) {
+        if (waited_ms >= 60 * 1000) return 3;
+        usleep(20 * 1000);
+    }
     memcpy(p + 40000, "CHANGED", 7);
     int fd = open(argv[1], O_RDONLY);
     void *f = mmap(NULL, 4096, PROT_READ, MAP_PRIVATE, fd, 0);
@@ -199,8 +203,12 @@ fn a_series_reports_a_new_mapping_and_a_changed_page() {
         .output()
         .unwrap();
     child.stdin.as_mut().unwrap().write_all(b"x").unwrap();
-    child.wait().unwrap();
+    let child_status = child.wait().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        child_status.success(),
+        "the child gave up waiting 60 s for the first snapshot's regions.json: {child_status}"
+    );
     let series: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(series["change_detection"]
         .as_str()

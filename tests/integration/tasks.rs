@@ -311,10 +311,14 @@ mod run {
             let watched = watched.clone();
             let first_brick = dir.path().join("out/w/live.txt.brick");
             std::thread::spawn(move || {
-                // Change the file once the first fold has landed, however slow the machine.
-                while !first_brick.exists() {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
+                // Change the file once the first fold has landed, however slow the machine; the
+                // deadline is past the task's own 30 s bound, so only a fold that never lands
+                // trips it.
+                crate::harness::wait_for(
+                    std::time::Duration::from_secs(60),
+                    "the watch task's first fold (out/w/live.txt.brick)",
+                    || first_brick.exists(),
+                );
                 std::fs::write(&watched, "two, longer").unwrap();
             })
         };
@@ -325,7 +329,9 @@ mod run {
             r#"{"task_id": "w", "type": "watch_path", "source": "live.txt", "interval_ms": 100, "max_cycles": 300, "max_refolds": 2, "publish": "out/builder"}"#,
         )
         .unwrap();
-        changer.join().unwrap();
+        changer
+            .join()
+            .expect("the file was changed (the changer's panic is printed above)");
         assert_eq!(r.highlights["refolds"], 2);
         let back =
             foundry_gpu::fold::decode(&Backend::Cpu, &dir.path().join("out/w/live.txt.brick"))
