@@ -4,6 +4,7 @@
 //! secrecy, and `--dry-run` reads and writes nothing.
 
 use crate::harness::{foundry, foundry_cmd, s};
+use serde_json::json;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
@@ -29,6 +30,19 @@ fn task(tasks: &Path, stem: &str, body: &str) {
     std::fs::write(tasks.join(format!("{stem}.task.json")), body).unwrap();
 }
 
+/// The text of a convert_binary task `task_id` folding `source`.
+fn convert_task(task_id: &str, source: &str) -> String {
+    convert_task_with(task_id, source, json!({}))
+}
+
+/// `convert_task` with the fields of the object `extra` added.
+fn convert_task_with(task_id: &str, source: &str, extra: serde_json::Value) -> String {
+    let mut body = json!({"task_id": task_id, "type": "convert_binary", "source": source});
+    let fields = body.as_object_mut().unwrap();
+    fields.extend(extra.as_object().expect("extra is an object").clone());
+    body.to_string()
+}
+
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
@@ -39,11 +53,11 @@ fn the_daemon_refuses_what_the_policy_denies_and_names_the_rule() {
     let (tasks, out) = (dir.path().join("tasks"), dir.path().join("out"));
     std::fs::create_dir_all(&tasks).unwrap();
     std::fs::write(tasks.join("ok.bin"), b"fine bytes").unwrap();
-    std::fs::create_dir_all(dir.path().join("home/.ssh")).unwrap();
     std::fs::write(dir.path().join("elsewhere.bin"), b"not allowed").unwrap();
     std::os::unix::fs::symlink(dir.path().join("elsewhere.bin"), tasks.join("link.bin")).unwrap();
-    let convert =
-        |src: &str| format!(r#"{{"task_id": "t", "type": "convert_binary", "source": "{src}"}}"#);
+    let convert = |source: &str| convert_task("t", source);
+    // Absolute and outside the output root, yet inside this test's own folder.
+    let escape = dir.path().join("escape");
     task(&tasks, "a_ok", &convert("ok.bin"));
     task(&tasks, "b_shadow", &convert("/etc/shadow"));
     task(&tasks, "c_environ", &convert("/proc/self/environ"));
@@ -59,12 +73,12 @@ fn the_daemon_refuses_what_the_policy_denies_and_names_the_rule() {
     task(
         &tasks,
         "i_publish",
-        r#"{"task_id": "p", "type": "convert_binary", "source": "ok.bin", "publish": "/tmp/foundry-escape"}"#,
+        &convert_task_with("p", "ok.bin", json!({"publish": s(&escape)})),
     );
     task(
         &tasks,
         "j_texture",
-        r#"{"task_id": "x", "type": "convert_binary", "source": "ok.bin", "texture_size": 1073741824}"#,
+        &convert_task_with("x", "ok.bin", json!({"texture_size": 1073741824u64})),
     );
     task(
         &tasks,
@@ -106,7 +120,10 @@ fn the_daemon_refuses_what_the_policy_denies_and_names_the_rule() {
             "{stem}: {reason}"
         );
     }
-    assert!(!Path::new("/tmp/foundry-escape").exists());
+    assert!(
+        !escape.exists(),
+        "nothing was published outside the output root"
+    );
 }
 
 #[test]
@@ -120,11 +137,7 @@ fn outputs_cannot_escape_the_output_root_through_a_symlink() {
     std::fs::write(tasks.join("ok.bin"), b"bytes").unwrap();
     // Someone who can write the output root points a task's output folder elsewhere.
     std::os::unix::fs::symlink(&victim, out.join("t")).unwrap();
-    task(
-        &tasks,
-        "escape",
-        r#"{"task_id": "t", "type": "convert_binary", "source": "ok.bin"}"#,
-    );
+    task(&tasks, "escape", &convert_task("t", "ok.bin"));
     let run = daemon_batch(&tasks, &out, &[]);
     assert!(run.status.success());
     let reason = error_reason(&tasks, "escape");
@@ -164,11 +177,7 @@ fn bad_task_files_fail_cleanly_and_a_symlinked_one_is_not_followed_out() {
     )
     .unwrap();
     let outside = dir.path().join("outside.task.json");
-    std::fs::write(
-        &outside,
-        r#"{"task_id": "o", "type": "convert_binary", "source": "ok.bin"}"#,
-    )
-    .unwrap();
+    std::fs::write(&outside, convert_task("o", "ok.bin")).unwrap();
     std::os::unix::fs::symlink(&outside, tasks.join("e_link.task.json")).unwrap();
     let run = daemon_batch(&tasks, &out, &[]);
     assert!(run.status.success());
@@ -218,11 +227,7 @@ fn outputs_keep_what_the_source_hid() {
         std::fs::Permissions::from_mode(0o600),
     )
     .unwrap();
-    task(
-        &tasks,
-        "a",
-        r#"{"task_id": "p", "type": "convert_binary", "source": "private.bin"}"#,
-    );
+    task(&tasks, "a", &convert_task("p", "private.bin"));
     task(
         &tasks,
         "b",
@@ -265,11 +270,7 @@ fn dry_run_prints_the_plan_and_touches_nothing() {
         "a",
         r#"{"task_id": "d", "type": "convert_directory", "source": "tree"}"#,
     );
-    task(
-        &tasks,
-        "b",
-        r#"{"task_id": "s", "type": "convert_binary", "source": "/etc/shadow"}"#,
-    );
+    task(&tasks, "b", &convert_task("s", "/etc/shadow"));
     let run = daemon_batch(&tasks, &out, &["--dry-run"]);
     let text = String::from_utf8_lossy(&run.stdout);
     assert!(run.status.success(), "{text}");
@@ -298,11 +299,7 @@ fn dry_run_prints_the_plan_and_touches_nothing() {
     assert!(single.status.success());
     let plan: serde_json::Value = serde_json::from_slice(&single.stdout).unwrap();
     assert_eq!(plan["walk"]["files"], 1, "{plan}");
-    std::fs::write(
-        tasks.join("one.task.json"),
-        r#"{"task_id": "o", "type": "convert_binary", "source": "tree/a.txt"}"#,
-    )
-    .unwrap();
+    task(&tasks, "one", &convert_task("o", "tree/a.txt"));
     let one = foundry(&[
         "run",
         s(&tasks.join("one.task.json")),
@@ -339,12 +336,8 @@ fn a_policy_file_widens_and_narrows() {
         ),
     )
     .unwrap();
-    let src = s(&dir.path().join("data/x.bin")).to_string();
-    task(
-        &tasks,
-        "a",
-        &format!(r#"{{"task_id": "x", "type": "convert_binary", "source": "{src}"}}"#),
-    );
+    let source = dir.path().join("data/x.bin");
+    task(&tasks, "a", &convert_task("x", s(&source)));
     let run = daemon_batch(&tasks, &out, &["--policy", s(&policy)]);
     assert!(run.status.success());
     let reason = error_reason(&tasks, "a");
@@ -357,11 +350,7 @@ fn a_policy_file_widens_and_narrows() {
         format!("[policy]\nallow = [\"{}\"]\n", s(&dir.path().join("data"))),
     )
     .unwrap();
-    task(
-        &tasks,
-        "b",
-        &format!(r#"{{"task_id": "y", "type": "convert_binary", "source": "{src}"}}"#),
-    );
+    task(&tasks, "b", &convert_task("y", s(&source)));
     let run = daemon_batch(&tasks, &out, &["--policy", s(&policy)]);
     assert!(run.status.success());
     assert!(
@@ -455,9 +444,13 @@ fn run_reads_the_task_file_within_the_policys_max_task_file_bytes() {
     let (tasks, out) = (dir.path().join("tasks"), dir.path().join("out"));
     std::fs::create_dir_all(&tasks).unwrap();
     std::fs::write(tasks.join("ok.bin"), b"bytes").unwrap();
-    let body = r#"{"task_id": "t", "type": "convert_binary", "source": "ok.bin", "intent": "a task file well over sixty-four bytes long"}"#;
+    let body = convert_task_with(
+        "t",
+        "ok.bin",
+        json!({"intent": "a task file well over sixty-four bytes long"}),
+    );
     assert!(body.len() > 64);
-    task(&tasks, "a", body);
+    task(&tasks, "a", &body);
     let policy = dir.path().join("policy.toml");
     std::fs::write(&policy, "[policy]\nmax_task_file_bytes = 64\n").unwrap();
     let run = foundry(&[
@@ -495,7 +488,7 @@ fn a_takeover_sweeps_temporaries_only_in_a_checked_output_folder() {
     // Claimed by a daemon that holds no lock: the next daemon takes it over as attempt 2.
     std::fs::write(
         tasks.join("a.task.json.claimed-gone-a1"),
-        r#"{"task_id": "t", "type": "convert_binary", "source": "ok.bin"}"#,
+        convert_task("t", "ok.bin"),
     )
     .unwrap();
     let run = daemon_batch(&tasks, &out, &[]);
@@ -514,13 +507,13 @@ fn dry_run_refuses_a_destination_outside_the_output_root() {
     let (tasks, out) = (dir.path().join("tasks"), dir.path().join("out"));
     std::fs::create_dir_all(&tasks).unwrap();
     std::fs::write(tasks.join("ok.bin"), b"bytes").unwrap();
-    for (stem, destination) in [("a", "../escape"), ("b", "/tmp/escape.brick")] {
+    // Absolute and outside the output root, yet inside this test's own folder.
+    let absolute = dir.path().join("escape.brick");
+    for (stem, destination) in [("a", "../escape"), ("b", s(&absolute))] {
         task(
             &tasks,
             stem,
-            &format!(
-                r#"{{"task_id": "t", "type": "convert_binary", "source": "ok.bin", "destination": "{destination}"}}"#
-            ),
+            &convert_task_with("t", "ok.bin", json!({"destination": destination})),
         );
         let plan = foundry(&[
             "run",
@@ -543,4 +536,5 @@ fn dry_run_refuses_a_destination_outside_the_output_root() {
         "{text}"
     );
     assert!(!out.exists());
+    assert!(!dir.path().join("escape").exists() && !absolute.exists());
 }
