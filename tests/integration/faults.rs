@@ -141,10 +141,11 @@ fn tree(root: &Path, n: usize) -> Vec<PathBuf> {
 }
 
 /// Runs a convert_directory task over `tree/` while `meddle` changes the tree once the walk is
-/// done (the output folder appears after it); returns the district index.
+/// done (the output folder appears after it); returns the district index. With `modes_count`
+/// the run must be refused what the files' modes refuse.
 fn run_tree_task_while(
     dir: &Path,
-    as_nobody: bool,
+    modes_count: bool,
     meddle: impl FnOnce() + Send,
 ) -> serde_json::Value {
     let tasks = dir.join("tasks");
@@ -155,8 +156,9 @@ fn run_tree_task_while(
         r#"{"task_id": "t", "type": "convert_directory", "source": "tree", "max_files": 100000}"#,
     )
     .unwrap();
-    let mut command = if as_nobody {
-        // Root reads everything whatever the modes say: drop to nobody so they count.
+    // Root reads everything whatever the modes say: it drops to nobody so they count. Any other
+    // user is bound by them already, and could not switch user anyway.
+    let mut command = if modes_count && crate::harness::is_root() {
         let mut c = Command::new("setpriv");
         c.args(["--reuid=65534", "--regid=65534", "--clear-groups", bin()])
             .env("FOUNDRY_LLM_URL", "http://127.0.0.1:9");

@@ -146,6 +146,14 @@ pub fn foundry_cmd() -> Command {
     command
 }
 
+/// True when the tests run as root, who reads every file whatever its mode says.
+pub fn is_root() -> bool {
+    // /proc/self belongs to this process's effective user.
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
+}
+
 /// Polls `done` until it holds; panics naming `what` once `limit` has passed, so a condition
 /// that never comes fails the test instead of hanging it.
 pub fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {

@@ -266,9 +266,6 @@ fn unreadable_files_are_skipped_and_counted() {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o777)).unwrap();
     // Root reads everything, so run the walk as an unprivileged user when we are root.
-    let is_root = std::fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-        .unwrap_or(false);
     let binary = env!("CARGO_BIN_EXE_foundry-gpu");
     let args = [
         "snapshot",
@@ -279,7 +276,7 @@ fn unreadable_files_are_skipped_and_counted() {
         "--backend",
         "cpu",
     ];
-    let output = if is_root {
+    let output = if crate::harness::is_root() {
         Command::new("runuser")
             .args(["-u", "nobody", "--", binary])
             .args(args)
