@@ -1,11 +1,10 @@
 //! The daemon: every task ends exactly once as done or failed, through malformed tasks,
 //! SIGKILL in the middle of work, two daemons on one folder, and SIGTERM.
 
-use crate::harness::{foundry_cmd, wait_for};
-use std::collections::BTreeMap;
+use crate::harness::{foundry_cmd, names_in, runs_per_task, wait_exit, wait_for};
 use std::path::Path;
 use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn daemon(tasks: &Path, extra: &[&str]) -> Child {
     foundry_cmd()
@@ -25,28 +24,11 @@ fn daemon(tasks: &Path, extra: &[&str]) -> Child {
         .unwrap()
 }
 
-fn names(tasks: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(tasks)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
 fn count_suffix(tasks: &Path, suffix: &str) -> usize {
-    names(tasks).iter().filter(|n| n.ends_with(suffix)).count()
-}
-
-fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(start.elapsed() < limit, "daemon did not exit in time");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    names_in(tasks)
+        .iter()
+        .filter(|n| n.ends_with(suffix))
+        .count()
 }
 
 /// `n` quick tasks, each folding its own little file.
@@ -67,7 +49,7 @@ fn drop_tasks(tasks: &Path, n: usize) {
 
 /// Every task ended exactly once, as done, with an output that unfolds to its source.
 fn check_all_done_once(tasks: &Path, n: usize) {
-    let all = names(tasks);
+    let all = names_in(tasks);
     for i in 0..n {
         let stem = format!("t{i:03}");
         let done = all.contains(&format!("{stem}.task.task.json.done"));
@@ -94,19 +76,6 @@ fn check_all_done_once(tasks: &Path, n: usize) {
             .any(|n| n.ends_with(".task.json") || n.contains(".claimed-")),
         "nothing pending or claimed: {all:?}"
     );
-}
-
-fn runs(tasks: &Path) -> BTreeMap<String, usize> {
-    let mut runs = BTreeMap::new();
-    for line in std::fs::read_to_string(tasks.join(".foundry/runs.log"))
-        .unwrap_or_default()
-        .lines()
-    {
-        *runs
-            .entry(line.split(' ').next().unwrap().to_string())
-            .or_insert(0) += 1;
-    }
-    runs
 }
 
 #[test]
@@ -159,7 +128,7 @@ fn malformed_tasks_fail_with_a_reason_and_the_daemon_keeps_going() {
     }
     let mut d = daemon(&tasks, &["--exit-when-idle"]);
     assert!(wait_exit(&mut d, Duration::from_secs(60)).success());
-    let all = names(&tasks);
+    let all = names_in(&tasks);
     for (name, _, error) in &cases {
         let stem = name.split(".task.").next().unwrap();
         let ext = name.rsplit('.').next().unwrap();
@@ -217,7 +186,7 @@ fn sigkill_twice_mid_work_and_every_task_still_ends_exactly_once() {
     d.kill().unwrap(); // SIGKILL
     d.wait().unwrap();
     // A task the dead daemon was holding, if the kill landed mid-task.
-    let held: Vec<String> = names(&tasks)
+    let held: Vec<String> = names_in(&tasks)
         .into_iter()
         .filter(|n| n.contains(".claimed-"))
         .map(|n| n.split(".task.").next().unwrap().to_string())
@@ -232,7 +201,7 @@ fn sigkill_twice_mid_work_and_every_task_still_ends_exactly_once() {
     assert!(wait_exit(&mut d, Duration::from_secs(180)).success());
     check_all_done_once(&tasks, 50);
     // Re-runs happen only for tasks a killed daemon was holding.
-    let runs = runs(&tasks);
+    let runs = runs_per_task(&tasks);
     assert_eq!(runs.len(), 50);
     assert!(runs.values().all(|&n| n <= 2), "{runs:?}");
     for stem in &held {
@@ -254,7 +223,7 @@ fn two_daemons_on_one_folder_never_run_a_task_twice() {
     assert!(wait_exit(&mut a, Duration::from_secs(120)).success());
     assert!(wait_exit(&mut b, Duration::from_secs(120)).success());
     check_all_done_once(&tasks, 30);
-    let runs = runs(&tasks);
+    let runs = runs_per_task(&tasks);
     assert_eq!(runs.len(), 30);
     assert!(runs.values().all(|&n| n == 1), "{runs:?}");
 }
@@ -272,7 +241,7 @@ fn sigterm_finishes_the_current_task_and_exits_zero() {
     .unwrap();
     let mut d = daemon(&tasks, &[]);
     wait_for(Duration::from_secs(60), "the watch task claimed", || {
-        names(&tasks).iter().any(|n| n.contains(".claimed-"))
+        names_in(&tasks).iter().any(|n| n.contains(".claimed-"))
     });
     std::thread::sleep(Duration::from_millis(300));
     let status = Command::new("kill")
@@ -284,5 +253,5 @@ fn sigterm_finishes_the_current_task_and_exits_zero() {
         wait_exit(&mut d, Duration::from_secs(30)).success(),
         "exit 0 on SIGTERM"
     );
-    assert!(names(&tasks).contains(&"w.task.task.json.done".to_string()));
+    assert!(names_in(&tasks).contains(&"w.task.task.json.done".to_string()));
 }

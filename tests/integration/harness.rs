@@ -146,6 +146,31 @@ pub fn foundry_cmd() -> Command {
     command
 }
 
+/// The names in the folder `dir`, sorted.
+pub fn names_in(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// How many times each task of the daemon's folder `tasks` was started, by stem: the daemon
+/// appends a line to `.foundry/runs.log` as it starts each attempt.
+pub fn runs_per_task(tasks: &std::path::Path) -> std::collections::BTreeMap<String, usize> {
+    let mut runs = std::collections::BTreeMap::new();
+    for line in std::fs::read_to_string(tasks.join(".foundry/runs.log"))
+        .unwrap_or_default()
+        .lines()
+    {
+        *runs
+            .entry(line.split(' ').next().unwrap().to_string())
+            .or_insert(0) += 1;
+    }
+    runs
+}
+
 /// True when the tests run as root, who reads every file whatever its mode says.
 pub fn is_root() -> bool {
     // /proc/self belongs to this process's effective user.
@@ -164,6 +189,23 @@ pub fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
             "not reached within {limit:?}: {what}"
         );
         std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Waits for `child` to exit and returns its status; once `limit` has passed it kills the child,
+/// so it does not outlive the test, and panics.
+pub fn wait_exit(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() >= limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("process {} did not exit within {limit:?}", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
