@@ -4,7 +4,7 @@
 use super::align::{Change, DeltaRange};
 use super::NamedRange;
 use crate::backend::Backend;
-use crate::curve::{d2xy, order_for_cells};
+use crate::curve::order_for_cells;
 use crate::error::Result;
 use crate::format::preview::{self, draw_text, fill_rect, LabelledRange, Palette, PreviewImage};
 use crate::kernels::Layout;
@@ -64,29 +64,21 @@ pub fn render_delta(
             *s = (*s).max(rank);
         }
     }
-    let scale = 1usize << (preview_order - stats_order);
-    let width = side as usize;
-    for (run, &s) in status.iter().enumerate() {
+    preview::for_each_cell(&mut image, stats_order, |run, px| {
         if run as u64 * run_len >= b.len() as u64 {
-            continue; // padding stays as rendered
+            return; // padding stays as rendered
         }
-        let (x, y) = d2xy(stats_order, run as u64);
-        for row in 0..scale {
-            let at = ((y as usize * scale + row) * width + x as usize * scale) * 4;
-            for px in image.rgba[at..at + scale * 4].chunks_exact_mut(4) {
-                match s {
-                    0 => {
-                        for c in &mut px[..3] {
-                            *c = (u16::from(*c) * 90 / 256) as u8;
-                        }
-                    }
-                    1 => tint(px, MOVED_COLOUR, 200),
-                    2 => tint(px, INSERTED_COLOUR, 200),
-                    _ => tint(px, CHANGED_COLOUR, 200),
+        match status[run] {
+            0 => {
+                for c in &mut px[..3] {
+                    *c = (u16::from(*c) * 90 / 256) as u8;
                 }
             }
+            1 => tint(px, MOVED_COLOUR, 200),
+            2 => tint(px, INSERTED_COLOUR, 200),
+            _ => tint(px, CHANGED_COLOUR, 200),
         }
-    }
+    });
     let labelled: Vec<LabelledRange> = regions
         .iter()
         .take(64)

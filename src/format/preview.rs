@@ -2,10 +2,10 @@
 //! downscaled by summarising each pixel's whole run of bytes, never by point-sampling.
 
 use crate::backend::Backend;
-use crate::curve::d2xy;
 use crate::error::{Error, Result};
 use crate::kernels::preview_stats::{EntropyTable, RunStats, CLASS_NAMES, MAX_RUN_LEN};
 use crate::kernels::Layout;
+use rayon::prelude::*;
 use std::io::Write;
 
 /// How bytes become colours.
@@ -162,29 +162,60 @@ pub fn render(
     let runs = 1usize << (2 * stats_order);
     let table = EntropyTable::for_run_len(run_len as usize);
     let stats = backend.preview_stats(data, run_len as usize, runs, &table)?;
-
-    let scale = 1usize << (preview_order - stats_order);
-    let width = side as usize;
-    let mut rgba = vec![0u8; width * width * 4];
-    for (run, s) in stats.iter().enumerate() {
-        let px = colour(s, run as u64 * run_len, palette, layout, &table);
-        let (x, y) = d2xy(stats_order, run as u64);
-        for row in 0..scale {
-            let at = ((y as usize * scale + row) * width + x as usize * scale) * 4;
-            for cell in rgba[at..at + scale * 4].chunks_exact_mut(4) {
-                cell.copy_from_slice(&px);
-            }
-        }
-    }
+    let colours: Vec<[u8; 4]> = stats
+        .iter()
+        .enumerate()
+        .map(|(run, s)| colour(s, run as u64 * run_len, palette, layout, &table))
+        .collect();
     let mut image = PreviewImage {
         width: side,
         height: side,
-        rgba,
+        rgba: vec![0u8; side as usize * side as usize * 4],
     };
+    for_each_cell(&mut image, stats_order, |run, px| {
+        px.copy_from_slice(&colours[run])
+    });
     if legend {
         add_legend(&mut image, palette, layout);
     }
     Ok(image)
+}
+
+/// For each cell of a side-`2^order` grid, row-major: the curve index of the cell there. Built
+/// with the tiled CPU fold of the identity sequence, so placing a whole preview costs one fold
+/// instead of a `d2xy` walk per cell.
+pub fn curve_index_grid(order: u32) -> Vec<u32> {
+    let cells = 1usize << (2 * order);
+    let identity: Vec<u8> = (0..cells as u32).flat_map(u32::to_le_bytes).collect();
+    let mut grid = vec![0u32; cells];
+    crate::kernels::fold_rts::fold_rts(&identity, order, &mut grid);
+    grid
+}
+
+/// Calls `paint(cell, pixel)` for every RGBA pixel of the square part of `image` (side
+/// `2^k`), where `cell` is the curve index at `order` (at most k) of the cell covering it.
+pub fn for_each_cell(
+    image: &mut PreviewImage,
+    order: u32,
+    paint: impl Fn(usize, &mut [u8]) + Sync,
+) {
+    let width = image.width as usize;
+    let cells_side = 1usize << order;
+    let scale = width / cells_side;
+    let grid = curve_index_grid(order);
+    // One band of `scale` pixel rows per row of cells, painted in parallel.
+    image.rgba[..width * width * 4]
+        .par_chunks_mut(width * 4 * scale)
+        .zip(grid.par_chunks(cells_side))
+        .for_each(|(band, cells)| {
+            for line in band.chunks_exact_mut(width * 4) {
+                for (block, &cell) in line.chunks_exact_mut(scale * 4).zip(cells) {
+                    for px in block.chunks_exact_mut(4) {
+                        paint(cell as usize, px);
+                    }
+                }
+            }
+        });
 }
 
 /// Draws `text` in the 8x8 font at `(x, y)`, `scale` pixels per font pixel.
@@ -387,15 +418,14 @@ pub fn outline(
             .map(|(i, _)| i)
     };
     let width = side as usize;
+    let owners: Vec<Option<usize>> = (0..1u64 << (2 * cell_order)).map(owner).collect();
+    let grid = curve_index_grid(cell_order);
+    let (cells_side, pixels_per_cell) = (1usize << cell_order, scale as usize);
     let mut labels = vec![None; width * width];
     for (y, row) in labels.chunks_exact_mut(width).enumerate() {
+        let cells = &grid[y / pixels_per_cell * cells_side..][..cells_side];
         for (x, label) in row.iter_mut().enumerate() {
-            let cell = crate::curve::xy2d(
-                cell_order,
-                (x as u64 / scale) as u32,
-                (y as u64 / scale) as u32,
-            );
-            *label = owner(cell);
+            *label = owners[cells[x / pixels_per_cell] as usize];
         }
     }
     for y in 0..width {
