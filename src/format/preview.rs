@@ -163,7 +163,7 @@ pub fn render(
     let table = EntropyTable::for_run_len(run_len as usize);
     let stats = backend.preview_stats(data, run_len as usize, runs, &table)?;
     let colours: Vec<[u8; 4]> = stats
-        .iter()
+        .par_iter()
         .enumerate()
         .map(|(run, s)| colour(s, run as u64 * run_len, palette, layout, &table))
         .collect();
