@@ -172,6 +172,20 @@ struct Folded {
     mode: u32,
 }
 
+/// How long a watched tree must be quiet before its district is rebuilt (at least
+/// `--debounce`; at most `--max-delay` after the first change, for a tree that never rests).
+pub const DISTRICT_QUIET: Duration = Duration::from_millis(250);
+
+impl TreeDistrict {
+    /// When this district should be rebuilt, if it is stale.
+    fn due_at(&self, opts: &WatchOptions) -> Option<Instant> {
+        let (first, last) = (self.since?, self.last_change?);
+        self.stale.then(|| {
+            (last + DISTRICT_QUIET.max(opts.debounce)).min(first + opts.max_delay)
+        })
+    }
+}
+
 /// Largest watched tree whose district is kept: its files' bytes are held in memory to build
 /// it (and the last state for the diff).
 pub const DISTRICT_MAX_BYTES: usize = 256 << 20;
@@ -184,8 +198,9 @@ pub const DISTRICT_MAX_BYTES: usize = 256 << 20;
 struct TreeDistrict {
     /// A file of the tree changed since the district was last built.
     stale: bool,
-    /// When the first of those changes was seen.
+    /// When the first of those changes was seen, and the last.
     since: Option<Instant>,
+    last_change: Option<Instant>,
     /// The stream last folded, its files (path -> SHA-256) and their ranges, for the diff.
     stream: Option<Vec<u8>>,
     members: BTreeMap<String, String>,
@@ -347,8 +362,9 @@ pub fn watch(
         }
         let wake = debouncer
             .next_deadline()
-            .unwrap_or(next_poll)
-            .min(next_poll)
+            .into_iter()
+            .chain(districts.values().filter_map(|d| d.due_at(opts)))
+            .fold(next_poll, Instant::min)
             .min(Instant::now() + Duration::from_millis(200));
         let timeout = wake.saturating_duration_since(Instant::now());
         if let Ok(message) = rx.recv_timeout(timeout) {
@@ -434,6 +450,7 @@ pub fn watch(
                         let district = districts.entry(root.to_path_buf()).or_default();
                         district.stale = true;
                         district.since = Some(district.since.map_or(since, |s| s.min(since)));
+                        district.last_change = Some(Instant::now());
                     }
                 }
                 report(&event);
@@ -444,9 +461,12 @@ pub fn watch(
                 debouncer.event(path.clone(), Instant::now());
             }
         }
-        // A tree's district waits until none of its files is pending, so a burst is one rebuild.
+        // A tree's district waits until none of its files is pending and the tree has been
+        // quiet a while, so a burst of edits is one rebuild and does not hold up their bricks.
+        let now = Instant::now();
         for (root, district) in districts.iter_mut() {
-            if district.stale && !debouncer.is_pending_under(root) {
+            let due = district.due_at(opts).is_some_and(|at| at <= now);
+            if due && !debouncer.is_pending_under(root) {
                 let event = rebuild_district(backend, root, opts, &state, district);
                 if event.kind == "district" {
                     summary.districts += 1;
