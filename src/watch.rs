@@ -180,9 +180,8 @@ impl TreeDistrict {
     /// When this district should be rebuilt, if it is stale.
     fn due_at(&self, opts: &WatchOptions) -> Option<Instant> {
         let (first, last) = (self.since?, self.last_change?);
-        self.stale.then(|| {
-            (last + DISTRICT_QUIET.max(opts.debounce)).min(first + opts.max_delay)
-        })
+        self.stale
+            .then(|| (last + DISTRICT_QUIET.max(opts.debounce)).min(first + opts.max_delay))
     }
 }
 

@@ -225,6 +225,9 @@ impl Shared {
         self.write_status(|s| s.current.push(stem.to_string()));
         let original = self.path(&format!("{stem}.task.{ext}"));
         let outcome = if attempt > MAX_ATTEMPTS {
+            // The last daemon to die on it may have left temporaries too: nothing re-runs to
+            // replace them, so they go now.
+            let _ = self.sweep_temporaries(claimed, &original);
             Err(format!(
                 "gave up after {MAX_ATTEMPTS} attempts: the daemon running it died each time"
             ))
@@ -262,6 +265,41 @@ impl Shared {
         });
     }
 
+    fn read_claimed(
+        &self,
+        claimed: &str,
+        original: &Path,
+    ) -> std::result::Result<super::FoundryTask, String> {
+        super::read_task(
+            &self.path(claimed),
+            original,
+            Some(&self.opts.tasks),
+            self.opts.policy.limits.max_task_file_bytes,
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    fn run_options(&self) -> RunOptions {
+        RunOptions {
+            output_root: self.opts.output_root.clone(),
+            task_root: self.opts.tasks.clone(),
+            publish: self.opts.publish.clone(),
+            llm: self.opts.llm.clone(),
+            policy: Arc::clone(&self.opts.policy),
+        }
+    }
+
+    /// Removes the half-written temporaries a daemon that died running this task may have left
+    /// in its output folder: ours, never renamed into place. Only once the plan has checked
+    /// that folder against the output root, so a planted symlink cannot point the sweep
+    /// elsewhere.
+    fn sweep_temporaries(&self, claimed: &str, original: &Path) -> std::result::Result<(), String> {
+        let task = self.read_claimed(claimed, original)?;
+        let plan = plan_task(&task, &self.run_options()).map_err(|e| e.to_string())?;
+        crate::format::staged::remove_stale_temporaries(&plan.output_dir);
+        Ok(())
+    }
+
     fn run_one(
         &self,
         backend: &Backend,
@@ -270,28 +308,11 @@ impl Shared {
         stem: &str,
         attempt: u32,
     ) -> std::result::Result<(), String> {
-        let task = super::read_task(
-            &self.path(claimed),
-            original,
-            Some(&self.opts.tasks),
-            self.opts.policy.limits.max_task_file_bytes,
-        )
-        .map_err(|e| e.to_string())?;
-        let opts = RunOptions {
-            output_root: self.opts.output_root.clone(),
-            task_root: self.opts.tasks.clone(),
-            publish: self.opts.publish.clone(),
-            llm: self.opts.llm.clone(),
-            policy: Arc::clone(&self.opts.policy),
-        };
         if attempt > 1 {
-            // The daemon that died running it may have left half-written temporaries; they are
-            // ours, were never renamed into place, and the re-run writes fresh ones. Swept only
-            // once the plan has checked the output folder against the output root, so a
-            // planted symlink cannot point the sweep elsewhere.
-            let plan = plan_task(&task, &opts).map_err(|e| e.to_string())?;
-            crate::format::staged::remove_stale_temporaries(&plan.output_dir);
+            self.sweep_temporaries(claimed, original)?;
         }
+        let task = self.read_claimed(claimed, original)?;
+        let opts = self.run_options();
         let report = run_task(backend, &task, original, &opts, &crate::progress::Silent)
             .map_err(|e| e.to_string())?;
         let md = std::fs::read(&report.report_path).map_err(|e| e.to_string())?;

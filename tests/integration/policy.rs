@@ -502,6 +502,33 @@ fn a_takeover_sweeps_temporaries_only_in_a_checked_output_folder() {
 }
 
 #[test]
+fn a_task_given_up_on_leaves_no_temporaries_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tasks, out) = (dir.path().join("tasks"), dir.path().join("out"));
+    std::fs::create_dir_all(&tasks).unwrap();
+    std::fs::create_dir_all(out.join("t")).unwrap();
+    std::fs::write(tasks.join("ok.bin"), b"bytes").unwrap();
+    // What the last daemon to die on it left: a half-written output, beside a file of the
+    // user's that only looks a little like one.
+    let half_written = out.join("t/.t.brick.a1B2c3.tmp");
+    let users = out.join("t/notes.tmp");
+    std::fs::write(&half_written, b"half").unwrap();
+    std::fs::write(&users, b"mine").unwrap();
+    // Its third attempt's daemon is gone: the next take-over is past the limit.
+    std::fs::write(
+        tasks.join("a.task.json.claimed-gone-a3"),
+        convert_task("t", "ok.bin"),
+    )
+    .unwrap();
+    let run = daemon_batch(&tasks, &out, &[]);
+    assert!(run.status.success());
+    let reason = error_reason(&tasks, "a");
+    assert!(reason.contains("gave up after 3 attempts"), "{reason}");
+    assert!(!half_written.exists(), "the temporary was swept");
+    assert!(users.exists(), "only our temporaries go");
+}
+
+#[test]
 fn dry_run_refuses_a_destination_outside_the_output_root() {
     let dir = tempfile::tempdir().unwrap();
     let (tasks, out) = (dir.path().join("tasks"), dir.path().join("out"));
