@@ -200,8 +200,10 @@ struct TreeDistrict {
     /// When the first of those changes was seen, and the last.
     since: Option<Instant>,
     last_change: Option<Instant>,
-    /// The stream last folded, its files (path -> SHA-256) and their ranges, for the diff.
+    /// The stream last folded, its SHA-256, its files (path -> SHA-256) and their ranges, for
+    /// the diff.
     stream: Option<Vec<u8>>,
+    sha256: [u8; 32],
     members: BTreeMap<String, String>,
     regions: Vec<crate::diff::NamedRange>,
     reuse: fold::FoldReuse,
@@ -533,7 +535,11 @@ fn rebuild_district(
         if !folded.present {
             continue;
         }
-        let (Some(bytes), Some(sha)) = (&folded.bytes, folded.sha256) else {
+        // Never folded (unreadable so far): not in the district until it is.
+        let Some(sha) = folded.sha256 else {
+            continue;
+        };
+        let Some(bytes) = &folded.bytes else {
             return fail(
                 &mut event,
                 format!(
@@ -628,10 +634,9 @@ fn rebuild_district(
             members: Some(members),
             output_mode: mode,
         };
-        let previous_sha = crate::analysis::sha256(&previous);
         let a = side(
             previous,
-            previous_sha,
+            district.sha256,
             std::mem::take(&mut district.regions),
             std::mem::take(&mut district.members),
         );
@@ -663,6 +668,7 @@ fn rebuild_district(
     event.size = Some(stream.len() as u64);
     event.version = version;
     district.version = version;
+    district.sha256 = sha;
     district.stream = Some(stream);
     district.regions = regions;
     district.members = members;
