@@ -791,6 +791,11 @@ fn analyze(
     Ok(())
 }
 
+/// Whether `error` is about reading `source` itself (not about writing an output).
+fn is_about(error: &Error, source: &Path) -> bool {
+    matches!(error, Error::Io { path, .. } | Error::Malformed { path, .. } if path == source)
+}
+
 /// `scan_kernel_modules`: every `.ko` under `source`, findings per module, and
 /// `metadata/silicon_district.json` in the map's shape.
 fn scan_modules(
@@ -807,8 +812,9 @@ fn scan_modules(
     let (mut critical, mut high, mut medium, mut low) = (0u64, 0u64, 0u64, 0u64);
     let mut kernel_version = String::new();
     let mut flagged = 0u64;
+    let mut unreadable = Vec::new();
     for file in &walk.files {
-        let folded = fold::fold_file(
+        let folded = match fold::fold_file(
             backend,
             &file.abs,
             &OutputTarget::Directory(out_dir.join("modules")),
@@ -817,7 +823,16 @@ fn scan_modules(
                 ..Default::default()
             },
             &crate::progress::Silent,
-        )?;
+        ) {
+            Ok(folded) => folded,
+            // One module that cannot be read must not cost the scan of the others; a failure
+            // to write the outputs still fails the task.
+            Err(e) if is_about(&e, &file.abs) => {
+                unreadable.push(json!({"path": file.abs, "error": e.to_string()}));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         report.files_read += 1;
         report.bytes_read += folded.source.size;
         report.written.extend(folded.outputs.iter().map(record));
@@ -886,6 +901,12 @@ fn scan_modules(
         modules.push(json!({"path": file.abs, "modinfo": modinfo, "semantic": folded.semantic,
             "findings": findings.iter().map(|(s, f)| json!({"severity": s, "finding": f})).collect::<Vec<_>>()}));
     }
+    if !unreadable.is_empty() {
+        report.notes.push(format!(
+            "{} module(s) could not be read; modules.json lists them under \"unreadable\"",
+            unreadable.len()
+        ));
+    }
     let total = modules.len() as u64;
     let risk = if total == 0 {
         0
@@ -899,8 +920,8 @@ fn scan_modules(
         "kernel_version": kernel_version, "top_vulnerabilities": []}});
     let mut staged = StagedOutputs::new();
     let findings_path = out_dir.join("modules.json");
-    let text =
-        serde_json::to_string_pretty(&json!({"modules": modules})).expect("findings serialise");
+    let text = serde_json::to_string_pretty(&json!({"modules": modules, "unreadable": unreadable}))
+        .expect("findings serialise");
     staged.write(&findings_path, |w| w.write_all(text.as_bytes()))?;
     let silicon = serde_json::to_string_pretty(&district).expect("district serialises");
     let mut targets = vec![out_dir.join("metadata/silicon_district.json")];
@@ -918,6 +939,9 @@ fn scan_modules(
         .filter(|(k, _)| **k != "excluded")
         .map(|(k, v)| (k.to_string(), *v))
         .collect();
+    if !unreadable.is_empty() {
+        *report.skipped.entry("unreadable".into()).or_default() += unreadable.len() as u64;
+    }
     report.highlights.insert("modules".into(), json!(total));
     report.highlights.insert("risk_score".into(), json!(risk));
     report.highlights.insert(

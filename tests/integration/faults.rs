@@ -401,3 +401,69 @@ fn sigkill_mid_task_reruns_that_task_once_and_every_task_ends_exactly_once() {
         .collect();
     assert!(temporaries.is_empty(), "{temporaries:?}");
 }
+
+#[test]
+fn an_unreadable_kernel_module_is_listed_and_the_scan_of_the_others_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mods = dir.path().join("tasks/mods");
+    std::fs::create_dir_all(&mods).unwrap();
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/sample-elf");
+    for name in ["a.ko", "b.ko", "c.ko"] {
+        std::fs::copy(&sample, mods.join(name)).unwrap();
+    }
+    std::fs::set_permissions(mods.join("b.ko"), std::fs::Permissions::from_mode(0o000)).unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let task = dir.path().join("tasks/k.task.json");
+    std::fs::write(
+        &task,
+        r#"{"task_id": "k", "type": "scan_kernel_modules", "source": "mods"}"#,
+    )
+    .unwrap();
+    // Root reads everything whatever the modes say: it drops to nobody so the mode counts.
+    let mut command = if crate::harness::is_root() {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", bin()])
+            .env("FOUNDRY_LLM_URL", "http://127.0.0.1:9");
+        c
+    } else {
+        foundry_cmd()
+    };
+    let run = command
+        .args([
+            "run",
+            s(&task),
+            "--output-root",
+            s(&out),
+            "--backend",
+            "cpu",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let found: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("k/modules.json")).unwrap()).unwrap();
+    let scanned: Vec<&str> = found["modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(scanned.len(), 2, "{scanned:?}");
+    assert!(scanned.iter().all(|p| !p.ends_with("b.ko")));
+    let unreadable = &found["unreadable"][0];
+    assert!(unreadable["path"].as_str().unwrap().ends_with("b.ko"));
+    assert!(
+        unreadable["error"]
+            .as_str()
+            .unwrap()
+            .contains("Permission denied"),
+        "{unreadable}"
+    );
+}
