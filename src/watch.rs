@@ -132,6 +132,25 @@ pub struct WatchEvent {
     pub version: u64,
 }
 
+impl WatchEvent {
+    /// An event of `kind` about `path` at `version`, its outcome still to fill in.
+    fn new(path: &Path, kind: &'static str, version: u64) -> Self {
+        WatchEvent {
+            path: path.to_path_buf(),
+            kind,
+            sha256: None,
+            size: None,
+            outputs: Vec::new(),
+            diff: None,
+            percent_different: None,
+            error: None,
+            refolded: None,
+            latency_seconds: 0.0,
+            version,
+        }
+    }
+}
+
 /// Totals when the watch ends.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct WatchSummary {
@@ -503,19 +522,7 @@ fn rebuild_district(
 ) -> WatchEvent {
     let since = district.since.take().unwrap_or_else(Instant::now);
     district.stale = false;
-    let mut event = WatchEvent {
-        path: root.to_path_buf(),
-        kind: "district",
-        sha256: None,
-        size: None,
-        outputs: Vec::new(),
-        diff: None,
-        percent_different: None,
-        error: None,
-        refolded: None,
-        latency_seconds: 0.0,
-        version: district.version,
-    };
+    let mut event = WatchEvent::new(root, "district", district.version);
     let fail = |event: &mut WatchEvent, why: String| {
         event.kind = "failed";
         event.error = Some(why);
@@ -695,19 +702,7 @@ fn refold(
     folded: &mut Folded,
     since: Instant,
 ) -> Option<WatchEvent> {
-    let mut event = WatchEvent {
-        path: path.to_path_buf(),
-        kind: "refolded",
-        sha256: None,
-        size: None,
-        outputs: Vec::new(),
-        diff: None,
-        percent_different: None,
-        error: None,
-        refolded: None,
-        latency_seconds: 0.0,
-        version: folded.version,
-    };
+    let mut event = WatchEvent::new(path, "refolded", folded.version);
     let before = stamp(path);
     let refused = opts.policy.as_ref().and_then(|p| {
         p.check_source(Path::new("/"), path)

@@ -56,6 +56,18 @@ fn run_with_file_size_limit(limit_kib: u64, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// The binary as a user whom file modes bind. Root reads everything whatever the modes say, so
+/// it drops to nobody; any other user is bound by them already, and could not switch user.
+fn foundry_bound_by_modes() -> Command {
+    if !crate::harness::is_root() {
+        return foundry_cmd();
+    }
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups", bin()])
+        .env("FOUNDRY_LLM_URL", "http://127.0.0.1:9");
+    c
+}
+
 #[test]
 fn a_full_disk_fails_the_task_with_the_reason_and_keeps_the_previous_outputs() {
     let dir = tempfile::tempdir().unwrap();
@@ -156,13 +168,8 @@ fn run_tree_task_while(
         r#"{"task_id": "t", "type": "convert_directory", "source": "tree", "max_files": 100000}"#,
     )
     .unwrap();
-    // Root reads everything whatever the modes say: it drops to nobody so they count. Any other
-    // user is bound by them already, and could not switch user anyway.
-    let mut command = if modes_count && crate::harness::is_root() {
-        let mut c = Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", bin()])
-            .env("FOUNDRY_LLM_URL", "http://127.0.0.1:9");
-        c
+    let mut command = if modes_count {
+        foundry_bound_by_modes()
     } else {
         foundry_cmd()
     };
@@ -422,16 +429,7 @@ fn an_unreadable_kernel_module_is_listed_and_the_scan_of_the_others_goes_on() {
         r#"{"task_id": "k", "type": "scan_kernel_modules", "source": "mods"}"#,
     )
     .unwrap();
-    // Root reads everything whatever the modes say: it drops to nobody so the mode counts.
-    let mut command = if crate::harness::is_root() {
-        let mut c = Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", bin()])
-            .env("FOUNDRY_LLM_URL", "http://127.0.0.1:9");
-        c
-    } else {
-        foundry_cmd()
-    };
-    let run = command
+    let run = foundry_bound_by_modes()
         .args([
             "run",
             s(&task),
