@@ -6,7 +6,7 @@
 use crate::harness::{foundry, foundry_cmd, s};
 use serde_json::json;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Runs the daemon once over `tasks` (exits when idle), hermetic about the LLM.
 fn daemon_batch(tasks: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
@@ -47,11 +47,19 @@ fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
-#[test]
-fn the_daemon_refuses_what_the_policy_denies_and_names_the_rule() {
+/// A test's folders: `tasks/` (made, holding a small `ok.bin`) and `out/` (not made), in a
+/// temporary folder that lives as long as the returned guard.
+fn task_folders() -> (tempfile::TempDir, PathBuf, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let (tasks, out) = (dir.path().join("tasks"), dir.path().join("out"));
     std::fs::create_dir_all(&tasks).unwrap();
+    std::fs::write(tasks.join("ok.bin"), b"bytes").unwrap();
+    (dir, tasks, out)
+}
+
+#[test]
+fn the_daemon_refuses_what_the_policy_denies_and_names_the_rule() {
+    let (dir, tasks, out) = task_folders();
     std::fs::write(tasks.join("ok.bin"), b"fine bytes").unwrap();
     std::fs::write(dir.path().join("elsewhere.bin"), b"not allowed").unwrap();
     std::os::unix::fs::symlink(dir.path().join("elsewhere.bin"), tasks.join("link.bin")).unwrap();
@@ -128,13 +136,10 @@ fn the_daemon_refuses_what_the_policy_denies_and_names_the_rule() {
 
 #[test]
 fn outputs_cannot_escape_the_output_root_through_a_symlink() {
-    let dir = tempfile::tempdir().unwrap();
-    let (tasks, out) = (dir.path().join("tasks"), dir.path().join("out"));
+    let (dir, tasks, out) = task_folders();
     let victim = dir.path().join("victim");
-    std::fs::create_dir_all(&tasks).unwrap();
     std::fs::create_dir_all(&out).unwrap();
     std::fs::create_dir_all(&victim).unwrap();
-    std::fs::write(tasks.join("ok.bin"), b"bytes").unwrap();
     // Someone who can write the output root points a task's output folder elsewhere.
     std::os::unix::fs::symlink(&victim, out.join("t")).unwrap();
     task(&tasks, "escape", &convert_task("t", "ok.bin"));
@@ -151,10 +156,7 @@ fn outputs_cannot_escape_the_output_root_through_a_symlink() {
 
 #[test]
 fn bad_task_files_fail_cleanly_and_a_symlinked_one_is_not_followed_out() {
-    let dir = tempfile::tempdir().unwrap();
-    let (tasks, out) = (dir.path().join("tasks"), dir.path().join("out"));
-    std::fs::create_dir_all(&tasks).unwrap();
-    std::fs::write(tasks.join("ok.bin"), b"bytes").unwrap();
+    let (dir, tasks, out) = task_folders();
     let huge = format!(
         r#"{{"task_id": "big", "type": "convert_binary", "source": "ok.bin", "pad": "{}"}}"#,
         "x".repeat(2 << 20)
@@ -209,8 +211,7 @@ fn bad_task_files_fail_cleanly_and_a_symlinked_one_is_not_followed_out() {
 
 #[test]
 fn outputs_keep_what_the_source_hid() {
-    let dir = tempfile::tempdir().unwrap();
-    let (tasks, out) = (dir.path().join("tasks"), dir.path().join("out"));
+    let (_dir, tasks, out) = task_folders();
     std::fs::create_dir_all(tasks.join("tree")).unwrap();
     let private = tasks.join("private.bin");
     std::fs::write(&private, b"only mine").unwrap();
@@ -259,8 +260,7 @@ fn outputs_keep_what_the_source_hid() {
 
 #[test]
 fn dry_run_prints_the_plan_and_touches_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let (tasks, out) = (dir.path().join("tasks"), dir.path().join("out"));
+    let (_dir, tasks, out) = task_folders();
     std::fs::create_dir_all(tasks.join("tree/.ssh")).unwrap();
     std::fs::write(tasks.join("tree/a.txt"), b"a").unwrap();
     std::fs::write(tasks.join("tree/.ssh/id_ed25519"), b"KEY").unwrap();
@@ -322,9 +322,7 @@ fn dry_run_prints_the_plan_and_touches_nothing() {
 
 #[test]
 fn a_policy_file_widens_and_narrows() {
-    let dir = tempfile::tempdir().unwrap();
-    let (tasks, out) = (dir.path().join("tasks"), dir.path().join("out"));
-    std::fs::create_dir_all(&tasks).unwrap();
+    let (dir, tasks, out) = task_folders();
     std::fs::create_dir_all(dir.path().join("data")).unwrap();
     std::fs::write(dir.path().join("data/x.bin"), vec![7u8; 5000]).unwrap();
     let policy = dir.path().join("policy.toml");
@@ -379,10 +377,8 @@ fn all_paths(dir: &Path) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn a_walk_through_a_symlinked_root_is_judged_by_the_resolved_paths_too() {
-    let dir = tempfile::tempdir().unwrap();
-    let (tasks, out) = (dir.path().join("tasks"), dir.path().join("out"));
+    let (dir, tasks, out) = task_folders();
     let vault = dir.path().join("vault");
-    std::fs::create_dir_all(&tasks).unwrap();
     std::fs::create_dir_all(vault.join("private")).unwrap();
     std::fs::write(vault.join("fine.txt"), b"anyone may fold this").unwrap();
     std::fs::write(vault.join("token.txt"), b"denied as a file").unwrap();
@@ -440,10 +436,7 @@ fn a_walk_through_a_symlinked_root_is_judged_by_the_resolved_paths_too() {
 
 #[test]
 fn run_reads_the_task_file_within_the_policys_max_task_file_bytes() {
-    let dir = tempfile::tempdir().unwrap();
-    let (tasks, out) = (dir.path().join("tasks"), dir.path().join("out"));
-    std::fs::create_dir_all(&tasks).unwrap();
-    std::fs::write(tasks.join("ok.bin"), b"bytes").unwrap();
+    let (dir, tasks, out) = task_folders();
     let body = convert_task_with(
         "t",
         "ok.bin",
@@ -474,13 +467,10 @@ fn run_reads_the_task_file_within_the_policys_max_task_file_bytes() {
 
 #[test]
 fn a_takeover_sweeps_temporaries_only_in_a_checked_output_folder() {
-    let dir = tempfile::tempdir().unwrap();
-    let (tasks, out) = (dir.path().join("tasks"), dir.path().join("out"));
+    let (dir, tasks, out) = task_folders();
     let victim = dir.path().join("victim");
-    std::fs::create_dir_all(&tasks).unwrap();
     std::fs::create_dir_all(&out).unwrap();
     std::fs::create_dir_all(&victim).unwrap();
-    std::fs::write(tasks.join("ok.bin"), b"bytes").unwrap();
     // Named as our temporaries are, but someone else's, reached through a planted symlink.
     let theirs = victim.join(".ledger.db.a1B2c3.tmp");
     std::fs::write(&theirs, b"not ours").unwrap();
@@ -503,11 +493,8 @@ fn a_takeover_sweeps_temporaries_only_in_a_checked_output_folder() {
 
 #[test]
 fn a_task_given_up_on_leaves_no_temporaries_behind() {
-    let dir = tempfile::tempdir().unwrap();
-    let (tasks, out) = (dir.path().join("tasks"), dir.path().join("out"));
-    std::fs::create_dir_all(&tasks).unwrap();
+    let (_dir, tasks, out) = task_folders();
     std::fs::create_dir_all(out.join("t")).unwrap();
-    std::fs::write(tasks.join("ok.bin"), b"bytes").unwrap();
     // What the last daemon to die on it left: a half-written output, beside a file of the
     // user's that only looks a little like one.
     let half_written = out.join("t/.t.brick.a1B2c3.tmp");
@@ -530,10 +517,7 @@ fn a_task_given_up_on_leaves_no_temporaries_behind() {
 
 #[test]
 fn dry_run_refuses_a_destination_outside_the_output_root() {
-    let dir = tempfile::tempdir().unwrap();
-    let (tasks, out) = (dir.path().join("tasks"), dir.path().join("out"));
-    std::fs::create_dir_all(&tasks).unwrap();
-    std::fs::write(tasks.join("ok.bin"), b"bytes").unwrap();
+    let (dir, tasks, out) = task_folders();
     // Absolute and outside the output root, yet inside this test's own folder.
     let absolute = dir.path().join("escape.brick");
     for (stem, destination) in [("a", "../escape"), ("b", s(&absolute))] {
