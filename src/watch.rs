@@ -149,6 +149,34 @@ impl WatchEvent {
             version,
         }
     }
+
+    /// Writes the diff from `a` to `b` into `dir` and records it, or why it failed (the
+    /// outputs already stand either way).
+    fn record_diff(
+        &mut self,
+        backend: &Backend,
+        a: &crate::diff::Side,
+        b: &crate::diff::Side,
+        dir: PathBuf,
+    ) {
+        match crate::diff::write_diff(backend, a, b, &dir, &Default::default(), Instant::now()) {
+            Ok(d) => {
+                self.percent_different = Some(d.totals.percent_of_b_different);
+                self.diff = Some(dir);
+            }
+            Err(e) => self.error = Some(format!("outputs written, diff failed: {e}")),
+        }
+    }
+
+    /// Publishes a re-fold's outputs when the watch publishes, recording a failure.
+    fn republish(&mut self, report: &fold::FoldReport, opts: &WatchOptions, version: u64) {
+        if let Some(builder) = &opts.publish {
+            let tile_version = opts.versioned.then_some(version);
+            if let Err(e) = fold::publish_versioned(report, builder, tile_version) {
+                self.error = Some(format!("outputs written, publishing failed: {e}"));
+            }
+        }
+    }
 }
 
 /// Totals when the watch ends.
@@ -648,29 +676,10 @@ fn rebuild_district(
             std::mem::take(&mut district.members),
         );
         let b = side(stream, sha, regions, members);
-        let diff_dir = opts.output.join(format!("{name}.diff"));
-        match crate::diff::write_diff(
-            backend,
-            &a,
-            &b,
-            &diff_dir,
-            &Default::default(),
-            Instant::now(),
-        ) {
-            Ok(d) => {
-                event.percent_different = Some(d.totals.percent_of_b_different);
-                event.diff = Some(diff_dir);
-            }
-            Err(e) => event.error = Some(format!("outputs written, diff failed: {e}")),
-        }
+        event.record_diff(backend, &a, &b, opts.output.join(format!("{name}.diff")));
         (stream, regions, members) = (b.bytes, b.regions, b.members.unwrap_or_default());
     }
-    if let Some(builder) = &opts.publish {
-        if let Err(e) = fold::publish_versioned(&report, builder, opts.versioned.then_some(version))
-        {
-            event.error = Some(format!("outputs written, publishing failed: {e}"));
-        }
-    }
+    event.republish(&report, opts, version);
     event.sha256 = Some(hex::encode(sha));
     event.size = Some(stream.len() as u64);
     event.version = version;
@@ -780,32 +789,12 @@ fn refold(
     event.refolded = report.refolded;
     let mut bytes = bytes;
     if let Some(previous) = folded.bytes.take() {
-        let diff_dir = dir.join(format!("{name}.diff"));
         let a = crate::diff::Side::from_bytes(path, "file", previous, folded.sha256);
         let b = crate::diff::Side::from_bytes(path, "file", bytes, Some(sha));
-        let written = crate::diff::write_diff(
-            backend,
-            &a,
-            &b,
-            &diff_dir,
-            &Default::default(),
-            Instant::now(),
-        );
+        event.record_diff(backend, &a, &b, dir.join(format!("{name}.diff")));
         bytes = b.bytes;
-        match written {
-            Ok(d) => {
-                event.percent_different = Some(d.totals.percent_of_b_different);
-                event.diff = Some(diff_dir);
-            }
-            Err(e) => event.error = Some(format!("outputs written, diff failed: {e}")),
-        }
     }
-    if let Some(builder) = &opts.publish {
-        let tile_version = opts.versioned.then_some(version);
-        if let Err(e) = fold::publish_versioned(&report, builder, tile_version) {
-            event.error = Some(format!("outputs written, publishing failed: {e}"));
-        }
-    }
+    event.republish(&report, opts, version);
     folded.sha256 = Some(sha);
     folded.version = version;
     event.version = version;
