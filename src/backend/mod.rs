@@ -188,7 +188,6 @@ impl Backend {
                 return Ok((counts, None));
             }
         };
-        let uploaded_before = g.uploaded_bytes();
         let kept = series
             .last
             .take()
@@ -212,9 +211,11 @@ impl Backend {
             counts[block * 2 + 1] += u32::from(differing > 0);
         }
         series.last = Some(b_on_device);
+        // Counted from what this comparison sent, not from the device's running total, which
+        // other threads sharing the backend also add to.
         let used = DeviceUse {
             a_resident,
-            uploaded_bytes: g.uploaded_bytes() - uploaded_before,
+            uploaded_bytes: (b.bytes.len() + if a_resident { 0 } else { a.bytes.len() }) as u64,
         };
         Ok((counts, Some(used)))
     }
