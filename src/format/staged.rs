@@ -75,16 +75,36 @@ pub fn create_dir_all(dir: &Path) -> Result<()> {
 
 /// Whether `name` is one of our temporaries: `.NAME.XXXXXX.tmp`, six random characters.
 fn is_staged_temporary(name: &str) -> bool {
-    let Some(rest) = name.strip_suffix(".tmp") else {
-        return false;
-    };
-    let Some((stem, random)) = rest.rsplit_once('.') else {
-        return false;
-    };
-    stem.len() > 1
-        && stem.starts_with('.')
+    staged_target(name).is_some()
+}
+
+/// The NAME a temporary `.NAME.XXXXXX.tmp` was staged for, if `name` is one.
+fn staged_target(name: &str) -> Option<&str> {
+    let (stem, random) = name.strip_suffix(".tmp")?.rsplit_once('.')?;
+    let target = stem.strip_prefix('.')?;
+    let ours = !target.is_empty()
         && random.len() == 6
-        && random.bytes().all(|b| b.is_ascii_alphanumeric())
+        && random.bytes().all(|b| b.is_ascii_alphanumeric());
+    ours.then_some(target)
+}
+
+/// Removes the temporaries a killed writer left for the one file `path` (in its folder, which
+/// may hold other writers' temporaries that are still live). Returns how many.
+pub fn remove_stale_temporaries_for(path: &Path) -> usize {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return 0;
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .filter(|e| {
+            staged_target(&e.file_name().to_string_lossy()) == Some(&*name.to_string_lossy())
+        })
+        .filter(|e| std::fs::remove_file(e.path()).is_ok())
+        .count()
 }
 
 /// Removes the temporaries a killed writer left below `dir` (regular files named as

@@ -227,7 +227,7 @@ impl Shared {
         let outcome = if attempt > MAX_ATTEMPTS {
             // The last daemon to die on it may have left temporaries too: nothing re-runs to
             // replace them, so they go now.
-            let _ = self.sweep_temporaries(claimed, &original);
+            let _ = self.sweep_temporaries(claimed, &original, stem);
             Err(format!(
                 "gave up after {MAX_ATTEMPTS} attempts: the daemon running it died each time"
             ))
@@ -293,7 +293,19 @@ impl Shared {
     /// in its output folder: ours, never renamed into place. Only once the plan has checked
     /// that folder against the output root, so a planted symlink cannot point the sweep
     /// elsewhere.
-    fn sweep_temporaries(&self, claimed: &str, original: &Path) -> std::result::Result<(), String> {
+    fn sweep_temporaries(
+        &self,
+        claimed: &str,
+        original: &Path,
+        stem: &str,
+    ) -> std::result::Result<(), String> {
+        // Its own report and error file, staged in the task folder beside other tasks' (which
+        // may be live): only the temporaries for those two names.
+        for own in ["report.md", "error.json"] {
+            crate::format::staged::remove_stale_temporaries_for(
+                &self.path(&format!("{stem}.{own}")),
+            );
+        }
         let task = self.read_claimed(claimed, original)?;
         let plan = plan_task(&task, &self.run_options()).map_err(|e| e.to_string())?;
         crate::format::staged::remove_stale_temporaries(&plan.output_dir);
@@ -309,7 +321,7 @@ impl Shared {
         attempt: u32,
     ) -> std::result::Result<(), String> {
         if attempt > 1 {
-            self.sweep_temporaries(claimed, original)?;
+            self.sweep_temporaries(claimed, original, stem)?;
         }
         let task = self.read_claimed(claimed, original)?;
         let opts = self.run_options();

@@ -501,6 +501,11 @@ fn a_task_given_up_on_leaves_no_temporaries_behind() {
     let users = out.join("t/notes.tmp");
     std::fs::write(&half_written, b"half").unwrap();
     std::fs::write(&users, b"mine").unwrap();
+    // Its own report, half-written in the task folder, beside another task's that may be live.
+    let own_report = tasks.join(".a.report.md.Zz9Yy8.tmp");
+    let other_report = tasks.join(".b.report.md.Q1w2E3.tmp");
+    std::fs::write(&own_report, b"half").unwrap();
+    std::fs::write(&other_report, b"live").unwrap();
     // Its third attempt's daemon is gone: the next take-over is past the limit.
     std::fs::write(
         tasks.join("a.task.json.claimed-gone-a3"),
@@ -513,6 +518,8 @@ fn a_task_given_up_on_leaves_no_temporaries_behind() {
     assert!(reason.contains("gave up after 3 attempts"), "{reason}");
     assert!(!half_written.exists(), "the temporary was swept");
     assert!(users.exists(), "only our temporaries go");
+    assert!(!own_report.exists(), "its own report's temporary was swept");
+    assert!(other_report.exists(), "another task's temporary stays");
 }
 
 #[test]
