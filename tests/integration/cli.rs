@@ -1,7 +1,7 @@
 //! The command line as a user meets it: outputs, JSON, exit codes, and one clear
 //! error line naming the file for every kind of bad input, with nothing left behind.
 
-use crate::harness::{foundry, golden, gpu, s, sample_bytes};
+use crate::harness::{foundry, golden, gpu_leg, s, sample_bytes};
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -76,7 +76,12 @@ fn every_run_says_which_backend_did_the_work() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("backend: cpu"), "{}", stderr(&o));
-    if gpu().is_some() {
+}
+
+gpu_leg! {
+    fn gpu_runs_say_which_adapter_did_the_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("h.brick");
         let o = foundry(&[
             "fold",
             s(&golden("hello.txt")),

@@ -1,7 +1,7 @@
 //! ELF inputs: section maps with exact pixel regions, per-section bricks, overlay previews,
 //! stripped / relocatable / 32-bit / big-endian / corrupt files, and kernel-module `.modinfo`.
 
-use crate::harness::gpu;
+use crate::harness::twin_legs;
 use foundry_gpu::curve::xy2d;
 use foundry_gpu::fold::{self, FoldOptions, OutputTarget, SectionChoice};
 use foundry_gpu::format::brick::{flags, Brick};
@@ -294,8 +294,7 @@ fn corrupt_elf_folds_as_plain_bytes_with_a_warning() {
     }
 }
 
-#[test]
-fn kernel_module_modinfo_is_read_into_the_metadata() {
+fn kernel_module_modinfo_is_read_into_the_metadata_on(backend: &Backend) {
     let dir = tempfile::tempdir().unwrap();
     let source = r#"
 __attribute__((section(".modinfo"), used, aligned(1))) static const char modinfo[] =
@@ -306,30 +305,29 @@ int init_module(void) { return 0; }
 void cleanup_module(void) {}
 "#;
     let ko = gcc(dir.path(), source, "foundry_test.ko", &["-c", "-O2"]);
-    let backends: Vec<&Backend> = std::iter::once(&Backend::Cpu).chain(gpu()).collect();
-    for backend in backends {
-        let out = dir.path().join(format!("out-{}", backend.label()));
-        let report = fold::fold_file(
-            backend,
-            &ko,
-            &OutputTarget::Directory(out.clone()),
-            &FoldOptions::default(),
-            &Silent,
-        )
-        .unwrap();
-        let e = report.elf.unwrap();
-        assert_eq!(e.kind, "relocatable");
-        let m = e.modinfo.expect("modinfo");
-        assert_eq!(m.name.as_deref(), Some("foundry_test"));
-        assert_eq!(m.license.as_deref(), Some("GPL"));
-        assert_eq!(m.version.as_deref(), Some("1.2.3"));
-        assert_eq!(m.depends, ["libcrc32c", "nf_conntrack"]);
-        assert!(m.vermagic.unwrap().starts_with("6.1.0-13-amd64"));
-        assert_eq!(m.parameters[0].name, "debug");
-        assert_eq!(m.parameters[0].kind.as_deref(), Some("int"));
-        let rts = foundry_gpu::format::rts_png::RtsPng::read(&out.join("foundry_test.ko.rts.png"))
-            .unwrap();
-        assert_eq!(rts.metadata["elf"]["modinfo"]["license"], "GPL");
-        assert!(rts.text.is_ascii());
-    }
+    let out = dir.path().join(format!("out-{}", backend.label()));
+    let report = fold::fold_file(
+        backend,
+        &ko,
+        &OutputTarget::Directory(out.clone()),
+        &FoldOptions::default(),
+        &Silent,
+    )
+    .unwrap();
+    let e = report.elf.unwrap();
+    assert_eq!(e.kind, "relocatable");
+    let m = e.modinfo.expect("modinfo");
+    assert_eq!(m.name.as_deref(), Some("foundry_test"));
+    assert_eq!(m.license.as_deref(), Some("GPL"));
+    assert_eq!(m.version.as_deref(), Some("1.2.3"));
+    assert_eq!(m.depends, ["libcrc32c", "nf_conntrack"]);
+    assert!(m.vermagic.unwrap().starts_with("6.1.0-13-amd64"));
+    assert_eq!(m.parameters[0].name, "debug");
+    assert_eq!(m.parameters[0].kind.as_deref(), Some("int"));
+    let rts =
+        foundry_gpu::format::rts_png::RtsPng::read(&out.join("foundry_test.ko.rts.png")).unwrap();
+    assert_eq!(rts.metadata["elf"]["modinfo"]["license"], "GPL");
+    assert!(rts.text.is_ascii());
 }
+
+twin_legs!(kernel_module_modinfo_is_read_into_the_metadata_on: kernel_module_modinfo_is_read_into_the_metadata, kernel_module_modinfo_is_read_into_the_metadata_gpu);

@@ -1,7 +1,7 @@
 //! Formats against the contract: golden files, an independent reader, parts, growth,
 //! sidecars, previews that summarise instead of sampling, and atomic outputs.
 
-use crate::harness::{backends, golden, gpu, sample_bytes, spec_d2xy};
+use crate::harness::{golden, sample_bytes, spec_d2xy, twin_legs};
 use foundry_gpu::fold::{self, FoldOptions, OutputTarget};
 use foundry_gpu::format::preview::{self, Palette, CLASS_COLOURS, NO_DATA};
 use foundry_gpu::format::rts_png::{self, PngCompression};
@@ -19,40 +19,38 @@ fn fold_to(
     fold::fold_file(backend, input, &target, opts, &Silent).unwrap()
 }
 
-#[test]
-fn hello_txt_at_side_8_is_the_golden_brick_byte_for_byte() {
+fn hello_txt_at_side_8_is_the_golden_brick_byte_for_byte_on(backend: &Backend) {
     let dir = tempfile::tempdir().unwrap();
-    for backend in backends() {
-        let out = dir.path().join(format!("{}.brick", backend.label()));
-        let opts = FoldOptions {
-            texture_size: Some(8),
-            ..Default::default()
-        };
-        fold_to(
-            backend,
-            &golden("hello.txt"),
-            OutputTarget::Brick(out.clone()),
-            &opts,
-        );
-        assert_eq!(
-            std::fs::read(&out).unwrap(),
-            std::fs::read(golden("hello.brick")).unwrap(),
-            "{}",
-            backend.label()
-        );
-    }
+    let out = dir.path().join(format!("{}.brick", backend.label()));
+    let opts = FoldOptions {
+        texture_size: Some(8),
+        ..Default::default()
+    };
+    fold_to(
+        backend,
+        &golden("hello.txt"),
+        OutputTarget::Brick(out.clone()),
+        &opts,
+    );
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        std::fs::read(golden("hello.brick")).unwrap(),
+        "{}",
+        backend.label()
+    );
 }
 
-#[test]
-fn golden_rts_png_decodes_and_passes_info() {
-    for backend in backends() {
-        let decoded = fold::decode(backend, &golden("hello.rts.png")).unwrap();
-        assert_eq!(decoded.bytes, std::fs::read(golden("hello.txt")).unwrap());
-        let report = fold::info(backend, &golden("hello.rts.png")).unwrap();
-        assert!(report.valid, "{:?}", report.problems);
-        assert!(fold::info(backend, &golden("hello.brick")).unwrap().valid);
-    }
+twin_legs!(hello_txt_at_side_8_is_the_golden_brick_byte_for_byte_on: hello_txt_at_side_8_is_the_golden_brick_byte_for_byte, hello_txt_at_side_8_is_the_golden_brick_byte_for_byte_gpu);
+
+fn golden_rts_png_decodes_and_passes_info_on(backend: &Backend) {
+    let decoded = fold::decode(backend, &golden("hello.rts.png")).unwrap();
+    assert_eq!(decoded.bytes, std::fs::read(golden("hello.txt")).unwrap());
+    let report = fold::info(backend, &golden("hello.rts.png")).unwrap();
+    assert!(report.valid, "{:?}", report.problems);
+    assert!(fold::info(backend, &golden("hello.brick")).unwrap().valid);
 }
+
+twin_legs!(golden_rts_png_decodes_and_passes_info_on: golden_rts_png_decodes_and_passes_info, golden_rts_png_decodes_and_passes_info_gpu);
 
 /// Reads an `.rts.png` with the png crate and the spec's own curve, not the crate's decoder.
 fn independent_decode(path: &Path) -> Vec<u8> {
@@ -166,8 +164,7 @@ fn rts_metadata_is_ascii_and_complete() {
     }
 }
 
-#[test]
-fn large_inputs_split_into_parts_and_unfold_from_the_index() {
+fn large_inputs_split_into_parts_and_unfold_from_the_index_on(backend: &Backend) {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("big.img");
     let data = sample_bytes(200_000, 4);
@@ -177,39 +174,37 @@ fn large_inputs_split_into_parts_and_unfold_from_the_index() {
         max_side: 128,
         ..Default::default()
     };
-    for backend in backends() {
-        let report = fold_to(backend, &input, OutputTarget::Directory(out.clone()), &opts);
-        assert_eq!(report.parts, 13, "200000 bytes in 16384-byte parts");
-        assert!(report
-            .notes
-            .iter()
-            .any(|n| n.contains("split into 13 parts")));
-        let index = PartsIndex::read(&out.join("big.img.parts.json")).unwrap();
-        assert_eq!(index.parts.len(), 13);
-        assert_eq!(index.parts[12].size, 200_000 - 12 * 16384);
-        assert_eq!(index.parts[3].brick.as_deref(), Some("big.img.003.brick"));
-        assert_eq!(
-            index.parts[3].rts_png.as_deref(),
-            Some("big.img.003.rts.png")
-        );
-        let part = Brick::read(&out.join("big.img.003.brick")).unwrap();
-        assert_eq!(part.header.width, 128);
-        assert_eq!(part.header.original_size, 16384);
-        assert!(
-            out.join("big.img.003.brick.meta.json").exists(),
-            "parts record the split in a sidecar"
-        );
-        let back = dir.path().join("back.img");
-        let unfolded =
-            fold::unfold_file(backend, &out.join("big.img.parts.json"), &back, &Silent).unwrap();
-        assert_eq!(unfolded.parts, 13);
-        assert_eq!(std::fs::read(&back).unwrap(), data);
-        assert!(
-            fold::info(backend, &out.join("big.img.parts.json"))
-                .unwrap()
-                .valid
-        );
-    }
+    let report = fold_to(backend, &input, OutputTarget::Directory(out.clone()), &opts);
+    assert_eq!(report.parts, 13, "200000 bytes in 16384-byte parts");
+    assert!(report
+        .notes
+        .iter()
+        .any(|n| n.contains("split into 13 parts")));
+    let index = PartsIndex::read(&out.join("big.img.parts.json")).unwrap();
+    assert_eq!(index.parts.len(), 13);
+    assert_eq!(index.parts[12].size, 200_000 - 12 * 16384);
+    assert_eq!(index.parts[3].brick.as_deref(), Some("big.img.003.brick"));
+    assert_eq!(
+        index.parts[3].rts_png.as_deref(),
+        Some("big.img.003.rts.png")
+    );
+    let part = Brick::read(&out.join("big.img.003.brick")).unwrap();
+    assert_eq!(part.header.width, 128);
+    assert_eq!(part.header.original_size, 16384);
+    assert!(
+        out.join("big.img.003.brick.meta.json").exists(),
+        "parts record the split in a sidecar"
+    );
+    let back = dir.path().join("back.img");
+    let unfolded =
+        fold::unfold_file(backend, &out.join("big.img.parts.json"), &back, &Silent).unwrap();
+    assert_eq!(unfolded.parts, 13);
+    assert_eq!(std::fs::read(&back).unwrap(), data);
+    assert!(
+        fold::info(backend, &out.join("big.img.parts.json"))
+            .unwrap()
+            .valid
+    );
     // Unfolding falls back to the .rts.png of a part whose .brick is gone.
     std::fs::remove_file(out.join("big.img.005.brick")).unwrap();
     let back = dir.path().join("back2.img");
@@ -238,6 +233,8 @@ fn large_inputs_split_into_parts_and_unfold_from_the_index() {
     assert!(matches!(err, Error::HashMismatch { .. }), "{err}");
     assert!(!back.exists());
 }
+
+twin_legs!(large_inputs_split_into_parts_and_unfold_from_the_index_on: large_inputs_split_into_parts_and_unfold_from_the_index, large_inputs_split_into_parts_and_unfold_from_the_index_gpu);
 
 #[test]
 fn too_small_texture_size_grows_with_a_note_and_never_truncates() {
@@ -318,56 +315,54 @@ fn sidecars_are_both_written_identical_to_the_text() {
     );
 }
 
-#[test]
-fn preview_pixels_summarise_their_whole_byte_range() {
+fn preview_pixels_summarise_their_whole_byte_range_on(backend: &Backend) {
     // 4096 zero bytes, then 4096 0xFF bytes, then 4096 bytes alternating 'A' and 0x00.
     let mut data = vec![0u8; 4096];
     data.extend(vec![0xFFu8; 4096]);
     data.extend((0..4096).map(|i| if i % 2 == 0 { b'A' } else { 0 }));
     // Brick of order 7 (128x128 = 16384 cells) previewed at 16: runs of 64 bytes.
-    for backend in backends() {
-        let image = preview::render(
-            backend,
-            &data,
-            Layout::Brick,
-            7,
-            Palette::Byteclass,
-            16,
-            false,
-        )
-        .unwrap();
-        let pixel_of_run = |run: u64| {
-            let (x, y) = spec_d2xy(4, run);
-            image.rgba[(y * 16 + x) * 4..][..3].to_vec()
-        };
-        assert_eq!(pixel_of_run(0), CLASS_COLOURS[0]);
-        assert_eq!(pixel_of_run(64), CLASS_COLOURS[4]);
-        let blend: Vec<u8> = CLASS_COLOURS[2]
-            .iter()
-            .zip(CLASS_COLOURS[0])
-            .map(|(a, b)| (*a as u32 + b as u32).div_ceil(2) as u8)
-            .collect();
-        assert_eq!(
-            pixel_of_run(128),
-            blend,
-            "a half-ASCII, half-zero run blends, it is not point-sampled"
-        );
-        assert_eq!(pixel_of_run(255), NO_DATA);
-        let entropy =
-            preview::render(backend, &data, Layout::Brick, 7, Palette::Entropy, 16, true).unwrap();
-        assert_eq!(entropy.height, 16 + 12, "legend strip");
-        let (x, y) = spec_d2xy(4, 128);
-        let px = &entropy.rgba[(y * 16 + x) * 4..][..3];
-        assert_eq!(
-            px,
-            preview::entropy_colour(1.0 / 8.0),
-            "two equally likely values: 1 bit/byte"
-        );
-    }
+    let image = preview::render(
+        backend,
+        &data,
+        Layout::Brick,
+        7,
+        Palette::Byteclass,
+        16,
+        false,
+    )
+    .unwrap();
+    let pixel_of_run = |run: u64| {
+        let (x, y) = spec_d2xy(4, run);
+        image.rgba[(y * 16 + x) * 4..][..3].to_vec()
+    };
+    assert_eq!(pixel_of_run(0), CLASS_COLOURS[0]);
+    assert_eq!(pixel_of_run(64), CLASS_COLOURS[4]);
+    let blend: Vec<u8> = CLASS_COLOURS[2]
+        .iter()
+        .zip(CLASS_COLOURS[0])
+        .map(|(a, b)| (*a as u32 + b as u32).div_ceil(2) as u8)
+        .collect();
+    assert_eq!(
+        pixel_of_run(128),
+        blend,
+        "a half-ASCII, half-zero run blends, it is not point-sampled"
+    );
+    assert_eq!(pixel_of_run(255), NO_DATA);
+    let entropy =
+        preview::render(backend, &data, Layout::Brick, 7, Palette::Entropy, 16, true).unwrap();
+    assert_eq!(entropy.height, 16 + 12, "legend strip");
+    let (x, y) = spec_d2xy(4, 128);
+    let px = &entropy.rgba[(y * 16 + x) * 4..][..3];
+    assert_eq!(
+        px,
+        preview::entropy_colour(1.0 / 8.0),
+        "two equally likely values: 1 bit/byte"
+    );
 }
 
-#[test]
-fn every_palette_renders_at_the_requested_side() {
+twin_legs!(preview_pixels_summarise_their_whole_byte_range_on: preview_pixels_summarise_their_whole_byte_range, preview_pixels_summarise_their_whole_byte_range_gpu);
+
+fn every_palette_renders_at_the_requested_side_on(backend: &Backend) {
     let data = sample_bytes(70_000, 2);
     for palette in [
         Palette::Byteclass,
@@ -383,11 +378,9 @@ fn every_palette_renders_at_the_requested_side() {
                         .unwrap();
                 assert_eq!((cpu.width, cpu.height), (side, side));
                 assert_eq!(cpu.rgba.len(), (side * side * 4) as usize);
-                if let Some(gpu) = gpu() {
-                    let on_gpu =
-                        preview::render(gpu, &data, layout, order, palette, side, false).unwrap();
-                    assert!(cpu.rgba == on_gpu.rgba, "{palette:?} {layout:?} {side}");
-                }
+                let on_backend =
+                    preview::render(backend, &data, layout, order, palette, side, false).unwrap();
+                assert!(cpu.rgba == on_backend.rgba, "{palette:?} {layout:?} {side}");
             }
         }
     }
@@ -402,6 +395,8 @@ fn every_palette_renders_at_the_requested_side() {
     )
     .is_err());
 }
+
+twin_legs!(every_palette_renders_at_the_requested_side_on: every_palette_renders_at_the_requested_side, every_palette_renders_at_the_requested_side_gpu);
 
 #[test]
 fn failed_unfold_keeps_the_previous_output_and_leaves_no_temporary_files() {

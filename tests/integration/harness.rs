@@ -1,4 +1,4 @@
-//! Test harness: which GPU legs run (`FOUNDRY_TEST_GPU`), shared backends, test data,
+//! Test harness: GPU legs counted by cargo (`gpu_leg!`), shared backends, test data,
 //! an independent reference fold written from formats.md, a byte comparison that reports where,
 //! the binary as a hermetic command, and polling with a deadline.
 
@@ -7,47 +7,68 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// `FOUNDRY_TEST_GPU`: `require` (CI: fail without an adapter), `auto` (default: skip without one), `off`.
-pub fn gpu_mode() -> String {
-    std::env::var("FOUNDRY_TEST_GPU").unwrap_or_else(|_| "auto".into())
+/// Declares a GPU leg: a `#[test]` that cargo counts as ignored, with the reason, when this build
+/// cannot run it (`build.rs` found no Vulkan driver, or `FOUNDRY_TEST_GPU=off`), so a summary line
+/// never counts an untested GPU path as passed. Where it runs, a missing adapter fails it.
+macro_rules! gpu_leg {
+    ($(#[$meta:meta])* fn $name:ident() $body:block) => {
+        $(#[$meta])*
+        #[test]
+        #[cfg_attr(
+            foundry_gpu_legs_off,
+            ignore = "GPU leg: FOUNDRY_TEST_GPU=off when this test binary was built"
+        )]
+        #[cfg_attr(
+            foundry_no_vulkan_driver,
+            ignore = "GPU leg: no Vulkan driver found when this test binary was built \
+                      (apt-get install mesa-vulkan-drivers libvulkan1, then touch build.rs)"
+        )]
+        fn $name() $body
+    };
 }
+pub(crate) use gpu_leg;
 
-fn open_gpu(options: GpuOptions) -> Option<Backend> {
-    match gpu_mode().as_str() {
-        "off" => None,
-        mode => match Backend::select(BackendChoice::Gpu, &options) {
-            Ok(b) => Some(b),
-            Err(e) if mode == "require" => panic!("FOUNDRY_TEST_GPU=require but no GPU: {e}"),
-            Err(e) => {
-                eprintln!("skipping GPU leg (FOUNDRY_TEST_GPU=auto): {e}");
-                None
+/// Declares the two legs of a twin test: `$cpu` runs `$check` on the CPU backend, the GPU leg
+/// `$gpu` runs it on the GPU (counted as ignored, with the reason, where it cannot run).
+macro_rules! twin_legs {
+    ($check:ident: $cpu:ident, $gpu:ident) => {
+        #[test]
+        fn $cpu() {
+            $check(&foundry_gpu::Backend::Cpu)
+        }
+        crate::harness::gpu_leg! {
+            fn $gpu() {
+                $check(crate::harness::gpu())
             }
-        },
-    }
+        }
+    };
+}
+pub(crate) use twin_legs;
+
+/// Opens a GPU backend for a GPU leg; without an adapter the leg fails, naming why.
+fn open_gpu(options: GpuOptions) -> Backend {
+    Backend::select(BackendChoice::Gpu, &options).unwrap_or_else(|e| {
+        panic!(
+            "this GPU leg runs (build.rs found a Vulkan driver, or FOUNDRY_TEST_GPU=require) \
+             but no adapter opened: {e}"
+        )
+    })
 }
 
-/// The GPU backend with the device's own chunk size, shared by all tests.
-pub fn gpu() -> Option<&'static Backend> {
-    static GPU: OnceLock<Option<Backend>> = OnceLock::new();
-    GPU.get_or_init(|| open_gpu(GpuOptions::default())).as_ref()
+/// The GPU backend with the device's own chunk size, shared by all GPU legs.
+pub fn gpu() -> &'static Backend {
+    static GPU: OnceLock<Backend> = OnceLock::new();
+    GPU.get_or_init(|| open_gpu(GpuOptions::default()))
 }
 
 /// A GPU backend forced to 16 KiB chunks, so ordinary inputs span many chunks.
-pub fn gpu_small_chunks() -> Option<&'static Backend> {
-    static GPU: OnceLock<Option<Backend>> = OnceLock::new();
+pub fn gpu_small_chunks() -> &'static Backend {
+    static GPU: OnceLock<Backend> = OnceLock::new();
     GPU.get_or_init(|| {
         open_gpu(GpuOptions {
             max_chunk_bytes: Some(16 << 10),
         })
     })
-    .as_ref()
-}
-
-/// The CPU backend, then the GPU one when this run has it.
-pub fn backends() -> Vec<&'static Backend> {
-    let mut all = vec![&Backend::Cpu];
-    all.extend(gpu());
-    all
 }
 
 /// Deterministic bytes with the structure real files have: zero runs, text, noise.
@@ -233,9 +254,9 @@ pub fn s(p: &std::path::Path) -> &str {
     p.to_str().expect("test paths are UTF-8")
 }
 
-/// A file of `shared/fixtures/golden`.
+/// A golden file of `tests/fixtures/golden` (made by Geometry OS's own writers).
 pub fn golden(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures/golden")
+        .join("tests/fixtures/golden")
         .join(name)
 }

@@ -1,7 +1,7 @@
 //! Process memory: a child the test starts writes a known pattern at a known address, and the
 //! pattern is found where the region table says, in the district and in the mapping's brick.
 
-use crate::harness::gpu;
+use crate::harness::{gpu_leg, twin_legs};
 use foundry_gpu::fold;
 use foundry_gpu::process_memory::{snapshot_process, MemOptions};
 use foundry_gpu::progress::Silent;
@@ -43,8 +43,7 @@ fn compile(dir: &std::path::Path, name: &str, source: &str) -> std::path::PathBu
     exe
 }
 
-#[test]
-fn a_known_pattern_is_found_at_the_reported_place() {
+fn a_known_pattern_is_found_at_the_reported_place_on(backend: &Backend) {
     let dir = tempfile::tempdir().unwrap();
     let exe = compile(dir.path(), "child", CHILD);
     let mut child = Command::new(&exe)
@@ -58,55 +57,51 @@ fn a_known_pattern_is_found_at_the_reported_place() {
         .unwrap();
     let address = u64::from_str_radix(line.trim(), 16).unwrap();
 
-    let backends: Vec<&Backend> = std::iter::once(&Backend::Cpu).chain(gpu()).collect();
-    for backend in backends {
-        let out = dir.path().join(format!("mem-{}", backend.label()));
-        let opts = MemOptions {
-            preview_side: 256,
-            ..Default::default()
-        };
-        let report = snapshot_process(backend, child.id(), &out, &opts, &Silent).unwrap();
-        assert!(report.read > 3 && report.read <= report.mappings);
-        let table: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&report.regions).unwrap()).unwrap();
-        let regions = table["regions"].as_array().unwrap();
-        let region = regions
-            .iter()
-            .find(|r| {
-                r["start"].as_u64().unwrap() <= address && address < r["end"].as_u64().unwrap()
-            })
-            .expect("a mapping holds the pattern");
-        assert_eq!(region["perms"], "rw-p");
-        let inside = (address - region["start"].as_u64().unwrap()) as usize;
-        // In the district, at district_offset + (address - start).
-        let at = region["district_offset"].as_u64().unwrap() as usize + inside;
-        let whole = dir.path().join("whole.bin");
-        fold::unfold_file(&Backend::Cpu, &report.parts_index, &whole, &Silent).unwrap();
-        let bytes = std::fs::read(&whole).unwrap();
-        assert_eq!(&bytes[at..at + PATTERN.len()], PATTERN);
-        // In the mapping's own brick, at address - start.
-        let brick =
-            fold::decode(&Backend::Cpu, &out.join(region["brick"].as_str().unwrap())).unwrap();
-        assert_eq!(&brick.bytes[inside..inside + PATTERN.len()], PATTERN);
-        assert_eq!(brick.bytes[0], 3, "byte 0 of the mapping is 0*7+3");
-        // Unreadable mappings ([vvar], guard pages) are listed with a reason, not read.
-        let skipped: Vec<_> = regions
-            .iter()
-            .filter(|r| r.get("skipped").is_some())
-            .collect();
-        assert!(
-            !skipped.is_empty(),
-            "every process has an unreadable mapping"
-        );
-        assert!(skipped.iter().all(|r| r.get("district_offset").is_none()));
-        if let Some(vvar) = regions.iter().find(|r| r["path"] == "[vvar]") {
-            assert!(vvar["skipped"].as_str().unwrap().contains("EIO"), "{vvar}");
-        }
-        assert!(report.preview.unwrap().exists());
+    let out = dir.path().join(format!("mem-{}", backend.label()));
+    let opts = MemOptions {
+        preview_side: 256,
+        ..Default::default()
+    };
+    let report = snapshot_process(backend, child.id(), &out, &opts, &Silent).unwrap();
+    assert!(report.read > 3 && report.read <= report.mappings);
+    let table: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report.regions).unwrap()).unwrap();
+    let regions = table["regions"].as_array().unwrap();
+    let region = regions
+        .iter()
+        .find(|r| r["start"].as_u64().unwrap() <= address && address < r["end"].as_u64().unwrap())
+        .expect("a mapping holds the pattern");
+    assert_eq!(region["perms"], "rw-p");
+    let inside = (address - region["start"].as_u64().unwrap()) as usize;
+    // In the district, at district_offset + (address - start).
+    let at = region["district_offset"].as_u64().unwrap() as usize + inside;
+    let whole = dir.path().join("whole.bin");
+    fold::unfold_file(&Backend::Cpu, &report.parts_index, &whole, &Silent).unwrap();
+    let bytes = std::fs::read(&whole).unwrap();
+    assert_eq!(&bytes[at..at + PATTERN.len()], PATTERN);
+    // In the mapping's own brick, at address - start.
+    let brick = fold::decode(&Backend::Cpu, &out.join(region["brick"].as_str().unwrap())).unwrap();
+    assert_eq!(&brick.bytes[inside..inside + PATTERN.len()], PATTERN);
+    assert_eq!(brick.bytes[0], 3, "byte 0 of the mapping is 0*7+3");
+    // Unreadable mappings ([vvar], guard pages) are listed with a reason, not read.
+    let skipped: Vec<_> = regions
+        .iter()
+        .filter(|r| r.get("skipped").is_some())
+        .collect();
+    assert!(
+        !skipped.is_empty(),
+        "every process has an unreadable mapping"
+    );
+    assert!(skipped.iter().all(|r| r.get("district_offset").is_none()));
+    if let Some(vvar) = regions.iter().find(|r| r["path"] == "[vvar]") {
+        assert!(vvar["skipped"].as_str().unwrap().contains("EIO"), "{vvar}");
     }
+    assert!(report.preview.unwrap().exists());
     child.stdin.as_mut().unwrap().write_all(b"x").unwrap();
     child.wait().unwrap();
 }
+
+twin_legs!(a_known_pattern_is_found_at_the_reported_place_on: a_known_pattern_is_found_at_the_reported_place, a_known_pattern_is_found_at_the_reported_place_gpu);
 
 #[test]
 fn missing_and_forbidden_processes_are_clear_errors() {
@@ -231,12 +226,8 @@ fn a_series_reports_a_new_mapping_and_a_changed_page() {
     assert!(out.join("series.json").exists() && out.join("001/regions.json").exists());
 }
 
-#[test]
+gpu_leg! {
 fn a_series_on_the_gpu_keeps_each_snapshot_on_the_device_for_the_next_diff() {
-    if gpu().is_none() {
-        eprintln!("skipping: no GPU adapter");
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new("sleep").arg("60").spawn().unwrap();
     let out = dir.path().join("series");
@@ -258,4 +249,5 @@ fn a_series_on_the_gpu_keeps_each_snapshot_on_the_device_for_the_next_diff() {
     assert_eq!(steps[1]["device"]["uploaded_bytes"], size(0) + size(1));
     assert_eq!(steps[2]["device"]["a_resident"], true, "{steps:?}");
     assert_eq!(steps[2]["device"]["uploaded_bytes"], size(2));
+}
 }

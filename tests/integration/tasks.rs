@@ -101,7 +101,7 @@ fn examples_parse_and_json_equals_yaml() {
 
 #[test]
 fn every_historical_task_file_parses() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/tasks");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tasks");
     let mut parsed = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
@@ -394,7 +394,7 @@ mod run {
     fn historical_tasks_run_with_paths_pointed_at_fixtures() {
         let dir = tempfile::tempdir().unwrap();
         tree(dir.path());
-        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/tasks");
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tasks");
         std::fs::write(
             dir.path().join("tensor_fold.py"),
             "def fold(x):\n    return x\n",

@@ -1,7 +1,7 @@
 //! Directory trees: a fixture tree with every awkward thing a real one has, folded into
 //! per-file bricks and a district whose index says exactly where each file's bytes are.
 
-use crate::harness::{gpu, sample_bytes};
+use crate::harness::{gpu, gpu_leg, sample_bytes};
 use foundry_gpu::curve::xy2d;
 use foundry_gpu::fold;
 use foundry_gpu::format::brick::Brick;
@@ -224,9 +224,9 @@ fn limits_and_globs_choose_files_in_path_order() {
     );
 }
 
-#[test]
+gpu_leg! {
 fn gpu_district_matches_cpu_district() {
-    let Some(gpu) = gpu() else { return };
+    let gpu = gpu();
     let dir = tempfile::tempdir().unwrap();
     let root = fixture(dir.path());
     snap(
@@ -244,6 +244,7 @@ fn gpu_district_matches_cpu_district() {
             assert!(cpu == on_gpu, "{name} differs between backends");
         }
     }
+}
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! reference fold from formats.md; the harness proves it can fail and that wgpu ran.
 
 use crate::harness::{
-    assert_same, compare_bytes, gpu, gpu_small_chunks, reference_fold, sample_bytes,
+    assert_same, compare_bytes, gpu, gpu_leg, gpu_small_chunks, reference_fold, sample_bytes,
 };
 use foundry_gpu::backend::gpu::{kernel_source, KERNELS};
 use foundry_gpu::curve::order_for_cells;
@@ -38,8 +38,8 @@ fn check_backend(backend: &Backend, layout: Layout, data: &[u8], order: u32, cpu
     assert_same(&format!("unfold {what}"), data, &back);
 }
 
-#[test]
-fn fold_unfold_cpu_matches_reference_and_gpu_matches_cpu() {
+/// Every layout, size and order the twins are checked on, with the CPU texture of each.
+fn for_each_fold_case(mut check: impl FnMut(Layout, &[u8], u32, &[u32])) {
     for layout in [Layout::Brick, Layout::Rts] {
         for &len in &SIZES {
             let data = sample_bytes(len, len as u64 + 1);
@@ -54,19 +54,28 @@ fn fold_unfold_cpu_matches_reference_and_gpu_matches_cpu() {
                 );
                 let back = Backend::Cpu.unfold(layout, &cpu, order, len).unwrap();
                 assert_same(&format!("cpu unfold {layout:?} {len}"), &data, &back);
-                if let Some(gpu) = gpu() {
-                    check_backend(gpu, layout, &data, order, &cpu);
-                }
+                check(layout, &data, order, &cpu);
             }
         }
     }
 }
 
 #[test]
+fn fold_unfold_cpu_matches_reference() {
+    let mut cases = 0;
+    for_each_fold_case(|_, _, _, _| cases += 1);
+    assert_eq!(cases, 2 * SIZES.len() * 2);
+}
+
+gpu_leg! {
+    fn gpu_fold_unfold_matches_cpu() {
+        for_each_fold_case(|layout, data, order, cpu| check_backend(gpu(), layout, data, order, cpu));
+    }
+}
+
+gpu_leg! {
 fn gpu_streams_inputs_larger_than_one_chunk() {
-    let Some(gpu) = gpu_small_chunks() else {
-        return;
-    };
+    let gpu = gpu_small_chunks();
     let Backend::Gpu(device) = gpu else {
         panic!("gpu() must be a GPU backend")
     };
@@ -84,12 +93,10 @@ fn gpu_streams_inputs_larger_than_one_chunk() {
         );
     }
 }
+}
 
-#[test]
+gpu_leg! {
 fn gpu_leg_really_runs_on_wgpu() {
-    if gpu().is_none() {
-        return;
-    }
     // A device of its own, so other tests' dispatches do not move the counter.
     let own = Backend::select(foundry_gpu::BackendChoice::Gpu, &Default::default()).unwrap();
     let gpu = &own;
@@ -117,14 +124,13 @@ fn gpu_leg_really_runs_on_wgpu() {
         "one fold of one chunk is one dispatch"
     );
 }
+}
 
-#[test]
-fn comparison_fails_when_one_byte_is_perturbed() {
+/// The byte comparison the twins rely on reports a perturbed texture, and where.
+fn check_comparison_fails_when_one_byte_is_perturbed(backend: &Backend) {
     let data = sample_bytes(65537, 3);
     let order = min_order(Layout::Rts, data.len());
-    let mut backends = vec![&Backend::Cpu];
-    backends.extend(gpu());
-    for backend in backends {
+    {
         let reference = reference_fold(&data, 4, order);
         let mut texture = backend.fold(Layout::Rts, &data, order).unwrap();
         assert!(compare_bytes("untouched", &reference, texture_bytes(&texture)).is_ok());
@@ -138,9 +144,18 @@ fn comparison_fails_when_one_byte_is_perturbed() {
 }
 
 #[test]
-fn preview_stats_twins_agree() {
-    let mut gpus: Vec<&Backend> = gpu().into_iter().collect();
-    gpus.extend(gpu_small_chunks());
+fn comparison_fails_when_one_byte_is_perturbed() {
+    check_comparison_fails_when_one_byte_is_perturbed(&Backend::Cpu);
+}
+
+gpu_leg! {
+    fn gpu_comparison_fails_when_one_byte_is_perturbed() {
+        check_comparison_fails_when_one_byte_is_perturbed(gpu());
+    }
+}
+
+/// Preview statistics on the CPU for every size and run length, then on each of `gpus`.
+fn check_preview_stats(gpus: &[&Backend]) {
     for &len in &[0usize, 5, 4095, 100_000, (1 << 20) + 9] {
         let data = sample_bytes(len, 11);
         for run_len in [1usize, 4, 64, 256, 4096] {
@@ -152,7 +167,7 @@ fn preview_stats_twins_agree() {
             assert_eq!(cpu.len(), runs);
             let counted: u64 = cpu.iter().map(|s| u64::from(s.bytes())).sum();
             assert_eq!(counted, len as u64, "every byte lands in exactly one run");
-            for gpu in &gpus {
+            for gpu in gpus {
                 let on_gpu = gpu.preview_stats(&data, run_len, runs, &table).unwrap();
                 assert_same(
                     &format!("preview_stats {len} bytes run {run_len}"),
@@ -165,9 +180,18 @@ fn preview_stats_twins_agree() {
 }
 
 #[test]
-fn diff_blocks_twins_agree_and_the_comparison_can_fail() {
-    let mut gpus: Vec<&Backend> = gpu().into_iter().collect();
-    gpus.extend(gpu_small_chunks());
+fn preview_stats_count_every_byte_once() {
+    check_preview_stats(&[]);
+}
+
+gpu_leg! {
+    fn gpu_preview_stats_twins_agree() {
+        check_preview_stats(&[gpu(), gpu_small_chunks()]);
+    }
+}
+
+/// Changed-block counts on the CPU against a plain count, then on each of `gpus`.
+fn check_diff_blocks(gpus: &[&Backend]) {
     for &len in &[0usize, 3, 4097, 100_003, (1 << 20) + 9] {
         let a = sample_bytes(len, 21);
         let mut b = a.clone();
@@ -185,7 +209,7 @@ fn diff_blocks_twins_agree_and_the_comparison_can_fail() {
                 changed as usize,
                 a.iter().zip(&b).filter(|(x, y)| x != y).count()
             );
-            for gpu in &gpus {
+            for gpu in gpus {
                 let on_gpu = gpu.diff_blocks(&a, &b, block).unwrap();
                 assert_same(
                     &format!("diff_blocks {len} bytes block {block}"),
@@ -195,6 +219,11 @@ fn diff_blocks_twins_agree_and_the_comparison_can_fail() {
             }
         }
     }
+}
+
+#[test]
+fn diff_blocks_count_exactly_and_the_comparison_can_fail() {
+    check_diff_blocks(&[]);
     // The comparison itself can fail: one flipped count is reported where it is.
     let a = sample_bytes(10_000, 1);
     let cpu = Backend::Cpu.diff_blocks(&a, &a, 4096).unwrap();
@@ -216,12 +245,15 @@ fn side(bytes: &[u8]) -> foundry_gpu::backend::SeriesSide<'_> {
     }
 }
 
-#[test]
+gpu_leg! {
+    fn gpu_diff_blocks_twins_agree() {
+        check_diff_blocks(&[gpu(), gpu_small_chunks()]);
+    }
+}
+
+gpu_leg! {
 fn a_series_on_the_gpu_uploads_each_snapshot_once_and_counts_like_the_cpu() {
     use foundry_gpu::backend::{BackendChoice, DiffSeries, GpuOptions};
-    if gpu().is_none() {
-        return;
-    }
     // Devices of this test's own, so their upload counts hold only its uploads: the device's
     // own chunk size, and 16 KiB chunks.
     let gpus: Vec<Backend> = [None, Some(16 << 10)]
@@ -271,6 +303,7 @@ fn a_series_on_the_gpu_uploads_each_snapshot_once_and_counts_like_the_cpu() {
             .unwrap();
         assert!(!used.unwrap().a_resident);
     }
+}
 }
 
 #[test]
