@@ -529,6 +529,9 @@ pub fn fold_bytes_reusing(
             None
         }
     };
+    if let (Some(e), SectionChoice::Named(names)) = (&elf, &opts.sections) {
+        refuse_unknown_sections(input, e, names)?;
+    }
     // Local analysis always runs; the model is asked only with --llm.
     progress.stage("analysing", data.len() as u64);
     // Textures are kept for the next fold only when this one makes both in one part.
@@ -876,6 +879,31 @@ fn add_section_offsets(meta: &mut Value, e: &ElfInfo, bytes: &[u8]) {
     }
 }
 
+/// A `--sections` name the ELF file does not have is a usage error, found before any work,
+/// that lists the names it does have.
+fn refuse_unknown_sections(input: &Path, e: &ElfInfo, names: &[String]) -> Result<()> {
+    let missing: Vec<&str> = names
+        .iter()
+        .filter(|wanted| !e.sections.iter().any(|s| &s.name == *wanted))
+        .map(String::as_str)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let present: Vec<&str> = e
+        .sections
+        .iter()
+        .map(|s| s.name.as_str())
+        .filter(|n| !n.is_empty())
+        .collect();
+    Err(Error::Usage(format!(
+        "{}: no section {} (--sections takes \"all\" or names from: {})",
+        input.display(),
+        missing.join(", "),
+        present.join(", ")
+    )))
+}
+
 /// Folds the sections `--sections` selects into `NAME.STEM.brick`, one texture each.
 #[allow(clippy::too_many_arguments)]
 fn stage_section_bricks(
@@ -891,17 +919,11 @@ fn stage_section_bricks(
     let chosen: Vec<&ElfSection> = match &opts.sections {
         SectionChoice::None => Vec::new(),
         SectionChoice::All => e.sections.iter().filter(|s| s.size > 0).collect(),
-        SectionChoice::Named(names) => {
-            for wanted in names {
-                if !e.sections.iter().any(|s| &s.name == wanted) {
-                    notes.push(format!("no section {wanted} in {name}"));
-                }
-            }
-            e.sections
-                .iter()
-                .filter(|s| names.contains(&s.name))
-                .collect()
-        }
+        SectionChoice::Named(names) => e
+            .sections
+            .iter()
+            .filter(|s| names.contains(&s.name))
+            .collect(),
     };
     let capacity = u64::from(opts.max_side) * u64::from(opts.max_side);
     let mut used = std::collections::HashSet::new();

@@ -338,6 +338,10 @@ pub fn watch(
             "--interval must be more than 0 (it paces /proc and /sys polling)".into(),
         ));
     }
+    // Every path must exist before OUT is made: a mistyped path leaves nothing behind.
+    for p in paths {
+        std::fs::symlink_metadata(p).map_err(|e| Error::io(p, "read", e))?;
+    }
     crate::format::staged::create_dir_all(&opts.output)?;
     // Our own outputs must never trigger us: compare canonical paths.
     let output_root = opts
@@ -346,7 +350,7 @@ pub fn watch(
         .map_err(|e| Error::io(&opts.output, "resolve", e))?;
     let mut targets = Vec::new();
     for p in paths {
-        let meta = std::fs::metadata(p).map_err(|e| Error::io(p, "watch", e))?;
+        let meta = std::fs::metadata(p).map_err(|e| Error::io(p, "read", e))?;
         let abs = std::path::absolute(p).map_err(|e| Error::io(p, "resolve", e))?;
         targets.push(if is_pseudo(&abs) {
             Target::Polled { path: abs }

@@ -89,7 +89,7 @@ pub fn load_side(backend: &Backend, path: &Path) -> Result<Side> {
         }
         return Err(Error::malformed(
             path,
-            "is a directory without district.json or regions.json; diff a snapshot (foundry-gpu snapshot) or a memory snapshot (foundry-gpu mem)",
+            "is a directory without district.json or regions.json, so neither a tree snapshot (foundry-gpu snapshot) nor a memory snapshot (foundry-gpu mem)",
         ));
     }
     let kind = match detect(path)? {
@@ -614,6 +614,12 @@ pub fn apply_patch(
     patch_path: &Path,
     output: &Path,
 ) -> Result<PatchReport> {
+    if patch_path.is_dir() {
+        return Err(Error::malformed(
+            patch_path,
+            "is a directory; give the a-to-b.patch file that `foundry-gpu diff` wrote into its output folder",
+        ));
+    }
     let a = load_side(backend, a_path)?;
     let bytes = std::fs::read(patch_path).map_err(|e| Error::io(patch_path, "read", e))?;
     let patch = patch::Patch::parse(patch_path, &bytes)?;

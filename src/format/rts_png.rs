@@ -186,13 +186,20 @@ impl RtsPng {
         let bad = |problem: String| Error::malformed(path, problem);
         let mut reader = decoder
             .read_info()
-            .map_err(|e| bad(format!("not a readable PNG: {e}")))?;
+            .map_err(|e| bad(format!("not a readable PNG: {}", png_problem(&e))))?;
         let info = reader.info();
         let (width, height) = (info.width, info.height);
         if info.color_type != png::ColorType::Rgba || info.bit_depth != png::BitDepth::Eight {
+            let colour = match info.color_type {
+                png::ColorType::Grayscale => "grayscale",
+                png::ColorType::Rgb => "RGB",
+                png::ColorType::Indexed => "palette",
+                png::ColorType::GrayscaleAlpha => "grayscale with alpha",
+                png::ColorType::Rgba => "RGBA",
+            };
             return Err(bad(format!(
-                "PNG is {:?} at {:?} bits; PixelRTS needs 8-bit RGBA",
-                info.color_type, info.bit_depth
+                "PNG is {colour} at {} bits per sample; PixelRTS needs 8-bit RGBA",
+                info.bit_depth as u8
             )));
         }
         if width != height
@@ -273,7 +280,7 @@ impl RtsPng {
         let mut texture = vec![0u32; (u64::from(width) * u64::from(width)) as usize];
         reader
             .next_frame(bytemuck::cast_slice_mut(&mut texture))
-            .map_err(|e| bad(format!("cannot decode the image data: {e}")))?;
+            .map_err(|e| bad(format!("cannot decode the image data: {}", png_problem(&e))))?;
         Ok(RtsPng {
             side: width,
             texture,
@@ -317,6 +324,21 @@ pub fn chunk_list(path: &Path) -> Result<Vec<(String, Option<String>)>> {
         at += 12 + len;
     }
     Ok(chunks)
+}
+
+/// The png crate's error in words: its format errors embed a chunk type's `Debug` form
+/// (`ChunkType { type: IDAT, critical: true, … }`), cut down to the chunk's name, and its
+/// deflate errors end in the decompressor's enum name, left out.
+fn png_problem(e: &png::DecodingError) -> String {
+    static CHUNK_DEBUG: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let chunk = CHUNK_DEBUG
+        .get_or_init(|| regex::Regex::new(r"ChunkType \{ type: (\w+)[^}]*\}").expect("valid"));
+    let text = e.to_string();
+    if text.starts_with("Corrupt deflate stream") {
+        // The rest is the decompressor's enum name (`BadCodeLengthHuffmanTree`).
+        return "the compressed image data is corrupt (its deflate stream does not decode)".into();
+    }
+    chunk.replace_all(&text, "$1").into_owned()
 }
 
 #[cfg(test)]

@@ -611,14 +611,40 @@ fn clip(s: &str) -> String {
     s.chars().take(120).collect()
 }
 
-/// reqwest's error with its causes, which name the refused connection or the reset.
+/// reqwest's error in a few words: which server, and the innermost cause (the refused
+/// connection, the reset, the unknown host), not the client's whole chain of wrappers.
 fn describe_reqwest(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
+    let mut cause = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
+        cause = s.to_string();
         source = s.source();
     }
-    text
+    // "Connection refused (os error 111)" -> "connection refused".
+    let cause = match cause.find(" (os error") {
+        Some(at) => cause[..at].to_string(),
+        None => cause,
+    };
+    let mut chars = cause.chars();
+    let cause: String = chars
+        .next()
+        .map(|first| first.to_lowercase().chain(chars).collect())
+        .unwrap_or_default();
+    let server = e
+        .url()
+        .map(|u| {
+            let host = u.host_str().unwrap_or("?");
+            match u.port_or_known_default() {
+                Some(port) => format!("{}://{host}:{port}", u.scheme()),
+                None => format!("{}://{host}", u.scheme()),
+            }
+        })
+        .unwrap_or_else(|| "the server".into());
+    if e.is_connect() {
+        format!("nothing answers at {server} ({cause}); start the server, or pass --llm-url or --no-llm")
+    } else if e.is_timeout() {
+        format!("{server} did not answer in time")
+    } else {
+        format!("{server}: {cause}")
+    }
 }

@@ -80,7 +80,7 @@ fn open_file(path: &Path) -> Result<(std::fs::File, std::fs::Metadata)> {
     if meta.is_dir() {
         return Err(Error::malformed(
             path,
-            "is a directory; fold takes one file",
+            "is a directory, and this command takes one file",
         ));
     }
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, "read", e))?;

@@ -160,7 +160,14 @@ fn expect_failure(args: &[&str], code: i32, named: &Path, says: &str, dir: &Path
     let lines: Vec<&str> = err.lines().filter(|l| !l.is_empty()).collect();
     assert_eq!(o.status.code(), Some(code), "{args:?}: {err}");
     assert_eq!(lines.len(), 1, "one error line, got: {err}");
-    assert!(lines[0].starts_with("foundry-gpu: error: "), "{err}");
+    let prefix = format!("foundry-gpu {}: error: ", args[0]);
+    assert!(
+        lines[0].starts_with(&prefix),
+        "the error names the command: {err}"
+    );
+    for debug in [" { ", "Some(", "Os {", "Kind("] {
+        assert!(!lines[0].contains(debug), "Rust Debug output in {err}");
+    }
     assert!(
         lines[0].contains(s(named)),
         "error must name {}: {err}",
@@ -264,6 +271,138 @@ fn malformed_inputs_give_one_clear_line_and_exit_2() {
         "power of two",
         d,
     );
+}
+
+#[test]
+fn errors_name_the_command_and_say_what_is_wrong_in_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // An .rts.png whose IDAT chunk fails its CRC: the png crate's message embeds a Debug form.
+    let mut bytes = std::fs::read(golden("hello.rts.png")).unwrap();
+    let idat = bytes.windows(4).position(|w| w == b"IDAT").unwrap();
+    let len = u32::from_be_bytes(bytes[idat - 4..idat].try_into().unwrap()) as usize;
+    bytes[idat + 4 + len] ^= 0xFF;
+    let corrupt = d.join("corrupt.rts.png");
+    std::fs::write(&corrupt, &bytes).unwrap();
+    let out = d.join("out.bin");
+    expect_failure(
+        &["unfold", s(&corrupt), "-o", s(&out)],
+        2,
+        &corrupt,
+        "CRC error",
+        d,
+    );
+    expect_failure(&["info", s(&corrupt)], 2, &corrupt, "IDAT chunk", d);
+    // Its deflate stream broken instead: the decompressor's words, not its enum's name.
+    let mut bytes = std::fs::read(golden("hello.rts.png")).unwrap();
+    bytes[idat + 6] ^= 0xFF;
+    let broken = d.join("broken.rts.png");
+    std::fs::write(&broken, &bytes).unwrap();
+    expect_failure(
+        &["unfold", s(&broken), "-o", s(&out)],
+        2,
+        &broken,
+        "image data is corrupt",
+        d,
+    );
+    // A directory where one file is meant: the message fits the command.
+    let folder = d.join("folder");
+    std::fs::create_dir(&folder).unwrap();
+    let analyze = ["analyze", s(&folder), "--no-llm"];
+    expect_failure(
+        &analyze,
+        2,
+        &folder,
+        "is a directory, and this command takes one file",
+        d,
+    );
+    let hello = golden("hello.txt");
+    let patch = ["patch", s(&hello), s(&folder), "-o", s(&out)];
+    expect_failure(&patch, 2, &folder, "give the a-to-b.patch file", d);
+    // A missing path to watch: exit 2 and no output folder made.
+    let (missing, live) = (d.join("missing"), d.join("live"));
+    let watch = ["watch", s(&missing), "-o", s(&live)];
+    expect_failure(&watch, 2, &missing, "No such file", d);
+    // Without a server, `analyze` says in a few words that nothing answers, and where.
+    let o = foundry(&[
+        "analyze",
+        s(&golden("hello.txt")),
+        "--llm-url",
+        "http://127.0.0.1:9",
+    ]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("llm"))
+        .unwrap();
+    assert!(
+        line.contains("nothing answers at http://127.0.0.1:9 (connection refused)"),
+        "{line}"
+    );
+    assert!(line.len() < 150, "{} characters: {line}", line.len());
+}
+
+#[test]
+fn a_misspelled_section_is_an_error_listing_the_real_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let args = [
+        "fold",
+        "samples/sample-elf",
+        "-o",
+        s(&out),
+        "--sections",
+        ".bogus",
+    ];
+    let o = foundry(&args);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("no section .bogus"), "{err}");
+    assert!(err.contains(".text") && err.contains(".rodata"), "{err}");
+    assert!(!out.exists(), "nothing written");
+}
+
+#[test]
+fn a_closed_pipe_ends_every_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let tasks = d.join("tasks");
+    std::fs::create_dir(&tasks).unwrap();
+    let (a, b) = (d.join("a.bin"), d.join("b.bin"));
+    std::fs::write(&a, sample_bytes(100_000, 1)).unwrap();
+    std::fs::write(&b, sample_bytes(100_000, 2)).unwrap();
+    let (brick, fold_out, diff_out) = (golden("hello.brick"), d.join("fold"), d.join("diff"));
+    let cases: [Vec<&str>; 6] = [
+        vec!["analyze", "/usr/bin/ls", "--no-llm"],
+        vec!["info", s(&brick)],
+        vec!["fold", s(&a), "-o", s(&fold_out)],
+        vec!["diff", s(&a), s(&b), "-o", s(&diff_out)],
+        vec!["status", "--tasks", s(&tasks)],
+        vec!["analyze", "/usr/bin/ls", "--no-llm", "--json"],
+    ];
+    for args in cases {
+        // A pipe whose reading end is already closed, as `| true` leaves it.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_foundry-gpu"))
+            .args(&args)
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let err = stderr(&o);
+        let quiet_end = o.status.code() == Some(0) || o.status.signal() == Some(libc_sigpipe());
+        assert!(quiet_end, "{args:?}: {:?} {err}", o.status);
+        assert!(
+            !err.contains("panicked") && !err.contains("Broken pipe"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+/// SIGPIPE's number on Linux.
+fn libc_sigpipe() -> i32 {
+    13
 }
 
 #[test]

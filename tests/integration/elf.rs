@@ -78,7 +78,7 @@ fn section_map_places_a_known_section_exactly() {
     let report = fold_dir(
         &prog,
         &out,
-        SectionChoice::Named(vec![".foundry_blob".into(), ".nope".into()]),
+        SectionChoice::Named(vec![".foundry_blob".into()]),
     );
     let e = report.elf.as_ref().expect("an ELF");
     assert_eq!(
@@ -127,7 +127,28 @@ fn section_map_places_a_known_section_exactly() {
     let section_brick = out.join("prog.foundry_blob.brick");
     let decoded = fold::decode(&Backend::Cpu, &section_brick).unwrap();
     assert_eq!(decoded.bytes, bytes);
-    assert!(report.notes.iter().any(|n| n.contains("no section .nope")));
+    // A misspelled section is refused before any work, naming the sections there are.
+    let refused = dir.path().join("refused");
+    let err = fold::fold_file(
+        &Backend::Cpu,
+        &prog,
+        &OutputTarget::Directory(refused.clone()),
+        &FoldOptions {
+            sections: SectionChoice::Named(vec![".foundry_blob".into(), ".nope".into()]),
+            ..Default::default()
+        },
+        &Silent,
+    )
+    .unwrap_err();
+    let message = err.to_string();
+    assert!(err.is_input_error(), "{message}");
+    assert!(message.contains("no section .nope"), "{message}");
+    assert!(
+        message.contains(".foundry_blob, ") || message.contains(", .foundry_blob"),
+        "{message}"
+    );
+    assert!(message.contains(".text"), "{message}");
+    assert!(!refused.exists(), "nothing is written for a refused fold");
     // The map is in the brick sidecar and the PixelRTS offsets table.
     let sidecar: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("prog.brick.meta.json")).unwrap())

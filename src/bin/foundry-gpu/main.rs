@@ -1,6 +1,6 @@
 //! The `foundry-gpu` command line: arguments, progress bars, output and exit codes; the work is in the library.
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use foundry_gpu::backend::{Backend, BackendChoice, GpuOptions};
 use foundry_gpu::fold::{
     self, human_bytes, FoldOptions, OutputTarget, SectionChoice, DEFAULT_MAX_SIDE,
@@ -1498,11 +1498,21 @@ fn main() -> ExitCode {
     if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
         std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir());
     }
-    let cli = Cli::parse();
+    // A closed pipe (`| head`, `| true`) ends the process quietly by SIGPIPE, as it does Unix
+    // tools; Rust ignores the signal by default, which turns the next print into a panic.
+    // SAFETY: restores the default disposition before any thread exists. Sockets are unaffected:
+    // the standard library sends on them with MSG_NOSIGNAL.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    let matches = Cli::command().get_matches();
+    // Errors name the command the user typed: `foundry-gpu unfold: error: …`.
+    let command = matches.subcommand_name().unwrap_or_default().to_owned();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("foundry-gpu: error: {e}");
+            eprintln!("foundry-gpu {command}: error: {e}");
             ExitCode::from(if e.is_input_error() {
                 EXIT_USAGE
             } else {
