@@ -9,6 +9,7 @@ mod faults;
 mod formats;
 mod fuzz_regressions;
 mod harness;
+mod help;
 mod hermetic;
 mod llm_real;
 mod llm_standin;

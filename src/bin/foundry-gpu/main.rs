@@ -40,8 +40,8 @@ struct Cli {
 
 #[derive(Args)]
 struct Global {
-    /// Engine: auto (hardware GPU if present, else CPU), gpu (any wgpu adapter, fails without one), cpu.
-    #[arg(long, global = true, value_enum, default_value_t = BackendChoice::Auto)]
+    /// The engine the command chose (`--backend` of the commands that run one); not an option here.
+    #[arg(skip = BackendChoice::Auto)]
     backend: BackendChoice,
     /// Print the result as JSON on stdout (no progress bar).
     #[arg(long, global = true)]
@@ -54,51 +54,62 @@ struct Global {
     quiet: bool,
 }
 
+/// Which engine folds, unfolds and compares: only on the commands that run one.
+#[derive(Args, Clone, Copy)]
+#[command(next_help_heading = "Engine")]
+struct EngineArgs {
+    /// Which engine folds, unfolds and compares.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    backend: BackendChoice,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Fold a file into NAME.brick, NAME.rts.png and NAME.preview.png (or the one file -o names); a directory as `snapshot` does.
     #[command(
-        after_help = "Examples:\n  foundry-gpu fold /usr/bin/ls -o out/            # out/ls.brick, out/ls.rts.png, out/ls.preview.png\n  foundry-gpu fold hello.txt -o hello.brick --texture-size 8\n  foundry-gpu fold /proc/meminfo -o meminfo.rts.png\n  foundry-gpu fold big.img -o out/ --max-side 4096   # parts big.img.000.brick ... + big.img.parts.json\n  foundry-gpu fold /usr/bin/ls -o out/ --sections .text,.rodata   # + out/ls.text.brick, out/ls.rodata.brick\n\nIf -o ends in .brick, .rts.png or .png only that file is written; otherwise -o is a directory.\nInputs larger than one --max-side texture are split into parts with an index NAME.parts.json."
+        after_help = "Examples:\n  foundry-gpu fold /usr/bin/ls -o out/            # out/ls.brick, out/ls.rts.png, out/ls.preview.png\n  foundry-gpu fold hello.txt -o hello.brick --texture-size 8\n  foundry-gpu fold /proc/meminfo -o meminfo.rts.png\n  foundry-gpu fold big.img -o out/ --max-side 4096   # parts + big.img.parts.json\n  foundry-gpu fold /usr/bin/ls -o out/ --sections .text,.rodata   # + ls.text.brick ...\n\nIf -o ends in .brick, .rts.png or .png only that file is written; otherwise -o is a directory. Inputs larger than one --max-side texture are split into parts with an index NAME.parts.json."
     )]
     Fold {
         /// File to fold (regular files are memory-mapped; /proc and /sys files are read to EOF).
         input: PathBuf,
         /// Output directory, or one .brick / .rts.png / .png file.
-        #[arg(short, long)]
+        #[arg(short, long, help_heading = "Output")]
         output: PathBuf,
         /// Texture side to use; grown to the next power of two that fits (with a note), never truncating.
-        #[arg(long)]
+        #[arg(long, help_heading = "Output")]
         texture_size: Option<u32>,
         /// Largest texture side; bigger inputs are split into parts.
-        #[arg(long, default_value_t = DEFAULT_MAX_SIDE)]
+        #[arg(long, default_value_t = DEFAULT_MAX_SIDE, help_heading = "Output")]
         max_side: u32,
         #[command(flatten)]
         look: PreviewArgs,
         /// Deflate effort for .rts.png.
-        #[arg(long, value_enum, default_value_t = PngCompression::Fast)]
+        #[arg(long, value_enum, default_value_t = PngCompression::Fast, help_heading = "Output")]
         compression: PngCompression,
         /// Also write both .rts.png sidecars (X.rts.meta.json and X.rts.png.meta.json).
-        #[arg(long)]
+        #[arg(long, help_heading = "Output")]
         sidecars: bool,
         /// ELF only: also fold these sections into NAME.SECTION.brick ("all", or ".text,.data").
-        #[arg(long, value_name = "all|LIST")]
+        #[arg(long, value_name = "all|LIST", help_heading = "Output")]
         sections: Option<String>,
         /// Ask the language-model server for a summary, tags, risk and warnings (under `semantic`; implies --sidecars).
-        #[arg(long)]
+        #[arg(long, help_heading = "LLM")]
         llm: bool,
         #[command(flatten)]
         server: LlmServerArgs,
         #[command(flatten)]
         tree: TreeArgs,
         /// Keep folding as INPUT changes (see `watch`); -o is a directory.
-        #[arg(long)]
+        #[arg(long, help_heading = "Watch")]
         watch: bool,
         #[command(flatten)]
         live: LiveArgs,
+        #[command(flatten)]
+        engine: EngineArgs,
     },
     /// Fold one or more directory trees: a brick per file, one district of them all, an index.
     #[command(
-        after_help = "Examples:\n  foundry-gpu snapshot /etc -o etc-snap/\n  foundry-gpu snapshot / -o rootfs/ --one-file-system --exclude 'proc/**' --max-bytes 2000000000\n  foundry-gpu snapshot /usr/bin /usr/lib -o usr/ --include '*.so*' --no-file-bricks\n\nOUT gets files/ROOT/PATH.brick for each file, district.NNN.brick/.rts.png (all files in path order),\ndistrict.parts.json (unfold it to get the concatenation back) and district.json (file -> bytes and pixels).\nSymlinks are recorded, never followed; unreadable, special, sparse and vanished files are skipped and counted."
+        after_help = "Examples:\n  foundry-gpu snapshot /etc -o etc-snap/\n  foundry-gpu snapshot / -o rootfs/ --one-file-system --exclude 'proc/**' --max-bytes 2000000000\n  foundry-gpu snapshot /usr/bin /usr/lib -o usr/ --include '*.so*' --no-file-bricks\n\nOUT gets files/ROOT/PATH.brick for each file, district.NNN.brick/.rts.png (all files in path order), district.parts.json (unfold it to get the concatenation back) and district.json (file -> bytes and pixels). Symlinks are recorded, never followed; unreadable, special, sparse and vanished files are skipped and counted."
     )]
     Snapshot {
         /// Directories to fold, each becoming a contiguous region of the district.
@@ -109,14 +120,16 @@ enum Command {
         #[command(flatten)]
         tree: TreeArgs,
         /// Ask the language-model server about every file (answers land in district.json).
-        #[arg(long)]
+        #[arg(long, help_heading = "LLM")]
         llm: bool,
         #[command(flatten)]
         server: LlmServerArgs,
+        #[command(flatten)]
+        engine: EngineArgs,
     },
     /// Fold a running process's memory: a brick per mapping, one address-space district, a region table.
     #[command(
-        after_help = "Examples:\n  foundry-gpu mem $$ -o shell-mem/\n  foundry-gpu mem 1234 -o snap/ --max-mapping-bytes 268435456 --no-mapping-bricks\n\nOUT gets mappings/NNNN-START-LABEL.brick, address-space.NNN.brick/.rts.png (readable mappings in address order),\naddress-space.parts.json, regions.json (address range, permissions, path, offset in the district, or why it was skipped)\nand address-space.preview.png with every mapping outlined and labelled. Reading another user's process needs\nptrace rights (same user and kernel.yama.ptrace_scope, or root); [vvar] and guard pages are skipped with a reason."
+        after_help = "Examples:\n  foundry-gpu mem $$ -o shell-mem/\n  foundry-gpu mem 1234 -o snap/ --max-mapping-bytes 268435456 --no-mapping-bricks\n\nOUT gets mappings/NNNN-START-LABEL.brick, address-space.NNN.brick/.rts.png (readable mappings in address order), address-space.parts.json, regions.json (address range, permissions, path, offset in the district, or why it was skipped) and address-space.preview.png with every mapping outlined and labelled. Reading another user's process needs ptrace rights (same user and kernel.yama.ptrace_scope, or root); [vvar] and guard pages are skipped with a reason."
     )]
     Mem {
         /// Process ID.
@@ -144,10 +157,12 @@ enum Command {
         /// Snapshots in the series.
         #[arg(long)]
         count: Option<usize>,
+        #[command(flatten)]
+        engine: EngineArgs,
     },
     /// Run one FoundryTask file (JSON or YAML) and write TASK_ID.report.md beside its outputs.
     #[command(
-        after_help = "Examples:\n  foundry-gpu run openspec/tasks/examples/convert_binary.task.json\n  foundry-gpu run task.yaml --output-root /srv/foundry/out --json\n  foundry-gpu run scan.task.json --publish systems/builder\n\nTypes: convert_binary, convert_directory, crystallize_system, analyze_system (local heuristics),\nscan_kernel_modules (+ metadata/silicon_district.json), watch_path (re-folds on change until Ctrl-C),\nfoundry-v2 (any source; CLI options as task fields: max_side, preview_side, palette, legend, sidecars,\nsections, max_files, max_bytes, include, exclude, one_file_system, no_file_bricks, publish).\nOutputs go to OUTPUT_ROOT/TASK_ID/. Relative sources resolve against the task file's folder."
+        after_help = "Examples:\n  foundry-gpu run openspec/tasks/examples/convert_binary.task.json\n  foundry-gpu run task.yaml --output-root /srv/foundry/out --json\n  foundry-gpu run scan.task.json --publish systems/builder\n\nTypes: convert_binary, convert_directory, crystallize_system, analyze_system (local heuristics), scan_kernel_modules (+ metadata/silicon_district.json), watch_path (re-folds on change until Ctrl-C), foundry-v2 (any source; CLI options as task fields: max_side, preview_side, palette, legend, sidecars, sections, max_files, max_bytes, include, exclude, one_file_system, no_file_bricks, publish). Outputs go to OUTPUT_ROOT/TASK_ID/. Relative sources resolve against the task file's folder."
     )]
     Run {
         /// The task file.
@@ -159,16 +174,18 @@ enum Command {
         #[arg(long, value_name = "BUILDER_ROOT")]
         publish: Option<PathBuf>,
         /// Ask the language-model server about every task's artifacts (analyze_system always does).
-        #[arg(long)]
+        #[arg(long, help_heading = "LLM")]
         llm: bool,
         #[command(flatten)]
         server: LlmServerArgs,
         #[command(flatten)]
         policy: PolicyArgs,
+        #[command(flatten)]
+        engine: EngineArgs,
     },
     /// Run every task dropped into a folder, each exactly once, until SIGINT/SIGTERM.
     #[command(
-        after_help = "Examples:\n  foundry-gpu daemon\n  foundry-gpu daemon --tasks /srv/tasks --jobs 2 --output-root /srv/out\n  foundry-gpu daemon --exit-when-idle        # batch: run what is there, then exit\n\nPending: STEM.task.json or STEM.task.yaml. Running: STEM.task.json.claimed-DAEMON-aN (claimed by an atomic rename).\nDone: STEM.task.task.json.done with STEM.report.md beside it. Failed: STEM.task.json.failed with STEM.error.json.\nA task whose daemon died (kill -9) is re-run by the next daemon, up to 3 attempts. Nothing is deleted.\nSIGINT/SIGTERM finish the current task and exit 0. `foundry-gpu status` reads .foundry/status.json."
+        after_help = "Examples:\n  foundry-gpu daemon\n  foundry-gpu daemon --tasks /srv/tasks --jobs 2 --output-root /srv/out\n  foundry-gpu daemon --exit-when-idle        # batch: run what is there, then exit\n\nPending: STEM.task.json or STEM.task.yaml. Running: STEM.task.json.claimed-DAEMON-aN (claimed by an atomic rename). Done: STEM.task.task.json.done with STEM.report.md beside it. Failed: STEM.task.json.failed with STEM.error.json. A task whose daemon died (kill -9) is re-run by the next daemon, up to 3 attempts. Nothing is deleted. SIGINT/SIGTERM finish the current task and exit 0. `foundry-gpu status` reads .foundry/status.json."
     )]
     Daemon {
         /// The task folder.
@@ -190,12 +207,14 @@ enum Command {
         #[arg(long, value_name = "BUILDER_ROOT")]
         publish: Option<PathBuf>,
         /// Ask the language-model server about every task's artifacts (analyze_system always does).
-        #[arg(long)]
+        #[arg(long, help_heading = "LLM")]
         llm: bool,
         #[command(flatten)]
         server: LlmServerArgs,
         #[command(flatten)]
         policy: PolicyArgs,
+        #[command(flatten)]
+        engine: EngineArgs,
     },
     /// Show the daemon's status: pending, running, done and failed tasks, the current one, the last error.
     #[command(
@@ -208,20 +227,20 @@ enum Command {
     },
     /// Local analysis of a file: type, entropy regions, ELF hardening (like checksec), strings.
     #[command(
-        after_help = "Examples:\n  foundry-gpu analyze /usr/bin/ls\n  foundry-gpu analyze module.ko --json\n\nThe local part is deterministic and offline. The language-model part asks the server (default\nhttp://localhost:1234, see --llm-url) unless --no-llm; when the server is absent or fails, the\noutput says why under \"llm\" and the local analysis still stands."
+        after_help = "Examples:\n  foundry-gpu analyze /usr/bin/ls\n  foundry-gpu analyze module.ko --json\n\nThe local part is deterministic and offline. The language-model part asks the server (default http://localhost:1234, see --llm-url) unless --no-llm; when the server is absent or fails, the output says why under \"llm\" and the local analysis still stands."
     )]
     Analyze {
         /// The file to analyse.
         input: PathBuf,
         /// Local analysis only; do not ask the language-model server.
-        #[arg(long)]
+        #[arg(long, help_heading = "LLM")]
         no_llm: bool,
         #[command(flatten)]
         server: LlmServerArgs,
     },
     /// Keep bricks in step with files, trees, /proc and /sys files as they change.
     #[command(
-        after_help = "Examples:\n  foundry-gpu watch /etc/hosts -o live/\n  foundry-gpu watch /proc/meminfo --interval 1s --publish systems/builder -o live/\n  foundry-gpu watch src/ -o live/ --versioned --json\n\nFiles are watched through their directory (notify, debounced), so deletion, re-creation, renames and\nsymlink swaps are seen; /proc and /sys are polled every --interval. Each change re-folds only the changed\nfile, atomically, and writes NAME.diff/ against the previous state. Outputs under OUT never trigger a\nre-fold. A failed re-fold is reported and retried on the next change. Ctrl-C stops."
+        after_help = "Examples:\n  foundry-gpu watch /etc/hosts -o live/\n  foundry-gpu watch /proc/meminfo --interval 1s --publish systems/builder -o live/\n  foundry-gpu watch src/ -o live/ --versioned --json\n\nFiles are watched through their directory (notify, debounced), so deletion, re-creation, renames and symlink swaps are seen; /proc and /sys are polled every --interval. Each change re-folds only the changed file, atomically, and writes NAME.diff/ against the previous state. Outputs under OUT never trigger a re-fold. A failed re-fold is reported and retried on the next change. Ctrl-C stops."
     )]
     Watch {
         /// Files, directories, or /proc and /sys files.
@@ -235,10 +254,12 @@ enum Command {
         publish: Option<PathBuf>,
         #[command(flatten)]
         live: LiveArgs,
+        #[command(flatten)]
+        engine: EngineArgs,
     },
     /// Compare two states: files, bricks/.rts.png, tree snapshots or memory snapshots.
     #[command(
-        after_help = "Examples:\n  foundry-gpu diff old/ls new/ls -o ls-delta/\n  foundry-gpu diff snap-monday/ snap-tuesday/ -o week/ --json\n  foundry-gpu diff mem/000/ mem/001/ -o mem/diff-000-001/\n\nOUT gets delta.png (B in byte-class colours, unchanged dimmed, changed yellow, inserted green,\nmoved purple), diff.json (block compare, inserted/deleted/moved/changed ranges, per-region and\nper-file counts) and a-to-b.patch (foundry-gpu patch A a-to-b.patch -o B rebuilds B bit for bit)."
+        after_help = "Examples:\n  foundry-gpu diff old/ls new/ls -o ls-delta/\n  foundry-gpu diff snap-monday/ snap-tuesday/ -o week/ --json\n  foundry-gpu diff mem/000/ mem/001/ -o mem/diff-000-001/\n\nOUT gets delta.png (B in byte-class colours, unchanged dimmed, changed yellow, inserted green, moved purple), diff.json (block compare, inserted/deleted/moved/changed ranges, per-region and per-file counts) and a-to-b.patch (foundry-gpu patch A a-to-b.patch -o B rebuilds B bit for bit)."
     )]
     Diff {
         /// The older state.
@@ -254,10 +275,12 @@ enum Command {
         /// delta.png side in pixels (power of two, 16..=8192).
         #[arg(long, default_value_t = DEFAULT_PREVIEW_SIDE)]
         preview_side: u32,
+        #[command(flatten)]
+        engine: EngineArgs,
     },
     /// Rebuild B from A and a patch made by `diff`, checking both SHA-256s.
     #[command(
-        after_help = "Examples:\n  foundry-gpu patch old/ls ls-delta/a-to-b.patch -o ls.new\n\nA is read as diff read it (a brick or snapshot gives the bytes it holds). Nothing is written unless\nA is the patch's A and the result is the patch's B."
+        after_help = "Examples:\n  foundry-gpu patch old/ls ls-delta/a-to-b.patch -o ls.new\n\nA is read as diff read it (a brick or snapshot gives the bytes it holds). Nothing is written unless A is the patch's A and the result is the patch's B."
     )]
     Patch {
         /// The older state the patch was made from.
@@ -267,6 +290,8 @@ enum Command {
         /// File to write.
         #[arg(short, long)]
         output: PathBuf,
+        #[command(flatten)]
+        engine: EngineArgs,
     },
     /// Rebuild the original bytes from a .brick, .rts.png or NAME.parts.json, verifying SHA-256.
     #[command(
@@ -278,6 +303,8 @@ enum Command {
         /// File to write.
         #[arg(short, long)]
         output: PathBuf,
+        #[command(flatten)]
+        engine: EngineArgs,
     },
     /// Show a brick's header or metadata, capacity, entropy, and whether it is valid.
     #[command(
@@ -286,6 +313,8 @@ enum Command {
     Info {
         /// A .brick, .rts.png or parts index.
         input: PathBuf,
+        #[command(flatten)]
+        engine: EngineArgs,
     },
     /// Render a preview PNG of a .brick, .rts.png or any file.
     #[command(
@@ -299,11 +328,51 @@ enum Command {
         output: PathBuf,
         #[command(flatten)]
         look: PreviewArgs,
+        #[command(flatten)]
+        engine: EngineArgs,
     },
+    /// Print a completion script for a shell.
+    #[command(
+        after_help = "Examples:\n  foundry-gpu completions bash > /etc/bash_completion.d/foundry-gpu\n  foundry-gpu completions zsh > \"${fpath[1]}/_foundry-gpu\"\n  foundry-gpu completions fish > ~/.config/fish/completions/foundry-gpu.fish"
+    )]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page, or write one per command into a folder.
+    #[command(
+        after_help = "Examples:\n  foundry-gpu man | man -l -\n  foundry-gpu man -o /usr/local/share/man/man1   # foundry-gpu.1, foundry-gpu-fold.1, ..."
+    )]
+    Man {
+        /// Folder for foundry-gpu.1 and foundry-gpu-COMMAND.1 [default: foundry-gpu.1 on stdout].
+        #[arg(short, long, value_name = "DIR")]
+        output: Option<PathBuf>,
+    },
+}
+
+impl Command {
+    /// The `--backend` of a command that runs an engine; `auto` for the others.
+    fn engine(&self) -> BackendChoice {
+        match self {
+            Command::Fold { engine, .. }
+            | Command::Snapshot { engine, .. }
+            | Command::Mem { engine, .. }
+            | Command::Run { engine, .. }
+            | Command::Daemon { engine, .. }
+            | Command::Watch { engine, .. }
+            | Command::Diff { engine, .. }
+            | Command::Patch { engine, .. }
+            | Command::Unfold { engine, .. }
+            | Command::Info { engine, .. }
+            | Command::Preview { engine, .. } => engine.backend,
+            _ => BackendChoice::Auto,
+        }
+    }
 }
 
 /// How a watch runs (`watch`, `fold --watch`).
 #[derive(Args, Clone)]
+#[command(next_help_heading = "Watch")]
 struct LiveArgs {
     /// Poll period for /proc and /sys (and a stat check of watched files), e.g. 1s, 250ms.
     #[arg(long, value_parser = process_memory::parse_duration, default_value = "1s")]
@@ -412,6 +481,7 @@ fn run_watch(
 
 /// The policy tasks obey (`run`, `daemon`).
 #[derive(Args, Clone)]
+#[command(next_help_heading = "Policy")]
 struct PolicyArgs {
     /// Policy file (a [policy] table) [default: the [policy] table of --config or ./foundry.toml, else the built-in defaults; see README "Security model"].
     #[arg(long, value_name = "FILE")]
@@ -563,6 +633,7 @@ fn daemon_dry_run(
 
 /// Which language-model server to ask and how (`fold`, `run`, `daemon`, `analyze`).
 #[derive(Args, Clone)]
+#[command(next_help_heading = "LLM")]
 struct LlmServerArgs {
     /// LM Studio / OpenAI-compatible base URL; wins over a task's llm_url, which wins over FOUNDRY_LLM_URL [default: http://localhost:1234].
     #[arg(long, value_name = "URL")]
@@ -614,6 +685,7 @@ impl LlmServerArgs {
 
 /// Where a district goes and how it is cut (`snapshot`, `mem`).
 #[derive(Args)]
+#[command(next_help_heading = "Output")]
 struct DistrictArgs {
     /// Output directory.
     #[arg(short, long)]
@@ -628,23 +700,24 @@ struct DistrictArgs {
 
 /// Options for directory trees (`fold DIR`, `snapshot`).
 #[derive(Args)]
+#[command(next_help_heading = "Tree")]
 struct TreeArgs {
-    /// Trees: fold at most this many files (the first in path order).
+    /// Fold at most this many files (the first in path order).
     #[arg(long)]
     max_files: Option<u64>,
-    /// Trees: stop adding files once their sizes reach this many bytes.
+    /// Stop adding files once their sizes reach this many bytes.
     #[arg(long)]
     max_bytes: Option<u64>,
-    /// Trees: only files whose path below the root matches (repeatable), e.g. '**/*.so'.
+    /// Only files whose path below the root matches (repeatable), e.g. '**/*.so'.
     #[arg(long, value_name = "GLOB")]
     include: Vec<String>,
-    /// Trees: leave out files and directories whose path below the root matches (repeatable).
+    /// Leave out files and directories whose path below the root matches (repeatable).
     #[arg(long, value_name = "GLOB")]
     exclude: Vec<String>,
-    /// Trees: stay on each root's file system.
+    /// Stay on each root's file system.
     #[arg(long)]
     one_file_system: bool,
-    /// Trees: write only the district, not a brick per file.
+    /// Write only the district, not a brick per file.
     #[arg(long)]
     no_file_bricks: bool,
     /// Publish the .rts.png tiles to this Geometry OS builder root (queue/ + map/manifest.json).
@@ -673,7 +746,9 @@ impl TreeArgs {
     }
 }
 
+/// How previews look (`fold`, `preview`).
 #[derive(Args)]
+#[command(next_help_heading = "Preview")]
 struct PreviewArgs {
     /// Preview colours.
     #[arg(long, value_enum, default_value_t = Palette::Byteclass)]
@@ -772,6 +847,43 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
     let global = &cli.global;
     let bar = Bar::new(!global.json && !global.quiet);
     match cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "foundry-gpu",
+                &mut std::io::stdout(),
+            );
+        }
+        Command::Man { output: None } => {
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .map_err(|e| Error::io("stdout", "write", e))?;
+        }
+        Command::Man {
+            output: Some(folder),
+        } => {
+            // One page for the tool and one per command, written as every output is: staged,
+            // then renamed into place together.
+            let mut tool = Cli::command();
+            tool.build();
+            let mut pages = vec![("foundry-gpu".to_string(), tool.clone())];
+            for command in tool
+                .get_subcommands()
+                .filter(|c| !c.is_hide_set() && c.get_name() != "help")
+            {
+                let name = format!("foundry-gpu-{}", command.get_name());
+                let page = command.clone().name(name.clone());
+                pages.push((name, page.version(env!("CARGO_PKG_VERSION"))));
+            }
+            let mut staged = foundry_gpu::format::staged::StagedOutputs::new();
+            for (name, page) in pages {
+                staged.write(&folder.join(format!("{name}.1")), |w| {
+                    clap_mangen::Man::new(page).render(w)
+                })?;
+            }
+            staged.commit()?;
+        }
         Command::Fold {
             input,
             output,
@@ -786,6 +898,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             tree,
             watch,
             live,
+            ..
         } => {
             let opts = FoldOptions {
                 texture_size,
@@ -873,6 +986,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             tree,
             llm,
             server,
+            ..
         } => {
             let backend = open_backend(global)?;
             let mut opts = tree.options(district.max_side, district.compression);
@@ -891,6 +1005,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             publish,
             every,
             count,
+            ..
         } => {
             let policy = foundry_gpu::config::load(None)?.policy;
             if policy.process_memory_interactive == Some(false) {
@@ -983,6 +1098,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             llm,
             server,
             policy,
+            ..
         } => {
             let task_root = task
                 .parent()
@@ -1031,6 +1147,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             llm,
             server,
             policy,
+            ..
         } => {
             drop(bar);
             let rules = policy.load(&server, &tasks, &output_root)?;
@@ -1126,6 +1243,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             output,
             publish,
             live,
+            ..
         } => {
             drop(bar);
             let opts = live.options(&output, publish, FoldOptions::default());
@@ -1137,6 +1255,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             output,
             block,
             preview_side,
+            ..
         } => {
             let backend = open_backend(global)?;
             let opts = foundry_gpu::diff::DiffOptions {
@@ -1151,7 +1270,9 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 print_diff(&report);
             }
         }
-        Command::Patch { a, patch, output } => {
+        Command::Patch {
+            a, patch, output, ..
+        } => {
             let backend = open_backend(global)?;
             let report = foundry_gpu::diff::apply_patch(&backend, &a, &patch, &output)?;
             drop(bar);
@@ -1168,7 +1289,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 );
             }
         }
-        Command::Unfold { input, output } => {
+        Command::Unfold { input, output, .. } => {
             let backend = open_backend(global)?;
             let report = fold::unfold_file(&backend, &input, &output, &bar)?;
             drop(bar);
@@ -1184,7 +1305,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 );
             }
         }
-        Command::Info { input } => {
+        Command::Info { input, .. } => {
             let backend = open_backend(global)?;
             let report = fold::info(&backend, &input)?;
             drop(bar);
@@ -1201,6 +1322,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             input,
             output,
             look,
+            ..
         } => {
             let backend = open_backend(global)?;
             let record = fold::preview_file(
@@ -1508,7 +1630,8 @@ fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
     // Errors name the command the user typed: `foundry-gpu unfold: error: …`.
     let command = matches.subcommand_name().unwrap_or_default().to_owned();
-    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    cli.global.backend = cli.command.engine();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
