@@ -110,10 +110,25 @@ fn read_bounded(path: &Path, on_piece: impl FnMut(&[u8])) -> Result<Vec<u8>> {
     let (file, meta) = open_input(path)?;
     let limit = max_input();
     if meta.is_file() && meta.len() > 0 {
-        read_sized(path, &file, meta.len(), limit, on_piece)
-    } else {
-        read_stream(path, file, limit, on_piece)
+        return read_sized(path, &file, meta.len(), limit, on_piece);
     }
+    let bytes = read_stream(path, &file, limit, on_piece)?;
+    // A regular file that was empty when opened (or a /proc file, always size 0) must still
+    // be empty, or hold what was read.
+    let now = file
+        .metadata()
+        .map_err(|e| Error::io(path, "read", e))?
+        .len();
+    if meta.is_file() && now != 0 && now != bytes.len() as u64 {
+        return Err(changed_while_read(
+            path,
+            format!(
+                "it was empty when opened, {} bytes were read and it is {now} now",
+                bytes.len()
+            ),
+        ));
+    }
+    Ok(bytes)
 }
 
 /// Opens `path` for reading, refusing a directory, a socket, and a FIFO the user did not name.
@@ -236,7 +251,7 @@ fn read_sized(
 /// all memory.
 fn read_stream(
     path: &Path,
-    mut file: File,
+    mut file: impl Read,
     limit: u64,
     mut on_piece: impl FnMut(&[u8]),
 ) -> Result<Vec<u8>> {
@@ -288,7 +303,7 @@ mod tests {
     #[test]
     fn a_stream_holds_no_more_than_the_limit_and_a_byte() {
         let file = File::open("/dev/zero").unwrap();
-        let err = read_stream(Path::new("/dev/zero"), file, 3 << 20, |_| {}).unwrap_err();
+        let err = read_stream(Path::new("/dev/zero"), &file, 3 << 20, |_| {}).unwrap_err();
         assert!(
             err.to_string()
                 .contains("is a stream that went on longer than --max-input 3.0 MiB"),
@@ -296,7 +311,7 @@ mod tests {
         );
         let file = File::open("/proc/self/status").unwrap();
         let mut seen = 0;
-        let bytes = read_stream(Path::new("status"), file, 1 << 20, |p| seen += p.len()).unwrap();
+        let bytes = read_stream(Path::new("status"), &file, 1 << 20, |p| seen += p.len()).unwrap();
         assert_eq!(seen, bytes.len());
         assert!(bytes.capacity() <= (1 << 20) + 1);
     }

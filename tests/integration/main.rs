@@ -9,6 +9,7 @@ mod faults;
 mod formats;
 mod fuzz_regressions;
 mod harness;
+mod io_safety;
 mod llm_real;
 mod llm_standin;
 mod map;
