@@ -488,7 +488,8 @@ fn a_fifo_named_directly_is_read_and_one_met_elsewhere_is_skipped() {
     );
 }
 
-/// Keeps changing `path`'s size (16 MiB to ~48 MiB, a different size each time) until dropped.
+/// Keeps changing `path`'s size (16 MiB to ~55 MiB, never the same twice in 9973 steps, so a
+/// read that sees one size at both ends is all but impossible) until dropped.
 struct Truncator {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<u64>>,
@@ -504,7 +505,7 @@ impl Truncator {
                 let started = Instant::now();
                 let mut k = 0u64;
                 while !stop.load(Ordering::Relaxed) && started.elapsed() < run_for {
-                    file.set_len((16 << 20) + (k % 997) * (32 << 10)).unwrap();
+                    file.set_len((16 << 20) + (k % 9973) * (4 << 10)).unwrap();
                     k += 1;
                 }
                 k
