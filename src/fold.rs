@@ -122,6 +122,27 @@ impl OutputTarget {
         }
     }
 
+    /// Whether the one output goes to standard output (`-o -`).
+    pub fn is_stdout(&self) -> bool {
+        match self {
+            OutputTarget::Directory(_) => false,
+            OutputTarget::Brick(p) | OutputTarget::RtsPng(p) | OutputTarget::Preview(p) => {
+                crate::format::staged::is_stdout(p)
+            }
+        }
+    }
+
+    /// Refuses, before any work, a target that exists as the wrong kind of file: a directory
+    /// where one file goes, a device, FIFO or socket anywhere, a file where a directory goes.
+    pub fn check(&self) -> Result<()> {
+        match self {
+            OutputTarget::Directory(d) => crate::format::staged::check_output_dir(d),
+            OutputTarget::Brick(p) | OutputTarget::RtsPng(p) | OutputTarget::Preview(p) => {
+                crate::format::staged::check_output_file(p)
+            }
+        }
+    }
+
     /// Directory the outputs go to and the NAME they are named after.
     fn dir_and_name(&self, input: &Path) -> (PathBuf, String) {
         let parent = |p: &Path| p.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -131,6 +152,7 @@ impl OutputTarget {
         };
         match self {
             OutputTarget::Directory(d) => (d.clone(), file_name(input)),
+            _ if self.is_stdout() => (PathBuf::new(), file_name(input)),
             OutputTarget::Brick(p) => (parent(p), file_name(p).trim_end_matches(".brick").into()),
             OutputTarget::RtsPng(p) => {
                 (parent(p), file_name(p).trim_end_matches(".rts.png").into())
@@ -427,8 +449,32 @@ pub fn fold_file(
     progress: &dyn Progress,
 ) -> Result<FoldReport> {
     check_fold_options(opts)?;
+    check_stdout_options(target, opts)?;
+    target.check()?;
     let data = read_input(input)?;
     fold_bytes(backend, input, &data, target, opts, progress)
+}
+
+/// `-o -` streams exactly one file: nothing may be written beside it.
+fn check_stdout_options(target: &OutputTarget, opts: &FoldOptions) -> Result<()> {
+    if !target.is_stdout() {
+        return Ok(());
+    }
+    let beside = if opts.sidecars {
+        Some("--sidecars")
+    } else if opts.llm.is_some() {
+        Some("--llm")
+    } else if opts.sections != SectionChoice::None {
+        Some("--sections")
+    } else {
+        None
+    };
+    match beside {
+        Some(option) => Err(Error::Usage(format!(
+            "{option} writes files beside the output; -o - writes one file to standard output"
+        ))),
+        None => Ok(()),
+    }
 }
 
 fn check_fold_options(opts: &FoldOptions) -> Result<()> {
@@ -487,6 +533,8 @@ pub fn fold_bytes_reusing(
 ) -> Result<FoldReport> {
     let started = Instant::now();
     check_fold_options(opts)?;
+    check_stdout_options(target, opts)?;
+    target.check()?;
     let (dir, name) = target.dir_and_name(input);
     let name = match (target, &opts.name) {
         (OutputTarget::Directory(_), Some(chosen)) => chosen.clone(),
@@ -502,6 +550,16 @@ pub fn fold_bytes_reusing(
 
     let plans = plan_parts(data.len() as u64, opts, &mut notes);
     let multi = plans.len() > 1;
+    let to_stdout = target.is_stdout();
+    if multi && to_stdout {
+        return Err(Error::Usage(format!(
+            "{}: {} needs {} parts at --max-side {}; -o - writes one file: raise --max-side or write to a directory",
+            input.display(),
+            human_bytes(data.len() as u64),
+            plans.len(),
+            opts.max_side
+        )));
+    }
     let (want_brick, want_rts, want_preview) = match target {
         OutputTarget::Directory(_) => (true, true, true),
         OutputTarget::Brick(_) => (true, false, false),
@@ -654,7 +712,12 @@ pub fn fold_bytes_reusing(
             let mut header_flags = brick::flags_for(&facts) & !flags::IS_ENCRYPTED;
             header_flags |= brick::flags_for(&part_facts) & flags::IS_ENCRYPTED;
             let elf_here = elf.as_ref().filter(|_| i == 0);
-            if part_info.is_some() || elf_here.is_some() || opts.llm.is_some() {
+            if elf_here.is_some() && to_stdout {
+                notes.push(
+                    "the brick's ELF sidecar (NAME.brick.meta.json) is not written with -o -"
+                        .into(),
+                );
+            } else if part_info.is_some() || elf_here.is_some() || opts.llm.is_some() {
                 header_flags |= flags::HAS_METADATA;
                 let mut sidecar = json!({"version": "1", "name": part_name,
                     "description": crate::semantic::description(llm_outcome.as_ref(), &describe(&facts)),
@@ -1120,6 +1183,7 @@ pub fn unfold_file(
     output: &Path,
     progress: &dyn Progress,
 ) -> Result<UnfoldReport> {
+    crate::format::staged::check_output_file(output)?;
     let kind = detect(input)?;
     let mut staged = StagedOutputs::new();
     let (size, sha, parts) = if kind == FileKind::PartsIndex {
@@ -1241,6 +1305,7 @@ pub fn preview_file(
     side: u32,
     legend: bool,
 ) -> Result<OutputRecord> {
+    crate::format::staged::check_output_file(output)?;
     let (bytes, layout, order) = match detect(input)? {
         FileKind::Brick | FileKind::RtsPng => {
             let d = decode(backend, input)?;
@@ -1253,7 +1318,7 @@ pub fn preview_file(
             ));
         }
         FileKind::Raw => {
-            let data = read_input(input)?.to_vec();
+            let data = read_input(input)?;
             let order = order_for_cells(data.len() as u64);
             (data, Layout::Brick, order)
         }

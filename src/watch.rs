@@ -724,7 +724,7 @@ fn refold(
     });
     let bytes = match (refused, std::fs::metadata(path)) {
         (Some(refusal), _) => Err(refusal),
-        (None, Ok(m)) if m.is_file() || is_pseudo(path) => crate::source::read_copy(path),
+        (None, Ok(m)) if m.is_file() || is_pseudo(path) => crate::source::read_input(path),
         (None, Ok(_)) => Err(Error::malformed(path, "is no longer a regular file")),
         (None, Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
             let was_present = folded.present;

@@ -94,7 +94,7 @@ pub fn load_side(backend: &Backend, path: &Path) -> Result<Side> {
     }
     let kind = match detect(path)? {
         FileKind::Raw => {
-            let (bytes, sha) = crate::source::read_copy_hashed(path)?;
+            let (bytes, sha) = crate::source::read_input_hashed(path)?;
             return Ok(Side::from_bytes(path, "file", bytes, Some(sha)));
         }
         FileKind::Brick => "brick",
@@ -620,8 +620,9 @@ pub fn apply_patch(
             "is a directory; give the a-to-b.patch file that `foundry-gpu diff` wrote into its output folder",
         ));
     }
+    crate::format::staged::check_output_file(output)?;
     let a = load_side(backend, a_path)?;
-    let bytes = std::fs::read(patch_path).map_err(|e| Error::io(patch_path, "read", e))?;
+    let bytes = crate::source::read_input(patch_path)?;
     let patch = patch::Patch::parse(patch_path, &bytes)?;
     let b = patch.apply(a_path, &a.bytes, patch_path)?;
     // B holds A's bytes and the patch's: as private as the more private of them.

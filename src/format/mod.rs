@@ -28,6 +28,11 @@ pub fn detect(path: &Path) -> Result<FileKind> {
     if meta.is_dir() {
         return Err(Error::malformed(path, "is a directory, expected a file"));
     }
+    if !meta.is_file() {
+        // A FIFO or device is never a brick, and reading its head here would consume bytes
+        // (or wait for a writer) before the caller reads it as raw input.
+        return Ok(FileKind::Raw);
+    }
     let mut head = [0u8; 16];
     let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, "read", e))?;
     let mut filled = 0;

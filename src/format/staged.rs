@@ -1,20 +1,100 @@
 //! Atomic output: every file is written to a temporary sibling and renamed into place only
 //! when the whole set succeeded, so a failed run leaves no partial file and keeps old outputs.
+//! A target that is not a regular file (device, FIFO, socket, directory) is refused, never
+//! replaced; `-` stands for standard output, written only once everything succeeded.
 //! Task-driven processes also confine every write to a set of roots ([`confine_writes`]),
 //! checked on the resolved folder when the file is opened and again before the rename.
 
 use crate::error::{Error, Result};
-use std::fs::Permissions;
-use std::io::{BufWriter, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::fs::{File, Permissions};
+use std::io::{BufWriter, Seek, Write};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 use tempfile::NamedTempFile;
 
 /// Files written but not yet renamed into place.
 pub struct StagedOutputs {
-    staged: Vec<(NamedTempFile, PathBuf)>,
+    staged: Vec<Staged>,
     mode: u32,
+}
+
+/// One output waiting for [`StagedOutputs::commit`].
+enum Staged {
+    /// A temporary sibling of the file it will be renamed to.
+    File(NamedTempFile, PathBuf),
+    /// An unnamed temporary file copied to standard output at commit.
+    Stdout(File),
+}
+
+/// The `-o` path that means standard output.
+pub const STDOUT: &str = "-";
+
+/// Whether `path` is `-`, standard output (`./-` names a file called `-`).
+pub fn is_stdout(path: &Path) -> bool {
+    path.as_os_str() == STDOUT
+}
+
+/// What an existing non-regular file is, in words.
+fn kind_in_words(kind: std::fs::FileType) -> &'static str {
+    if kind.is_dir() {
+        "a directory"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Refuses a single-file output target that exists and is not a regular file (through any
+/// symlink): a device, FIFO or socket would be replaced by the rename (or block the writer),
+/// and a directory fails only at the rename, after all the work. A new path, `-` and an
+/// existing regular file are fine. Call it before any work.
+pub fn check_output_file(path: &Path) -> Result<()> {
+    if is_stdout(path) {
+        return Ok(());
+    }
+    let Ok(meta) = std::fs::metadata(path) else {
+        // New (or a dangling symlink, which the rename replaces): nothing to protect.
+        return Ok(());
+    };
+    if meta.is_file() {
+        return Ok(());
+    }
+    let linked = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    let what = kind_in_words(meta.file_type());
+    let is = if linked {
+        format!("is a symlink to {what}")
+    } else {
+        format!("is {what}")
+    };
+    let hint = if meta.is_dir() {
+        "-o names the one file to write here (e.g. DIR/NAME), or - for standard output"
+    } else {
+        "refusing to replace it; -o names a regular file to write, or - for standard output"
+    };
+    Err(Error::malformed(path, format!("{is}; {hint}")))
+}
+
+/// Refuses a directory output target that exists and is not a directory (through any
+/// symlink), before any work.
+pub fn check_output_dir(path: &Path) -> Result<()> {
+    match std::fs::metadata(path) {
+        Ok(meta) if !meta.is_dir() => Err(Error::malformed(
+            path,
+            format!(
+                "is {}, not a directory; -o names a directory here (or end it in .brick, .rts.png or .png to write one file)",
+                if meta.is_file() { "a file" } else { kind_in_words(meta.file_type()) }
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 impl Default for StagedOutputs {
@@ -154,12 +234,17 @@ impl StagedOutputs {
         self
     }
 
-    /// Writes `path`'s future content through `write` into a temporary file beside it.
+    /// Writes `path`'s future content through `write` into a temporary file beside it (for
+    /// `-`, an unnamed temporary file; only one output may go to standard output).
     pub fn write(
         &mut self,
         path: &Path,
         write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
     ) -> Result<()> {
+        check_output_file(path)?;
+        if is_stdout(path) {
+            return self.write_stdout(write);
+        }
         let dir = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
@@ -182,19 +267,58 @@ impl StagedOutputs {
                 .and_then(|()| writer.flush())
                 .map_err(|e| Error::io(path, "write", e))?;
         }
-        self.staged.push((temp, path.to_path_buf()));
+        self.staged.push(Staged::File(temp, path.to_path_buf()));
         Ok(())
     }
 
-    /// Paths staged so far, in order.
+    /// Stages the one output that goes to standard output, in an unnamed temporary file so
+    /// that nothing reaches the reader unless the whole run succeeds.
+    fn write_stdout(
+        &mut self,
+        write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+    ) -> Result<()> {
+        let stdout = Path::new("standard output");
+        if self.staged.iter().any(|s| matches!(s, Staged::Stdout(_))) {
+            return Err(Error::Usage(
+                "-o - writes one file to standard output, and this run has more than one".into(),
+            ));
+        }
+        let mut temp =
+            tempfile::tempfile().map_err(|e| Error::io(stdout, "create temporary file", e))?;
+        {
+            let mut writer = BufWriter::with_capacity(64 << 10, &mut temp);
+            write(&mut writer)
+                .and_then(|()| writer.flush())
+                .map_err(|e| Error::io(stdout, "write", e))?;
+        }
+        self.staged.push(Staged::Stdout(temp));
+        Ok(())
+    }
+
+    /// Paths staged so far, in order (`-` for standard output).
     pub fn paths(&self) -> impl Iterator<Item = &Path> {
-        self.staged.iter().map(|(_, p)| p.as_path())
+        self.staged.iter().map(|s| match s {
+            Staged::File(_, p) => p.as_path(),
+            Staged::Stdout(_) => Path::new(STDOUT),
+        })
     }
 
     /// Renames every staged file into place, in the order they were written.
     pub fn commit(self) -> Result<Vec<WrittenFile>> {
         let mut written = Vec::with_capacity(self.staged.len());
-        for (temp, path) in self.staged {
+        // A target may have been swapped for a device since the work began: check them all
+        // before the first rename, so the set lands whole or not at all.
+        for path in self.paths() {
+            check_output_file(path)?;
+        }
+        for staged in self.staged {
+            let (temp, path) = match staged {
+                Staged::File(temp, path) => (temp, path),
+                Staged::Stdout(file) => {
+                    written.push(copy_to_stdout(file)?);
+                    continue;
+                }
+            };
             let bytes = temp
                 .as_file()
                 .metadata()
@@ -209,6 +333,20 @@ impl StagedOutputs {
         }
         Ok(written)
     }
+}
+
+/// Copies a staged standard-output file to standard output.
+fn copy_to_stdout(mut file: File) -> Result<WrittenFile> {
+    let stdout = Path::new("standard output");
+    file.rewind().map_err(|e| Error::io(stdout, "write", e))?;
+    let mut out = std::io::stdout().lock();
+    let bytes = std::io::copy(&mut file, &mut out)
+        .and_then(|n| out.flush().map(|()| n))
+        .map_err(|e| Error::io(stdout, "write", e))?;
+    Ok(WrittenFile {
+        path: PathBuf::from(STDOUT),
+        bytes,
+    })
 }
 
 #[cfg(test)]
@@ -247,7 +385,9 @@ mod tests {
         staged
             .write(&sub.join("passwd.brick"), |w| w.write_all(b"half"))
             .unwrap();
-        let (temp, _) = staged.staged.pop().unwrap();
+        let Some(Staged::File(temp, _)) = staged.staged.pop() else {
+            panic!("a file was staged");
+        };
         temp.keep().unwrap();
         let users = [
             "notes.tmp",
@@ -337,6 +477,35 @@ mod tests {
             !outside.exists(),
             "a folder appeared outside the confinement"
         );
+    }
+
+    #[test]
+    fn targets_that_are_not_regular_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let null = dir.path().join("null");
+        std::os::unix::fs::symlink("/dev/null", &null).unwrap();
+        let err = check_output_file(&null).unwrap_err().to_string();
+        assert!(err.ends_with("null: is a symlink to a character device; refusing to replace it; -o names a regular file to write, or - for standard output"), "{err}");
+        let err = check_output_file(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("is a directory; -o names the one file"),
+            "{err}"
+        );
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, b"old").unwrap();
+        for fine in [plain.as_path(), Path::new("-"), &dir.path().join("new")] {
+            check_output_file(fine).unwrap();
+        }
+        assert!(check_output_dir(&plain).is_err());
+        check_output_dir(dir.path()).unwrap();
+
+        let mut staged = StagedOutputs::new();
+        let refused = staged.write(&null, |w| w.write_all(b"lost"));
+        assert!(refused.unwrap_err().is_input_error());
+        assert!(std::fs::symlink_metadata(&null)
+            .unwrap()
+            .file_type()
+            .is_symlink());
     }
 
     #[test]

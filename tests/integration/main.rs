@@ -11,6 +11,7 @@ mod fuzz_regressions;
 mod harness;
 mod help;
 mod hermetic;
+mod io_safety;
 mod llm_real;
 mod llm_standin;
 mod map;

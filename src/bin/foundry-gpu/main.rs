@@ -52,6 +52,18 @@ struct Global {
     /// No progress bar.
     #[arg(short, long, global = true)]
     quiet: bool,
+    /// Most bytes one input may hold (e.g. 512MiB, 16GiB); streams and devices such as /dev/zero are refused past it.
+    #[arg(long, global = true, value_name = "SIZE", value_parser = foundry_gpu::source::parse_size, default_value = "4GiB", help_heading = "Input")]
+    max_input: u64,
+}
+
+/// What `fold X -o -` writes to standard output.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum StreamFormat {
+    Brick,
+    #[value(name = "rts.png")]
+    RtsPng,
+    Png,
 }
 
 /// Which engine folds, unfolds and compares: only on the commands that run one.
@@ -67,14 +79,17 @@ struct EngineArgs {
 enum Command {
     /// Fold a file into NAME.brick, NAME.rts.png and NAME.preview.png (or the one file -o names); a directory as `snapshot` does.
     #[command(
-        after_help = "Examples:\n  foundry-gpu fold /usr/bin/ls -o out/            # out/ls.brick, out/ls.rts.png, out/ls.preview.png\n  foundry-gpu fold hello.txt -o hello.brick --texture-size 8\n  foundry-gpu fold /proc/meminfo -o meminfo.rts.png\n  foundry-gpu fold big.img -o out/ --max-side 4096   # parts + big.img.parts.json\n  foundry-gpu fold /usr/bin/ls -o out/ --sections .text,.rodata   # + ls.text.brick ...\n\nIf -o ends in .brick, .rts.png or .png only that file is written; otherwise -o is a directory. Inputs larger than one --max-side texture are split into parts with an index NAME.parts.json."
+        after_help = "Examples:\n  foundry-gpu fold /usr/bin/ls -o out/            # out/ls.brick, out/ls.rts.png, out/ls.preview.png\n  foundry-gpu fold hello.txt -o hello.brick --texture-size 8\n  foundry-gpu fold /proc/meminfo -o meminfo.rts.png\n  foundry-gpu fold big.img -o out/ --max-side 4096   # parts + big.img.parts.json\n  foundry-gpu fold /usr/bin/ls -o out/ --sections .text,.rodata   # + ls.text.brick ...\n  foundry-gpu fold /proc/meminfo -o - --format rts.png > meminfo.rts.png\n\nIf -o ends in .brick, .rts.png or .png only that file is written; -o - --format F streams that one file to stdout; otherwise -o is a directory. Inputs larger than one --max-side texture are split into parts with an index NAME.parts.json."
     )]
     Fold {
-        /// File to fold (regular files are memory-mapped; /proc and /sys files are read to EOF).
+        /// File to fold (read into memory, up to --max-input; /proc, /sys, devices and FIFOs are read to EOF).
         input: PathBuf,
-        /// Output directory, or one .brick / .rts.png / .png file.
+        /// Output directory, or one .brick / .rts.png / .png file, or - for standard output (with --format).
         #[arg(short, long, help_heading = "Output")]
         output: PathBuf,
+        /// With -o -: the one file to write to standard output.
+        #[arg(long, value_enum, help_heading = "Output")]
+        format: Option<StreamFormat>,
         /// Texture side to use; grown to the next power of two that fits (with a note), never truncating.
         #[arg(long, help_heading = "Output")]
         texture_size: Option<u32>,
@@ -287,7 +302,7 @@ enum Command {
         a: PathBuf,
         /// The patch (a-to-b.patch).
         patch: PathBuf,
-        /// File to write.
+        /// File to write, or - for standard output.
         #[arg(short, long)]
         output: PathBuf,
         #[command(flatten)]
@@ -300,7 +315,7 @@ enum Command {
     Unfold {
         /// A .brick, .rts.png or parts index.
         input: PathBuf,
-        /// File to write.
+        /// File to write, or - for standard output.
         #[arg(short, long)]
         output: PathBuf,
         #[command(flatten)]
@@ -323,7 +338,7 @@ enum Command {
     Preview {
         /// A .brick, .rts.png or any other file (shown as it would fold into a .brick).
         input: PathBuf,
-        /// PNG to write.
+        /// PNG to write, or - for standard output.
         #[arg(short, long)]
         output: PathBuf,
         #[command(flatten)]
@@ -843,8 +858,55 @@ fn open_backend(global: &Global) -> Result<Backend, Error> {
     Ok(backend)
 }
 
+/// The inputs the user named directly: the only ones that may be FIFOs.
+fn named_inputs(command: &Command) -> Vec<&Path> {
+    match command {
+        Command::Fold { input, .. }
+        | Command::Analyze { input, .. }
+        | Command::Unfold { input, .. }
+        | Command::Preview { input, .. } => vec![input],
+        Command::Diff { a, b, .. } => vec![a, b],
+        Command::Patch { a, patch, .. } => vec![a, patch],
+        _ => Vec::new(),
+    }
+}
+
+/// Prints a line of the report on stdout, or on stderr when stdout carries the output (`-o -`).
+fn say(stdout_taken: bool, line: std::fmt::Arguments) {
+    if stdout_taken {
+        eprintln!("{line}");
+    } else {
+        println!("{line}");
+    }
+}
+
+/// [`print_json`], on stderr when stdout carries the output (`-o -`).
+fn print_json_beside(stdout_taken: bool, value: &impl serde::Serialize) {
+    let text = serde_json::to_string_pretty(value).expect("reports serialise");
+    say(stdout_taken, format_args!("{text}"));
+}
+
+/// `fold`'s target: `-o -` needs `--format`, and `--format` goes only with `-o -`.
+fn fold_target(output: &Path, format: Option<StreamFormat>) -> Result<OutputTarget, Error> {
+    let stdout = foundry_gpu::format::staged::is_stdout(output);
+    match (stdout, format) {
+        (true, Some(StreamFormat::Brick)) => Ok(OutputTarget::Brick(output.into())),
+        (true, Some(StreamFormat::RtsPng)) => Ok(OutputTarget::RtsPng(output.into())),
+        (true, Some(StreamFormat::Png)) => Ok(OutputTarget::Preview(output.into())),
+        (true, None) => Err(Error::Usage(
+            "-o - writes one file to standard output: say which with --format brick, rts.png or png".into(),
+        )),
+        (false, Some(_)) => Err(Error::Usage(
+            "--format goes with -o -; for a file, end -o in .brick, .rts.png or .png".into(),
+        )),
+        (false, None) => Ok(OutputTarget::from_path(output)),
+    }
+}
+
 fn run(cli: Cli) -> Result<ExitCode, Error> {
     let global = &cli.global;
+    foundry_gpu::source::set_max_input(global.max_input);
+    foundry_gpu::source::name_inputs(named_inputs(&cli.command));
     let bar = Bar::new(!global.json && !global.quiet);
     match cli.command {
         Command::Completions { shell } => {
@@ -887,6 +949,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::Fold {
             input,
             output,
+            format,
             texture_size,
             max_side,
             look,
@@ -916,6 +979,13 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 intent: None,
                 output_mode: None,
             };
+            let target = fold_target(&output, format)?;
+            let streamed = target.is_stdout();
+            if streamed && (watch || input.is_dir() || tree.publish.is_some()) {
+                return Err(Error::Usage(
+                    "-o - streams one file folded from one input; --watch, a directory input and --publish write files".into(),
+                ));
+            }
             if watch {
                 drop(bar);
                 let live = live.options(&output, tree.publish.clone(), opts);
@@ -933,13 +1003,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 return Ok(ExitCode::SUCCESS);
             }
             let backend = open_backend(global)?;
-            let report = fold::fold_file(
-                &backend,
-                &input,
-                &OutputTarget::from_path(&output),
-                &opts,
-                &bar,
-            )?;
+            let report = fold::fold_file(&backend, &input, &target, &opts, &bar)?;
             drop(bar);
             if let Some(builder) = &tree.publish {
                 let published = fold::publish(&report, builder)?;
@@ -952,29 +1016,38 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 }
             }
             if global.json {
-                print_json(&report);
+                print_json_beside(streamed, &report);
             } else {
-                println!(
-                    "folded {} ({}, {:.2} bits/byte{}{}) on {} in {:.2} s",
-                    input.display(),
-                    human_bytes(report.source.size),
-                    report.source.entropy,
-                    if report.flags.is_empty() { "" } else { ", " },
-                    report.flags.join(" "),
-                    report.backend,
-                    report.seconds
+                say(
+                    streamed,
+                    format_args!(
+                        "folded {} ({}, {:.2} bits/byte{}{}) on {} in {:.2} s",
+                        input.display(),
+                        human_bytes(report.source.size),
+                        report.source.entropy,
+                        if report.flags.is_empty() { "" } else { ", " },
+                        report.flags.join(" "),
+                        report.backend,
+                        report.seconds
+                    ),
                 );
                 for o in &report.outputs {
                     let side = o.side.map(|s| format!("{s}x{s}")).unwrap_or_default();
-                    println!(
-                        "  {:<16} {:<11} {:>10}  {}",
-                        o.kind,
-                        side,
-                        human_bytes(o.bytes),
-                        o.path.display()
+                    say(
+                        streamed,
+                        format_args!(
+                            "  {:<16} {:<11} {:>10}  {}",
+                            o.kind,
+                            side,
+                            human_bytes(o.bytes),
+                            o.path.display()
+                        ),
                     );
                 }
-                print_semantic(&report.semantic);
+                // Standard output carries the texture: the summary stays off it.
+                if !streamed {
+                    print_semantic(&report.semantic);
+                }
                 for note in &report.notes {
                     eprintln!("note: {note}");
                 }
@@ -1276,16 +1349,20 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             let backend = open_backend(global)?;
             let report = foundry_gpu::diff::apply_patch(&backend, &a, &patch, &output)?;
             drop(bar);
+            let streamed = foundry_gpu::format::staged::is_stdout(&output);
             if global.json {
-                print_json(&report);
+                print_json_beside(streamed, &report);
             } else {
-                println!(
-                    "patched {} with {} -> {} ({}, SHA-256 {} verified)",
-                    a.display(),
-                    patch.display(),
-                    output.display(),
-                    human_bytes(report.size),
-                    report.sha256
+                say(
+                    streamed,
+                    format_args!(
+                        "patched {} with {} -> {} ({}, SHA-256 {} verified)",
+                        a.display(),
+                        patch.display(),
+                        output.display(),
+                        human_bytes(report.size),
+                        report.sha256
+                    ),
                 );
             }
         }
@@ -1293,15 +1370,19 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             let backend = open_backend(global)?;
             let report = fold::unfold_file(&backend, &input, &output, &bar)?;
             drop(bar);
+            let streamed = foundry_gpu::format::staged::is_stdout(&output);
             if global.json {
-                print_json(&report);
+                print_json_beside(streamed, &report);
             } else {
-                println!(
-                    "unfolded {} -> {} ({}, SHA-256 {} verified)",
-                    input.display(),
-                    output.display(),
-                    human_bytes(report.size),
-                    report.sha256
+                say(
+                    streamed,
+                    format_args!(
+                        "unfolded {} -> {} ({}, SHA-256 {} verified)",
+                        input.display(),
+                        output.display(),
+                        human_bytes(report.size),
+                        report.sha256
+                    ),
                 );
             }
         }
@@ -1334,14 +1415,18 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 look.legend,
             )?;
             drop(bar);
+            let streamed = foundry_gpu::format::staged::is_stdout(&output);
             if global.json {
-                print_json(&record);
+                print_json_beside(streamed, &record);
             } else {
-                println!(
-                    "preview {} -> {} ({})",
-                    input.display(),
-                    output.display(),
-                    human_bytes(record.bytes)
+                say(
+                    streamed,
+                    format_args!(
+                        "preview {} -> {} ({})",
+                        input.display(),
+                        output.display(),
+                        human_bytes(record.bytes)
+                    ),
                 );
             }
         }
