@@ -357,6 +357,11 @@ pub struct SeriesStep {
     pub mappings_disappeared: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mappings_changed: Option<usize>,
+    /// Bytes of this snapshot's district that differ from the previous one's, byte by byte at
+    /// the same offset, plus the sizes' difference: the diff's `difference.bytes_differ`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_differ: Option<u64>,
+    /// `bytes_differ` as a share of the larger snapshot, percent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub percent_different: Option<f64>,
     /// Pages the process wrote since the previous snapshot, by its soft-dirty bits, when the
@@ -482,7 +487,8 @@ pub fn snapshot_series(
                 step.mappings_disappeared = Some(m.removed.clone());
                 step.mappings_changed = Some(m.changed.len());
             }
-            step.percent_different = Some(d.totals.percent_of_b_different);
+            step.bytes_differ = Some(d.difference.bytes_differ);
+            step.percent_different = Some(d.difference.percent);
             step.diff = Some(diff_dir);
         }
         previous = Some(current);

@@ -229,6 +229,36 @@ fn a_series_reports_a_new_mapping_and_a_changed_page() {
             .unwrap();
     assert_eq!(diff["a"]["kind"], "memory");
     assert!(out.join("series.json").exists() && out.join("001/regions.json").exists());
+    // The step's headline is the exact byte-by-byte count of the two address spaces, counted
+    // here again from the districts unfolded: differing bytes at the same offset, plus the
+    // bytes past the shorter one's end.
+    let district_bytes = |snapshot: &str| {
+        let table: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(out.join(snapshot).join("regions.json")).unwrap(),
+        )
+        .unwrap();
+        let parts = out.join(snapshot).join(table["district"].as_str().unwrap());
+        let bytes = dir.path().join(format!("{snapshot}.bytes"));
+        let o = Command::new(env!("CARGO_BIN_EXE_foundry-gpu"))
+            .args([
+                "unfold",
+                parts.to_str().unwrap(),
+                "-o",
+                bytes.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        std::fs::read(bytes).unwrap()
+    };
+    let (before, after) = (district_bytes("000"), district_bytes("001"));
+    let differing = before.iter().zip(&after).filter(|(x, y)| x != y).count();
+    let exact = (differing + before.len().abs_diff(after.len())) as u64;
+    assert_eq!(steps[1]["bytes_differ"], exact, "{}", steps[1]);
+    assert_eq!(diff["difference"]["bytes_differ"], exact);
+    let longer = before.len().max(after.len()) as f64;
+    let percent = (10_000.0 * exact as f64 / longer).round() / 100.0;
+    assert_eq!(steps[1]["percent_different"], percent);
 }
 
 #[test]
