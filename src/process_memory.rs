@@ -364,6 +364,10 @@ pub struct SeriesStep {
     /// `bytes_differ` as a share of the larger snapshot, percent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub percent_different: Option<f64>,
+    /// The diff's content alignment: when a mapping grows or appears, the bytes after it
+    /// shift and differ in place, while this says what was changed, inserted or moved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<crate::diff::Totals>,
     /// Pages the process wrote since the previous snapshot, by its soft-dirty bits, when the
     /// kernel tracks them.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -489,6 +493,7 @@ pub fn snapshot_series(
             }
             step.bytes_differ = Some(d.difference.bytes_differ);
             step.percent_different = Some(d.difference.percent);
+            step.content = Some(d.totals);
             step.diff = Some(diff_dir);
         }
         previous = Some(current);

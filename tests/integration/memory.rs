@@ -259,6 +259,8 @@ fn a_series_reports_a_new_mapping_and_a_changed_page() {
     let longer = before.len().max(after.len()) as f64;
     let percent = (10_000.0 * exact as f64 / longer).round() / 100.0;
     assert_eq!(steps[1]["percent_different"], percent);
+    // What the content alignment found is there beside it, the same as in diff.json.
+    assert_eq!(steps[1]["content"], diff["totals"]);
 }
 
 #[test]

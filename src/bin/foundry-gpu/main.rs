@@ -935,11 +935,18 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                         match (&step.diff, &step.stopped) {
                             (_, Some(why)) => println!("  {:03}  stopped: {why}", step.index),
                             (Some(d), None) => println!(
-                                "  {:03}  {}  {} bytes differ ({:.2} %), {} mapping(s) appeared, {} disappeared, {} changed  ({})",
+                                "  {:03}  {}  {} bytes differ in place ({:.2} %){}, {} mapping(s) appeared, {} disappeared, {} changed  ({})",
                                 step.index,
                                 human_bytes(step.bytes),
                                 step.bytes_differ.unwrap_or(0),
                                 step.percent_different.unwrap_or(0.0),
+                                step.content.as_ref().map_or(String::new(), |t| format!(
+                                    "; by content {} changed, {} inserted, {} deleted, {} moved",
+                                    human_bytes(t.changed),
+                                    human_bytes(t.inserted),
+                                    human_bytes(t.deleted),
+                                    human_bytes(t.moved)
+                                )),
                                 step.mappings_appeared.as_ref().map_or(0, Vec::len),
                                 step.mappings_disappeared.as_ref().map_or(0, Vec::len),
                                 step.mappings_changed.unwrap_or(0),
