@@ -129,7 +129,9 @@ fn bricks_and_rts_png_compare_by_the_bytes_they_hold_on_both_backends() {
     assert_eq!(cpu["a"]["kind"], "brick");
     assert_eq!(cpu["b"]["kind"], "rts_png");
     assert_eq!(cpu["aligned"]["changed_blocks"], 1);
-    assert!(total(&cpu, "changed") <= 10);
+    let differing = a_bytes.iter().zip(&b_bytes).filter(|(x, y)| x != y).count() as u64;
+    assert_eq!(cpu["difference"]["bytes_differ"], differing);
+    assert_eq!(total(&cpu, "changed"), differing);
     if gpu().is_some() {
         let on_gpu = diff_and_patch(&a, &b, &dir.path().join("gpu"), &b_bytes, "gpu");
         assert_eq!(
@@ -137,6 +139,7 @@ fn bricks_and_rts_png_compare_by_the_bytes_they_hold_on_both_backends() {
             "GPU and CPU count the same blocks"
         );
         assert_eq!(on_gpu["ranges"], cpu["ranges"]);
+        assert_eq!(on_gpu["difference"], cpu["difference"]);
         assert_eq!(
             std::fs::read(dir.path().join("gpu/a-to-b.patch")).unwrap(),
             std::fs::read(dir.path().join("cpu/a-to-b.patch")).unwrap()
