@@ -83,7 +83,6 @@ pub fn render_delta(
     });
     let labelled: Vec<LabelledRange> = regions
         .iter()
-        .take(64)
         .map(|r| LabelledRange {
             label: r.name.clone(),
             start: r.start,
