@@ -357,8 +357,17 @@ pub struct SeriesStep {
     pub mappings_disappeared: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mappings_changed: Option<usize>,
+    /// Bytes of this snapshot's district that differ from the previous one's, byte by byte at
+    /// the same offset, plus the sizes' difference: the diff's `difference.bytes_differ`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_differ: Option<u64>,
+    /// `bytes_differ` as a share of the larger snapshot, percent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub percent_different: Option<f64>,
+    /// The diff's content alignment: when a mapping grows or appears, the bytes after it
+    /// shift and differ in place, while this says what was changed, inserted or moved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<crate::diff::Totals>,
     /// Pages the process wrote since the previous snapshot, by its soft-dirty bits, when the
     /// kernel tracks them.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -482,7 +491,9 @@ pub fn snapshot_series(
                 step.mappings_disappeared = Some(m.removed.clone());
                 step.mappings_changed = Some(m.changed.len());
             }
-            step.percent_different = Some(d.totals.percent_of_b_different);
+            step.bytes_differ = Some(d.difference.bytes_differ);
+            step.percent_different = Some(d.difference.percent);
+            step.content = Some(d.totals);
             step.diff = Some(diff_dir);
         }
         previous = Some(current);

@@ -120,6 +120,7 @@ pub struct WatchEvent {
     /// The diff against the previous state, when there was one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub diff: Option<PathBuf>,
+    /// The diff's exact `difference.percent`: bytes that differ byte by byte, of the larger state.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub percent_different: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -161,7 +162,7 @@ impl WatchEvent {
     ) {
         match crate::diff::write_diff(backend, a, b, &dir, &Default::default(), Instant::now()) {
             Ok(d) => {
-                self.percent_different = Some(d.totals.percent_of_b_different);
+                self.percent_different = Some(d.difference.percent);
                 self.diff = Some(dir);
             }
             Err(e) => self.error = Some(format!("outputs written, diff failed: {e}")),

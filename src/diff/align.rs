@@ -26,6 +26,30 @@ pub struct DeltaRange {
     pub a: Option<(u64, u64)>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub b: Option<(u64, u64)>,
+    /// Changed ranges only: how many of its bytes differ from A's byte at the same place in
+    /// the paired range (the rest of a changed range holds equal bytes between the edits).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub differing_bytes: Option<u64>,
+}
+
+/// Offsets below the shorter length where `a` and `b` hold different bytes: what `cmp -l`
+/// counts. Equal eight-byte words are skipped whole.
+pub fn count_differing(a: &[u8], b: &[u8]) -> u64 {
+    let common = a.len().min(b.len());
+    let (a, b) = (&a[..common], &b[..common]);
+    let words = common / 8 * 8;
+    let mut differing: u64 = a[..words]
+        .chunks_exact(8)
+        .zip(b[..words].chunks_exact(8))
+        .filter(|(x, y)| x != y)
+        .map(|(x, y)| x.iter().zip(y).filter(|(p, q)| p != q).count() as u64)
+        .sum();
+    differing += a[words..]
+        .iter()
+        .zip(&b[words..])
+        .filter(|(x, y)| x != y)
+        .count() as u64;
+    differing
 }
 
 /// How B is rebuilt from A.
@@ -230,10 +254,15 @@ fn replaced(
     let (b0, b1) = (b_span.0 + prefix, b_span.1 - suffix);
     let common = (a1 - a0).min(b1 - b0);
     if common > 0 {
+        let differing = count_differing(
+            &a[a0 as usize..(a0 + common) as usize],
+            &b[b0 as usize..(b0 + common) as usize],
+        );
         ranges.push(DeltaRange {
             kind: Change::Changed,
             a: Some((a0, a0 + common)),
             b: Some((b0, b0 + common)),
+            differing_bytes: Some(differing),
         });
     }
     if a0 + common < a1 {
@@ -241,6 +270,7 @@ fn replaced(
             kind: Change::Deleted,
             a: Some((a0 + common, a1)),
             b: None,
+            differing_bytes: None,
         });
     }
     if b0 + common < b1 {
@@ -248,6 +278,7 @@ fn replaced(
             kind: Change::Inserted,
             a: None,
             b: Some((b0 + common, b1)),
+            differing_bytes: None,
         });
     }
     if suffix > 0 {
@@ -283,7 +314,12 @@ fn push_range(
             return;
         }
     }
-    ranges.push(DeltaRange { kind, a, b });
+    ranges.push(DeltaRange {
+        kind,
+        a,
+        b,
+        differing_bytes: None,
+    });
 }
 
 fn push_copy(ops: &mut Vec<PatchOp>, offset: u64, len: u64) {
@@ -410,6 +446,26 @@ mod tests {
         assert_eq!(total(&al, Change::Changed), 10, "{:?}", al.ranges);
         assert_eq!(total(&al, Change::Unchanged), 200_000 - 10);
         assert_eq!(apply(&a, &al.ops), b);
+    }
+
+    #[test]
+    fn a_changed_range_counts_only_the_bytes_that_differ() {
+        let a = noise(200_000, 11);
+        let mut b = a.clone();
+        // Two one-byte edits 100 bytes apart: one changed range of 101 bytes, 2 of them differ.
+        b[100_000] ^= 0xff;
+        b[100_100] ^= 0x01;
+        let al = align(&a, &b, 4096);
+        let changed: Vec<&DeltaRange> = al
+            .ranges
+            .iter()
+            .filter(|r| r.kind == Change::Changed)
+            .collect();
+        assert_eq!(changed.len(), 1, "{:?}", al.ranges);
+        assert_eq!(changed[0].b, Some((100_000, 100_101)));
+        assert_eq!(changed[0].differing_bytes, Some(2));
+        assert_eq!(count_differing(&a, &b), 2);
+        assert_eq!(count_differing(&a[..7], &b[..3]), 0);
     }
 
     #[test]

@@ -257,24 +257,65 @@ pub struct AlignedCompare {
     pub changed_ranges: Vec<(u64, u64)>,
 }
 
-/// Totals by kind of change, in bytes.
+/// The headline: bytes that differ byte by byte, exactly as `cmp -l A B | wc -l` counts them,
+/// plus the bytes only the longer side has. Never estimated from blocks or chunks.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ByteDifference {
+    /// Bytes both sides have: the shorter side's size.
+    pub common_bytes: u64,
+    /// Offsets below `common_bytes` where A and B hold different bytes (`cmp -l`'s lines).
+    pub differing_in_common: u64,
+    /// Bytes past the shorter side's end: the sizes' difference.
+    pub past_shorter_end: u64,
+    /// `differing_in_common + past_shorter_end`; for equally long sides, `cmp -l`'s count.
+    pub bytes_differ: u64,
+    /// `bytes_differ` as a share of the longer side's size, percent.
+    pub percent: f64,
+}
+
+impl ByteDifference {
+    fn of(aligned: &AlignedCompare, a_len: u64, b_len: u64) -> Self {
+        let past_shorter_end = a_len.abs_diff(b_len);
+        let bytes_differ = aligned.changed_bytes + past_shorter_end;
+        ByteDifference {
+            common_bytes: a_len.min(b_len),
+            differing_in_common: aligned.changed_bytes,
+            past_shorter_end,
+            bytes_differ,
+            percent: round2(100.0 * bytes_differ as f64 / a_len.max(b_len).max(1) as f64),
+        }
+    }
+}
+
+/// The content alignment's totals by kind of change, in bytes of B (deleted: of A). They sum to
+/// B's size: the bytes of a changed range that equal A's are counted as unchanged.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Totals {
     pub unchanged: u64,
+    /// Found unchanged elsewhere in A.
     pub moved: u64,
+    /// Bytes of B with no counterpart in A.
     pub inserted: u64,
     pub deleted: u64,
+    /// Bytes of changed ranges that differ from A's byte they are paired with.
     pub changed: u64,
-    /// Share of B not found unchanged in A, percent.
-    pub percent_of_b_different: f64,
+    /// `changed + inserted` as a share of B, percent: what of B the alignment finds neither in
+    /// place nor moved.
+    pub percent_of_b_changed_or_inserted: f64,
 }
 
-/// A region of B and how much of it is not unchanged.
+/// A region of B (ELF section, district file, process mapping) compared byte by byte with its
+/// counterpart in A: A's region of the same name when A has exactly one, else the same offsets.
 #[derive(Clone, Debug, Serialize)]
 pub struct RegionDelta {
     pub name: String,
     pub start: u64,
     pub end: u64,
+    /// The range of A compared with (cut at A's end; empty when A ends before it starts).
+    pub compared_with: (u64, u64),
+    /// Bytes of the region that differ from A's byte at the same place in `compared_with`,
+    /// plus those past its end. With `compared_with` at the same offsets this is `cmp -l`
+    /// restricted to the region's range (plus bytes past A's end).
     pub different_bytes: u64,
     pub percent: f64,
 }
@@ -295,7 +336,11 @@ pub struct DiffReport {
     pub a: SideSummary,
     pub b: SideSummary,
     pub backend: &'static str,
+    /// The exact byte-by-byte count (the headline).
+    pub difference: ByteDifference,
+    /// The same comparison in blocks, as the GPU kernel makes it.
     pub aligned: AlignedCompare,
+    /// The content alignment (FastCDC chunks): what moved, was inserted or deleted.
     pub totals: Totals,
     /// Inserted, deleted, moved and changed ranges (unchanged ones left out), capped at 10,000.
     pub ranges: Vec<DeltaRange>,
@@ -442,6 +487,7 @@ pub fn compare(
         || align::align(&a.bytes, &b.bytes, opts.block),
     );
     let (aligned, device) = aligned?;
+    let difference = ByteDifference::of(&aligned, a.bytes.len() as u64, b.bytes.len() as u64);
     let mut totals = Totals::default();
     for r in &alignment.ranges {
         let len = |x: Option<(u64, u64)>| x.map_or(0, |(s, e)| e - s);
@@ -450,35 +496,17 @@ pub fn compare(
             Change::Moved => totals.moved += len(r.b),
             Change::Inserted => totals.inserted += len(r.b),
             Change::Deleted => totals.deleted += len(r.a),
-            Change::Changed => totals.changed += len(r.b),
+            Change::Changed => {
+                let differing = r.differing_bytes.unwrap_or(len(r.b));
+                totals.changed += differing;
+                totals.unchanged += len(r.b) - differing;
+            }
         }
     }
     let b_len = b.bytes.len().max(1) as f64;
-    totals.percent_of_b_different =
-        round2(100.0 * (b.bytes.len() as u64 - totals.unchanged) as f64 / b_len);
-    let different: Vec<(u64, u64)> = alignment
-        .ranges
-        .iter()
-        .filter(|r| r.kind != Change::Unchanged)
-        .filter_map(|r| r.b)
-        .collect();
-    let regions = b
-        .regions
-        .iter()
-        .map(|region| {
-            let overlap: u64 = different
-                .iter()
-                .map(|&(s, e)| e.min(region.end).saturating_sub(s.max(region.start)))
-                .sum();
-            RegionDelta {
-                name: region.name.clone(),
-                start: region.start,
-                end: region.end,
-                different_bytes: overlap,
-                percent: round2(100.0 * overlap as f64 / (region.end - region.start).max(1) as f64),
-            }
-        })
-        .collect();
+    totals.percent_of_b_changed_or_inserted =
+        round2(100.0 * (totals.changed + totals.inserted) as f64 / b_len);
+    let regions = region_deltas(a, b);
     let changes = || {
         alignment
             .ranges
@@ -495,6 +523,7 @@ pub fn compare(
         a: summary(a),
         b: summary(b),
         backend: backend.label(),
+        difference,
         aligned,
         totals,
         ranges: changes().take(RANGE_CAP).cloned().collect(),
@@ -507,6 +536,47 @@ pub fn compare(
         seconds: started.elapsed().as_secs_f64(),
     };
     Ok((report, alignment))
+}
+
+/// Each region of B compared byte by byte with its counterpart in A (see [`RegionDelta`]).
+fn region_deltas(a: &Side, b: &Side) -> Vec<RegionDelta> {
+    use rayon::prelude::*;
+    // A name A holds twice pairs with neither: the same offsets are compared instead.
+    let mut by_name: std::collections::HashMap<&str, Option<&NamedRange>> =
+        std::collections::HashMap::new();
+    for r in &a.regions {
+        by_name
+            .entry(r.name.as_str())
+            .and_modify(|seen| *seen = None)
+            .or_insert(Some(r));
+    }
+    let a_len = a.bytes.len() as u64;
+    let b_len = b.bytes.len() as u64;
+    b.regions
+        .par_iter()
+        .map(|region| {
+            let (start, end) = (region.start.min(b_len), region.end.min(b_len));
+            let (a_start, a_end) = match by_name.get(region.name.as_str()) {
+                Some(Some(r)) => (r.start, r.end),
+                _ => (region.start, region.end),
+            };
+            let compared_with = (a_start.min(a_len), a_end.min(a_len));
+            let theirs = &a.bytes[compared_with.0 as usize..compared_with.1 as usize];
+            let ours = &b.bytes[start as usize..end as usize];
+            let different = align::count_differing(theirs, ours)
+                + ours.len().saturating_sub(theirs.len()) as u64;
+            RegionDelta {
+                name: region.name.clone(),
+                start: region.start,
+                end: region.end,
+                compared_with,
+                different_bytes: different,
+                percent: round2(
+                    100.0 * different as f64 / (region.end - region.start).max(1) as f64,
+                ),
+            }
+        })
+        .collect()
 }
 
 fn round2(x: f64) -> f64 {

@@ -6,13 +6,15 @@ use super::NamedRange;
 use crate::backend::Backend;
 use crate::curve::order_for_cells;
 use crate::error::Result;
-use crate::format::preview::{self, draw_text, fill_rect, LabelledRange, Palette, PreviewImage};
+use crate::format::legend;
+use crate::format::preview::{self, LabelledRange, Palette, PreviewImage};
 use crate::kernels::Layout;
 
 pub const CHANGED_COLOUR: [u8; 3] = [0xff, 0xd0, 0x00];
 pub const INSERTED_COLOUR: [u8; 3] = [0x30, 0xe0, 0x60];
 pub const MOVED_COLOUR: [u8; 3] = [0xc0, 0x50, 0xff];
-const LEGEND_HEIGHT: usize = 28;
+/// Unchanged bytes are shown dimmed; the legend's swatch is a dim gray.
+const UNCHANGED_SWATCH: [u8; 3] = [0x40, 0x40, 0x40];
 
 /// What a preview pixel shows, strongest first when its bytes mix.
 fn status_rank(kind: Change) -> u8 {
@@ -81,7 +83,6 @@ pub fn render_delta(
     });
     let labelled: Vec<LabelledRange> = regions
         .iter()
-        .take(64)
         .map(|r| LabelledRange {
             label: r.name.clone(),
             start: r.start,
@@ -97,48 +98,20 @@ pub fn render_delta(
     Ok(image)
 }
 
+/// The colours' legend, under the regions' one: wrapped into rows on small pictures, at most half
+/// the picture's height.
 fn add_legend(image: &mut PreviewImage) {
-    let width = image.width as usize;
-    let old_height = image.height as usize;
-    image
-        .rgba
-        .resize(width * (old_height + LEGEND_HEIGHT) * 4, 0);
-    image.height += LEGEND_HEIGHT as u32;
-    fill_rect(
-        image,
-        0,
-        old_height,
-        width,
-        LEGEND_HEIGHT,
-        [0x18, 0x18, 0x18, 0xff],
-    );
-    let entries: [(&str, [u8; 3]); 4] = [
-        ("unchanged (dim)", [0x40, 0x40, 0x40]),
+    let side = image.width as usize;
+    let scale = if side >= 1024 { 2 } else { 1 };
+    let items: Vec<(String, Option<[u8; 3]>)> = [
+        ("unchanged", UNCHANGED_SWATCH),
         ("changed", CHANGED_COLOUR),
         ("inserted", INSERTED_COLOUR),
         ("moved", MOVED_COLOUR),
-    ];
-    let mut x = 6;
-    for (label, colour) in entries {
-        if x + 12 >= width {
-            break;
-        }
-        fill_rect(
-            image,
-            x,
-            old_height + 8,
-            12,
-            12,
-            [colour[0], colour[1], colour[2], 0xff],
-        );
-        draw_text(
-            image,
-            x + 16,
-            old_height + 10,
-            label,
-            1,
-            [0xee, 0xee, 0xee, 0xff],
-        );
-        x += 16 + label.len() * 8 + 14;
-    }
+    ]
+    .into_iter()
+    .map(|(label, colour)| (label.to_string(), Some(colour)))
+    .collect();
+    let strip = legend::lay_out(&items, side, side / 2, scale);
+    legend::append(image, &strip);
 }

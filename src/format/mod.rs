@@ -1,6 +1,7 @@
 //! The files foundry-gpu writes and reads: `.brick`, `.rts.png`, parts indexes, previews, and their atomic writing.
 
 pub mod brick;
+pub mod legend;
 pub mod parts;
 pub mod png_writer;
 pub mod preview;

@@ -1,6 +1,7 @@
 //! `NAME.preview.png`: palettes people know from binvis (byte class, entropy, gray, raw RGBA),
 //! downscaled by summarising each pixel's whole run of bytes, never by point-sampling.
 
+use super::legend;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::kernels::preview_stats::{EntropyTable, RunStats, CLASS_NAMES, MAX_RUN_LEN};
@@ -271,34 +272,36 @@ pub fn fill_rect(
 
 fn add_legend(image: &mut PreviewImage, palette: Palette, layout: Layout) {
     let scale = if image.width >= 1024 { 2 } else { 1 };
-    let strip = 12 * scale;
+    match palette {
+        Palette::Byteclass => {
+            // Six swatches: one row from 256 pixels, wrapped into rows below that.
+            let mut items: Vec<(String, Option<[u8; 3]>)> = CLASS_NAMES
+                .iter()
+                .zip(CLASS_COLOURS)
+                .map(|(name, rgb)| (name.to_string(), Some(rgb)))
+                .collect();
+            items.push(("none".to_string(), Some(NO_DATA)));
+            let width = image.width as usize;
+            let strip = legend::lay_out(&items, width, image.height as usize / 2, scale);
+            legend::append(image, &strip);
+        }
+        Palette::Entropy | Palette::Gray | Palette::Rgba => {
+            add_scale_legend(image, palette, layout, scale)
+        }
+    }
+}
+
+/// The one-row legend of the entropy, gray and raw palettes.
+fn add_scale_legend(image: &mut PreviewImage, palette: Palette, layout: Layout, scale: usize) {
     let width = image.width as usize;
+    let strip = 12 * scale;
     let top = image.height as usize;
     image.height += strip as u32;
     image.rgba.resize(width * image.height as usize * 4, 0);
     fill_rect(image, 0, top, width, strip, [0x18, 0x18, 0x18, 255]);
     let text_y = top + 2 * scale;
     let white = [0xee, 0xee, 0xee, 255];
-    let swatch = |image: &mut PreviewImage, x: usize, rgb: [u8; 3], label: &str| -> usize {
-        fill_rect(
-            image,
-            x,
-            text_y,
-            8 * scale,
-            8 * scale,
-            [rgb[0], rgb[1], rgb[2], 255],
-        );
-        draw_text(image, x + 10 * scale, text_y, label, scale, white);
-        x + (12 + 8 * label.len()) * scale
-    };
     match palette {
-        Palette::Byteclass => {
-            let mut x = 2 * scale;
-            for (name, rgb) in CLASS_NAMES.iter().zip(CLASS_COLOURS) {
-                x = swatch(image, x, rgb, name);
-            }
-            swatch(image, x, NO_DATA, "none");
-        }
         Palette::Entropy | Palette::Gray => {
             draw_text(image, 2 * scale, text_y, "0", scale, white);
             let bar_x = 12 * scale;
@@ -319,25 +322,20 @@ fn add_legend(image: &mut PreviewImage, palette: Palette, layout: Layout) {
                     [rgb[0], rgb[1], rgb[2], 255],
                 );
             }
-            let label = if palette == Palette::Entropy {
-                "8 bits/B, 256 B blocks"
-            } else {
-                "255"
+            let label_x = bar_x + bar_w + 2 * scale;
+            let room = width.saturating_sub(label_x) / (8 * scale);
+            let label = match palette {
+                Palette::Entropy if room >= 22 => "8 bits/B, 256 B blocks",
+                Palette::Entropy => "8 bits/B",
+                _ => "255",
             };
-            draw_text(
-                image,
-                bar_x + bar_w + 2 * scale,
-                text_y,
-                label,
-                scale,
-                white,
-            );
+            draw_text(image, label_x, text_y, label, scale, white);
         }
-        Palette::Rgba => {
+        Palette::Byteclass | Palette::Rgba => {
             let label = if layout == Layout::Rts {
                 "raw RGBA texels"
             } else {
-                "raw bytes (gray)"
+                "raw bytes, gray"
             };
             draw_text(image, 2 * scale, text_y, label, scale, white);
         }
@@ -390,7 +388,8 @@ pub fn render_outlined(
 
 /// Outlines every range of `ranges` on a square preview (no legend yet) of a
 /// texture of `order` in its own colour, labels it where it is big enough, and
-/// adds a legend listing all of them below.
+/// adds a legend listing them below ([`range_legend`]: as many as fit in half the
+/// picture's height, then "+N more").
 pub fn outline(
     mut image: PreviewImage,
     layout: Layout,
@@ -398,6 +397,7 @@ pub fn outline(
     ranges: &[LabelledRange],
 ) -> PreviewImage {
     let side = image.width;
+    let colours = label_ordinals(ranges);
     let preview_order = side.trailing_zeros();
     let cell_order = order.min(preview_order);
     let scale = 1u64 << (preview_order - cell_order);
@@ -444,7 +444,7 @@ pub fn outline(
                         || labels[ny as usize * width + nx as usize] != Some(id)
                 });
             if edge {
-                let [r, g, b] = REGION_COLOURS[id % REGION_COLOURS.len()];
+                let [r, g, b] = REGION_COLOURS[colours[id] % REGION_COLOURS.len()];
                 image.rgba[(y * width + x) * 4..][..4].copy_from_slice(&[r, g, b, 255]);
             }
         }
@@ -458,18 +458,14 @@ pub fn outline(
             .max_by_key(|sq| sq[2]);
         if let Some([x, y, w, _]) = biggest {
             let (px, py, pw) = (x as u64 * scale, y as u64 * scale, w as u64 * scale);
-            let text: String = range
-                .label
-                .chars()
-                .take(((pw.saturating_sub(4)) / 8) as usize)
-                .collect();
+            let text = legend::path_label(&range.label, (pw.saturating_sub(4) / 8) as usize);
             if pw >= 24 && !text.is_empty() {
-                let [r, g, b] = REGION_COLOURS[id % REGION_COLOURS.len()];
+                let [r, g, b] = REGION_COLOURS[colours[id] % REGION_COLOURS.len()];
                 fill_rect(
                     &mut image,
                     px as usize + 2,
                     py as usize + 2,
-                    text.len() * 8,
+                    text.chars().count() * 8,
                     8,
                     [0, 0, 0, 200],
                 );
@@ -484,39 +480,42 @@ pub fn outline(
             }
         }
     }
-    add_range_legend(&mut image, ranges);
+    let strip = range_legend(ranges, side);
+    legend::append(&mut image, &strip);
     image
 }
 
-fn add_range_legend(image: &mut PreviewImage, ranges: &[LabelledRange]) {
-    let width = image.width as usize;
-    let entry_width = |label: &str| (12 + 8 * label.chars().count().min(40)) + 8;
-    let mut rows = 1;
-    let mut x = 2;
-    for r in ranges {
-        if x + entry_width(&r.label) > width && x > 2 {
-            rows += 1;
-            x = 2;
+/// For each range, the ordinal of its label among the distinct labels in order of first
+/// appearance: ranges of one name (the mappings of one library) share a colour and one legend
+/// entry.
+fn label_ordinals(ranges: &[LabelledRange]) -> Vec<usize> {
+    let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    ranges
+        .iter()
+        .map(|r| {
+            let next = seen.len();
+            *seen.entry(r.label.as_str()).or_insert(next)
+        })
+        .collect()
+}
+
+/// The legend listing the labels of `ranges`, each once, under a square picture `side` pixels
+/// wide: each label keeps its file name ([`legend::path_label`]), and the strip is at most
+/// half the picture's height.
+pub fn range_legend(ranges: &[LabelledRange], side: u32) -> legend::Legend {
+    let side = side as usize;
+    let chars = legend::label_chars(side, 1).min(legend::MAX_LABEL_CHARS);
+    let mut items: Vec<(String, Option<[u8; 3]>)> = Vec::new();
+    for (range, ordinal) in ranges.iter().zip(label_ordinals(ranges)) {
+        // Ordinals are handed out in order: a label's first range brings the next one.
+        if ordinal == items.len() {
+            items.push((
+                legend::path_label(&range.label, chars),
+                Some(REGION_COLOURS[ordinal % REGION_COLOURS.len()]),
+            ));
         }
-        x += entry_width(&r.label);
     }
-    let top = image.height as usize;
-    let strip = rows * 12 + 2;
-    image.height += strip as u32;
-    image.rgba.resize(width * image.height as usize * 4, 0);
-    fill_rect(image, 0, top, width, strip, [0x18, 0x18, 0x18, 255]);
-    let (mut x, mut y) = (2, top + 2);
-    for (id, r) in ranges.iter().enumerate() {
-        let label: String = r.label.chars().take(40).collect();
-        if x + entry_width(&label) > width && x > 2 {
-            x = 2;
-            y += 12;
-        }
-        let [cr, cg, cb] = REGION_COLOURS[id % REGION_COLOURS.len()];
-        fill_rect(image, x, y, 8, 8, [cr, cg, cb, 255]);
-        draw_text(image, x + 11, y, &label, 1, [0xee, 0xee, 0xee, 255]);
-        x += entry_width(&label);
-    }
+    legend::lay_out(&items, side, side / 2, 1)
 }
 
 /// Writes `image` as an 8-bit RGBA PNG.

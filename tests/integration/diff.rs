@@ -57,7 +57,12 @@ fn an_insertion_is_reported_as_one_and_the_patch_rebuilds_b() {
     );
     assert_eq!(total(&report, "changed"), 1);
     assert_eq!(total(&report, "deleted"), 0);
-    assert!(report["totals"]["percent_of_b_different"].as_f64().unwrap() < 1.0);
+    assert!(
+        report["totals"]["percent_of_b_changed_or_inserted"]
+            .as_f64()
+            .unwrap()
+            < 1.0
+    );
     let inserted: Vec<&Value> = report["ranges"]
         .as_array()
         .unwrap()
@@ -135,7 +140,10 @@ fn bricks_and_rts_png_compare_by_the_bytes_they_hold() {
     assert_eq!(cpu["a"]["kind"], "brick");
     assert_eq!(cpu["b"]["kind"], "rts_png");
     assert_eq!(cpu["aligned"]["changed_blocks"], 1);
-    assert!(total(&cpu, "changed") <= 10);
+    let a_bytes = sample_bytes(300_000, 5);
+    let differing = a_bytes.iter().zip(&b_bytes).filter(|(x, y)| x != y).count() as u64;
+    assert_eq!(cpu["difference"]["bytes_differ"], differing);
+    assert_eq!(total(&cpu, "changed"), differing);
 }
 
 gpu_leg! {
@@ -148,6 +156,7 @@ gpu_leg! {
             "GPU and CPU count the same blocks"
         );
         assert_eq!(on_gpu["ranges"], cpu["ranges"]);
+        assert_eq!(on_gpu["difference"], cpu["difference"]);
         assert_eq!(
             std::fs::read(dir.path().join("gpu/a-to-b.patch")).unwrap(),
             std::fs::read(dir.path().join("cpu/a-to-b.patch")).unwrap()
@@ -289,4 +298,195 @@ fn a_diff_of_snapshots_is_as_private_as_their_district_files() {
         s(&rebuilt),
     ]);
     assert_eq!(mode(&rebuilt), 0o600);
+}
+
+/// Offsets (from 0) where `a` and `b` differ, as the real `cmp -l` lists them.
+fn cmp_offsets(a: &Path, b: &Path) -> Vec<u64> {
+    let o = std::process::Command::new("cmp")
+        .arg("-l")
+        .args([a, b])
+        .output()
+        .unwrap();
+    // 0: identical, 1: they differ; anything else is trouble (cmp's EOF note goes to stderr).
+    assert!(matches!(o.status.code(), Some(0 | 1)), "{o:?}");
+    String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            line.split_whitespace()
+                .next()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+                - 1
+        })
+        .collect()
+}
+
+/// Every ELF section with bytes in the file: name and file range, read with `object`.
+fn section_ranges(bytes: &[u8]) -> Vec<(String, u64, u64)> {
+    use object::{Object, ObjectSection};
+    let file = object::File::parse(bytes).unwrap();
+    file.sections()
+        .filter_map(|s| {
+            let (start, len) = s.file_range()?;
+            (len > 0).then(|| (s.name().unwrap().to_string(), start, start + len))
+        })
+        .collect()
+}
+
+/// Diffs `a` and `b` and checks every count against the real `cmp -l`: the headline, and each
+/// section's count against cmp's offsets inside that section's range. Returns the report.
+fn assert_counts_match_cmp(a: &Path, b: &Path, out: &Path) -> Value {
+    let b_bytes = std::fs::read(b).unwrap();
+    assert_eq!(
+        std::fs::metadata(a).unwrap().len(),
+        b_bytes.len() as u64,
+        "equally long sides, or cmp -l is not the whole story"
+    );
+    let report = diff_and_patch(a, b, out, &b_bytes, "cpu");
+    let offsets = cmp_offsets(a, b);
+    let d = &report["difference"];
+    assert_eq!(d["bytes_differ"], offsets.len() as u64, "{d}");
+    assert_eq!(d["differing_in_common"], offsets.len() as u64);
+    assert_eq!(d["past_shorter_end"], 0);
+    assert_eq!(total(&report, "changed"), offsets.len() as u64);
+    let regions = report["regions"].as_array().unwrap();
+    let sections = section_ranges(&b_bytes);
+    assert_eq!(regions.len(), sections.len());
+    for (region, (name, start, end)) in regions.iter().zip(&sections) {
+        let in_range = offsets
+            .iter()
+            .filter(|&&o| (*start..*end).contains(&o))
+            .count();
+        assert_eq!(region["name"], name.as_str());
+        assert_eq!(
+            (region["start"].as_u64(), region["end"].as_u64()),
+            (Some(*start), Some(*end))
+        );
+        assert_eq!(region["different_bytes"], in_range as u64, "{region}");
+    }
+    report
+}
+
+fn region<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == name)
+        .unwrap_or_else(|| panic!("no region {name}"))
+}
+
+const TWO_BUILDS: &str = r#"
+#include <stdio.h>
+int table[8] = {LIMIT, 2, 3, 4, 5, 6, 7, 8};
+int main(int argc, char **argv) {
+    (void)argv;
+    printf("%d %d\n", table[argc % 8], argc * LIMIT);
+    return 0;
+}
+"#;
+
+#[test]
+fn two_builds_of_one_program_count_exactly_the_bytes_cmp_finds() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("prog.c");
+    std::fs::write(&source, TWO_BUILDS).unwrap();
+    let build = |limit: u32| {
+        let exe = dir.path().join(format!("prog-{limit}"));
+        let o = std::process::Command::new("gcc")
+            .args(["-O2", "-Wl,--build-id=none"])
+            .arg(format!("-ffile-prefix-map={}=.", dir.path().display()))
+            .arg(format!("-DLIMIT={limit}"))
+            .arg("-o")
+            .arg(&exe)
+            .arg(&source)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        exe
+    };
+    let (a, b) = (build(1_000_001), build(2_000_002));
+    let report = assert_counts_match_cmp(&a, &b, &dir.path().join("d"));
+    // The constant lives in .data and as an immediate in .text; .interp is the same path.
+    assert!(
+        region(&report, ".data")["different_bytes"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    assert!(
+        region(&report, ".text")["different_bytes"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    assert_eq!(region(&report, ".interp")["different_bytes"], 0);
+    assert_eq!(region(&report, ".interp")["percent"], 0.0);
+}
+
+#[test]
+fn ls_and_a_copy_patched_in_text_and_data_count_exactly_the_patched_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let a_bytes = std::fs::read("/usr/bin/ls").unwrap();
+    let sections = section_ranges(&a_bytes);
+    let range = |name: &str| {
+        let (_, start, end) = sections.iter().find(|s| s.0 == name).unwrap();
+        (*start as usize, *end as usize)
+    };
+    let mut b_bytes = a_bytes.clone();
+    // Three bytes of .text spread over a few hundred bytes (one content chunk), two of .data.
+    let (text, _) = range(".text");
+    for at in [text + 1000, text + 1100, text + 1400] {
+        b_bytes[at] ^= 0x5a;
+    }
+    let (data, data_end) = range(".data");
+    for at in [data, data_end - 1] {
+        b_bytes[at] ^= 0xff;
+    }
+    let a = dir.path().join("ls");
+    let b = dir.path().join("ls-patched");
+    std::fs::write(&a, &a_bytes).unwrap();
+    std::fs::write(&b, &b_bytes).unwrap();
+    let report = assert_counts_match_cmp(&a, &b, &dir.path().join("d"));
+    assert_eq!(report["difference"]["bytes_differ"], 5);
+    assert_eq!(region(&report, ".text")["different_bytes"], 3);
+    assert_eq!(region(&report, ".data")["different_bytes"], 2);
+    for r in report["regions"].as_array().unwrap() {
+        if r["name"] != ".text" && r["name"] != ".data" {
+            assert_eq!(r["different_bytes"], 0, "{r}");
+        }
+    }
+    // Identical files: nothing differs anywhere.
+    let same = assert_counts_match_cmp(&a, &a, &dir.path().join("same"));
+    assert_eq!(same["difference"]["bytes_differ"], 0);
+    assert_eq!(same["difference"]["percent"], 0.0);
+}
+
+#[test]
+fn sides_of_different_lengths_count_the_common_bytes_and_the_length_difference() {
+    let dir = tempfile::tempdir().unwrap();
+    let a_bytes = sample_bytes(100_000, 21);
+    let mut b_bytes = a_bytes.clone();
+    b_bytes[10] ^= 1;
+    b_bytes[50_000] ^= 1;
+    b_bytes.extend_from_slice(&[0; 1234]);
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::write(&a, &a_bytes).unwrap();
+    std::fs::write(&b, &b_bytes).unwrap();
+    let report = diff_and_patch(&a, &b, &dir.path().join("d"), &b_bytes, "cpu");
+    let d = &report["difference"];
+    assert_eq!(
+        cmp_offsets(&a, &b).len(),
+        2,
+        "cmp -l counts the common bytes only"
+    );
+    assert_eq!(d["common_bytes"], 100_000);
+    assert_eq!(d["differing_in_common"], 2);
+    assert_eq!(d["past_shorter_end"], 1234);
+    assert_eq!(d["bytes_differ"], 1236);
+    assert_eq!(d["percent"], 1.22);
+    assert_eq!(total(&report, "changed"), 2);
+    assert_eq!(total(&report, "inserted"), 1234);
 }

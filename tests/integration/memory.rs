@@ -224,6 +224,38 @@ fn a_series_reports_a_new_mapping_and_a_changed_page() {
             .unwrap();
     assert_eq!(diff["a"]["kind"], "memory");
     assert!(out.join("series.json").exists() && out.join("001/regions.json").exists());
+    // The step's headline is the exact byte-by-byte count of the two address spaces, counted
+    // here again from the districts unfolded: differing bytes at the same offset, plus the
+    // bytes past the shorter one's end.
+    let district_bytes = |snapshot: &str| {
+        let table: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(out.join(snapshot).join("regions.json")).unwrap(),
+        )
+        .unwrap();
+        let parts = out.join(snapshot).join(table["district"].as_str().unwrap());
+        let bytes = dir.path().join(format!("{snapshot}.bytes"));
+        let o = Command::new(env!("CARGO_BIN_EXE_foundry-gpu"))
+            .args([
+                "unfold",
+                parts.to_str().unwrap(),
+                "-o",
+                bytes.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        std::fs::read(bytes).unwrap()
+    };
+    let (before, after) = (district_bytes("000"), district_bytes("001"));
+    let differing = before.iter().zip(&after).filter(|(x, y)| x != y).count();
+    let exact = (differing + before.len().abs_diff(after.len())) as u64;
+    assert_eq!(steps[1]["bytes_differ"], exact, "{}", steps[1]);
+    assert_eq!(diff["difference"]["bytes_differ"], exact);
+    let longer = before.len().max(after.len()) as f64;
+    let percent = (10_000.0 * exact as f64 / longer).round() / 100.0;
+    assert_eq!(steps[1]["percent_different"], percent);
+    // What the content alignment found is there beside it, the same as in diff.json.
+    assert_eq!(steps[1]["content"], diff["totals"]);
 }
 
 gpu_leg! {
@@ -250,4 +282,99 @@ fn a_series_on_the_gpu_keeps_each_snapshot_on_the_device_for_the_next_diff() {
     assert_eq!(steps[2]["device"]["a_resident"], true, "{steps:?}");
     assert_eq!(steps[2]["device"]["uploaded_bytes"], size(2));
 }
+}
+
+/// Mapping paths as a Python process has them: long folders, the library's name at the end.
+fn long_mapping_paths() -> Vec<String> {
+    let mut paths = vec![
+        "/usr/lib/x86_64-linux-gnu/libc.so.6".to_string(),
+        "/root/.pyenv/versions/3.11.7/lib/libpython3.11.so.1.0".to_string(),
+        "[heap]".to_string(),
+    ];
+    for (i, module) in ["_json", "_ssl", "_hashlib", "math", "select", "_socket"]
+        .iter()
+        .cycle()
+        .take(197)
+        .enumerate()
+    {
+        paths.push(format!(
+            "/root/.pyenv/versions/3.11.7/lib/python3.11/lib-dynload/{module}{i}.cpython-311-x86_64-linux-gnu.so"
+        ));
+    }
+    paths
+}
+
+#[test]
+fn memory_map_legends_keep_library_names_and_stay_within_the_picture() {
+    use foundry_gpu::format::legend::{label_chars, ROW_HEIGHT};
+    use foundry_gpu::format::preview::{self, LabelledRange, PreviewImage};
+    let paths = long_mapping_paths();
+    // A library's several mappings (r--p, r-xp, rw-p) share one entry.
+    let mut mapped = paths.clone();
+    mapped.insert(1, paths[0].clone());
+    mapped.insert(1, paths[0].clone());
+    let ranges: Vec<LabelledRange> = mapped
+        .iter()
+        .enumerate()
+        .map(|(i, p)| LabelledRange {
+            label: p.clone(),
+            start: i as u64 * 4096,
+            end: (i as u64 + 1) * 4096,
+        })
+        .collect();
+    for side in [128u32, 256, 1024] {
+        let legend = preview::range_legend(&ranges, side);
+        let (width, height) = (side as usize, legend.height());
+        assert!(
+            height <= width / 2,
+            "side {side}: a {height}-pixel legend under a {side}-pixel picture"
+        );
+        assert!(
+            legend.left_out > 0,
+            "side {side}: 200 entries do not all fit"
+        );
+        let (kept, more) = legend.entries.split_at(legend.entries.len() - 1);
+        assert_eq!(more[0].text, format!("+{} more", legend.left_out));
+        assert_eq!(kept.len() + legend.left_out, paths.len());
+        for e in &legend.entries {
+            assert!(
+                e.x + e.width <= width,
+                "side {side}: {e:?} runs off the picture"
+            );
+            assert!(
+                (e.row + 1) * ROW_HEIGHT <= height,
+                "side {side}: {e:?} below the strip"
+            );
+        }
+        let chars = label_chars(width, 1).min(40);
+        for (entry, path) in kept.iter().zip(&paths) {
+            let name = path.rsplit('/').next().unwrap();
+            if name.len() <= chars {
+                assert!(
+                    entry.text.starts_with(name),
+                    "side {side}: {:?} lost {name:?}",
+                    entry.text
+                );
+            } else {
+                // Too long for any row: its start is what is shown.
+                assert!(
+                    entry.text.starts_with(&name[..chars - 2]),
+                    "{:?}",
+                    entry.text
+                );
+            }
+        }
+        // The rendered picture grows by exactly that strip.
+        let image = PreviewImage {
+            width: side,
+            height: side,
+            rgba: vec![0; width * width * 4],
+        };
+        let drawn = preview::outline(image, foundry_gpu::kernels::Layout::Brick, 10, &ranges);
+        assert_eq!(drawn.height as usize, width + height);
+    }
+    // Wide enough, the folder follows the name, cut from the left at a '/'.
+    let wide = preview::range_legend(&ranges, 1024);
+    assert_eq!(wide.entries[0].text, "libc.so.6 /usr/lib/x86_64-linux-gnu");
+    assert_eq!(wide.entries[1].text, "libpython3.11.so.1.0 .../3.11.7/lib");
 }

@@ -1123,10 +1123,18 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                         match (&step.diff, &step.stopped) {
                             (_, Some(why)) => println!("  {:03}  stopped: {why}", step.index),
                             (Some(d), None) => println!(
-                                "  {:03}  {}  {:.2} % different, {} mapping(s) appeared, {} disappeared, {} changed  ({})",
+                                "  {:03}  {}  {} bytes differ in place ({:.2} %){}, {} mapping(s) appeared, {} disappeared, {} changed  ({})",
                                 step.index,
                                 human_bytes(step.bytes),
+                                step.bytes_differ.unwrap_or(0),
                                 step.percent_different.unwrap_or(0.0),
+                                step.content.as_ref().map_or(String::new(), |t| format!(
+                                    "; by content {} changed, {} inserted, {} deleted, {} moved",
+                                    human_bytes(t.changed),
+                                    human_bytes(t.inserted),
+                                    human_bytes(t.deleted),
+                                    human_bytes(t.moved)
+                                )),
                                 step.mappings_appeared.as_ref().map_or(0, Vec::len),
                                 step.mappings_disappeared.as_ref().map_or(0, Vec::len),
                                 step.mappings_changed.unwrap_or(0),
@@ -1585,26 +1593,32 @@ fn print_semantic(semantic: &serde_json::Value) {
 
 fn print_diff(r: &foundry_gpu::diff::DiffReport) {
     let t = &r.totals;
+    let d = &r.difference;
+    let past_end = if d.past_shorter_end == 0 {
+        String::new()
+    } else {
+        format!(
+            ": {} of the {} both have, and {} only the longer side has",
+            d.differing_in_common, d.common_bytes, d.past_shorter_end
+        )
+    };
     println!(
-        "{} ({}) -> {} ({}) on {} in {:.2} s: {:.2} % of B differs",
+        "{} ({}) -> {} ({}) on {} in {:.2} s: {} bytes differ ({:.2} %){past_end}",
         r.a.path.display(),
         human_bytes(r.a.size),
         r.b.path.display(),
         human_bytes(r.b.size),
         r.backend,
         r.seconds,
-        t.percent_of_b_different
+        d.bytes_differ,
+        d.percent
     );
     println!(
-        "  blocks     {} of {} changed ({}-byte blocks, {} bytes, {} pixels differ in place)",
-        r.aligned.changed_blocks,
-        r.aligned.blocks,
-        r.aligned.block,
-        r.aligned.changed_bytes,
-        r.aligned.changed_pixels
+        "  blocks     {} of {} changed in place ({}-byte blocks, {} pixels differ)",
+        r.aligned.changed_blocks, r.aligned.blocks, r.aligned.block, r.aligned.changed_pixels
     );
     println!(
-        "  content    unchanged {}, changed {}, inserted {}, deleted {}, moved {}",
+        "  content    unchanged {}, changed {}, inserted {}, deleted {}, moved {} (content-defined chunks)",
         human_bytes(t.unchanged),
         human_bytes(t.changed),
         human_bytes(t.inserted),
