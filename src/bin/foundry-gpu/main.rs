@@ -83,6 +83,9 @@ enum Command {
         /// ELF only: also fold these sections into NAME.SECTION.brick ("all", or ".text,.data").
         #[arg(long, value_name = "all|LIST")]
         sections: Option<String>,
+        /// With -o DIR: name the outputs NAME.brick, NAME.rts.png, ... instead of after INPUT.
+        #[arg(long, conflicts_with = "watch")]
+        name: Option<String>,
         /// Ask the language-model server for a summary, tags, risk and warnings (under `semantic`; implies --sidecars).
         #[arg(long)]
         llm: bool,
@@ -781,12 +784,24 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             compression,
             sidecars,
             sections,
+            name,
             llm,
             server,
             tree,
             watch,
             live,
         } => {
+            if let Some(name) = &name {
+                let plain = !matches!(name.as_str(), "" | "." | "..") && !name.contains('/');
+                if !plain
+                    || input.is_dir()
+                    || !matches!(OutputTarget::from_path(&output), OutputTarget::Directory(_))
+                {
+                    return Err(Error::Usage(format!(
+                        "--name {name:?}: give a plain file name, for one input file folded into a directory (-o DIR)"
+                    )));
+                }
+            }
             let opts = FoldOptions {
                 texture_size,
                 max_side,
@@ -798,7 +813,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 sections: sections
                     .as_deref()
                     .map_or(SectionChoice::None, SectionChoice::parse),
-                name: None,
+                name,
                 llm: server.client_if(llm)?,
                 intent: None,
                 output_mode: None,
