@@ -189,6 +189,9 @@ enum Command {
         /// Exit once no task is pending or running.
         #[arg(long)]
         exit_when_idle: bool,
+        /// Make the task folder when it is missing (else a missing folder is an error).
+        #[arg(long)]
+        create: bool,
         /// Publish results to this Geometry OS builder root.
         #[arg(long, value_name = "BUILDER_ROOT")]
         publish: Option<PathBuf>,
@@ -1042,19 +1045,19 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             output_root,
             poll_ms,
             exit_when_idle,
+            create,
             publish,
             llm,
             server,
             policy,
         } => {
             drop(bar);
+            foundry_gpu::task::daemon::check_task_folder(&tasks, create && !policy.dry_run)?;
             let rules = policy.load(&server, &tasks, &output_root)?;
             let task_llm = policy.task_llm(&server, llm, &rules)?;
             if policy.dry_run {
                 return daemon_dry_run(&tasks, &output_root, publish, task_llm, rules, global.json);
             }
-            std::fs::create_dir_all(&tasks)
-                .map_err(|e| Error::io(&tasks, "create directory", e))?;
             confine_task_writes(&output_root, publish.as_deref(), Some(&tasks), &task_llm)?;
             let backend = open_backend(global)?;
             let opts = foundry_gpu::task::daemon::DaemonOptions {
@@ -1066,8 +1069,33 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 publish,
                 llm: task_llm,
                 policy: rules,
+                events: None,
             };
-            let status = foundry_gpu::task::daemon::run_daemon(&backend, opts)?;
+            // One line per task started and ended, on stderr (stdout keeps the summary or the
+            // JSON); -q silences them.
+            let (opts, printer) = if global.quiet {
+                (opts, None)
+            } else {
+                let (sender, events) = std::sync::mpsc::channel();
+                let printer = std::thread::spawn(move || {
+                    for event in events {
+                        eprintln!("{event}");
+                    }
+                });
+                (
+                    foundry_gpu::task::daemon::DaemonOptions {
+                        events: Some(sender),
+                        ..opts
+                    },
+                    Some(printer),
+                )
+            };
+            let status = foundry_gpu::task::daemon::run_daemon(&backend, opts);
+            if let Some(printer) = printer {
+                // The sender went with the options: the printer ends once every line is out.
+                let _ = printer.join();
+            }
+            let status = status?;
             if global.json {
                 print_json(&status);
             } else {
@@ -1099,8 +1127,9 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 }
                 if status.daemon_pid != 0 {
                     println!(
-                        "  last daemon: pid {} at {:.0}",
-                        status.daemon_pid, status.updated_at
+                        "  last daemon: pid {}, status written {}",
+                        status.daemon_pid,
+                        foundry_gpu::task::iso_time(status.updated_at)
                     );
                 }
             }
