@@ -1226,6 +1226,28 @@ fn watch(
             });
         }
     }
+    // Every re-fold after the first also writes its diff against the one before, into one
+    // folder per watched file, which the last diff left as it is.
+    let diff_dirs: std::collections::BTreeSet<&PathBuf> =
+        events.iter().filter_map(|e| e.diff.as_ref()).collect();
+    for dir in diff_dirs {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| Error::io(dir, "read", e))?
+            .flatten()
+            .map(|entry| entry.path())
+            .filter(|p| p.is_file())
+            .collect();
+        files.sort();
+        for path in files {
+            let bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
+            report.written.push(Written {
+                path,
+                kind: "diff".into(),
+                bytes,
+                side: None,
+            });
+        }
+    }
     report
         .highlights
         .insert("refolds".into(), json!(summary.refolds));
