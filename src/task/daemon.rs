@@ -448,7 +448,10 @@ impl Shared {
         }
         let task = self.read_claimed(claimed, original)?;
         let opts = self.run_options();
-        let report = run_task(backend, &task, original, &opts, &crate::progress::Silent)
+        // The report names the task file where it will be once done, so its `run` step finds it.
+        let ext = original.extension().unwrap_or_default().to_string_lossy();
+        let done = self.path(&format!("{stem}.task.task.{ext}.done"));
+        let report = run_task(backend, &task, &done, &opts, &crate::progress::Silent)
             .map_err(|e| e.to_string())?;
         let md = std::fs::read(&report.report_path).map_err(|e| e.to_string())?;
         let mut staged = StagedOutputs::new();

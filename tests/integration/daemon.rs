@@ -6,8 +6,9 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::Duration;
 
+/// The daemon, quiet (no line per task in the test's output).
 fn daemon(tasks: &Path, extra: &[&str]) -> Child {
-    daemon_command(tasks, extra).spawn().unwrap()
+    daemon_command(tasks, extra).arg("-q").spawn().unwrap()
 }
 
 /// The daemon on `tasks`, quick to poll, writing below `tasks/../out`.
@@ -333,6 +334,11 @@ fn the_daemon_says_when_each_task_starts_and_ends_and_q_silences_it() {
         .unwrap();
     };
     drop_two("1");
+    std::fs::write(
+        tasks.join("look.task.yaml"),
+        "task_id: look\ntype: analyze_system\nsource: in.txt\n",
+    )
+    .unwrap();
     let o = daemon_command(&tasks, &["--exit-when-idle"])
         .output()
         .unwrap();
@@ -359,7 +365,7 @@ fn the_daemon_says_when_each_task_starts_and_ends_and_q_silences_it() {
         "{stderr}"
     );
     assert!(line("failed bad1 in ").contains("no-such-file"), "{stderr}");
-    assert_eq!(lines.len(), 4, "one line per start and end: {stderr}");
+    assert_eq!(lines.len(), 6, "one line per start and end: {stderr}");
     // `status` says when, in the same words.
     let o = foundry_cmd()
         .args(["status", "--tasks", tasks.to_str().unwrap()])
@@ -374,6 +380,13 @@ fn the_daemon_says_when_each_task_starts_and_ends_and_q_silences_it() {
     let report = std::fs::read_to_string(tasks.join("good1.report.md")).unwrap();
     let started = report.split("Started ").nth(1).unwrap();
     assert!(is_iso_time(&started[..20]), "{report}");
+    // A task only `run` can do again names its task file where the daemon left it.
+    let report = std::fs::read_to_string(tasks.join("look.report.md")).unwrap();
+    let run_step = format!(
+        "foundry-gpu run {} --output-root",
+        tasks.join("look.task.task.yaml.done").display()
+    );
+    assert!(report.contains(&run_step), "{report}");
     // -q: nothing per task.
     drop_two("2");
     let o = daemon_command(&tasks, &["--exit-when-idle", "-q"])
@@ -390,6 +403,6 @@ fn the_daemon_says_when_each_task_starts_and_ends_and_q_silences_it() {
             .iter()
             .filter(|n| n.ends_with(".done") || n.ends_with(".failed"))
             .count(),
-        4
+        5
     );
 }
