@@ -210,6 +210,10 @@ pub fn read_status(tasks: &Path) -> Result<Status> {
     let fresh = count(tasks);
     (status.pending, status.running, status.done, status.failed) =
         (fresh.pending, fresh.running, fresh.done, fresh.failed);
+    if status.daemon_pid != 0 {
+        // A status file from before the ISO field still gets one.
+        status.updated_at_iso = super::iso_time(status.updated_at);
+    }
     Ok(status)
 }
 

@@ -1295,6 +1295,11 @@ fn markdown(r: &TaskReport) -> String {
             side
         );
     }
+    md += &format!(
+        "\n{} file(s) written, and this report: `{}`.\n",
+        r.written.len(),
+        r.report_path.display()
+    );
     md += "\n## Skipped\n\n";
     if r.skipped.is_empty() {
         md += "Nothing.\n";
@@ -1323,11 +1328,6 @@ fn markdown(r: &TaskReport) -> String {
             md += &format!("- {n}\n");
         }
     }
-    md += &format!(
-        "\n{} file(s) written, and this report: `{}`.\n",
-        r.written.len(),
-        r.report_path.display()
-    );
     md += "\n## Next steps\n\nThe first command writes the same outputs again, with the task's options.\n\n```sh\n";
     for s in &r.next_steps {
         md += &format!("{s}\n");

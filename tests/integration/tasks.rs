@@ -781,3 +781,48 @@ mod findings {
         assert!(md.contains("- medium: executable stack (no NX)"), "{md}");
     }
 }
+
+/// `fold --name`, which a one-file task's next step uses when its `destination` is not the
+/// source's name.
+mod fold_name {
+    use crate::harness::{foundry, s};
+
+    #[test]
+    fn name_renames_the_outputs_in_a_folder_and_refuses_anything_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.txt");
+        std::fs::write(&input, "named").unwrap();
+        let out = dir.path().join("out");
+        let o = foundry(&[
+            "fold",
+            s(&input),
+            "-o",
+            s(&out),
+            "--name",
+            "other",
+            "--backend",
+            "cpu",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        for ext in ["brick", "rts.png", "preview.png"] {
+            assert!(out.join(format!("other.{ext}")).is_file(), "other.{ext}");
+        }
+        assert!(!out.join("in.txt.brick").exists());
+        for (name, output) in [
+            ("../escape", s(&out)),
+            ("a/b", s(&out)),
+            ("", s(&out)),
+            ("other", &*format!("{}/one.brick", s(&out))),
+        ] {
+            let o = foundry(&["fold", s(&input), "-o", output, "--name", name]);
+            let stderr = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(
+                o.status.code(),
+                Some(2),
+                "--name {name:?} -o {output}: {stderr}"
+            );
+            assert!(stderr.contains("--name"), "{stderr}");
+        }
+        assert!(!dir.path().join("escape.brick").exists());
+    }
+}

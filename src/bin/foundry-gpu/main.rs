@@ -150,7 +150,7 @@ enum Command {
     },
     /// Run one FoundryTask file (JSON or YAML) and write TASK_ID.report.md beside its outputs.
     #[command(
-        after_help = "Examples:\n  foundry-gpu run openspec/tasks/examples/convert_binary.task.json\n  foundry-gpu run task.yaml --output-root /srv/foundry/out --json\n  foundry-gpu run scan.task.json --publish systems/builder\n\nTypes: convert_binary, convert_directory, crystallize_system, analyze_system (local heuristics),\nscan_kernel_modules (+ metadata/silicon_district.json), watch_path (re-folds on change until Ctrl-C),\nfoundry-v2 (any source; CLI options as task fields: max_side, preview_side, palette, legend, sidecars,\nsections, max_files, max_bytes, include, exclude, one_file_system, no_file_bricks, publish).\nOutputs go to OUTPUT_ROOT/TASK_ID/. Relative sources resolve against the task file's folder."
+        after_help = "Examples:\n  foundry-gpu run openspec/tasks/examples/convert_binary.task.json\n  foundry-gpu run task.yaml --output-root /srv/foundry/out --json\n  foundry-gpu run scan.task.json --publish systems/builder\n\nTypes: convert_binary, convert_directory, crystallize_system, analyze_system (local heuristics),\nscan_kernel_modules (+ metadata/silicon_district.json), watch_path (re-folds on change until Ctrl-C, max_refolds or max_cycles),\nfoundry-v2 (any source; CLI options as task fields: max_side, preview_side, palette, legend, sidecars,\nsections, max_files, max_bytes, include, exclude, one_file_system, no_file_bricks, publish).\nOutputs go to OUTPUT_ROOT/TASK_ID/. Relative sources resolve against the task file's folder."
     )]
     Run {
         /// The task file.
@@ -801,7 +801,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                     || !matches!(OutputTarget::from_path(&output), OutputTarget::Directory(_))
                 {
                     return Err(Error::Usage(format!(
-                        "--name {name:?}: give a plain file name, for one input file folded into a directory (-o DIR)"
+                        "--name \"{name}\": give a plain file name, for one input file folded into a directory (-o DIR)"
                     )));
                 }
             }
