@@ -37,6 +37,86 @@ pub struct DaemonOptions {
     /// Language-model settings every task runs with.
     pub llm: super::run::TaskLlm,
     pub policy: Arc<crate::policy::Policy>,
+    /// Where to send a [`TaskEvent`] as each task starts and ends (the command prints them).
+    pub events: Option<std::sync::mpsc::Sender<TaskEvent>>,
+}
+
+/// A task started or ended, for the daemon's one line per event.
+#[derive(Clone, Debug)]
+pub struct TaskEvent {
+    /// Unix seconds.
+    pub at: f64,
+    pub stem: String,
+    /// The task file, by its pending name.
+    pub task_file: PathBuf,
+    pub what: TaskEventKind,
+}
+
+/// What happened to the task.
+#[derive(Clone, Debug)]
+pub enum TaskEventKind {
+    Started {
+        attempt: u32,
+    },
+    Done {
+        seconds: f64,
+        written: usize,
+        output_dir: PathBuf,
+        report: PathBuf,
+    },
+    Failed {
+        seconds: f64,
+        reason: String,
+    },
+}
+
+impl std::fmt::Display for TaskEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let at = super::iso_time(self.at);
+        match &self.what {
+            TaskEventKind::Started { attempt } => write!(
+                f,
+                "{at} started {} ({}, attempt {attempt})",
+                self.stem,
+                self.task_file.display()
+            ),
+            TaskEventKind::Done {
+                seconds,
+                written,
+                output_dir,
+                report,
+            } => write!(
+                f,
+                "{at} done {} in {seconds:.2} s: {written} file(s) written in {}, report {}",
+                self.stem,
+                output_dir.display(),
+                report.display()
+            ),
+            TaskEventKind::Failed { seconds, reason } => {
+                write!(f, "{at} failed {} in {seconds:.2} s: {reason}", self.stem)
+            }
+        }
+    }
+}
+
+/// Checks that the task folder `tasks` is there (a misspelt `--tasks` must not leave a daemon
+/// waiting on an empty new folder); with `create`, makes it when it is missing.
+pub fn check_task_folder(tasks: &Path, create: bool) -> Result<()> {
+    match std::fs::metadata(tasks) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err(Error::Usage(format!(
+            "{}: not a folder; --tasks names the folder tasks are dropped into",
+            tasks.display()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
+            std::fs::create_dir_all(tasks).map_err(|e| Error::io(tasks, "create directory", e))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::Usage(format!(
+            "{}: no such task folder (check --tasks, or give --create to make it)",
+            tasks.display()
+        ))),
+        Err(e) => Err(Error::io(tasks, "read", e)),
+    }
 }
 
 /// What a task file's name says about it.
@@ -95,7 +175,10 @@ pub struct Status {
     pub current: Vec<String>,
     pub last_error: Option<String>,
     pub daemon_pid: u32,
+    /// Unix seconds, and the same time as ISO 8601 (UTC).
     pub updated_at: f64,
+    #[serde(default)]
+    pub updated_at_iso: String,
 }
 
 /// Counts the folder's tasks by state.
@@ -113,8 +196,10 @@ pub fn count(tasks: &Path) -> Status {
     s
 }
 
-/// Reads `.foundry/status.json`, refreshing the counts from the folder.
+/// Reads `.foundry/status.json`, refreshing the counts from the folder; a missing folder is
+/// an error, not an empty one.
 pub fn read_status(tasks: &Path) -> Result<Status> {
+    check_task_folder(tasks, false)?;
     let path = tasks.join(".foundry/status.json");
     let mut status: Status = match std::fs::read_to_string(&path) {
         Ok(text) => serde_json::from_str(&text)
@@ -125,7 +210,17 @@ pub fn read_status(tasks: &Path) -> Result<Status> {
     let fresh = count(tasks);
     (status.pending, status.running, status.done, status.failed) =
         (fresh.pending, fresh.running, fresh.done, fresh.failed);
+    if status.daemon_pid != 0 {
+        // A status file from before the ISO field still gets one.
+        status.updated_at_iso = super::iso_time(status.updated_at);
+    }
     Ok(status)
+}
+
+/// What a task that ran wrote, for its line.
+struct Ran {
+    written: usize,
+    output_dir: PathBuf,
 }
 
 struct Shared {
@@ -150,6 +245,7 @@ impl Shared {
             (fresh.pending, fresh.running, fresh.done, fresh.failed);
         status.daemon_pid = std::process::id();
         status.updated_at = crate::map::unix_now();
+        status.updated_at_iso = super::iso_time(status.updated_at);
         let text = serde_json::to_string_pretty(&*status).expect("status serialises");
         let mut staged = StagedOutputs::new();
         // A status write that fails must not stop the work it describes.
@@ -220,10 +316,24 @@ impl Shared {
         }
     }
 
+    fn announce(&self, stem: &str, task_file: &Path, what: TaskEventKind) {
+        if let Some(events) = &self.opts.events {
+            // Nobody listening any more only means nobody prints.
+            let _ = events.send(TaskEvent {
+                at: crate::map::unix_now(),
+                stem: stem.to_string(),
+                task_file: task_file.to_path_buf(),
+                what,
+            });
+        }
+    }
+
     fn finish(&self, backend: &Backend, claimed: &str, stem: &str, ext: &str, attempt: u32) {
         self.log_run(stem, attempt);
         self.write_status(|s| s.current.push(stem.to_string()));
         let original = self.path(&format!("{stem}.task.{ext}"));
+        let started = std::time::Instant::now();
+        self.announce(stem, &original, TaskEventKind::Started { attempt });
         let outcome = if attempt > MAX_ATTEMPTS {
             // The last daemon to die on it may have left temporaries too: nothing re-runs to
             // replace them, so they go now.
@@ -235,12 +345,14 @@ impl Shared {
             self.run_one(backend, claimed, &original, stem, attempt)
         };
         let result = match &outcome {
-            Ok(()) => std::fs::rename(
+            Ok(_) => std::fs::rename(
                 self.path(claimed),
                 self.path(&format!("{stem}.task.task.{ext}.done")),
             ),
             Err(reason) => {
-                let error = serde_json::json!({"task_file": original, "reason": reason, "time": crate::map::unix_now(), "attempts": attempt});
+                let now = crate::map::unix_now();
+                let error = serde_json::json!({"task_file": original, "reason": reason, "time": now,
+                    "time_iso": super::iso_time(now), "attempts": attempt});
                 let text = serde_json::to_string_pretty(&error).expect("error serialises");
                 let mut staged = StagedOutputs::new();
                 let _ = staged
@@ -263,6 +375,21 @@ impl Shared {
                 s.last_error = Some(format!("{stem}: cannot rename the finished task: {e}"));
             }
         });
+        let seconds = started.elapsed().as_secs_f64();
+        let what = match (outcome, result) {
+            (Ok(ran), Ok(())) => TaskEventKind::Done {
+                seconds,
+                written: ran.written,
+                output_dir: ran.output_dir,
+                report: self.path(&format!("{stem}.report.md")),
+            },
+            (Err(reason), _) => TaskEventKind::Failed { seconds, reason },
+            (Ok(_), Err(e)) => TaskEventKind::Failed {
+                seconds,
+                reason: format!("cannot rename the finished task: {e}"),
+            },
+        };
+        self.announce(stem, &original, what);
     }
 
     fn read_claimed(
@@ -319,13 +446,16 @@ impl Shared {
         original: &Path,
         stem: &str,
         attempt: u32,
-    ) -> std::result::Result<(), String> {
+    ) -> std::result::Result<Ran, String> {
         if attempt > 1 {
             self.sweep_temporaries(claimed, original, stem)?;
         }
         let task = self.read_claimed(claimed, original)?;
         let opts = self.run_options();
-        let report = run_task(backend, &task, original, &opts, &crate::progress::Silent)
+        // The report names the task file where it will be once done, so its `run` step finds it.
+        let ext = original.extension().unwrap_or_default().to_string_lossy();
+        let done = self.path(&format!("{stem}.task.task.{ext}.done"));
+        let report = run_task(backend, &task, &done, &opts, &crate::progress::Silent)
             .map_err(|e| e.to_string())?;
         let md = std::fs::read(&report.report_path).map_err(|e| e.to_string())?;
         let mut staged = StagedOutputs::new();
@@ -334,7 +464,11 @@ impl Shared {
                 w.write_all(&md)
             })
             .and_then(|()| staged.commit().map(|_| ()))
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        Ok(Ran {
+            written: report.written.len(),
+            output_dir: report.output_dir,
+        })
     }
 
     fn worker(&self, backend: &Backend) {
@@ -362,6 +496,7 @@ impl Shared {
 
 /// Runs the daemon until SIGINT/SIGTERM (or, with `exit_when_idle`, until nothing is left).
 pub fn run_daemon(backend: &Backend, opts: DaemonOptions) -> Result<Status> {
+    check_task_folder(&opts.tasks, false)?;
     let daemons = opts.tasks.join(".foundry/daemons");
     std::fs::create_dir_all(&daemons).map_err(|e| Error::io(&daemons, "create directory", e))?;
     let nonce = hex::encode(

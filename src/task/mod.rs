@@ -9,6 +9,28 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// `2026-12-04T10:15:00Z`: a Unix time (seconds) as people read it, in UTC; for the daemon's
+/// lines, `status` and reports.
+pub fn iso_time(unix_seconds: f64) -> String {
+    let since_epoch =
+        std::time::Duration::try_from_secs_f64(unix_seconds.max(0.0)).unwrap_or_default();
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + since_epoch).to_string()
+}
+
+/// A word or path written so `sh` reads it back as one argument: as it is when it is plain,
+/// else in single quotes.
+pub fn sh_quote(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-./:=,+@%".contains(c));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
+
 /// The seven task types of the original schema.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TaskType {
@@ -267,6 +289,15 @@ mod tests {
 
     fn parse(name: &str, text: &str) -> Result<FoundryTask, TaskError> {
         parse_task(Path::new(name), text)
+    }
+
+    #[test]
+    fn times_and_quoting() {
+        assert_eq!(iso_time(0.0), "1970-01-01T00:00:00Z");
+        assert_eq!(iso_time(1_796_379_300.4), "2026-12-04T10:15:00Z");
+        assert_eq!(sh_quote("out/a.brick"), "out/a.brick");
+        assert_eq!(sh_quote("my file"), "'my file'");
+        assert_eq!(sh_quote("it's"), "'it'\\''s'");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Running one FoundryTask: each of the seven types mapped onto the engine, and the report
 //! (Markdown and JSON) of what was read, written, skipped and found, with the next commands.
 
-use super::{FoundryTask, TaskType};
+use super::{sh_quote, FoundryTask, TaskType};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::fold::{self, human_bytes, FoldOptions, OutputRecord, OutputTarget, SectionChoice};
@@ -93,6 +93,15 @@ pub struct Written {
     pub side: Option<u32>,
 }
 
+/// One thing a check found in one file.
+#[derive(Clone, Debug, Serialize)]
+pub struct Finding {
+    pub path: PathBuf,
+    /// `info` (a fact), `low`, `medium`, `high` or `critical`.
+    pub severity: String,
+    pub finding: String,
+}
+
 /// What a task did: the report, as JSON and as Markdown.
 #[derive(Clone, Debug, Serialize)]
 pub struct TaskReport {
@@ -112,8 +121,15 @@ pub struct TaskReport {
     pub highlights: BTreeMap<String, Value>,
     pub notes: Vec<String>,
     pub backend: &'static str,
+    /// When the task started, in Unix seconds and as ISO 8601 (UTC).
+    pub started_at: f64,
+    pub started_at_iso: String,
     pub seconds: f64,
-    /// Exact commands to look at, unfold, diff or publish the result.
+    /// What the checks found, file by file (`analyze_system`, `scan_kernel_modules`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub findings: Vec<Finding>,
+    /// Exact commands: first the one that writes the same outputs again (with the task's own
+    /// options), then ones to look at or unfold them.
     pub next_steps: Vec<String>,
     /// The report itself, `TASK_ID.report.md`.
     pub report_path: PathBuf,
@@ -428,6 +444,7 @@ pub fn run_task(
     progress: &dyn Progress,
 ) -> Result<TaskReport> {
     let started = Instant::now();
+    let started_at = crate::map::unix_now();
     let plan = plan_task(task, opts)?;
     let source = resolve(&opts.task_root, &task.source);
     let out_dir = plan.output_dir.clone();
@@ -445,7 +462,10 @@ pub fn run_task(
         highlights: BTreeMap::new(),
         notes: Vec::new(),
         backend: backend.label(),
+        started_at,
+        started_at_iso: super::iso_time(started_at),
         seconds: 0.0,
+        findings: Vec::new(),
         next_steps: Vec::new(),
         report_path: out_dir.join(format!("{}.report.md", slug(&task.task_id))),
     };
@@ -491,7 +511,7 @@ pub fn run_task(
                 ..Default::default()
             };
             let snap = snapshot(backend, &roots, &out_dir, &snap_opts, progress)?;
-            record_snapshot(&snap, &mut report);
+            record_snapshot(&snap, &mut report)?;
         }
         TaskType::AnalyzeSystem => analyze(
             task,
@@ -524,7 +544,8 @@ pub fn run_task(
         )?,
     }
     report.seconds = started.elapsed().as_secs_f64();
-    write_report(&mut report)?;
+    report.next_steps = next_steps(task, &report, opts, publish.as_deref(), one_file);
+    write_report(&report)?;
     Ok(report)
 }
 
@@ -650,7 +671,96 @@ fn commit_into(staged: StagedOutputs, kind: &str, report: &mut TaskReport) -> Re
     Ok(())
 }
 
-fn record_snapshot(snap: &SnapshotReport, report: &mut TaskReport) {
+/// What `district.json` names as written: the district's parts, and each file's brick (or
+/// parts index) and tile.
+#[derive(serde::Deserialize)]
+struct DistrictOutputs {
+    parts: Vec<NamedOutputs>,
+    files: Vec<NamedOutputs>,
+}
+
+/// A part's or a file's outputs, relative to the snapshot's folder.
+#[derive(serde::Deserialize)]
+struct NamedOutputs {
+    #[serde(default)]
+    brick: Option<String>,
+    #[serde(default)]
+    rts_png: Option<String>,
+}
+
+/// Every file a snapshot wrote, as its own index names them: `district.json`, the parts index,
+/// the district's parts, and each file's brick (a big file's parts index and parts) and tile,
+/// with the sidecars beside them.
+fn snapshot_outputs(snap: &SnapshotReport) -> Result<Vec<Written>> {
+    let out = &snap.output;
+    let mut written = Vec::new();
+    let mut add = |path: PathBuf, kind: &str| {
+        // A file listed here was just written by this snapshot; one that is gone already was
+        // moved by someone else, and a size of 0 says so.
+        let bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
+        written.push(Written {
+            path,
+            kind: kind.into(),
+            bytes,
+            side: None,
+        });
+    };
+    let index_text = std::fs::read_to_string(&snap.district_index)
+        .map_err(|e| Error::io(&snap.district_index, "read", e))?;
+    let index: DistrictOutputs = serde_json::from_str(&index_text).map_err(|e| {
+        Error::malformed(&snap.district_index, format!("not a district index: {e}"))
+    })?;
+    add(snap.district_index.clone(), "district_index");
+    add(snap.parts_index.clone(), "parts_index");
+    let add_brick = |add: &mut dyn FnMut(PathBuf, &str), brick: PathBuf, kind: &str| {
+        let sidecar = crate::format::brick::sidecar_path(&brick);
+        add(brick, kind);
+        if sidecar.exists() {
+            add(sidecar, "brick_sidecar");
+        }
+    };
+    let add_png = |add: &mut dyn FnMut(PathBuf, &str), png: PathBuf, kind: &str| {
+        let sidecars = crate::format::rts_png::sidecar_paths(&png);
+        add(png, kind);
+        for sidecar in sidecars.into_iter().filter(|s| s.exists()) {
+            add(sidecar, "rts_sidecar");
+        }
+    };
+    for part in &index.parts {
+        if let Some(b) = &part.brick {
+            add_brick(&mut add, out.join(b), "district_brick");
+        }
+        if let Some(p) = &part.rts_png {
+            add_png(&mut add, out.join(p), "district_rts_png");
+        }
+    }
+    for file in &index.files {
+        match &file.brick {
+            Some(b) if b.ends_with(".parts.json") => {
+                let parts_path = out.join(b);
+                let parts = crate::format::parts::PartsIndex::read(&parts_path)?;
+                let dir = parts_path.parent().unwrap_or(out).to_path_buf();
+                add(parts_path, "file_parts_index");
+                for part in &parts.parts {
+                    if let Some(b) = &part.brick {
+                        add_brick(&mut add, dir.join(b), "file_brick");
+                    }
+                    if let Some(p) = &part.rts_png {
+                        add_png(&mut add, dir.join(p), "file_rts_png");
+                    }
+                }
+            }
+            Some(b) => add_brick(&mut add, out.join(b), "file_brick"),
+            None => {}
+        }
+        if let Some(p) = &file.rts_png {
+            add_png(&mut add, out.join(p), "file_rts_png");
+        }
+    }
+    Ok(written)
+}
+
+fn record_snapshot(snap: &SnapshotReport, report: &mut TaskReport) -> Result<()> {
     if let Some(t) = &snap.llm {
         report.highlights.insert("llm".into(), json!(t));
     }
@@ -661,18 +771,7 @@ fn record_snapshot(snap: &SnapshotReport, report: &mut TaskReport) {
         .iter()
         .map(|(k, v)| (k.to_string(), *v))
         .collect();
-    report.written.push(Written {
-        path: snap.district_index.clone(),
-        kind: "district_index".into(),
-        bytes: std::fs::metadata(&snap.district_index).map_or(0, |m| m.len()),
-        side: None,
-    });
-    report.written.push(Written {
-        path: snap.parts_index.clone(),
-        kind: "parts_index".into(),
-        bytes: std::fs::metadata(&snap.parts_index).map_or(0, |m| m.len()),
-        side: None,
-    });
+    report.written.extend(snapshot_outputs(snap)?);
     report
         .highlights
         .insert("district_parts".into(), json!(snap.district_parts));
@@ -688,6 +787,7 @@ fn record_snapshot(snap: &SnapshotReport, report: &mut TaskReport) {
             .highlights
             .insert("published_tiles".into(), json!(p.tiles));
     }
+    Ok(())
 }
 
 /// `analyze_system`: local analysis of every file, and the language model's view of each.
@@ -759,6 +859,10 @@ fn analyze(
     let mut entries = Vec::new();
     for ((path, _, analysis), outcome) in read.iter().zip(&outcomes) {
         answered += usize::from(outcome.as_ref().is_some_and(|o| o.answer.is_some()));
+        let answer = outcome.as_ref().and_then(|o| o.answer.as_ref());
+        report
+            .findings
+            .extend(analysis_findings(path, analysis, answer));
         entries.push(json!({"path": path, "analysis": analysis,
             "semantic": crate::semantic::semantic_json(analysis, outcome.as_ref())}));
     }
@@ -789,6 +893,89 @@ fn analyze(
         report.highlights.insert("intent".into(), json!(intent));
     }
     Ok(())
+}
+
+/// What the analysis of one file found, for the report: a line of facts (type, size, entropy,
+/// the ELF's hardening and libraries, telling strings), each local warning with its severity,
+/// and the model's verdict and warnings when it answered.
+fn analysis_findings(
+    path: &Path,
+    a: &crate::analysis::local::LocalAnalysis,
+    answer: Option<&crate::llm::reply::Answer>,
+) -> Vec<Finding> {
+    let mut found = Vec::new();
+    let mut add = |severity: &str, finding: String| {
+        found.push(Finding {
+            path: path.to_path_buf(),
+            severity: severity.into(),
+            finding,
+        })
+    };
+    add(
+        "info",
+        format!(
+            "{}, {}, entropy {:.2} bits/byte",
+            a.file_type,
+            human_bytes(a.size),
+            a.entropy
+        ),
+    );
+    if let Some(elf) = &a.elf {
+        let mut facts = format!("ELF {} {}", elf.architecture, elf.kind);
+        if let Some(h) = &elf.hardening {
+            let yes_no = |b: bool| if b { "yes" } else { "no" };
+            facts += &format!(
+                "; RELRO {}, stack canary {}, NX {}, PIE {}, FORTIFY {}, stripped {}",
+                h.relro,
+                yes_no(h.stack_canary),
+                yes_no(h.nx),
+                h.pie,
+                yes_no(h.fortify),
+                yes_no(h.stripped)
+            );
+            if !h.libraries.is_empty() {
+                facts += &format!("; needs {}", h.libraries.join(", "));
+            }
+        }
+        add("info", facts);
+    }
+    let s = &a.strings;
+    for (what, list) in [("URLs", &s.urls), ("IP-like strings", &s.ip_like)] {
+        if !list.is_empty() {
+            // Strings come from the file: control bytes (terminal escapes) are not passed on.
+            let mut shown: Vec<String> = list
+                .iter()
+                .map(|t| t.chars().filter(|c| !c.is_control()).collect())
+                .collect();
+            shown.dedup();
+            shown.truncate(5);
+            add(
+                "info",
+                format!("{} {what}: {}", list.len(), shown.join(", ")),
+            );
+        }
+    }
+    let warnings = crate::semantic::local_warnings(a);
+    if warnings.is_empty() {
+        add("low", "no warnings from the local checks".into());
+    }
+    for w in warnings {
+        add(w.kind.severity(), w.text);
+    }
+    if let Some(answer) = answer {
+        let severity = match answer.risk.as_str() {
+            risk @ ("low" | "medium" | "high" | "critical") => risk,
+            _ => "info",
+        };
+        add(
+            severity,
+            format!("language model (risk {}): {}", answer.risk, answer.summary),
+        );
+        for w in &answer.warnings {
+            add("info", format!("language model warns: {w}"));
+        }
+    }
+    found
 }
 
 /// Whether `error` is about reading `source` itself (not about writing an output).
@@ -898,6 +1085,13 @@ fn scan_modules(
         medium += count("medium");
         low += count("low");
         flagged += u64::from(findings.iter().any(|(s, _)| *s != "low"));
+        report
+            .findings
+            .extend(findings.iter().map(|(severity, finding)| Finding {
+                path: file.abs.clone(),
+                severity: severity.to_string(),
+                finding: finding.clone(),
+            }));
         modules.push(json!({"path": file.abs, "modinfo": modinfo, "semantic": folded.semantic,
             "findings": findings.iter().map(|(s, f)| json!({"severity": s, "finding": f})).collect::<Vec<_>>()}));
     }
@@ -1014,9 +1208,41 @@ fn watch(
     if let Some(last) = events.iter().rev().find(|e| e.kind == "refolded") {
         for o in &last.outputs {
             let bytes = std::fs::metadata(o).map_or(0, |m| m.len());
+            let name = o.to_string_lossy();
+            // The kinds a fold's outputs have, so the next steps find them.
+            let kind = [
+                (".brick", "brick"),
+                (".rts.png", "rts_png"),
+                (".preview.png", "preview"),
+            ]
+            .iter()
+            .find(|(ext, _)| name.ends_with(ext))
+            .map_or("watch", |(_, kind)| kind);
             report.written.push(Written {
                 path: o.clone(),
-                kind: "watch".into(),
+                kind: kind.into(),
+                bytes,
+                side: None,
+            });
+        }
+    }
+    // Every re-fold after the first also writes its diff against the one before, into one
+    // folder per watched file, which the last diff left as it is.
+    let diff_dirs: std::collections::BTreeSet<&PathBuf> =
+        events.iter().filter_map(|e| e.diff.as_ref()).collect();
+    for dir in diff_dirs {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| Error::io(dir, "read", e))?
+            .flatten()
+            .map(|entry| entry.path())
+            .filter(|p| p.is_file())
+            .collect();
+        files.sort();
+        for path in files {
+            let bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
+            report.written.push(Written {
+                path,
+                kind: "diff".into(),
                 bytes,
                 side: None,
             });
@@ -1044,8 +1270,9 @@ fn markdown(r: &TaskReport) -> String {
             .unwrap_or("?")
     );
     md += &format!(
-        "Task file: `{}`. Backend: {}. Time: {:.2} s.\n\n",
+        "Task file: `{}`. Started {}. Backend: {}. Time: {:.2} s.\n\n",
         r.task_file.display(),
+        r.started_at_iso,
         r.backend,
         r.seconds
     );
@@ -1068,6 +1295,11 @@ fn markdown(r: &TaskReport) -> String {
             side
         );
     }
+    md += &format!(
+        "\n{} file(s) written, and this report: `{}`.\n",
+        r.written.len(),
+        r.report_path.display()
+    );
     md += "\n## Skipped\n\n";
     if r.skipped.is_empty() {
         md += "Nothing.\n";
@@ -1079,13 +1311,24 @@ fn markdown(r: &TaskReport) -> String {
     for (k, v) in &r.highlights {
         md += &format!("- **{k}**: {v}\n");
     }
+    if !r.findings.is_empty() {
+        md += "\n## Findings\n";
+        let mut last: Option<&Path> = None;
+        for f in &r.findings {
+            if last != Some(f.path.as_path()) {
+                md += &format!("\n### `{}`\n\n", f.path.display());
+                last = Some(&f.path);
+            }
+            md += &format!("- {}: {}\n", f.severity, f.finding);
+        }
+    }
     if !r.notes.is_empty() {
         md += "\n## Notes\n\n";
         for n in &r.notes {
             md += &format!("- {n}\n");
         }
     }
-    md += "\n## Next steps\n\n```sh\n";
+    md += "\n## Next steps\n\nThe first command writes the same outputs again, with the task's options.\n\n```sh\n";
     for s in &r.next_steps {
         md += &format!("{s}\n");
     }
@@ -1093,46 +1336,177 @@ fn markdown(r: &TaskReport) -> String {
     md
 }
 
-fn next_steps(r: &TaskReport) -> Vec<String> {
+/// The report's next steps: first the command that writes the same outputs again with the
+/// task's own options, then commands to look at and unfold them, and the report itself.
+fn next_steps(
+    task: &FoundryTask,
+    r: &TaskReport,
+    opts: &RunOptions,
+    publish: Option<&Path>,
+    one_file: bool,
+) -> Vec<String> {
+    let q = |p: &Path| sh_quote(&p.to_string_lossy());
     let find = |kind: &str| {
         r.written
             .iter()
             .find(|w| w.kind == kind)
-            .map(|w| w.path.display().to_string())
+            .map(|w| w.path.clone())
     };
-    let mut steps = Vec::new();
+    let mut steps = vec![reproduce_command(task, r, opts, publish, one_file)];
     if let Some(brick) = find("brick") {
-        steps.push(format!("foundry-gpu info {brick}"));
+        steps.push(format!("foundry-gpu info {}", q(&brick)));
         steps.push(format!(
-            "foundry-gpu unfold {brick} -o {}.bin",
-            brick.trim_end_matches(".brick")
+            "foundry-gpu unfold {} -o {}",
+            q(&brick),
+            q(&brick.with_extension("bin"))
         ));
     }
     if let Some(png) = find("rts_png") {
+        let entropy = format!(
+            "{}.entropy.png",
+            png.to_string_lossy().trim_end_matches(".rts.png")
+        );
         steps.push(format!(
-            "foundry-gpu preview {png} --palette entropy --legend -o {}.entropy.png",
-            png.trim_end_matches(".rts.png")
-        ));
-        steps.push(format!(
-            "foundry-gpu fold {} -o {} --publish systems/builder",
-            r.read[0],
-            r.output_dir.display()
+            "foundry-gpu preview {} --palette entropy --legend -o {}",
+            q(&png),
+            sh_quote(&entropy)
         ));
     }
     if let Some(parts) = find("parts_index") {
-        steps.push(format!("foundry-gpu unfold {parts} -o district.bin"));
         steps.push(format!(
-            "foundry-gpu snapshot {} -o {} --publish systems/builder",
-            r.read.join(" "),
-            r.output_dir.display()
+            "foundry-gpu unfold {} -o {}",
+            q(&parts),
+            q(&r.output_dir.join("district.bin"))
         ));
     }
-    steps.push(format!("cat {}", r.report_path.display()));
+    steps.push(format!("cat {}", q(&r.report_path)));
     steps
 }
 
-fn write_report(r: &mut TaskReport) -> Result<()> {
-    r.next_steps = next_steps(r);
+/// The one command that writes `task`'s outputs again, byte for byte, with its own options:
+/// `fold` for one file or a watch, `snapshot` for a tree, and `run` of the task file itself when
+/// no other command can say everything the task did (the policy left files out of a tree,
+/// per-path caps, the analysis and module scans).
+fn reproduce_command(
+    task: &FoundryTask,
+    r: &TaskReport,
+    opts: &RunOptions,
+    publish: Option<&Path>,
+    one_file: bool,
+) -> String {
+    let q = |p: &Path| sh_quote(&p.to_string_lossy());
+    let mut cmd;
+    let source = r.read.first().map(PathBuf::from).unwrap_or_default();
+    // Only `run` applies the policy: a tree it left files out of has no `snapshot` twin.
+    let denied = [
+        SkipReason::Denied(String::new()),
+        SkipReason::OverMaxFileBytes(0),
+    ]
+    .iter()
+    .any(|reason| r.skipped.contains_key(reason.key()));
+    match task.kind {
+        _ if one_file => {
+            let dest = r.output_dir.join(output_stem(task, &source));
+            let name = dest.file_name().unwrap_or_default();
+            cmd = format!(
+                "foundry-gpu fold {} -o {}",
+                q(&source),
+                q(dest.parent().unwrap_or(&r.output_dir))
+            );
+            if Some(name) != source.file_name() {
+                cmd += &format!(" --name {}", sh_quote(&name.to_string_lossy()));
+            }
+            cmd += &format!(" --texture-size {}", task.texture_size);
+            for (field, option) in [
+                ("max_side", "--max-side"),
+                ("preview_side", "--preview-side"),
+            ] {
+                if let Some(v) = extra_u64(task, field) {
+                    cmd += &format!(" {option} {v}");
+                }
+            }
+            if let Some(p @ ("entropy" | "gray" | "rgba")) = extra_str(task, "palette").as_deref() {
+                cmd += &format!(" --palette {p}");
+            }
+            for flag in ["legend", "sidecars"] {
+                if extra_bool(task, flag) {
+                    cmd += &format!(" --{flag}");
+                }
+            }
+            if let Some(sections) = extra_str(task, "sections") {
+                cmd += &format!(" --sections {}", sh_quote(&sections));
+            }
+        }
+        TaskType::WatchPath => {
+            let interval = extra_u64(task, "interval_ms").unwrap_or(1000);
+            cmd = format!(
+                "foundry-gpu fold {} -o {} --watch --texture-size {} --interval {interval}ms",
+                q(&source),
+                q(&r.output_dir),
+                task.texture_size
+            );
+            if let Some(n) = extra_u64(task, "max_refolds") {
+                cmd += &format!(" --max-refolds {n}");
+            }
+            if let Some(n) = extra_u64(task, "max_cycles") {
+                cmd += &format!(" --duration {}ms", interval.saturating_mul(n));
+            }
+            if extra_bool(task, "versioned") {
+                cmd += " --versioned";
+            }
+        }
+        TaskType::ConvertDirectory | TaskType::FoundryV2 if !denied => {
+            let walk = task_walk(task, opts);
+            cmd = "foundry-gpu snapshot".to_string();
+            for root in &r.read {
+                cmd += &format!(" {}", sh_quote(root));
+            }
+            cmd += &format!(" -o {}", q(&r.output_dir));
+            if let Some(n) = walk.max_files {
+                cmd += &format!(" --max-files {n}");
+            }
+            if let Some(n) = walk.max_bytes {
+                cmd += &format!(" --max-bytes {n}");
+            }
+            for (option, globs) in [("--include", &walk.include), ("--exclude", &walk.exclude)] {
+                for glob in globs {
+                    cmd += &format!(" {option} {}", sh_quote(glob));
+                }
+            }
+            if walk.one_file_system {
+                cmd += " --one-file-system";
+            }
+            if extra_bool(task, "no_file_bricks") {
+                cmd += " --no-file-bricks";
+            }
+        }
+        _ => {
+            // `run` applies the policy and every option itself; --publish only when the
+            // operator gave it (a task's own `publish` field travels in the task file).
+            cmd = format!(
+                "foundry-gpu run {} --output-root {}",
+                q(&r.task_file),
+                q(&opts.output_root)
+            );
+            if let Some(p) = &opts.publish {
+                cmd += &format!(" --publish {}", q(p));
+            }
+            if opts.llm.enabled {
+                cmd += " --llm";
+            }
+            return cmd;
+        }
+    }
+    if let Some(p) = publish {
+        cmd += &format!(" --publish {}", q(p));
+    }
+    if opts.llm.enabled {
+        cmd += " --llm";
+    }
+    cmd
+}
+
+fn write_report(r: &TaskReport) -> Result<()> {
     let text = markdown(r);
     let mut staged = StagedOutputs::new();
     staged.write(&r.report_path, |w| w.write_all(text.as_bytes()))?;

@@ -6,8 +6,15 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::Duration;
 
+/// The daemon, quiet (no line per task in the test's output).
 fn daemon(tasks: &Path, extra: &[&str]) -> Child {
-    foundry_cmd()
+    daemon_command(tasks, extra).arg("-q").spawn().unwrap()
+}
+
+/// The daemon on `tasks`, quick to poll, writing below `tasks/../out`.
+fn daemon_command(tasks: &Path, extra: &[&str]) -> Command {
+    let mut command = foundry_cmd();
+    command
         .args([
             "daemon",
             "--tasks",
@@ -19,9 +26,8 @@ fn daemon(tasks: &Path, extra: &[&str]) -> Child {
             "--output-root",
         ])
         .arg(tasks.parent().unwrap().join("out"))
-        .args(extra)
-        .spawn()
-        .unwrap()
+        .args(extra);
+    command
 }
 
 fn count_suffix(tasks: &Path, suffix: &str) -> usize {
@@ -254,4 +260,149 @@ fn sigterm_finishes_the_current_task_and_exits_zero() {
         "exit 0 on SIGTERM"
     );
     assert!(names_in(&tasks).contains(&"w.task.task.json.done".to_string()));
+}
+
+/// True for `2026-12-04T10:15:00Z`.
+fn is_iso_time(text: &str) -> bool {
+    let b = text.as_bytes();
+    b.len() == 20
+        && text.char_indices().all(|(i, c)| match i {
+            4 | 7 => c == '-',
+            10 => c == 'T',
+            13 | 16 => c == ':',
+            19 => c == 'Z',
+            _ => c.is_ascii_digit(),
+        })
+}
+
+#[test]
+fn a_missing_task_folder_is_an_error_unless_create_is_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let misspelt = dir.path().join("taks");
+    for args in [
+        vec!["daemon", "--exit-when-idle", "--tasks"],
+        vec!["daemon", "--dry-run", "--tasks"],
+        vec!["status", "--tasks"],
+    ] {
+        let o = foundry_cmd()
+            .args(&args)
+            .arg(&misspelt)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("{}: no such task folder", misspelt.display())),
+            "{args:?}: {stderr}"
+        );
+        assert!(!misspelt.exists(), "{args:?} must not make the folder");
+    }
+    let o = foundry_cmd()
+        .args([
+            "daemon",
+            "--exit-when-idle",
+            "--create",
+            "--backend",
+            "cpu",
+            "--tasks",
+        ])
+        .arg(&misspelt)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(misspelt.is_dir(), "--create makes it");
+}
+
+#[test]
+fn the_daemon_says_when_each_task_starts_and_ends_and_q_silences_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let tasks = dir.path().join("tasks");
+    std::fs::create_dir_all(&tasks).unwrap();
+    std::fs::write(tasks.join("in.txt"), "input").unwrap();
+    let drop_two = |tag: &str| {
+        std::fs::write(
+            tasks.join(format!("good{tag}.task.json")),
+            format!(r#"{{"task_id": "good{tag}", "type": "convert_binary", "source": "in.txt"}}"#),
+        )
+        .unwrap();
+        std::fs::write(
+            tasks.join(format!("bad{tag}.task.json")),
+            r#"{"task_id": "bad", "type": "convert_binary", "source": "no-such-file"}"#,
+        )
+        .unwrap();
+    };
+    drop_two("1");
+    std::fs::write(
+        tasks.join("look.task.yaml"),
+        "task_id: look\ntype: analyze_system\nsource: in.txt\n",
+    )
+    .unwrap();
+    let o = daemon_command(&tasks, &["--exit-when-idle"])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    let line = |what: &str| {
+        lines
+            .iter()
+            .find(|l| l.get(21..).is_some_and(|rest| rest.starts_with(what)))
+            .unwrap_or_else(|| panic!("a line \"TIME {what}...\" in {stderr}"))
+    };
+    for what in [
+        "started good1 (",
+        "done good1 in ",
+        "started bad1 (",
+        "failed bad1 in ",
+    ] {
+        let l = line(what);
+        assert!(is_iso_time(&l[..20]), "{l}");
+    }
+    assert!(
+        line("done good1 in ").contains("file(s) written in"),
+        "{stderr}"
+    );
+    assert!(line("failed bad1 in ").contains("no-such-file"), "{stderr}");
+    assert_eq!(lines.len(), 6, "one line per start and end: {stderr}");
+    // `status` says when, in the same words.
+    let o = foundry_cmd()
+        .args(["status", "--tasks", tasks.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let written = stdout
+        .split("status written ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(is_iso_time(written.trim()), "{stdout}");
+    let report = std::fs::read_to_string(tasks.join("good1.report.md")).unwrap();
+    let started = report.split("Started ").nth(1).unwrap();
+    assert!(is_iso_time(&started[..20]), "{report}");
+    // A task only `run` can do again names its task file where the daemon left it.
+    let report = std::fs::read_to_string(tasks.join("look.report.md")).unwrap();
+    let run_step = format!(
+        "foundry-gpu run {} --output-root",
+        tasks.join("look.task.task.yaml.done").display()
+    );
+    assert!(report.contains(&run_step), "{report}");
+    // -q: nothing per task.
+    drop_two("2");
+    let o = daemon_command(&tasks, &["--exit-when-idle", "-q"])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert!(
+        o.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        names_in(&tasks)
+            .iter()
+            .filter(|n| n.ends_with(".done") || n.ends_with(".failed"))
+            .count(),
+        5
+    );
 }

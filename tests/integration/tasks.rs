@@ -424,3 +424,405 @@ mod run {
         }
     }
 }
+
+/// The bundled examples run as a user runs them, and what their reports say holds: every file
+/// written is listed, and the next steps write the same bytes again.
+mod examples {
+    use crate::harness::{foundry_cmd, s, wait_exit};
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+    use std::time::Duration;
+
+    /// A kernel module built here: `.modinfo` with a license and a vermagic.
+    fn build_module(path: &Path) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let c = path.with_extension("c");
+        std::fs::write(&c, "__attribute__((section(\".modinfo\"), used)) static const char m[] = \"license=GPL\\0name=m\\0vermagic=6.1.0-13-amd64 SMP\\0\";\nint x;\n").unwrap();
+        assert!(Command::new("gcc")
+            .args(["-c", "-o"])
+            .arg(path)
+            .arg(&c)
+            .status()
+            .unwrap()
+            .success());
+    }
+
+    /// The bundled `*.task.json` examples (the YAML twins are the same tasks), sorted. Kernel
+    /// modules live in /lib/modules, which a container may lack: there the scan example is
+    /// copied into `dir` with a module built here as its source.
+    fn bundled(dir: &Path) -> Vec<PathBuf> {
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("openspec/tasks/examples");
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&examples)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().ends_with(".task.json"))
+            .collect();
+        files.sort();
+        for file in &mut files {
+            let text = std::fs::read_to_string(&*file).unwrap();
+            let mut task: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let source = task["source"].as_str().unwrap().to_string();
+            if !Path::new(&source).exists() {
+                assert_eq!(task["type"], "scan_kernel_modules", "{}", file.display());
+                eprintln!(
+                    "{source} is missing here: the scan example reads a module built for the test"
+                );
+                build_module(&dir.join("modules/extra/m.ko"));
+                task["source"] = "modules".into();
+                *file = dir.join(file.file_name().unwrap());
+                std::fs::write(&*file, task.to_string()).unwrap();
+            }
+        }
+        assert_eq!(files.len(), 7, "one example of each type");
+        files
+    }
+
+    /// `foundry-gpu ARGS` in `dir`, offline (the harness points the model at a closed port),
+    /// killed and failed past `deadline`; returns stdout.
+    fn run_in(dir: &Path, args: &[&str], deadline: Duration) -> Vec<u8> {
+        let (out, err) = (dir.join(".stdout"), dir.join(".stderr"));
+        let mut child = foundry_cmd()
+            .args(args)
+            .current_dir(dir)
+            .env("XDG_CACHE_HOME", dir.join(".cache"))
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .unwrap();
+        let status = wait_exit(&mut child, deadline);
+        assert!(
+            status.success(),
+            "{args:?}: {status}: {}",
+            std::fs::read_to_string(&err).unwrap()
+        );
+        std::fs::read(&out).unwrap()
+    }
+
+    fn run_task(dir: &Path, task: &Path) -> serde_json::Value {
+        let stdout = run_in(
+            dir,
+            &[
+                "run",
+                s(task),
+                "--output-root",
+                "out",
+                "--backend",
+                "cpu",
+                "--json",
+                "-q",
+            ],
+            Duration::from_secs(180),
+        );
+        serde_json::from_slice(&stdout).unwrap()
+    }
+
+    /// Every file under `dir`, recursively.
+    fn files_under(dir: &Path) -> BTreeSet<PathBuf> {
+        let mut found = BTreeSet::new();
+        for entry in std::fs::read_dir(dir).into_iter().flatten() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                found.extend(files_under(&path));
+            } else {
+                found.insert(path);
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn every_bundled_example_ends_by_itself_and_succeeds_offline() {
+        let dir = tempfile::tempdir().unwrap();
+        for task in bundled(dir.path()) {
+            let started = std::time::Instant::now();
+            let report = run_task(dir.path(), &task);
+            eprintln!(
+                "{}: {} file(s) written in {:.1} s",
+                task.display(),
+                report["written"].as_array().unwrap().len(),
+                started.elapsed().as_secs_f64()
+            );
+            assert!(dir
+                .path()
+                .join(report["report_path"].as_str().unwrap())
+                .is_file());
+        }
+    }
+
+    /// A tree with nothing the policy refuses (so `snapshot` can say the task) and a one-file
+    /// task that sets every fold option, besides the bundled examples.
+    fn own_tasks(dir: &Path) -> Vec<PathBuf> {
+        for (p, body) in [
+            ("t/a/x.txt", "x"),
+            ("t/a/y.txt", "yy"),
+            ("t/b/z.bin", "zzz"),
+            ("t/b/w.bin", "wwww"),
+        ] {
+            std::fs::create_dir_all(dir.join(p).parent().unwrap()).unwrap();
+            std::fs::write(dir.join(p), body).unwrap();
+        }
+        std::fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/sample-elf"),
+            dir.join("sample-elf"),
+        )
+        .unwrap();
+        let tasks = [
+            (
+                "tree.task.json",
+                r#"{"task_id": "tree", "type": "convert_directory", "source": "t", "max_files": 2, "exclude": ["a/y.txt"]}"#,
+            ),
+            (
+                "v2.task.json",
+                r#"{"task_id": "v2", "type": "foundry-v2", "source": "sample-elf", "destination": "prog.brick", "texture_size": 64, "preview_side": 64, "palette": "entropy", "legend": true, "sidecars": true, "sections": ".text"}"#,
+            ),
+        ];
+        tasks
+            .iter()
+            .map(|(name, text)| {
+                std::fs::write(dir.join(name), text).unwrap();
+                dir.join(name)
+            })
+            .collect()
+    }
+
+    /// `value` without the fields that say when or how long: `seconds`, `last_scan`,
+    /// `generated_at`.
+    fn without_times(value: serde_json::Value) -> serde_json::Value {
+        use serde_json::Value;
+        match value {
+            Value::Object(fields) => Value::Object(
+                fields
+                    .into_iter()
+                    .filter(|(k, _)| {
+                        !["seconds", "last_scan", "generated_at"].contains(&k.as_str())
+                    })
+                    .map(|(k, v)| (k, without_times(v)))
+                    .collect(),
+            ),
+            Value::Array(items) => Value::Array(items.into_iter().map(without_times).collect()),
+            other => other,
+        }
+    }
+
+    #[test]
+    fn reports_list_every_file_written_and_the_next_steps_write_the_same_bytes_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tasks = bundled(dir.path());
+        tasks.extend(own_tasks(dir.path()));
+        let bin_dir = Path::new(env!("CARGO_BIN_EXE_foundry-gpu"))
+            .parent()
+            .unwrap();
+        let path = format!(
+            "{}:{}",
+            bin_dir.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let mut first_commands = Vec::new();
+        for task in &tasks {
+            let report = run_task(dir.path(), task);
+            let kind = report["type"].as_str().unwrap().to_string();
+            let at = |p: &serde_json::Value| dir.path().join(p.as_str().unwrap());
+            let written: BTreeSet<PathBuf> = report["written"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|w| at(&w["path"]))
+                .collect();
+            let mut on_disk = files_under(&at(&report["output_dir"]));
+            on_disk.remove(&at(&report["report_path"]));
+            assert_eq!(
+                written, on_disk,
+                "{kind}: the report lists every file written, and only those"
+            );
+            let md = std::fs::read_to_string(at(&report["report_path"])).unwrap();
+            for w in &written {
+                let listed = w.strip_prefix(dir.path()).unwrap();
+                assert!(
+                    md.contains(&format!("`{}`", listed.display())),
+                    "{kind}: report.md lists {}",
+                    listed.display()
+                );
+            }
+            let before: BTreeMap<&PathBuf, Vec<u8>> = written
+                .iter()
+                .map(|w| (w, std::fs::read(w).unwrap()))
+                .collect();
+            for w in &written {
+                std::fs::remove_file(w).unwrap();
+            }
+            let steps: Vec<&str> = report["next_steps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s.as_str().unwrap())
+                .collect();
+            assert!(
+                md.contains(&steps.join("\n")),
+                "{kind}: report.md has the same steps"
+            );
+            first_commands.push(steps[0].to_string());
+            for step in &steps {
+                let o = Command::new("sh")
+                    .args(["-c", step])
+                    .current_dir(dir.path())
+                    .env("PATH", &path)
+                    .env("FOUNDRY_LLM_URL", "http://127.0.0.1:9")
+                    .env("XDG_CACHE_HOME", dir.path().join(".cache"))
+                    .output()
+                    .unwrap();
+                assert!(
+                    o.status.success(),
+                    "{kind}: {step}: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                );
+            }
+            for (w, bytes) in &before {
+                assert!(
+                    w.exists(),
+                    "{kind}: {} is written again by {}",
+                    w.display(),
+                    steps[0]
+                );
+                // A watched /proc file changes between reads; JSON records may say how long a
+                // step took or when it ran, and those fields alone may differ.
+                if kind == "watch_path" {
+                    continue;
+                }
+                let now = std::fs::read(w).unwrap();
+                if w.extension().is_some_and(|e| e == "json") && now != *bytes {
+                    assert_eq!(
+                        without_times(serde_json::from_slice(&now).unwrap()),
+                        without_times(serde_json::from_slice(bytes).unwrap()),
+                        "{kind}: {}",
+                        w.display()
+                    );
+                } else {
+                    crate::harness::assert_same(&format!("{kind}: {}", w.display()), bytes, &now);
+                }
+            }
+            // A brick unfolds to the file the task read.
+            if let Some(brick) = steps.iter().find_map(|s| {
+                s.strip_prefix("foundry-gpu unfold ")
+                    .filter(|s| s.contains(".brick -o"))
+            }) {
+                let unfolded = dir.path().join(brick.rsplit(" -o ").next().unwrap());
+                let source = dir.path().join(report["read"][0].as_str().unwrap());
+                // (A module scan reads a folder; a watched file has changed since.)
+                if kind != "watch_path" && source.is_file() {
+                    assert_eq!(
+                        std::fs::read(&unfolded).unwrap(),
+                        std::fs::read(&source).unwrap(),
+                        "{kind}"
+                    );
+                }
+            }
+        }
+        eprintln!("{}", first_commands.join("\n"));
+        let here = dir.path().display();
+        for expected in [
+            format!("foundry-gpu snapshot {here}/t -o out/tree --max-files 2 --max-bytes "),
+            format!("foundry-gpu fold {here}/sample-elf -o out/v2 --name prog --texture-size 64 --preview-side 64 --palette entropy --legend --sidecars --sections .text"),
+            "foundry-gpu fold /bin/ls -o out/example-convert-ls --texture-size 512".into(),
+        ] {
+            assert!(
+                first_commands.iter().any(|c| c.starts_with(&expected)),
+                "{expected} in {first_commands:?}"
+            );
+        }
+    }
+}
+
+/// What the checks of `analyze_system` found is in its report, not only in the analysis file.
+mod findings {
+    use crate::harness::{foundry_cmd, s};
+    use std::process::Command;
+
+    #[test]
+    fn an_analyze_system_report_shows_its_findings() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = dir.path().join("stack.c");
+        std::fs::write(&c, "int main(void) { return 0; }\n").unwrap();
+        let program = dir.path().join("stack");
+        // An executable stack is a finding of the local checks.
+        assert!(Command::new("gcc")
+            .args(["-z", "execstack", "-o"])
+            .arg(&program)
+            .arg(&c)
+            .status()
+            .unwrap()
+            .success());
+        let task = dir.path().join("a.task.json");
+        std::fs::write(
+            &task,
+            r#"{"task_id": "an", "type": "analyze_system", "source": "stack"}"#,
+        )
+        .unwrap();
+        let o = foundry_cmd()
+            .args(["run", s(&task), "--output-root", "out", "--json", "-q"])
+            .current_dir(dir.path())
+            .env("XDG_CACHE_HOME", dir.path().join(".cache"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let findings = report["findings"].as_array().unwrap();
+        let has = |severity: &str, text: &str| {
+            findings.iter().any(|f| {
+                f["severity"] == severity
+                    && f["finding"].as_str().unwrap().contains(text)
+                    && f["path"].as_str().unwrap().ends_with("/stack")
+            })
+        };
+        assert!(has("medium", "executable stack (no NX)"), "{findings:#?}");
+        assert!(has("info", "NX no"), "{findings:#?}");
+        let md = std::fs::read_to_string(dir.path().join("out/an/an.report.md")).unwrap();
+        assert!(md.contains("## Findings"), "{md}");
+        assert!(md.contains("- medium: executable stack (no NX)"), "{md}");
+    }
+}
+
+/// `fold --name`, which a one-file task's next step uses when its `destination` is not the
+/// source's name.
+mod fold_name {
+    use crate::harness::{foundry, s};
+
+    #[test]
+    fn name_renames_the_outputs_in_a_folder_and_refuses_anything_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.txt");
+        std::fs::write(&input, "named").unwrap();
+        let out = dir.path().join("out");
+        let o = foundry(&[
+            "fold",
+            s(&input),
+            "-o",
+            s(&out),
+            "--name",
+            "other",
+            "--backend",
+            "cpu",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        for ext in ["brick", "rts.png", "preview.png"] {
+            assert!(out.join(format!("other.{ext}")).is_file(), "other.{ext}");
+        }
+        assert!(!out.join("in.txt.brick").exists());
+        for (name, output) in [
+            ("../escape", s(&out)),
+            ("a/b", s(&out)),
+            ("", s(&out)),
+            ("other", &*format!("{}/one.brick", s(&out))),
+        ] {
+            let o = foundry(&["fold", s(&input), "-o", output, "--name", name]);
+            let stderr = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(
+                o.status.code(),
+                Some(2),
+                "--name {name:?} -o {output}: {stderr}"
+            );
+            assert!(stderr.contains("--name"), "{stderr}");
+        }
+        assert!(!dir.path().join("escape.brick").exists());
+    }
+}

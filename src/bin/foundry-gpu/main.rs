@@ -107,6 +107,9 @@ enum Command {
         /// ELF only: also fold these sections into NAME.SECTION.brick ("all", or ".text,.data").
         #[arg(long, value_name = "all|LIST", help_heading = "Output")]
         sections: Option<String>,
+        /// With -o DIR: name the outputs NAME.brick, NAME.rts.png, ... instead of after INPUT.
+        #[arg(long, conflicts_with = "watch", help_heading = "Output")]
+        name: Option<String>,
         /// Ask the language-model server for a summary, tags, risk and warnings (under `semantic`; implies --sidecars).
         #[arg(long, help_heading = "LLM")]
         llm: bool,
@@ -167,18 +170,21 @@ enum Command {
         #[arg(long, default_value_t = DEFAULT_PREVIEW_SIDE)]
         preview_side: u32,
         /// Take a series: a snapshot this often (e.g. 1s, 500ms) into OUT/NNN/, with a diff between each pair.
-        #[arg(long, value_parser = process_memory::parse_duration, requires = "count")]
+        #[arg(long, value_parser = process_memory::parse_duration, requires = "count", help_heading = "Series")]
         every: Option<std::time::Duration>,
         /// Snapshots in the series.
-        #[arg(long)]
+        #[arg(long, help_heading = "Series")]
         count: Option<usize>,
         #[command(flatten)]
         engine: EngineArgs,
     },
     /// Run one FoundryTask file (JSON or YAML) and write TASK_ID.report.md beside its outputs.
-    #[command(
-        after_help = "Examples:\n  foundry-gpu run openspec/tasks/examples/convert_binary.task.json\n  foundry-gpu run task.yaml --output-root /srv/foundry/out --json\n  foundry-gpu run scan.task.json --publish systems/builder\n\nTypes: convert_binary, convert_directory, crystallize_system, analyze_system (local heuristics), scan_kernel_modules (+ metadata/silicon_district.json), watch_path (re-folds on change until Ctrl-C), foundry-v2 (any source; CLI options as task fields: max_side, preview_side, palette, legend, sidecars, sections, max_files, max_bytes, include, exclude, one_file_system, no_file_bricks, publish). Outputs go to OUTPUT_ROOT/TASK_ID/. Relative sources resolve against the task file's folder."
-    )]
+    #[command(after_help = "Examples:
+  foundry-gpu run openspec/tasks/examples/convert_binary.task.json
+  foundry-gpu run task.yaml --output-root /srv/foundry/out --json
+  foundry-gpu run scan.task.json --publish systems/builder
+
+Types: convert_binary, convert_directory, crystallize_system, analyze_system (local heuristics), scan_kernel_modules (+ metadata/silicon_district.json), watch_path (re-folds on change until Ctrl-C, max_refolds or max_cycles), foundry-v2 (any source; CLI options as task fields: max_side, preview_side, palette, legend, sidecars, sections, max_files, max_bytes, include, exclude, one_file_system, no_file_bricks, publish). Outputs go to OUTPUT_ROOT/TASK_ID/. Relative sources resolve against the task file's folder.")]
     Run {
         /// The task file.
         task: PathBuf,
@@ -218,6 +224,9 @@ enum Command {
         /// Exit once no task is pending or running.
         #[arg(long)]
         exit_when_idle: bool,
+        /// Make the task folder when it is missing (else a missing folder is an error).
+        #[arg(long)]
+        create: bool,
         /// Publish results to this Geometry OS builder root.
         #[arg(long, value_name = "BUILDER_ROOT")]
         publish: Option<PathBuf>,
@@ -956,6 +965,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             compression,
             sidecars,
             sections,
+            name,
             llm,
             server,
             tree,
@@ -963,6 +973,17 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             live,
             ..
         } => {
+            if let Some(name) = &name {
+                let plain = !matches!(name.as_str(), "" | "." | "..") && !name.contains('/');
+                if !plain
+                    || input.is_dir()
+                    || !matches!(OutputTarget::from_path(&output), OutputTarget::Directory(_))
+                {
+                    return Err(Error::Usage(format!(
+                        "--name \"{name}\": give a plain file name, for one input file folded into a directory (-o DIR)"
+                    )));
+                }
+            }
             let opts = FoldOptions {
                 texture_size,
                 max_side,
@@ -974,7 +995,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 sections: sections
                     .as_deref()
                     .map_or(SectionChoice::None, SectionChoice::parse),
-                name: None,
+                name,
                 llm: server.client_if(llm)?,
                 intent: None,
                 output_mode: None,
@@ -1224,6 +1245,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             output_root,
             poll_ms,
             exit_when_idle,
+            create,
             publish,
             llm,
             server,
@@ -1231,13 +1253,12 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             ..
         } => {
             drop(bar);
+            foundry_gpu::task::daemon::check_task_folder(&tasks, create && !policy.dry_run)?;
             let rules = policy.load(&server, &tasks, &output_root)?;
             let task_llm = policy.task_llm(&server, llm, &rules)?;
             if policy.dry_run {
                 return daemon_dry_run(&tasks, &output_root, publish, task_llm, rules, global.json);
             }
-            std::fs::create_dir_all(&tasks)
-                .map_err(|e| Error::io(&tasks, "create directory", e))?;
             confine_task_writes(&output_root, publish.as_deref(), Some(&tasks), &task_llm)?;
             let backend = open_backend(global)?;
             let opts = foundry_gpu::task::daemon::DaemonOptions {
@@ -1249,8 +1270,33 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 publish,
                 llm: task_llm,
                 policy: rules,
+                events: None,
             };
-            let status = foundry_gpu::task::daemon::run_daemon(&backend, opts)?;
+            // One line per task started and ended, on stderr (stdout keeps the summary or the
+            // JSON); -q silences them.
+            let (opts, printer) = if global.quiet {
+                (opts, None)
+            } else {
+                let (sender, events) = std::sync::mpsc::channel();
+                let printer = std::thread::spawn(move || {
+                    for event in events {
+                        eprintln!("{event}");
+                    }
+                });
+                (
+                    foundry_gpu::task::daemon::DaemonOptions {
+                        events: Some(sender),
+                        ..opts
+                    },
+                    Some(printer),
+                )
+            };
+            let status = foundry_gpu::task::daemon::run_daemon(&backend, opts);
+            if let Some(printer) = printer {
+                // The sender went with the options: the printer ends once every line is out.
+                let _ = printer.join();
+            }
+            let status = status?;
             if global.json {
                 print_json(&status);
             } else {
@@ -1282,8 +1328,9 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 }
                 if status.daemon_pid != 0 {
                     println!(
-                        "  last daemon: pid {} at {:.0}",
-                        status.daemon_pid, status.updated_at
+                        "  last daemon: pid {}, status written {}",
+                        status.daemon_pid,
+                        foundry_gpu::task::iso_time(status.updated_at)
                     );
                 }
             }
