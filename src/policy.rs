@@ -366,6 +366,24 @@ impl Policy {
     }
 }
 
+/// Task work reads only what this policy allows, judged on the real path of what was opened
+/// (`source::confine`): no deny rule matches it, and it lies below an allowed root.
+impl crate::source::confine::ReadJudge for Policy {
+    fn judge(&self, real: &Path) -> std::result::Result<(), String> {
+        if let Some(refusal) = self.denied(real) {
+            return Err(refusal.rule);
+        }
+        if self.allowed_roots.iter().any(|root| real.starts_with(root)) {
+            Ok(())
+        } else {
+            Err(format!(
+                "allow: {} is not below an allowed root",
+                real.display()
+            ))
+        }
+    }
+}
+
 /// The host part of `scheme://host:port/...`, brackets removed.
 fn url_host(url: &str) -> &str {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);

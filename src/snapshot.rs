@@ -172,16 +172,32 @@ impl LlmTally {
 struct ReadFile {
     bytes: Vec<u8>,
     changed: bool,
+    /// The mode of what was opened (its `fstat`), not of what the walk saw.
+    mode: u32,
+}
+
+/// Why an opened tree entry is skipped: the policy's rule, or the I/O error.
+fn skip_reason_of(e: Error) -> SkipReason {
+    match e {
+        Error::Policy { rule, .. } => SkipReason::Denied(rule),
+        Error::Io { source, .. } => SkipReason::from_io(&source),
+        other => SkipReason::ReadError(other.to_string()),
+    }
 }
 
 fn read_whole(entry: &FileEntry) -> std::result::Result<ReadFile, SkipReason> {
-    let mut file = std::fs::File::open(&entry.abs).map_err(|e| SkipReason::from_io(&e))?;
+    use std::os::unix::fs::MetadataExt;
+    let (mut file, meta) = crate::source::open_tree_entry(&entry.abs).map_err(skip_reason_of)?;
     let mut bytes = Vec::with_capacity(entry.size.min(BATCH_BYTES) as usize);
     file.read_to_end(&mut bytes)
         .map_err(|e| SkipReason::from_io(&e))?;
     let now = file.metadata().map(|m| m.len()).unwrap_or(entry.size);
     let changed = bytes.len() as u64 != entry.size || now != entry.size;
-    Ok(ReadFile { bytes, changed })
+    Ok(ReadFile {
+        bytes,
+        changed,
+        mode: meta.mode(),
+    })
 }
 
 fn root_names(roots: &[PathBuf]) -> Vec<String> {
@@ -253,7 +269,7 @@ fn fold_one(
     let as_skip = |e: Error| SkipReason::ReadError(e.to_string());
     let rel = brick_rel_path(&names[entry.root], &entry.rel);
     let brick = if opts.file_bricks {
-        let mode = output_mode(entry.mode);
+        let mode = output_mode(read.mode);
         write_file_brick(backend, &read.bytes, &facts, &out.join(&rel), mode).map_err(as_skip)?;
         Some(rel.to_string_lossy().into_owned())
     } else {
@@ -267,7 +283,7 @@ fn fold_one(
             &entry.rel,
             &out.join(&rel),
             opts.compression,
-            output_mode(entry.mode),
+            output_mode(read.mode),
         )
         .map_err(as_skip)?;
         Some(rel.to_string_lossy().into_owned())
@@ -322,7 +338,7 @@ pub fn snapshot(
             match stream_big_file(backend, entry, &names, out, opts, &mut district) {
                 Ok(mut record) => {
                     if let Some(client) = &opts.llm {
-                        if let Ok(bytes) = crate::source::read_input(&entry.abs) {
+                        if let Ok(bytes) = crate::source::read_tree_entry(&entry.abs) {
                             record.semantic =
                                 describe_files(client, &[(&record.path, &bytes)]).pop();
                         }
@@ -378,7 +394,7 @@ pub fn snapshot(
             match result {
                 Ok(one) => {
                     let offset = district.offset();
-                    district.set_source_mode(output_mode(entry.mode));
+                    district.set_source_mode(output_mode(one.read.mode));
                     district.append(&one.read.bytes)?;
                     let mut record = record_for(
                         entry,
@@ -624,9 +640,9 @@ fn stream_big_file(
     } else {
         None
     };
-    let mut file = std::fs::File::open(&entry.abs).map_err(|e| SkipReason::from_io(&e))?;
+    let (mut file, meta) = crate::source::open_tree_entry(&entry.abs).map_err(skip_reason_of)?;
     let offset = district.offset();
-    district.set_source_mode(output_mode(entry.mode));
+    district.set_source_mode(output_mode(std::os::unix::fs::MetadataExt::mode(&meta)));
     let mut hasher = Sha256::new();
     let mut histogram = [0u64; 256];
     let mut chunk = vec![0u8; STREAM_CHUNK];

@@ -3,6 +3,7 @@
 //! and checked for changing size while it was read. FIFOs are read only when the user named
 //! them.
 
+pub mod confine;
 pub mod elf;
 pub mod process;
 pub mod tree;
@@ -135,6 +136,14 @@ fn read_bounded(path: &Path, on_piece: impl FnMut(&[u8])) -> Result<Vec<u8>> {
 /// Inputs the user did not name are opened non-blocking, so even a FIFO swapped in between the
 /// check and the open cannot make us wait for a writer.
 fn open_input(path: &Path) -> Result<(File, std::fs::Metadata)> {
+    if confine::is_confined() {
+        // Task work: open first, judge what was opened, read from that descriptor. A task
+        // never reads a FIFO, and never waits on one (the open is non-blocking).
+        let file = confine::open(path, confine::LastComponent::Follow)?;
+        let meta = file.metadata().map_err(|e| Error::io(path, "read", e))?;
+        check_input_kind(path, &meta, false)?;
+        return Ok((file, meta));
+    }
     let named = is_named(path);
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, "read", e))?;
     check_input_kind(path, &meta, named)?;
@@ -148,6 +157,31 @@ fn open_input(path: &Path) -> Result<(File, std::fs::Metadata)> {
     let meta = file.metadata().map_err(|e| Error::io(path, "read", e))?;
     check_input_kind(path, &meta, named)?;
     Ok((file, meta))
+}
+
+/// Opens a file met in a tree walk: never through a symlink (a link swapped in after the walk
+/// is refused, not followed), non-blocking, judged on what was opened under confinement, and
+/// only when it is still a regular file. Its `fstat` is what the caller must use for its size
+/// and mode, not the walk's `lstat`.
+pub fn open_tree_entry(path: &Path) -> Result<(File, std::fs::Metadata)> {
+    let file = confine::open(path, confine::LastComponent::NoFollow)?;
+    let meta = file.metadata().map_err(|e| Error::io(path, "read", e))?;
+    if !meta.is_file() {
+        return Err(Error::malformed(
+            path,
+            "is no longer a regular file (it changed after the walk listed it)",
+        ));
+    }
+    Ok((file, meta))
+}
+
+/// Reads a file met in a tree walk whole, through [`open_tree_entry`], bounded by `--max-input`.
+pub fn read_tree_entry(path: &Path) -> Result<Vec<u8>> {
+    let (file, meta) = open_tree_entry(path)?;
+    if meta.len() == 0 {
+        return Ok(Vec::new());
+    }
+    read_sized(path, &file, meta.len(), max_input(), |_| {})
 }
 
 fn check_input_kind(path: &Path, meta: &std::fs::Metadata, named: bool) -> Result<()> {

@@ -2,6 +2,7 @@
 
 mod analysis;
 mod cli;
+mod confinement;
 mod daemon;
 mod diff;
 mod elf;

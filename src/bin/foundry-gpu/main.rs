@@ -527,7 +527,15 @@ impl PolicyArgs {
             Some(file) => foundry_gpu::policy::read_settings(file)?,
             None => foundry_gpu::config::load(server.config.as_deref())?.policy,
         };
-        foundry_gpu::policy::Policy::new(&settings, task_root, output_root).map(Arc::new)
+        let policy = Arc::new(foundry_gpu::policy::Policy::new(
+            &settings,
+            task_root,
+            output_root,
+        )?);
+        // From here on, every input this process reads is judged by the policy on the object
+        // it opened, not on the path a task wrote.
+        foundry_gpu::source::confine::confine_reads(policy.clone());
+        Ok(policy)
     }
 
     /// The LLM settings and the policy together: the policy names the hosts it may ask.

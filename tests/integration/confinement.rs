@@ -1,0 +1,163 @@
+//! Confined reads, tried as an attacker who can write the task folder would: a source whose
+//! path says one thing and opens another, magic links, and a tree entry swapped for a symlink
+//! to a secret while the task runs. Each is judged on what was opened, never on the path.
+
+use crate::harness::{foundry_cmd, s};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A task folder, an output root, and a private folder outside every allowed root holding a
+/// 0600 secret.
+struct Scene {
+    _dir: tempfile::TempDir,
+    tasks: PathBuf,
+    out: PathBuf,
+    secret: PathBuf,
+}
+
+const SECRET: &[u8] = b"SECRET-4f1c: the bytes no task may read\n";
+
+fn scene() -> Scene {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let tasks = dir.path().join("tasks");
+    let private = dir.path().join("private/sub");
+    std::fs::create_dir_all(&tasks).unwrap();
+    std::fs::create_dir_all(&private).unwrap();
+    let secret = dir.path().join("private/secret.txt");
+    std::fs::write(&secret, SECRET).unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    Scene {
+        out: dir.path().join("out"),
+        _dir: dir,
+        tasks,
+        secret,
+    }
+}
+
+/// `run`s the task file `name` holding `body`; returns (exit code, stderr).
+fn run_task(scene: &Scene, name: &str, body: &serde_json::Value) -> (Option<i32>, String) {
+    let file = scene.tasks.join(name);
+    std::fs::write(&file, body.to_string()).unwrap();
+    let o = foundry_cmd()
+        .args(["run", s(&file), "--output-root", s(&scene.out)])
+        .args(["--backend", "cpu", "-q"])
+        .output()
+        .unwrap();
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// Every byte of every file under `dir`, for a search for the secret.
+fn all_output_bytes(dir: &Path) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(b) = std::fs::read(&path) {
+                bytes.extend(b);
+            }
+        }
+    }
+    bytes
+}
+
+#[test]
+fn a_path_that_opens_somewhere_else_is_judged_by_where_it_opened() {
+    let scene = scene();
+    // LINK/../secret.txt reads as TASKS/secret.txt by name; the kernel follows LINK first.
+    std::os::unix::fs::symlink(
+        scene.secret.parent().unwrap().join("sub"),
+        scene.tasks.join("LINK"),
+    )
+    .unwrap();
+    let body = serde_json::json!({"task_id": "dotdot", "type": "convert_binary",
+        "source": "LINK/../secret.txt"});
+    let (code, err) = run_task(&scene, "dotdot.task.json", &body);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("refused by policy"), "{err}");
+    assert!(
+        err.contains("it opened as"),
+        "the error names what was opened: {err}"
+    );
+    assert!(err.contains("secret.txt"), "{err}");
+    let written = all_output_bytes(&scene.out);
+    assert!(
+        !written.windows(SECRET.len()).any(|w| w == SECRET),
+        "the secret reached the outputs"
+    );
+    // A magic link to a descriptor is refused by the kernel, whatever it points at.
+    let body = serde_json::json!({"task_id": "magic", "type": "convert_binary",
+        "source": "/proc/self/fd/0"});
+    let (code, err) = run_task(&scene, "magic.task.json", &body);
+    assert_ne!(code, Some(0), "{err}");
+}
+
+/// Swaps `a` and `b` (one a file, one a symlink) atomically until `stop`, counting swaps.
+fn swapper(a: PathBuf, b: PathBuf, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut swaps = 0;
+        while !stop.load(Ordering::Relaxed) {
+            rustix::fs::renameat_with(
+                rustix::fs::CWD,
+                &a,
+                rustix::fs::CWD,
+                &b,
+                rustix::fs::RenameFlags::EXCHANGE,
+            )
+            .unwrap();
+            swaps += 1;
+        }
+        swaps
+    })
+}
+
+#[test]
+fn a_tree_entry_swapped_for_a_link_to_a_secret_never_brings_it_in() {
+    let scene = scene();
+    let tree = scene.tasks.join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    let harmless = b"harmless bytes of a.txt\n".repeat(3);
+    std::fs::write(tree.join("a.txt"), &harmless).unwrap();
+    std::fs::write(tree.join("b.txt"), b"another file").unwrap();
+    std::os::unix::fs::symlink(&scene.secret, tree.join("swap")).unwrap();
+    let harmless_sha = hex::encode(Sha256::digest(&harmless));
+    let secret_sha = hex::encode(Sha256::digest(SECRET));
+    let stop = Arc::new(AtomicBool::new(false));
+    let swaps = swapper(tree.join("a.txt"), tree.join("swap"), Arc::clone(&stop));
+    let deadline = Instant::now() + Duration::from_secs(4);
+    let (mut runs, mut a_folded) = (0, 0);
+    while Instant::now() < deadline {
+        let id = format!("tree{runs}");
+        let body = serde_json::json!({"task_id": id, "type": "convert_directory",
+            "source": "tree"});
+        run_task(&scene, &format!("{id}.task.json"), &body);
+        let district = scene.out.join(&id).join("district.json");
+        if let Ok(text) = std::fs::read_to_string(&district) {
+            assert!(
+                !text.contains(&secret_sha),
+                "run {runs}: the secret is in {text}"
+            );
+            a_folded += usize::from(text.contains(&harmless_sha));
+        }
+        runs += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let swaps = swaps.join().unwrap();
+    assert!(runs >= 5 && swaps > 1000, "{runs} runs, {swaps} swaps");
+    assert!(
+        a_folded > 0,
+        "the harmless file was folded at least once in {runs} runs"
+    );
+    let written = all_output_bytes(&scene.out);
+    assert!(!written.windows(SECRET.len()).any(|w| w == SECRET));
+    eprintln!("{runs} runs against {swaps} swaps; a.txt folded in {a_folded}; secret never read");
+}
