@@ -166,12 +166,20 @@ fn expand_home(pattern: &str) -> Option<String> {
     }
 }
 
-/// `path` made absolute against `base`, `.` and `..` resolved by name only.
+/// `path` made absolute against `base` (itself against the working folder when relative),
+/// `.` and `..` resolved by name only.
 pub fn lexical_absolute(base: &Path, path: &Path) -> PathBuf {
     let joined = if path.is_absolute() {
         path.to_path_buf()
-    } else {
+    } else if base.is_absolute() {
         base.join(path)
+    } else {
+        // Never judged as if it began at `/`: a working folder that cannot be read gives a
+        // path below no allowed root, so the judgement fails closed.
+        std::env::current_dir()
+            .unwrap_or_else(|_| PathBuf::from("/nonexistent-working-folder"))
+            .join(base)
+            .join(path)
     };
     let mut out = PathBuf::from("/");
     for component in joined.components() {

@@ -161,3 +161,41 @@ fn a_tree_entry_swapped_for_a_link_to_a_secret_never_brings_it_in() {
     assert!(!written.windows(SECRET.len()).any(|w| w == SECRET));
     eprintln!("{runs} runs against {swaps} swaps; a.txt folded in {a_folded}; secret never read");
 }
+
+#[test]
+fn relative_task_folders_judge_sources_where_they_are() {
+    let scene = scene();
+    std::fs::write(scene.tasks.join("small.bin"), b"small and allowed").unwrap();
+    let body = serde_json::json!({"task_id": "rel", "type": "convert_binary",
+        "source": "small.bin"});
+    std::fs::write(scene.tasks.join("rel.task.json"), body.to_string()).unwrap();
+    let parent = scene.tasks.parent().unwrap();
+    // `run tasks/rel.task.json` from the folder above, and `daemon --tasks tasks` there.
+    let o = foundry_cmd()
+        .current_dir(parent)
+        .args(["run", "tasks/rel.task.json", "--output-root", "out-run"])
+        .args(["--backend", "cpu", "-q"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(parent.join("out-run/rel/small.bin.brick").is_file());
+    let o = foundry_cmd()
+        .current_dir(parent)
+        .args(["daemon", "--tasks", "tasks", "--output-root", "out-daemon"])
+        .args([
+            "--backend",
+            "cpu",
+            "-q",
+            "--exit-when-idle",
+            "--poll-ms",
+            "50",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        parent.join("out-daemon/rel/small.bin.brick").is_file(),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
