@@ -114,8 +114,9 @@ pub fn snapshot_process(
     progress: &dyn Progress,
 ) -> Result<MemReport> {
     let started = Instant::now();
+    crate::format::staged::check_output_dir(out)?;
     let (memory, mappings) = ProcessMemory::open(pid)?;
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, "create directory", e))?;
+    crate::format::staged::create_dir_all(out)?;
     let total: u64 = mappings
         .iter()
         .map(|m| m.len().min(opts.max_mapping_bytes))
@@ -407,6 +408,7 @@ pub fn snapshot_series(
     if count == 0 {
         return Err(Error::Usage("--count must be at least 1".into()));
     }
+    crate::format::staged::check_output_dir(out)?;
     let mut soft_dirty = soft_dirty_available();
     let mut change_detection = if soft_dirty {
         "soft-dirty bits (pages written between snapshots, from /proc/PID/pagemap after \

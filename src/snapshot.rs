@@ -310,6 +310,7 @@ pub fn snapshot(
     if roots.is_empty() {
         return Err(Error::Usage("snapshot needs at least one directory".into()));
     }
+    crate::format::staged::check_output_dir(out)?;
     progress.stage("walking", 0);
     let found = walk(roots, &opts.walk)?;
     let names = root_names(roots);

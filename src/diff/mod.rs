@@ -592,6 +592,7 @@ pub fn diff(
     opts: &DiffOptions,
 ) -> Result<DiffReport> {
     let started = Instant::now();
+    crate::format::staged::check_output_dir(out)?;
     let (a, b) = load_sides(backend, a_path, b_path)?;
     write_diff(backend, &a, &b, out, opts, started)
 }

@@ -89,8 +89,12 @@ pub fn check_output_dir(path: &Path) -> Result<()> {
         Ok(meta) if !meta.is_dir() => Err(Error::malformed(
             path,
             format!(
-                "is {}, not a directory; -o names a directory here (or end it in .brick, .rts.png or .png to write one file)",
-                if meta.is_file() { "a file" } else { kind_in_words(meta.file_type()) }
+                "is {}, not a directory; outputs go into a directory here (a new one is made)",
+                if meta.is_file() {
+                    "a file"
+                } else {
+                    kind_in_words(meta.file_type())
+                }
             ),
         )),
         _ => Ok(()),
@@ -148,6 +152,7 @@ fn check_confined(dir: &Path) -> Result<()> {
 /// `std::fs::create_dir_all`, confined like every write: refused when `dir` resolves outside
 /// the confinement, checked before (no folder appears outside) and after (nothing moved).
 pub fn create_dir_all(dir: &Path) -> Result<()> {
+    check_output_dir(dir)?;
     check_confined(dir)?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create directory", e))?;
     check_confined(dir)

@@ -11,10 +11,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// `--backend cpu` for the commands that run an engine (`analyze` and `status` have none).
+/// `--backend cpu` for the commands that run an engine (`analyze`, `status`, `man` and
+/// `completions` have none).
 fn cpu_engine(args: &[&str]) -> &'static [&'static str] {
     match args.first() {
-        Some(&"analyze") | Some(&"status") => &[],
+        Some(&"analyze") | Some(&"status") | Some(&"man") | Some(&"completions") => &[],
         _ => &["--backend", "cpu"],
     }
 }
@@ -636,4 +637,58 @@ fn a_task_whose_source_is_truncated_mid_fold_fails_and_the_daemon_goes_on() {
         "no outputs of the failed task: {:?}",
         names_in(&failed_out)
     );
+}
+
+#[test]
+fn folder_outputs_refuse_a_fifo_or_a_link_to_a_device_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let inputs = make_inputs(d);
+    let tree = d.join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    std::fs::write(tree.join("f.txt"), b"a file").unwrap();
+    let tasks = d.join("tasks");
+    std::fs::create_dir(&tasks).unwrap();
+    let task = tasks.join("t.task.json");
+    std::fs::write(
+        &task,
+        r#"{"task_id": "t", "type": "convert_binary", "source": "../input.bin"}"#,
+    )
+    .unwrap();
+    let fifo = d.join("fifo");
+    mkfifo(&fifo);
+    let to_null = d.join("to-null");
+    std::os::unix::fs::symlink("/dev/null", &to_null).unwrap();
+    let pid = std::process::id().to_string();
+    for (target, kind) in [(&fifo, "a FIFO"), (&to_null, "a character device")] {
+        let t = s(target);
+        let commands: [Vec<&str>; 7] = [
+            vec!["diff", s(&inputs.input), s(&inputs.edited), "-o", t],
+            vec!["snapshot", s(&tree), "-o", t],
+            vec!["mem", &pid, "-o", t, "--no-mapping-bricks"],
+            vec!["watch", s(&inputs.input), "-o", t, "--max-refolds", "1"],
+            vec!["man", "-o", t],
+            vec!["run", s(&task), "--output-root", t],
+            vec![
+                "daemon",
+                "--tasks",
+                s(&tasks),
+                "--output-root",
+                t,
+                "--exit-when-idle",
+            ],
+        ];
+        for args in commands {
+            let before = kind_of(target);
+            let o = run_in(d, &args, Duration::from_secs(30));
+            let err = stderr_of(&o);
+            assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+            assert!(
+                err.contains(&format!("{kind}, not a directory")),
+                "{args:?}: {err}"
+            );
+            assert_eq!(kind_of(target), before, "{args:?} changed the target");
+        }
+    }
+    assert!(task.exists(), "the task was never claimed");
 }

@@ -1214,6 +1214,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 .parent()
                 .filter(|p| !p.as_os_str().is_empty())
                 .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+            foundry_gpu::format::staged::check_output_dir(&output_root)?;
             // Absolute once, here: a relative task folder must not be joined twice when a
             // source is judged (`run ../tasks/x.task.json`, a service started in `/`).
             let task_root = foundry_gpu::policy::absolute(&task_root)?;
@@ -1265,6 +1266,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
         } => {
             drop(bar);
             foundry_gpu::task::daemon::check_task_folder(&tasks, create && !policy.dry_run)?;
+            foundry_gpu::format::staged::check_output_dir(&output_root)?;
             let tasks = foundry_gpu::policy::absolute(&tasks)?;
             let rules = policy.load(&server, &tasks, &output_root)?;
             let task_llm = policy.task_llm(&server, llm, &rules)?;
