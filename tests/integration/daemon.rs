@@ -406,3 +406,23 @@ fn the_daemon_says_when_each_task_starts_and_ends_and_q_silences_it() {
         5
     );
 }
+
+#[test]
+fn a_daemon_whose_pipes_are_closed_still_finishes_every_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let tasks = dir.path().join("tasks");
+    std::fs::create_dir_all(&tasks).unwrap();
+    drop_tasks(&tasks, 3);
+    // Both of its output pipes closed before it starts, as `daemon 2>&1 | head -1` leaves them
+    // once head has its line: a line per task and the summary fail to be written, the tasks
+    // do not.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let o = daemon_command(&tasks, &["--exit-when-idle"])
+        .stdout(writer.try_clone().unwrap())
+        .stderr(writer)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{:?}", o.status);
+    check_all_done_once(&tasks, 3);
+}

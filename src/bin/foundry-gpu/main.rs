@@ -1293,8 +1293,9 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             } else {
                 let (sender, events) = std::sync::mpsc::channel();
                 let printer = std::thread::spawn(move || {
+                    use std::io::Write;
                     for event in events {
-                        eprintln!("{event}");
+                        let _ = writeln!(std::io::stderr(), "{event}");
                     }
                 });
                 (
@@ -1311,14 +1312,24 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 let _ = printer.join();
             }
             let status = status?;
-            if global.json {
-                print_json(&status);
+            // Written, not printed: stdout may be a pipe closed long ago (the daemon ignores
+            // SIGPIPE), and the tasks are done whatever happens to this line.
+            use std::io::Write;
+            let _ = if global.json {
+                writeln!(
+                    std::io::stdout(),
+                    "{}",
+                    serde_json::to_string_pretty(&status).expect("status serialises")
+                )
             } else {
-                println!(
+                writeln!(
+                    std::io::stdout(),
                     "daemon stopped: {} done, {} failed, {} pending",
-                    status.done, status.failed, status.pending
-                );
-            }
+                    status.done,
+                    status.failed,
+                    status.pending
+                )
+            };
         }
         Command::Status { tasks } => {
             drop(bar);
@@ -1780,22 +1791,29 @@ fn main() -> ExitCode {
     if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
         std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir());
     }
-    // A closed pipe (`| head`, `| true`) ends the process quietly by SIGPIPE, as it does Unix
-    // tools; Rust ignores the signal by default, which turns the next print into a panic.
-    // SAFETY: restores the default disposition before any thread exists. Sockets are unaffected:
-    // the standard library sends on them with MSG_NOSIGNAL.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
     let matches = Cli::command().get_matches();
     // Errors name the command the user typed: `foundry-gpu unfold: error: …`.
     let command = matches.subcommand_name().unwrap_or_default().to_owned();
     let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // A closed pipe (`| head`, `| true`) ends a command quietly by SIGPIPE, as it does Unix
+    // tools; Rust ignores the signal by default, which turns the next print into a panic. The
+    // daemon keeps ignoring it: a closed log pipe must not kill it mid-task, so its lines are
+    // written without panicking instead.
+    let daemon_runs_tasks =
+        matches!(&cli.command, Command::Daemon { policy, .. } if !policy.dry_run);
+    if !daemon_runs_tasks {
+        // SAFETY: restores the default disposition before any thread exists. Sockets are
+        // unaffected: the standard library sends on them with MSG_NOSIGNAL.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     cli.global.backend = cli.command.engine();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("foundry-gpu {command}: error: {e}");
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "foundry-gpu {command}: error: {e}");
             ExitCode::from(if e.is_input_error() {
                 EXIT_USAGE
             } else {
