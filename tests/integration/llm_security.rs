@@ -55,6 +55,50 @@ fn a_backslash_before_the_at_sign_cannot_smuggle_the_llm_url_past_the_host_check
 }
 
 #[test]
+fn a_tasks_llm_url_is_judged_as_the_client_parses_it() {
+    let server = lm_studio_always(streamed_answer(GOOD_ANSWER));
+    let dir = tempfile::tempdir().unwrap();
+    let tasks = dir.path().join("tasks");
+    std::fs::create_dir_all(&tasks).unwrap();
+    std::fs::write(tasks.join("tool.bin"), b"\x00\x01some tool\x00--help\x00").unwrap();
+    let url = format!("http://0.0.0.0:{}\\@127.0.0.1", port_of(&server));
+    let task = serde_json::json!({
+        "task_id": "t", "type": "analyze_system", "source": "tool.bin", "llm_url": url,
+    });
+    std::fs::write(tasks.join("t.task.json"), task.to_string()).unwrap();
+    let out = dir.path().join("out");
+    let run = foundry()
+        .current_dir(dir.path())
+        .arg("daemon")
+        .arg("--tasks")
+        .arg(&tasks)
+        .arg("--output-root")
+        .arg(&out)
+        .args(["--backend", "cpu", "--exit-when-idle", "--poll-ms", "50"])
+        .args(["--llm", "--no-llm-cache"])
+        .env_remove("FOUNDRY_LLM_URL")
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        tasks.join("t.task.json.failed").exists(),
+        "the task did not fail"
+    );
+    let error = std::fs::read_to_string(tasks.join("t.error.json")).unwrap();
+    let reason: Value = serde_json::from_str(&error).unwrap();
+    let reason = reason["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("refused by policy") && reason.contains("0.0.0.0"),
+        "{reason}"
+    );
+    assert!(server.requests().is_empty(), "the server was asked");
+}
+
+#[test]
 fn the_client_refuses_every_url_whose_parsed_host_is_not_loopback() {
     let config = |url: &str| LlmConfig {
         base_url: url.into(),
