@@ -112,18 +112,15 @@ pub fn parse_base_url(url: &str) -> Result<reqwest::Url, String> {
     };
     let mut parsed =
         reqwest::Url::parse(&with_scheme).map_err(|e| format!("{}: {e}", shown(trimmed)))?;
-    match parsed.scheme() {
-        "http" => {}
-        "https" => return Err(format!(
-            "{}: https is not supported (this build carries no TLS; LM Studio serves plain HTTP)",
-            shown(trimmed)
-        )),
-        _ => {
-            return Err(format!(
-                "{}: only http:// URLs are supported",
-                shown(trimmed)
-            ))
+    let wrong_scheme = match parsed.scheme() {
+        "http" => None,
+        "https" => {
+            Some("https is not supported (this build carries no TLS; LM Studio serves plain HTTP)")
         }
+        _ => Some("only http:// URLs are supported"),
+    };
+    if let Some(why) = wrong_scheme {
+        return Err(format!("{}: {why}", shown(trimmed)));
     }
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err(format!(
