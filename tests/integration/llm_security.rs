@@ -363,6 +363,14 @@ fn no_secret_of_a_known_kind_reaches_the_server_in_text_or_hex_and_each_kind_is_
     }
     let chats = server.chats();
     assert_eq!(chats.len(), secrets.chunks(3).count());
+    // Every file starts with a secret, so every start window had bytes blanked, not left out.
+    for chat in &chats {
+        let prompt = chat.user_message();
+        assert!(
+            prompt.contains("start @0x0: ") && prompt.contains("(secret bytes redacted as 2a)"),
+            "{prompt}"
+        );
+    }
     for chat in &chats {
         let body = chat.body.to_string();
         let prompt = chat.user_message();
