@@ -392,36 +392,61 @@ impl crate::source::confine::ReadJudge for Policy {
     }
 }
 
-/// The host part of `scheme://host:port/...`, brackets removed.
-fn url_host(url: &str) -> &str {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
-    if let Some(v6) = authority.strip_prefix('[') {
-        return v6.split(']').next().unwrap_or("");
+/// Whether `host` is loopback: `localhost` and `*.localhost`, `127.0.0.0/8`, `::1` (also as
+/// `::ffff:127.x.y.z`). `0.0.0.0` and `::` are not: they mean "any address".
+fn is_loopback_host(host: &url::Host<&str>) -> bool {
+    match host {
+        url::Host::Domain(name) => {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            name == "localhost" || name.ends_with(".localhost")
+        }
+        url::Host::Ipv4(ip) => ip.is_loopback(),
+        url::Host::Ipv6(ip) => {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
     }
-    authority.split(':').next().unwrap_or("")
 }
 
-/// Loopback names and addresses: `localhost`, `127.0.0.0/8`, `::1`.
-fn is_loopback_host(host: &str) -> bool {
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
-    host == "localhost"
-        || host.ends_with(".localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+/// Whether `host` is the policy's `llm_hosts` entry `entry` (a name, any case, trailing dot or
+/// not; or an address, IPv6 with or without brackets).
+fn host_is_entry(host: &url::Host<&str>, entry: &str) -> bool {
+    let entry = entry.trim();
+    match host {
+        url::Host::Domain(name) => name
+            .trim_end_matches('.')
+            .eq_ignore_ascii_case(entry.trim_end_matches('.')),
+        url::Host::Ipv4(ip) => entry.parse::<std::net::Ipv4Addr>().is_ok_and(|e| e == *ip),
+        url::Host::Ipv6(ip) => entry
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::Ipv6Addr>()
+            .is_ok_and(|e| e == *ip),
+    }
 }
 
-/// Whether `base_url`'s host is loopback or one of `allowed`.
-pub fn check_llm_host(base_url: &str, allowed: &[String]) -> std::result::Result<(), Refusal> {
-    let host = url_host(base_url);
-    if is_loopback_host(host) || allowed.iter().any(|a| a.eq_ignore_ascii_case(host)) {
+/// Whether the client may send digests to `url`, judged on the URL exactly as the HTTP client
+/// parsed it: http(s) only, no user name or password, and a host that is loopback or one of
+/// `allowed`.
+pub fn check_llm_host(url: &reqwest::Url, allowed: &[String]) -> std::result::Result<(), Refusal> {
+    let refuse = |why: String| Err(Refusal { rule: why });
+    if !matches!(url.scheme(), "http" | "https") {
+        return refuse(format!("llm_url: scheme {:?} is not http", url.scheme()));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return refuse(
+            "llm_url: a user name or password in the URL is refused (put a token in LM_API_TOKEN)"
+                .into(),
+        );
+    }
+    let Some(host) = url.host() else {
+        return refuse("llm_url: the URL names no host".into());
+    };
+    if is_loopback_host(&host) || allowed.iter().any(|a| host_is_entry(&host, a)) {
         Ok(())
     } else {
-        Err(Refusal {
-            rule: format!("llm_hosts: {host:?} is not loopback and not in the policy's llm_hosts"),
-        })
+        refuse(format!(
+            "llm_hosts: \"{host}\" is not loopback and not in the policy's llm_hosts"
+        ))
     }
 }
 
@@ -632,25 +657,51 @@ mod tests {
         assert!(beside.contains("llm"), "{beside}");
     }
 
+    fn check(url: &str, allowed: &[&str]) -> std::result::Result<(), Refusal> {
+        let url = reqwest::Url::parse(url).unwrap();
+        let allowed: Vec<String> = allowed.iter().map(|a| a.to_string()).collect();
+        check_llm_host(&url, &allowed)
+    }
+
     #[test]
     fn llm_hosts_are_loopback_unless_listed() {
         for ok in [
             "http://127.0.0.1:1234",
             "http://localhost:1234",
+            "http://LOCALHOST:1234",
+            "http://localhost.:1234",
+            "http://lm.localhost:1234",
             "http://[::1]:8080/v1",
             "http://127.8.9.10",
+            "http://127.0.0.1.:1234",
+            // The url crate reads decimal and octal forms: these are 127.0.0.1.
+            "http://2130706433:1234",
+            "http://0177.0.0.1:1234",
+            "http://[::ffff:127.0.0.1]:1234",
         ] {
-            assert!(check_llm_host(ok, &[]).is_ok(), "{ok}");
+            assert!(check(ok, &[]).is_ok(), "{ok}");
         }
         for bad in [
             "http://10.0.0.5:1234",
             "http://example.com",
             "http://localhost.evil.com",
+            "http://127.0.0.1.evil.com",
+            "http://0.0.0.0:1234",
+            "http://[::]:1234",
+            "http://[::ffff:10.0.0.1]",
             "http://user@192.168.1.2:1234",
+            "http://user:pw@127.0.0.1:1234",
+            "http://127.0.0.1@10.0.0.5:1234",
+            "http://0.0.0.0:18765\\@127.0.0.1",
+            "ftp://127.0.0.1/",
         ] {
-            assert!(check_llm_host(bad, &[]).is_err(), "{bad}");
+            assert!(check(bad, &[]).is_err(), "{bad}");
         }
-        assert!(check_llm_host("http://gpu-box:1234", &["gpu-box".into()]).is_ok());
+        assert!(check("http://gpu-box:1234", &["gpu-box"]).is_ok());
+        assert!(check("http://GPU-Box.:1234", &["gpu-box"]).is_ok());
+        assert!(check("http://10.0.0.7:1234", &["10.0.0.7"]).is_ok());
+        assert!(check("http://[fd00::7]:1234", &["[fd00::7]"]).is_ok());
+        assert!(check("http://gpu-box.evil.com", &["gpu-box"]).is_err());
     }
 
     #[test]

@@ -89,6 +89,9 @@ pub struct LlmOutcome {
 /// The client. Cheap to share; requests made through it keep to `config.concurrency`.
 pub struct LlmClient {
     config: LlmConfig,
+    /// `config.base_url` as parsed once: the URL the policy judged, and the only one every
+    /// request URL is built from (by path segments, never by re-parsing a formatted string).
+    base: reqwest::Url,
     http: reqwest::Client,
     runtime: tokio::runtime::Runtime,
     permits: Arc<Semaphore>,
@@ -111,7 +114,8 @@ impl LlmClient {
     /// A client for `config`; refused when its host is neither loopback nor in
     /// `config.allowed_hosts` (the policy's `llm_hosts`), because digests of local files go there.
     pub fn new(config: LlmConfig) -> Result<Self, String> {
-        crate::policy::check_llm_host(&config.base_url, &config.allowed_hosts)
+        let base = config.url()?;
+        crate::policy::check_llm_host(&base, &config.allowed_hosts)
             .map_err(|r| format!("{}: refused by policy: {}", config.base_url, r.rule))?;
         let http = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
@@ -129,6 +133,7 @@ impl LlmClient {
             http,
             runtime,
             config,
+            base,
             state: std::sync::Mutex::new(Arc::new(OnceCell::new())),
         })
     }
@@ -165,8 +170,14 @@ impl LlmClient {
         Arc::clone(&cell)
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.config.base_url)
+    /// The base URL with `path`'s segments (`/v1/models`) appended.
+    fn url(&self, path: &str) -> reqwest::Url {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .expect("an http URL has path segments")
+            .pop_if_empty()
+            .extend(path.split('/').filter(|s| !s.is_empty()));
+        url
     }
 
     fn with_token(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {

@@ -1,11 +1,12 @@
 //! The prompt: local analysis first, then a budgeted digest of the artifact (section table,
 //! symbols, strings, short hex windows), cut to fit the model's context with the cuts marked.
 
+use super::redact::{self, add_counts, Counts};
 use crate::analysis::local::LocalAnalysis;
 use object::{Object, ObjectSection, ObjectSymbol};
 
 /// Bumped whenever the prompt's wording or digest changes; part of the cache key.
-pub const PROMPT_VERSION: u32 = 1;
+pub const PROMPT_VERSION: u32 = 2;
 
 /// Instructions sent as the system message.
 pub const SYSTEM_PROMPT: &str = "You describe one file from a Linux system for a visual map of \
@@ -46,11 +47,25 @@ struct Builder {
     used: usize,
     budget: usize,
     omitted: Vec<String>,
+    redacted: Counts,
 }
 
 impl Builder {
-    /// Adds `lines` under `heading` while they fit; the rest are counted as omitted.
-    fn group(&mut self, heading: &str, lines: &[String], hex: bool) {
+    /// Adds text `lines` under `heading`, secrets redacted, while they fit.
+    fn group(&mut self, heading: &str, lines: &[String]) {
+        if lines.is_empty() {
+            return;
+        }
+        // One pass over the group: a secret may span lines (a key block).
+        let (text, counts) = redact::redact(&lines.join("\n"));
+        add_counts(&mut self.redacted, &counts);
+        let lines: Vec<String> = text.split('\n').map(String::from).collect();
+        self.group_redacted(heading, &lines, false);
+    }
+
+    /// Adds `lines`, already redacted, under `heading` while they fit; the rest are counted
+    /// as omitted.
+    fn group_redacted(&mut self, heading: &str, lines: &[String], hex: bool) {
         if lines.is_empty() {
             return;
         }
@@ -121,6 +136,7 @@ pub fn build(
         used: 0,
         budget: budget_tokens,
         omitted: Vec::new(),
+        redacted: Counts::new(),
     };
     let mut overview = vec![
         format!("name: {name}"),
@@ -175,7 +191,7 @@ pub fn build(
     for warning in crate::semantic::local_warnings(analysis) {
         overview.push(format!("local check: {}", warning.text));
     }
-    b.group("Facts:", &overview, false);
+    b.group("Facts:", &overview);
 
     let regions: Vec<String> = analysis
         .entropy_regions
@@ -188,7 +204,7 @@ pub fn build(
             )
         })
         .collect();
-    b.group("Entropy regions that stand out:", &regions, false);
+    b.group("Entropy regions that stand out:", &regions);
 
     let parsed = analysis
         .elf
@@ -208,12 +224,12 @@ pub fn build(
                 )
             })
             .collect();
-        b.group("Sections:", &sections, false);
+        b.group("Sections:", &sections);
     }
     if let Some(h) = analysis.elf.as_ref().and_then(|e| e.hardening.as_ref()) {
         let mut imports: Vec<String> = h.libraries.iter().map(|l| format!("library {l}")).collect();
         imports.extend(h.imported_sample.iter().cloned());
-        b.group("Imports:", &imports, false);
+        b.group("Imports:", &imports);
     }
     if let Some(file) = &parsed {
         let mut exports: Vec<String> = file
@@ -224,30 +240,65 @@ pub fn build(
             .collect();
         exports.sort();
         exports.dedup();
-        b.group("Defined symbols:", &exports, false);
+        b.group("Defined symbols:", &exports);
     }
     let s = &analysis.strings;
     let mut notable: Vec<String> = s.urls.iter().map(|u| format!("url {u}")).collect();
     notable.extend(s.paths.iter().map(|p| format!("path {p}")));
     notable.extend(s.ip_like.iter().map(|p| format!("address {p}")));
-    b.group("Notable strings:", &notable, false);
-    b.group(
+    b.group("Notable strings:", &notable);
+    // Strings and windows come from the same bytes: a secret both show is counted once.
+    let mut tally = redact::Tally::default();
+    let sample = sample_lines(data, &s.sample, &mut tally);
+    b.group_redacted(
         &format!("Strings ({} in all), a sample:", s.count),
-        &s.sample,
+        &sample,
         false,
     );
-    b.group(
-        "Hex windows:",
-        &hex_windows(data, analysis, parsed.as_ref()),
-        true,
-    );
-    let (text, redacted) = super::redact::redact(&b.text);
+    let windows = hex_windows(data, analysis, parsed.as_ref(), &mut tally);
+    add_counts(&mut b.redacted, &tally.counts);
+    b.group_redacted("Hex windows:", &windows, true);
     Digest {
         estimated_tokens: b.used,
-        text,
+        text: b.text,
         omitted: b.omitted,
-        redacted,
+        redacted: b.redacted,
     }
+}
+
+/// The sampled strings, each redacted where it lies in `data`: judged with the bytes around
+/// it (a `password=` or PEM header before it) and in full (the sample keeps only a string's
+/// first 80 bytes, which may end inside a secret).
+fn sample_lines(data: &[u8], sample: &[String], tally: &mut redact::Tally) -> Vec<String> {
+    let printable = |b: &u8| (0x20..0x7f).contains(b);
+    let mut cursor = 0;
+    sample
+        .iter()
+        .map(|string| {
+            let needle = string.as_bytes();
+            // The samples are the first strings in order: each lies after the last one's run.
+            let at = (!needle.is_empty() && cursor <= data.len())
+                .then(|| {
+                    data[cursor..]
+                        .windows(needle.len())
+                        .position(|w| w == needle)
+                        .map(|p| cursor + p)
+                })
+                .flatten();
+            match at {
+                Some(at) => {
+                    cursor = at + data[at..].iter().take_while(|b| printable(b)).count();
+                    redact::redact_bytes(data, at..at + needle.len(), tally)
+                }
+                // Not in the bytes (it should be): judged alone.
+                None => {
+                    let (line, found) = redact::redact(string);
+                    add_counts(&mut tally.counts, &found);
+                    line
+                }
+            }
+        })
+        .collect()
 }
 
 fn yes_no(b: bool) -> &'static str {
@@ -259,8 +310,14 @@ fn yes_no(b: bool) -> &'static str {
 }
 
 /// Short hex windows: the file start, the entry point, and the start of each region whose
-/// entropy stands out.
-fn hex_windows(data: &[u8], analysis: &LocalAnalysis, elf: Option<&object::File>) -> Vec<String> {
+/// entropy stands out. Secret bytes in a window (judged as text with the bytes around it) are
+/// replaced by `*` (hex `2a`) before encoding, and the line says so.
+fn hex_windows(
+    data: &[u8],
+    analysis: &LocalAnalysis,
+    elf: Option<&object::File>,
+    tally: &mut redact::Tally,
+) -> Vec<String> {
     let mut starts: Vec<(String, usize)> = vec![("start".into(), 0)];
     if let Some(file) = elf {
         let entry = file.entry();
@@ -290,7 +347,13 @@ fn hex_windows(data: &[u8], analysis: &LocalAnalysis, elf: Option<&object::File>
         .filter(|(_, o)| *o < data.len())
         .map(|(label, o)| {
             let end = (o + HEX_WINDOW).min(data.len());
-            format!("{label} @0x{o:x}: {}", hex::encode(&data[o..end]))
+            let bytes = redact::blank_bytes(data, o..end, tally);
+            let note = if bytes[..] == data[o..end] {
+                ""
+            } else {
+                " (secret bytes redacted as 2a)"
+            };
+            format!("{label} @0x{o:x}: {}{note}", hex::encode(bytes))
         })
         .collect()
 }

@@ -85,34 +85,74 @@ impl Default for LlmConfig {
 }
 
 /// `localhost:1234/`, `http://host:1234/v1/` and `http://host:1234` all become
-/// `http://host:1234`.
+/// `http://host:1234`. Parsed by the HTTP client's own URL parser ([`reqwest::Url`]), so the
+/// host the policy judges is the host the client connects to; user names and passwords in the
+/// URL are refused (a token goes in `LM_API_TOKEN`).
 pub fn normalise_base_url(url: &str) -> Result<String, String> {
+    let parsed = parse_base_url(url)?;
+    Ok(parsed.as_str().trim_end_matches('/').to_string())
+}
+
+/// The base URL as the client uses it: http, a host, no user name or password, no query or
+/// fragment, a path ending in `/` (so request paths are appended as segments) and without a
+/// trailing `v1/`.
+pub fn parse_base_url(url: &str) -> Result<reqwest::Url, String> {
     let trimmed = url.trim();
     let with_scheme = if trimmed.contains("://") {
         trimmed.to_string()
     } else {
         format!("http://{trimmed}")
     };
-    let mut base = with_scheme.trim_end_matches('/').to_string();
-    if let Some(stripped) = base.strip_suffix("/v1") {
-        base = stripped.trim_end_matches('/').to_string();
+    // Errors name the URL without anything that could be a password.
+    let shown = |u: &str| match u.split_once("://") {
+        Some((scheme, rest)) if rest.contains('@') => {
+            format!("{scheme}://…@{}", rest.rsplit('@').next().unwrap_or(""))
+        }
+        _ => u.to_string(),
+    };
+    let mut parsed =
+        reqwest::Url::parse(&with_scheme).map_err(|e| format!("{}: {e}", shown(trimmed)))?;
+    let wrong_scheme = match parsed.scheme() {
+        "http" => None,
+        "https" => {
+            Some("https is not supported (this build carries no TLS; LM Studio serves plain HTTP)")
+        }
+        _ => Some("only http:// URLs are supported"),
+    };
+    if let Some(why) = wrong_scheme {
+        return Err(format!("{}: {why}", shown(trimmed)));
     }
-    if base.starts_with("https://") {
+    if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err(format!(
-            "{url}: https is not supported (this build carries no TLS; LM Studio serves plain HTTP)"
+            "{}: a user name or password in the URL is refused (put a token in LM_API_TOKEN)",
+            shown(trimmed)
         ));
     }
-    let rest = base
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("{url}: only http:// URLs are supported"))?;
-    if rest.is_empty() || rest.starts_with('/') {
-        return Err(format!("{url}: no host"));
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(format!("{}: no host", shown(trimmed)));
     }
-    reqwest::Url::parse(&base).map_err(|e| format!("{url}: {e}"))?;
-    Ok(base)
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(format!(
+            "{}: a query or fragment has no place in a base URL",
+            shown(trimmed)
+        ));
+    }
+    let path = parsed.path().trim_end_matches('/');
+    let path = path
+        .strip_suffix("/v1")
+        .unwrap_or(path)
+        .trim_end_matches('/');
+    let path = format!("{path}/");
+    parsed.set_path(&path);
+    Ok(parsed)
 }
 
 impl LlmConfig {
+    /// [`Self::base_url`] as the client parses it and connects to it.
+    pub fn url(&self) -> Result<reqwest::Url, String> {
+        parse_base_url(&self.base_url)
+    }
+
     /// Command line over environment (`FOUNDRY_LLM_URL`, `FOUNDRY_LLM_MODEL`, `LM_API_TOKEN`,
     /// `FOUNDRY_LLM_CACHE`) over `foundry.toml` over defaults.
     pub fn resolve(
@@ -204,6 +244,16 @@ mod tests {
         assert!(normalise_base_url("https://x").unwrap_err().contains("TLS"));
         assert!(normalise_base_url("ftp://x").is_err());
         assert!(normalise_base_url("http://").is_err());
+        assert!(normalise_base_url("http://u:hunter2@127.0.0.1")
+            .unwrap_err()
+            .contains("LM_API_TOKEN"));
+        assert!(!normalise_base_url("http://u:hunter2@127.0.0.1")
+            .unwrap_err()
+            .contains("hunter2"));
+        assert!(normalise_base_url("file:///etc/passwd").is_err());
+        // The client's parser reads a backslash as a path separator: the host is 0.0.0.0.
+        let tricky = parse_base_url("http://0.0.0.0:18765\\@127.0.0.1").unwrap();
+        assert_eq!(tricky.host_str(), Some("0.0.0.0"));
     }
 
     #[test]

@@ -61,7 +61,7 @@ impl TaskLlm {
     /// model.
     pub fn config_for(&self, task: &FoundryTask) -> Result<crate::llm::LlmConfig> {
         let config = self.config_unchecked(task)?;
-        crate::policy::check_llm_host(&config.base_url, &config.allowed_hosts)
+        crate::policy::check_llm_host(&config.url().map_err(Error::Usage)?, &config.allowed_hosts)
             .map_err(|r| r.into_error(Path::new(&format!("task {}", task.task_id))))?;
         Ok(config)
     }

@@ -16,7 +16,7 @@ const MODELS_PATH: &str = "/v1/models";
 const MODEL: &str = "m";
 const MAX_REPLY_TOKENS: u32 = 300;
 const GOOD_SUMMARY: &str = "A small command-line tool.";
-const GOOD_ANSWER: &str =
+pub(super) const GOOD_ANSWER: &str =
     r#"{"summary":"A small command-line tool.","tags":["cli"],"risk":"low","warnings":[]}"#;
 /// LM Studio's words when the prompt does not fit the loaded context.
 const OVERFLOW_MESSAGE: &str = "Trying to keep the first 5203 tokens when context the overflows. \
@@ -33,13 +33,13 @@ const STOP_POLL: Duration = Duration::from_millis(10);
 
 /// One request as the stand-in received it.
 #[derive(Clone, Debug)]
-struct Recorded {
+pub(super) struct Recorded {
     method: String,
-    path: String,
+    pub(super) path: String,
     /// Names lowercased.
     headers: Vec<(String, String)>,
     /// The JSON body, `Null` when there is none.
-    body: Value,
+    pub(super) body: Value,
 }
 
 impl Recorded {
@@ -54,7 +54,7 @@ impl Recorded {
         self.method == "POST" && self.path == CHAT_PATH
     }
 
-    fn user_message(&self) -> &str {
+    pub(super) fn user_message(&self) -> &str {
         self.body["messages"][1]["content"]
             .as_str()
             .unwrap_or_default()
@@ -80,7 +80,7 @@ enum Step {
 /// What the stand-in does on one connection, step by step. It closes the socket after the last
 /// step: that ends a close-delimited body normally and breaks any other body mid-stream.
 #[derive(Clone, Debug, Default)]
-struct Reply {
+pub(super) struct Reply {
     steps: Vec<Step>,
 }
 
@@ -192,7 +192,7 @@ impl Drop for InFlight<'_> {
 }
 
 /// A server on 127.0.0.1:0; stops (and joins every thread) when dropped.
-struct StandIn {
+pub(super) struct StandIn {
     addr: SocketAddr,
     shared: Arc<Shared>,
     acceptor: Option<JoinHandle<()>>,
@@ -224,15 +224,15 @@ impl StandIn {
         }
     }
 
-    fn url(&self) -> String {
+    pub(super) fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
-    fn requests(&self) -> Vec<Recorded> {
+    pub(super) fn requests(&self) -> Vec<Recorded> {
         self.shared.recorded.lock().unwrap().clone()
     }
 
-    fn chats(&self) -> Vec<Recorded> {
+    pub(super) fn chats(&self) -> Vec<Recorded> {
         self.requests()
             .into_iter()
             .filter(Recorded::is_chat)
@@ -387,7 +387,7 @@ fn lm_studio(chat: impl Fn(usize) -> Reply + Send + Sync + 'static) -> StandIn {
 }
 
 /// Answers every chat request the same way.
-fn lm_studio_always(reply: Reply) -> StandIn {
+pub(super) fn lm_studio_always(reply: Reply) -> StandIn {
     lm_studio(move |_| reply.clone())
 }
 
@@ -465,7 +465,7 @@ fn sse(framing: Framing, events: &[String]) -> Reply {
 }
 
 /// `content` streamed by `MODEL`, finished normally.
-fn streamed_answer(content: &str) -> Reply {
+pub(super) fn streamed_answer(content: &str) -> Reply {
     sse(
         Framing::CloseDelimited,
         &streamed_events(MODEL, "content", content, "stop"),

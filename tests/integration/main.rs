@@ -14,6 +14,7 @@ mod help;
 mod hermetic;
 mod io_safety;
 mod llm_real;
+mod llm_security;
 mod llm_standin;
 mod map;
 mod memory;
