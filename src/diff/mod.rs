@@ -694,17 +694,23 @@ pub fn apply_patch(
     let a = load_side(backend, a_path)?;
     let bytes = crate::source::read_input(patch_path)?;
     let patch = patch::Patch::parse(patch_path, &bytes)?;
-    let b = patch.apply(a_path, &a.bytes, patch_path)?;
+    patch.check_a(a_path, &a.bytes, patch_path)?;
     // B holds A's bytes and the patch's: as private as the more private of them.
     let mode = a.output_mode & crate::policy::output_mode_of(patch_path);
     let mut staged = StagedOutputs::new().with_mode(mode);
-    staged.write(output, |w| w.write_all(&b))?;
+    // B streams into the staged file and is kept only when its SHA-256 is the recorded one.
+    let mut b_sha = [0u8; 32];
+    staged.write(output, |w| {
+        b_sha = patch.write_b(&a.bytes, w)?;
+        Ok(())
+    })?;
+    patch.check_b(patch_path, b_sha)?;
     staged.commit()?;
     Ok(PatchReport {
         a: a_path.into(),
         patch: patch_path.into(),
         output: output.into(),
-        size: b.len() as u64,
+        size: patch.b_size,
         sha256: hex::encode(patch.b_sha256),
         verified: true,
     })

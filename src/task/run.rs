@@ -1183,7 +1183,9 @@ fn watch(
         },
         max_refolds: extra_u64(task, "max_refolds"),
         policy: Some(Arc::clone(policy)),
-        duration: extra_u64(task, "max_cycles").map(|n| interval * n as u32),
+        // Task parsing bounds both numbers; saturate anyway so no task can overflow a duration.
+        duration: extra_u64(task, "max_cycles")
+            .map(|n| interval.saturating_mul(u32::try_from(n).unwrap_or(u32::MAX))),
     };
     let mut events = Vec::new();
     let summary = crate::watch::watch(backend, &[source.to_path_buf()], &opts, &stop, &mut |e| {
