@@ -885,7 +885,16 @@ fn analyze(
         "analysis_by": by, "files": entries});
     let path = out_dir.join(format!("{}.analysis.json", slug(&task.task_id)));
     let text = serde_json::to_string_pretty(&analysis).expect("analysis serialises");
-    let mut staged = StagedOutputs::new();
+    // The analysis quotes strings of every file read: as private as the most private of them,
+    // in the source's group.
+    let mode = read
+        .iter()
+        .fold(crate::policy::output_mode_of(source), |m, (p, _, _)| {
+            m & crate::policy::output_mode_of(p)
+        });
+    let mut staged = StagedOutputs::new()
+        .with_mode(mode)
+        .with_group(crate::policy::output_group_of(source));
     staged.write(&path, |w| w.write_all(text.as_bytes()))?;
     commit_into(staged, "analysis", report)?;
     report.highlights.insert("analysis_by".into(), json!(by));

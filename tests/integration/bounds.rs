@@ -278,3 +278,123 @@ fn patch_claiming_more_operations_than_its_bytes_is_refused() {
         "{err}"
     );
 }
+
+// Modes (issue 14, item 6): no output is more open than its source.
+
+/// A group id no one on the test machine is in, so keeping it proves it was copied.
+const SOURCE_GID: u32 = 54_321;
+
+fn mode_and_group(path: &Path) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).unwrap();
+    (m.mode() & 0o7777, m.gid())
+}
+
+/// A file holding a password-like string, mode `mode`, in group [`SOURCE_GID`].
+fn private_source(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, b"db_password=hunter2-not-real\n/usr/lib/secret.so\n").unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    std::os::unix::fs::chown(path, None, Some(SOURCE_GID)).unwrap();
+}
+
+fn files_named(dir: &Path, suffix: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(files_named(&path, suffix));
+        } else if path.to_string_lossy().ends_with(suffix) {
+            found.push(path);
+        }
+    }
+    found
+}
+
+#[test]
+fn analysis_json_keeps_the_mode_and_group_of_its_source() {
+    if !crate::harness::is_root() {
+        eprintln!("skipped: giving a file another group needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    private_source(&dir.path().join("secret.conf"), 0o640);
+    let task = dir.path().join("look.task.json");
+    std::fs::write(
+        &task,
+        r#"{"task_id": "look", "type": "analyze_system", "source": "secret.conf"}"#,
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let o = run_task(&task, &out);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let analysis = files_named(&out, ".analysis.json");
+    assert_eq!(analysis.len(), 1, "{analysis:?}");
+    assert_eq!(mode_and_group(&analysis[0]), (0o640, SOURCE_GID));
+}
+
+#[test]
+fn publishing_a_private_source_needs_publish_private_and_keeps_mode_and_group() {
+    if !crate::harness::is_root() {
+        eprintln!("skipped: giving a file another group needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("secret.conf");
+    private_source(&source, 0o600);
+    let builder = dir.path().join("builder");
+    let fold = |out: &str, extra: &[&str]| {
+        foundry_cmd()
+            .args(["fold", s(&source), "-o"])
+            .arg(dir.path().join(out))
+            .args(["--backend", "cpu", "-q", "--publish", s(&builder)])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let refused = fold("one", &[]);
+    let err = stderr(&refused);
+    assert_eq!(refused.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("publish_private") && err.contains("--publish-private"),
+        "{err}"
+    );
+    let queue = builder.join("queue");
+    assert!(
+        !queue.exists() || names_in(&queue).is_empty(),
+        "{:?}",
+        names_in(&queue)
+    );
+    let allowed = fold("two", &["--publish-private"]);
+    assert!(allowed.status.success(), "{}", stderr(&allowed));
+    let tiles = names_in(&queue);
+    assert!(tiles.iter().any(|n| n.ends_with(".rts.png")), "{tiles:?}");
+    for tile in tiles {
+        assert_eq!(
+            mode_and_group(&queue.join(&tile)),
+            (0o600, SOURCE_GID),
+            "{tile}"
+        );
+    }
+}
+
+#[test]
+fn publishing_a_readable_source_needs_no_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("open.txt");
+    std::fs::write(&source, b"nothing secret\n").unwrap();
+    let builder = dir.path().join("builder");
+    let o = foundry_cmd()
+        .args(["fold", s(&source), "-o"])
+        .arg(dir.path().join("o"))
+        .args(["--backend", "cpu", "-q", "--publish", s(&builder)])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let queue = builder.join("queue");
+    let png = names_in(&queue)
+        .into_iter()
+        .find(|n| n.ends_with(".rts.png"))
+        .unwrap();
+    assert_eq!(mode_and_group(&queue.join(png)).0 & 0o004, 0o004);
+}
