@@ -302,15 +302,14 @@ pub fn nesting_estimate(text: &str) -> (usize, usize) {
 fn check_numbers(value: &Value) -> std::result::Result<(), (String, String)> {
     const DAY_MS: u64 = 24 * 60 * 60 * 1000;
     const COUNT: u64 = 1_000_000_000;
-    let bounds: [(&str, u64, u64, &str); 8] = [
+    // Sides (`max_side`, `preview_side`) are held to the policy's max_texture_side when planned.
+    let bounds: [(&str, u64, u64, &str); 6] = [
         ("interval_ms", 1, DAY_MS, " milliseconds (one day)"),
         ("max_cycles", 1, COUNT, ""),
         ("max_refolds", 0, COUNT, ""),
         ("max_files", 0, COUNT, ""),
         ("max_files_per_path", 0, COUNT, ""),
         ("max_bytes", 0, 1 << 50, " bytes"),
-        ("max_side", 1, 1 << 16, ""),
-        ("preview_side", 1, 1 << 16, ""),
     ];
     for (key, least, most, unit) in bounds {
         let Some(given) = value.get(key) else {
