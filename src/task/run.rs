@@ -205,6 +205,25 @@ pub fn plan_task(task: &FoundryTask, opts: &RunOptions) -> Result<TaskPlan> {
             .check_source(&opts.task_root, source)
             .map_err(|r| r.into_error(source))?;
         if let Ok(meta) = std::fs::metadata(source) {
+            use std::os::unix::fs::FileTypeExt;
+            let kind = meta.file_type();
+            // A device is endless (/dev/zero) or somebody's disk, a FIFO blocks a worker: no
+            // task reads one, whatever the policy allows.
+            let special = if kind.is_block_device() || kind.is_char_device() {
+                Some("a device")
+            } else if kind.is_fifo() {
+                Some("a FIFO")
+            } else if kind.is_socket() {
+                Some("a socket")
+            } else {
+                None
+            };
+            if let Some(special) = special {
+                return Err(Error::Policy {
+                    path: source.clone(),
+                    rule: format!("sources: {special}, and a task reads only files and folders"),
+                });
+            }
             if meta.is_file() && meta.len() > limits.max_file_bytes {
                 return Err(Error::Policy {
                     path: source.clone(),

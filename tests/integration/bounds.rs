@@ -398,3 +398,28 @@ fn publishing_a_readable_source_needs_no_flag() {
         .unwrap();
     assert_eq!(mode_and_group(&queue.join(png)).0 & 0o004, 0o004);
 }
+
+#[test]
+fn a_task_never_reads_a_device_even_where_the_policy_allows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, "allow = [\"/dev\"]\n").unwrap();
+    let task = dir.path().join("z.task.json");
+    std::fs::write(
+        &task,
+        r#"{"task_id": "z", "type": "convert_binary", "source": "/dev/zero"}"#,
+    )
+    .unwrap();
+    let o = foundry_cmd()
+        .args(["run", s(&task), "--backend", "cpu", "--policy", s(&policy)])
+        .args(["--max-input", "64MiB", "--output-root"])
+        .arg(dir.path().join("out"))
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("/dev/zero") && err.contains("a device"),
+        "{err}"
+    );
+}
