@@ -423,3 +423,42 @@ fn a_task_never_reads_a_device_even_where_the_policy_allows_it() {
         "{err}"
     );
 }
+
+#[test]
+fn a_district_entry_ending_past_2_pow_64_is_refused_by_diff() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    std::fs::write(tree.join("a.txt"), b"hello\n").unwrap();
+    let snap = dir.path().join("snap");
+    let o = foundry_cmd()
+        .args([
+            "snapshot",
+            s(&tree),
+            "-o",
+            s(&snap),
+            "--backend",
+            "cpu",
+            "-q",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let index = snap.join("district.json");
+    let mut district: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&index).unwrap()).unwrap();
+    district["files"][0]["offset"] = u64::MAX.into();
+    std::fs::write(&index, district.to_string()).unwrap();
+    let o = foundry_cmd()
+        .args(["diff", s(&snap), s(&tree.join("a.txt")), "-o"])
+        .arg(dir.path().join("d"))
+        .args(["--backend", "cpu"])
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("district.json") && err.contains("2^64"),
+        "{err}"
+    );
+}
