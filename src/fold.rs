@@ -653,10 +653,12 @@ pub fn fold_bytes_reusing(
     // Only an ELF that parses counts as one; a corrupt one is plain bytes.
     facts.elf = elf.is_some();
 
-    let mut staged = StagedOutputs::new().with_mode(
-        opts.output_mode
-            .unwrap_or_else(|| crate::policy::output_mode_of(input)),
-    );
+    let mut staged = StagedOutputs::new()
+        .with_group(crate::policy::output_group_of(input))
+        .with_mode(
+            opts.output_mode
+                .unwrap_or_else(|| crate::policy::output_mode_of(input)),
+        );
     let mut records: Vec<(&'static str, Option<u32>)> = Vec::new();
     let mut index_parts = Vec::new();
     let mut refolded = None;

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Top-left tile of the System District.
 pub const DISTRICT_ORIGIN: (i64, i64) = (64, 64);
@@ -135,6 +136,15 @@ impl BuilderRoot {
         let mut staged = StagedOutputs::new();
         let mut placed = BTreeMap::new();
         for (tile, (name, key)) in tiles.iter().zip(merged.placed) {
+            // A tile is as private as its .rts.png, which fold wrote with its source's mode
+            // and group; a private one is published only by the operator's explicit choice.
+            let (mode, group) = (
+                crate::policy::output_mode_of(tile.rts_png)
+                    & tile.brick.map_or(0o644, crate::policy::output_mode_of),
+                crate::policy::output_group_of(tile.rts_png),
+            );
+            check_publishable(tile, mode)?;
+            staged = staged.with_mode(mode).with_group(group);
             let png_name = format!("{name}.rts.png");
             let png =
                 std::fs::read(tile.rts_png).map_err(|e| Error::io(tile.rts_png, "read", e))?;
@@ -150,6 +160,7 @@ impl BuilderRoot {
             }
             placed.insert(format!("{}/{}", tile.root, tile.rel), key);
         }
+        staged = staged.with_mode(0o644).with_group(None);
         let placement_text =
             serde_json::to_string(&merged.placement).expect("placement serialises");
         staged.write(&placement_path, |w| w.write_all(placement_text.as_bytes()))?;
@@ -166,6 +177,37 @@ impl BuilderRoot {
             placed,
         })
     }
+}
+
+/// Whether publishing may copy tiles others cannot read; set once by `--publish-private` or
+/// the policy's `publish_private`, like `--max-input`.
+static PUBLISH_PRIVATE: AtomicBool = AtomicBool::new(false);
+
+/// Lets publishes copy tiles of private sources and of process memory (`--publish-private`).
+pub fn allow_private_publish(allowed: bool) {
+    PUBLISH_PRIVATE.store(allowed, Ordering::Relaxed);
+}
+
+/// Refuses `tile` (whose output mode is `mode`) when its source hides it from others (no o+r)
+/// or it shows process memory, unless private publishing was allowed: the builder root is
+/// read by the compositor and whoever else may read it.
+fn check_publishable(tile: &Tile, mode: u32) -> Result<()> {
+    if PUBLISH_PRIVATE.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    let why = if tile.root.starts_with("mem:") {
+        "it shows process memory"
+    } else if mode & 0o004 == 0 {
+        "its source is not readable by others"
+    } else {
+        return Ok(());
+    };
+    Err(Error::Policy {
+        path: tile.rts_png.to_path_buf(),
+        rule: format!(
+            "publish_private: {why}; pass --publish-private or set publish_private = true in the policy to publish it"
+        ),
+    })
 }
 
 fn read_if_present(path: &Path) -> Result<Option<String>> {

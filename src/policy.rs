@@ -91,6 +91,9 @@ pub struct PolicySettings {
     /// LLM hosts other than loopback that may be asked (exact host names or addresses).
     #[serde(default)]
     pub llm_hosts: Vec<String>,
+    /// May a publish copy tiles of sources others cannot read (no o+r) or of process memory
+    /// into the builder root? Default false (as `--publish-private`).
+    pub publish_private: Option<bool>,
 }
 
 /// A file holding only a policy: `[policy]` or the keys at top level.
@@ -455,6 +458,12 @@ pub fn check_llm_host(url: &reqwest::Url, allowed: &[String]) -> std::result::Re
 /// the source (`0644`, `0640`, `0604` or `0600`). Nothing is ever executable.
 pub fn output_mode(source_mode: u32) -> u32 {
     0o600 | (source_mode & 0o044)
+}
+
+/// The group of the file at `path`, for outputs that keep their source's group.
+pub fn output_group_of(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| m.gid())
 }
 
 /// [`output_mode`] of the file at `path`; `0600` when it cannot be read (gone, or hidden).

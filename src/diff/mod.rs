@@ -76,6 +76,9 @@ impl Side {
     }
 }
 
+/// The largest `district.json` or `regions.json` read: 200,000 files at a few hundred bytes each.
+const MAX_TABLE_BYTES: u64 = 256 << 20;
+
 /// Reads `path` as a comparable side: a snapshot directory (`district.json`), a memory snapshot
 /// directory (`regions.json`), a `.brick`/`.rts.png`/parts index (decoded and verified), or any
 /// other file as it is.
@@ -137,8 +140,20 @@ fn elf_sections(bytes: &[u8]) -> Vec<NamedRange> {
         .collect()
 }
 
+/// Reads a snapshot's JSON table, at most [`MAX_TABLE_BYTES`] of it.
 fn read_json(path: &Path) -> Result<Value> {
-    let text = std::fs::read(path).map_err(|e| Error::io(path, "read", e))?;
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, "read", e))?;
+    let mut text = Vec::new();
+    file.take(MAX_TABLE_BYTES + 1)
+        .read_to_end(&mut text)
+        .map_err(|e| Error::io(path, "read", e))?;
+    if text.len() as u64 > MAX_TABLE_BYTES {
+        return Err(Error::malformed(
+            path,
+            format!("is larger than a snapshot table may be ({MAX_TABLE_BYTES} bytes)"),
+        ));
+    }
     serde_json::from_slice(&text).map_err(|e| Error::malformed(path, format!("not JSON: {e}")))
 }
 
@@ -161,10 +176,16 @@ fn load_district(backend: &Backend, dir: &Path) -> Result<Side> {
                 format!("file entry without path/offset/size: {f}"),
             ));
         };
+        let end = start.checked_add(size).ok_or_else(|| {
+            Error::malformed(
+                &index_path,
+                format!("file entry {name:?} ends past 2^64 (offset {start}, size {size})"),
+            )
+        })?;
         regions.push(NamedRange {
             name: name.into(),
             start,
-            end: start + size,
+            end,
         });
         members.insert(
             name.to_string(),
@@ -202,10 +223,19 @@ fn load_memory(backend: &Backend, dir: &Path) -> Result<Side> {
             r["start"].as_u64(),
             r["end"].as_u64(),
         ) {
+            let region_end = end
+                .checked_sub(start)
+                .and_then(|len| offset.checked_add(len))
+                .ok_or_else(|| {
+                    Error::malformed(
+                        &table_path,
+                        format!("region {key} has start past end or ends past 2^64"),
+                    )
+                })?;
             regions.push(NamedRange {
                 name: key.clone(),
                 start: offset,
-                end: offset + (end - start),
+                end: region_end,
             });
         }
         members.insert(key, r["sha256"].as_str().unwrap_or_default().to_string());
@@ -695,17 +725,23 @@ pub fn apply_patch(
     let a = load_side(backend, a_path)?;
     let bytes = crate::source::read_input(patch_path)?;
     let patch = patch::Patch::parse(patch_path, &bytes)?;
-    let b = patch.apply(a_path, &a.bytes, patch_path)?;
+    patch.check_a(a_path, &a.bytes, patch_path)?;
     // B holds A's bytes and the patch's: as private as the more private of them.
     let mode = a.output_mode & crate::policy::output_mode_of(patch_path);
     let mut staged = StagedOutputs::new().with_mode(mode);
-    staged.write(output, |w| w.write_all(&b))?;
+    // B streams into the staged file and is kept only when its SHA-256 is the recorded one.
+    let mut b_sha = [0u8; 32];
+    staged.write(output, |w| {
+        b_sha = patch.write_b(&a.bytes, w)?;
+        Ok(())
+    })?;
+    patch.check_b(patch_path, b_sha)?;
     staged.commit()?;
     Ok(PatchReport {
         a: a_path.into(),
         patch: patch_path.into(),
         output: output.into(),
-        size: b.len() as u64,
+        size: patch.b_size,
         sha256: hex::encode(patch.b_sha256),
         verified: true,
     })

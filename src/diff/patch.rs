@@ -86,6 +86,20 @@ impl Patch {
         let a_sha256: [u8; 32] = take(32, "the header")?.try_into().expect("32 bytes");
         let b_sha256: [u8; 32] = take(32, "the header")?.try_into().expect("32 bytes");
         let count = u64_at(take(8, "the header")?);
+        // B is written whole: refuse a claimed size past --max-input before any operation.
+        let limit = crate::source::max_input();
+        if b_size > limit {
+            return Err(bad(format!(
+                "claims B has {b_size} bytes, more than --max-input allows ({limit} bytes)"
+            )));
+        }
+        // Every operation takes at least 9 bytes of the file.
+        let after_header = (bytes.len() as u64).saturating_sub(HEADER_LEN);
+        if count > after_header / 9 {
+            return Err(bad(format!(
+                "claims {count} operations, but only {after_header} bytes follow the header"
+            )));
+        }
         let mut ops = Vec::new();
         let mut produced = 0u64;
         for n in 0..count {
@@ -137,8 +151,8 @@ impl Patch {
         })
     }
 
-    /// Rebuilds B, checking that `a` is the A this patch was made from and the result is B.
-    pub fn apply(&self, a_path: &Path, a: &[u8], patch_path: &Path) -> Result<Vec<u8>> {
+    /// Checks that `a` is the A this patch was made from.
+    pub fn check_a(&self, a_path: &Path, a: &[u8], patch_path: &Path) -> Result<()> {
         let a_sha = crate::analysis::sha256(a);
         if a.len() as u64 != self.a_size || a_sha != self.a_sha256 {
             return Err(Error::malformed(
@@ -153,8 +167,58 @@ impl Patch {
                 ),
             ));
         }
-        let b = super::align::apply(a, &self.ops);
-        let b_sha = crate::analysis::sha256(&b);
+        Ok(())
+    }
+
+    /// Streams B into `out` operation by operation (never more than the `b_size` that
+    /// [`Self::parse`] checked), returning the SHA-256 of what was written; B is never held
+    /// in memory. The caller compares it with `b_sha256` before keeping the output.
+    pub fn write_b(&self, a: &[u8], out: &mut dyn Write) -> std::io::Result<[u8; 32]> {
+        use sha2::Digest;
+        let mut hasher = sha2::Sha256::new();
+        let mut written = 0u64;
+        for op in &self.ops {
+            let piece = match op {
+                PatchOp::Copy { offset, len } => {
+                    let start = usize::try_from(*offset).unwrap_or(usize::MAX);
+                    let end = start.saturating_add(usize::try_from(*len).unwrap_or(usize::MAX));
+                    a.get(start..end).ok_or_else(|| {
+                        std::io::Error::other(format!(
+                            "a copy of {len} bytes at {offset} runs past the end of A"
+                        ))
+                    })?
+                }
+                PatchOp::Data(d) => d.as_slice(),
+            };
+            written = written.saturating_add(piece.len() as u64);
+            if written > self.b_size {
+                return Err(std::io::Error::other(format!(
+                    "the operations produce more than B's {} bytes",
+                    self.b_size
+                )));
+            }
+            for chunk in piece.chunks(1 << 20) {
+                hasher.update(chunk);
+                out.write_all(chunk)?;
+            }
+        }
+        Ok(hasher.finalize().into())
+    }
+
+    /// Rebuilds B in memory, checking that `a` is the A this patch was made from and the
+    /// result is B.
+    pub fn apply(&self, a_path: &Path, a: &[u8], patch_path: &Path) -> Result<Vec<u8>> {
+        self.check_a(a_path, a, patch_path)?;
+        let mut b = Vec::new();
+        let b_sha = self
+            .write_b(a, &mut b)
+            .map_err(|e| Error::malformed(patch_path, e.to_string()))?;
+        self.check_b(patch_path, b_sha)?;
+        Ok(b)
+    }
+
+    /// Fails unless `b_sha` is the SHA-256 of B the patch records.
+    pub fn check_b(&self, patch_path: &Path, b_sha: [u8; 32]) -> Result<()> {
         if b_sha != self.b_sha256 {
             return Err(Error::HashMismatch {
                 path: patch_path.to_path_buf(),
@@ -162,7 +226,7 @@ impl Patch {
                 actual: hex::encode(b_sha),
             });
         }
-        Ok(b)
+        Ok(())
     }
 }
 

@@ -316,6 +316,13 @@ impl Brick {
                 ),
             ));
         }
+        let limit = crate::source::max_input();
+        if expected > limit {
+            return Err(Error::malformed(
+                path,
+                format!("a {}x{} texture holds {expected} bytes, more than --max-input allows ({limit} bytes)", header.width, header.height),
+            ));
+        }
         let mut texture = vec![0u32; header.capacity() as usize];
         file.read_exact(bytemuck::cast_slice_mut(&mut texture))
             .map_err(|e| Error::io(path, "read", e))?;

@@ -3,6 +3,10 @@
 use crate::error::{Error, Result};
 use std::path::Path;
 
+/// The largest parts index read: a million parts take about 300 MB of JSON; ours take
+/// a few hundred bytes each.
+const MAX_INDEX_BYTES: u64 = 64 << 20;
+
 /// Tag every index carries so a stray JSON file is never mistaken for one.
 pub const FORMAT: &str = "foundry-gpu-parts";
 
@@ -57,7 +61,20 @@ fn is_plain_file_name(name: &str) -> bool {
 impl PartsIndex {
     /// Reads an index and checks it describes one contiguous, consistent split.
     pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "read", e))?;
+        use std::io::Read;
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, "read", e))?;
+        let mut bytes = Vec::new();
+        file.take(MAX_INDEX_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::io(path, "read", e))?;
+        if bytes.len() as u64 > MAX_INDEX_BYTES {
+            return Err(Error::malformed(
+                path,
+                format!("is larger than a parts index may be ({MAX_INDEX_BYTES} bytes)"),
+            ));
+        }
+        let text = String::from_utf8(bytes)
+            .map_err(|_| Error::malformed(path, "is not UTF-8 text, so not a parts index"))?;
         Self::parse(path, &text)
     }
 
@@ -75,6 +92,18 @@ impl PartsIndex {
             return Err(Error::malformed(
                 path,
                 format!("parts index version {} is not supported", index.version),
+            ));
+        }
+        // The whole input is rebuilt in memory: refuse a claimed size past --max-input before
+        // anything that size is allocated.
+        let limit = crate::source::max_input();
+        if index.size > limit {
+            return Err(Error::malformed(
+                path,
+                format!(
+                    "claims an input of {} bytes, more than --max-input allows ({limit} bytes)",
+                    index.size
+                ),
             ));
         }
         let mut expected_offset = 0u64;

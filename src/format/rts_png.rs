@@ -218,6 +218,12 @@ impl RtsPng {
                 "a {width}x{width} image cannot be stored in {file_len} bytes of PNG"
             )));
         }
+        let limit = crate::source::max_input();
+        if raw_len > limit {
+            return Err(bad(format!(
+                "a {width}x{width} image decodes to {raw_len} bytes, more than --max-input allows ({limit} bytes)"
+            )));
+        }
         let mut warnings = Vec::new();
         if info.interlaced {
             warnings.push("PNG is interlaced; the contract asks for non-interlaced".into());

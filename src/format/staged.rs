@@ -17,6 +17,8 @@ use tempfile::NamedTempFile;
 pub struct StagedOutputs {
     staged: Vec<Staged>,
     mode: u32,
+    /// Group given to files staged from now on (see [`StagedOutputs::with_group`]).
+    group: Option<u32>,
 }
 
 /// One output waiting for [`StagedOutputs::commit`].
@@ -106,6 +108,7 @@ impl Default for StagedOutputs {
         StagedOutputs {
             staged: Vec::new(),
             mode: 0o644,
+            group: None,
         }
     }
 }
@@ -239,6 +242,15 @@ impl StagedOutputs {
         self
     }
 
+    /// Files staged from now on get group `gid` (the source's, so an output is shared with
+    /// no one its source was not), when this process may give it: as root or as a member of
+    /// the group. Otherwise the group stays the process's, which `mode` already keeps shut
+    /// when the source hid itself from its group.
+    pub fn with_group(mut self, gid: Option<u32>) -> Self {
+        self.group = gid;
+        self
+    }
+
     /// Writes `path`'s future content through `write` into a temporary file beside it (for
     /// `-`, an unnamed temporary file; only one output may go to standard output).
     pub fn write(
@@ -264,6 +276,10 @@ impl StagedOutputs {
             .permissions(Permissions::from_mode(self.mode))
             .tempfile_in(dir)
             .map_err(|e| Error::io(dir, "create temporary file", e))?;
+        if let Some(gid) = self.group {
+            // EPERM (not root, not in the group) leaves the process's group: ignored.
+            let _ = std::os::unix::fs::fchown(temp.as_file(), None, Some(gid));
+        }
         {
             // Small: large writes (textures) bypass the buffer anyway, and a big
             // buffer per file costs an mmap when folding thousands of small files.

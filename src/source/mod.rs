@@ -142,6 +142,13 @@ fn open_input(path: &Path) -> Result<(File, std::fs::Metadata)> {
         let file = confine::open(path, confine::LastComponent::Follow)?;
         let meta = file.metadata().map_err(|e| Error::io(path, "read", e))?;
         check_input_kind(path, &meta, false)?;
+        // Judged on what was opened, so a file swapped for /dev/zero after the plan is refused.
+        if meta.file_type().is_char_device() || meta.file_type().is_block_device() {
+            return Err(Error::malformed(
+                path,
+                "is a device; tasks read files, not devices",
+            ));
+        }
         return Ok((file, meta));
     }
     let named = is_named(path);

@@ -164,6 +164,18 @@ pub fn parse_task(path: &Path, text: &str) -> Result<FoundryTask, TaskError> {
         field,
         message,
     };
+    let (depth, line) = nesting_estimate(text);
+    if depth > MAX_SCANNED_NESTING {
+        return Err(error(
+            line,
+            1,
+            None,
+            format!(
+                "nested more than {MAX_SCANNED_NESTING} levels deep (by a scan before parsing); a task file nests at most {}",
+                crate::policy::MAX_TASK_NESTING
+            ),
+        ));
+    }
     let value: Value = if is_yaml(path) {
         serde_yaml_ng::from_str(text).map_err(|e| {
             let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
@@ -193,6 +205,10 @@ pub fn parse_task(path: &Path, text: &str) -> Result<FoundryTask, TaskError> {
             "a task must be an object of fields".into(),
         ));
     }
+    check_numbers(&value).map_err(|(key, message)| {
+        let (line, column) = locate_key(text, &key);
+        error(line, column, Some(key), message)
+    })?;
     serde_path_to_error::deserialize(&value).map_err(|e| {
         let field = e.path().to_string();
         let key = field.split(['.', '[']).next().unwrap_or("").to_string();
@@ -206,6 +222,119 @@ pub fn parse_task(path: &Path, text: &str) -> Result<FoundryTask, TaskError> {
         let field = (!key.is_empty() && key != "?").then_some(field);
         error(line, column, field, message)
     })
+}
+
+/// The deepest a task file's text may look to [`nesting_estimate`] before it is refused without
+/// being parsed: a parser recursing 100,000 levels deep takes tens of seconds to refuse what
+/// this scan refuses in one pass. Well above [`crate::policy::MAX_TASK_NESTING`], which the
+/// parsed value is held to, since the scan over-counts (block scalars, odd indentation).
+pub const MAX_SCANNED_NESTING: usize = 64;
+
+/// How deep `text` (JSON or YAML) may nest, never less than the truth, in one pass without
+/// recursion, and the line where it is deepest: open `[`/`{` outside quotes and comments, plus
+/// the block levels of YAML (the indentation stack, each `- ` counting as one more level).
+pub fn nesting_estimate(text: &str) -> (usize, usize) {
+    let mut indents: Vec<usize> = Vec::new();
+    let mut flow = 0usize;
+    let (mut deepest, mut deepest_line) = (0usize, 1usize);
+    let mut quote: Option<char> = None;
+    for (n, line) in text.lines().enumerate() {
+        let body = line.trim_start_matches(' ');
+        if flow == 0 && quote.is_none() && !body.is_empty() && !body.starts_with('#') {
+            // Block structure: each `- ` opens one more level, at its own column.
+            let mut column = line.len() - body.len();
+            let mut rest = body;
+            let mut columns = vec![column];
+            while let Some(after) = rest.strip_prefix("- ") {
+                let inner = after.trim_start_matches(' ');
+                column += rest.len() - inner.len();
+                rest = inner;
+                if rest.is_empty() {
+                    break;
+                }
+                columns.push(column);
+            }
+            while indents.last().is_some_and(|&top| top > columns[0]) {
+                indents.pop();
+            }
+            for c in columns {
+                if indents.last().is_none_or(|&top| top < c) {
+                    indents.push(c);
+                }
+            }
+        }
+        let mut escaped = false;
+        for c in line.chars() {
+            match quote {
+                Some(q) => {
+                    if escaped {
+                        escaped = false;
+                    } else if c == '\\' && q == '"' {
+                        escaped = true;
+                    } else if c == q {
+                        quote = None;
+                    }
+                }
+                None => match c {
+                    '"' | '\'' => quote = Some(c),
+                    '#' => break,
+                    '[' | '{' => {
+                        flow += 1;
+                        if indents.len() + flow > deepest {
+                            (deepest, deepest_line) = (indents.len() + flow, n + 1);
+                        }
+                    }
+                    ']' | '}' => flow = flow.saturating_sub(1),
+                    _ => {}
+                },
+            }
+        }
+        if indents.len() + flow > deepest {
+            (deepest, deepest_line) = (indents.len() + flow, n + 1);
+        }
+    }
+    (deepest, deepest_line)
+}
+
+/// The numbers a task gives for times and counts, each a whole number in a sane range: an
+/// `interval_ms` of 2^64 is refused here, not left to overflow a duration in the daemon.
+/// Returns the field and what is wrong.
+fn check_numbers(value: &Value) -> std::result::Result<(), (String, String)> {
+    const DAY_MS: u64 = 24 * 60 * 60 * 1000;
+    const COUNT: u64 = 1_000_000_000;
+    // Sides (`max_side`, `preview_side`) are held to the policy's max_texture_side when planned.
+    let bounds: [(&str, u64, u64, &str); 6] = [
+        ("interval_ms", 1, DAY_MS, " milliseconds (one day)"),
+        ("max_cycles", 1, COUNT, ""),
+        ("max_refolds", 0, COUNT, ""),
+        ("max_files", 0, COUNT, ""),
+        ("max_files_per_path", 0, COUNT, ""),
+        ("max_bytes", 0, 1 << 50, " bytes"),
+    ];
+    for (key, least, most, unit) in bounds {
+        let Some(given) = value.get(key) else {
+            continue;
+        };
+        if !given.as_u64().is_some_and(|n| (least..=most).contains(&n)) {
+            return Err((
+                key.to_string(),
+                format!("{given} is not a whole number from {least} to {most}{unit}"),
+            ));
+        }
+    }
+    if let (Some(interval), Some(cycles)) = (
+        value.get("interval_ms").and_then(Value::as_u64),
+        value.get("max_cycles").and_then(Value::as_u64),
+    ) {
+        const YEAR_MS: u64 = 366 * DAY_MS;
+        if interval.saturating_mul(cycles) > YEAR_MS {
+            return Err((
+                "max_cycles".into(),
+                format!("{cycles} cycles of {interval} ms last more than a year"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Reads the text of the task file at `path` (named `name` in errors): at most `max_bytes`, and,
@@ -316,6 +445,51 @@ mod tests {
         )
         .unwrap();
         assert_eq!((yaml.kind, yaml.texture_size), (TaskType::FoundryV2, 512));
+    }
+
+    #[test]
+    fn nesting_is_estimated_never_below_the_truth() {
+        assert_eq!(nesting_estimate("task_id: t\ntype: x\n").0, 1);
+        assert_eq!(nesting_estimate("a:\n  b:\n    c: 1\nd: 2\n").0, 3);
+        assert_eq!(nesting_estimate("a:\n- - - x\n").0, 4);
+        // The line itself counts as a block level: one over, never under.
+        assert_eq!(nesting_estimate(r#"{"a": [[{"b": "]]]"}]], "c": 1}"#).0, 5);
+        assert_eq!(nesting_estimate("a: [1, 2] # [[[[\n").0, 2);
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert_eq!(nesting_estimate(&deep).0, 100_001);
+        let e = parse("d.task.yaml", &format!("x: {deep}\n")).unwrap_err();
+        assert!(e.message.contains("nested more than 64 levels"), "{e}");
+        let stairs: String = (0..100)
+            .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
+            .collect();
+        assert!(nesting_estimate(&stairs).0 >= 100);
+        assert!(parse("s.task.yaml", &stairs).is_err());
+    }
+
+    #[test]
+    fn times_and_counts_are_bounded() {
+        let task = |extra: &str| {
+            parse(
+                "w.task.json",
+                &format!(r#"{{"task_id": "t", "type": "watch_path", "source": "a"{extra}}}"#),
+            )
+        };
+        assert!(task(r#", "interval_ms": 500, "max_cycles": 3"#).is_ok());
+        for (extra, field) in [
+            (r#", "interval_ms": 18446744073709551615"#, "interval_ms"),
+            (r#", "interval_ms": 0"#, "interval_ms"),
+            (r#", "interval_ms": "soon""#, "interval_ms"),
+            (r#", "max_cycles": -1"#, "max_cycles"),
+            (
+                r#", "interval_ms": 86400000, "max_cycles": 1000"#,
+                "max_cycles",
+            ),
+            (r#", "max_refolds": 1e30"#, "max_refolds"),
+        ] {
+            let e = task(extra).unwrap_err();
+            assert_eq!(e.field.as_deref(), Some(field), "{extra}: {e}");
+            assert!(e.to_string().starts_with("w.task.json:"), "{e}");
+        }
     }
 
     #[test]

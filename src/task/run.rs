@@ -205,6 +205,25 @@ pub fn plan_task(task: &FoundryTask, opts: &RunOptions) -> Result<TaskPlan> {
             .check_source(&opts.task_root, source)
             .map_err(|r| r.into_error(source))?;
         if let Ok(meta) = std::fs::metadata(source) {
+            use std::os::unix::fs::FileTypeExt;
+            let kind = meta.file_type();
+            // A device is endless (/dev/zero) or somebody's disk, a FIFO blocks a worker: no
+            // task reads one, whatever the policy allows.
+            let special = if kind.is_block_device() || kind.is_char_device() {
+                Some("a device")
+            } else if kind.is_fifo() {
+                Some("a FIFO")
+            } else if kind.is_socket() {
+                Some("a socket")
+            } else {
+                None
+            };
+            if let Some(special) = special {
+                return Err(Error::Policy {
+                    path: source.clone(),
+                    rule: format!("sources: {special}, and a task reads only files and folders"),
+                });
+            }
             if meta.is_file() && meta.len() > limits.max_file_bytes {
                 return Err(Error::Policy {
                     path: source.clone(),
@@ -885,7 +904,16 @@ fn analyze(
         "analysis_by": by, "files": entries});
     let path = out_dir.join(format!("{}.analysis.json", slug(&task.task_id)));
     let text = serde_json::to_string_pretty(&analysis).expect("analysis serialises");
-    let mut staged = StagedOutputs::new();
+    // The analysis quotes strings of every file read: as private as the most private of them,
+    // in the source's group.
+    let mode = read
+        .iter()
+        .fold(crate::policy::output_mode_of(source), |m, (p, _, _)| {
+            m & crate::policy::output_mode_of(p)
+        });
+    let mut staged = StagedOutputs::new()
+        .with_mode(mode)
+        .with_group(crate::policy::output_group_of(source));
     staged.write(&path, |w| w.write_all(text.as_bytes()))?;
     commit_into(staged, "analysis", report)?;
     report.highlights.insert("analysis_by".into(), json!(by));
@@ -1183,7 +1211,9 @@ fn watch(
         },
         max_refolds: extra_u64(task, "max_refolds"),
         policy: Some(Arc::clone(policy)),
-        duration: extra_u64(task, "max_cycles").map(|n| interval * n as u32),
+        // Task parsing bounds both numbers; saturate anyway so no task can overflow a duration.
+        duration: extra_u64(task, "max_cycles")
+            .map(|n| interval.saturating_mul(u32::try_from(n).unwrap_or(u32::MAX))),
     };
     let mut events = Vec::new();
     let summary = crate::watch::watch(backend, &[source.to_path_buf()], &opts, &stop, &mut |e| {

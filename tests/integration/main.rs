@@ -1,6 +1,7 @@
 //! The one integration-test binary: engine twins, formats, and the command line.
 
 mod analysis;
+mod bounds;
 mod cli;
 mod confinement;
 mod daemon;

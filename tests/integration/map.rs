@@ -137,6 +137,8 @@ fn process_memory_publishes_its_parts() {
         dir.path().join("m").to_str().unwrap(),
         "--publish",
         builder.to_str().unwrap(),
+        // Process memory is published only when the operator says so.
+        "--publish-private",
         "--preview-side",
         "64",
     ]);

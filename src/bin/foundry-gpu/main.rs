@@ -55,6 +55,9 @@ struct Global {
     /// Most bytes one input may hold (e.g. 512MiB, 16GiB); streams and devices such as /dev/zero are refused past it.
     #[arg(long, global = true, value_name = "SIZE", value_parser = foundry_gpu::source::parse_size, default_value = "4GiB", help_heading = "Input")]
     max_input: u64,
+    /// Let --publish copy tiles of sources others cannot read (no o+r) and of process memory into the builder root (the policy's publish_private).
+    #[arg(long, global = true)]
+    publish_private: bool,
 }
 
 /// What `fold X -o -` writes to standard output.
@@ -527,6 +530,9 @@ impl PolicyArgs {
             Some(file) => foundry_gpu::policy::read_settings(file)?,
             None => foundry_gpu::config::load(server.config.as_deref())?.policy,
         };
+        if settings.publish_private == Some(true) {
+            foundry_gpu::map::allow_private_publish(true);
+        }
         let policy = Arc::new(foundry_gpu::policy::Policy::new(
             &settings,
             task_root,
@@ -923,6 +929,7 @@ fn fold_target(output: &Path, format: Option<StreamFormat>) -> Result<OutputTarg
 fn run(cli: Cli) -> Result<ExitCode, Error> {
     let global = &cli.global;
     foundry_gpu::source::set_max_input(global.max_input);
+    foundry_gpu::map::allow_private_publish(global.publish_private);
     foundry_gpu::source::name_inputs(named_inputs(&cli.command));
     let bar = Bar::new(!global.json && !global.quiet);
     match cli.command {
