@@ -33,6 +33,22 @@ pub struct Hardening {
     pub imported_sample: Vec<String>,
 }
 
+impl Hardening {
+    /// The checksec-style line reports and prompts show: RELRO, canary, NX, PIE, FORTIFY, stripped.
+    pub fn summary(&self) -> String {
+        let yes_no = |b: bool| if b { "yes" } else { "no" };
+        format!(
+            "RELRO {}, stack canary {}, NX {}, PIE {}, FORTIFY {}, stripped {}",
+            self.relro,
+            yes_no(self.stack_canary),
+            yes_no(self.nx),
+            self.pie,
+            yes_no(self.fortify),
+            yes_no(self.stripped)
+        )
+    }
+}
+
 fn inspect<Elf: FileHeader<Endian = object::Endianness>>(file: &ElfFile<Elf>) -> Hardening {
     let endian = file.endian();
     let data = file.data();

@@ -154,15 +154,7 @@ pub fn build(
             elf.architecture, elf.kind, elf.entry, elf.sections, elf.segments
         ));
         if let Some(h) = &elf.hardening {
-            overview.push(format!(
-                "hardening: RELRO {}, stack canary {}, NX {}, PIE {}, FORTIFY {}, stripped {}",
-                h.relro,
-                yes_no(h.stack_canary),
-                yes_no(h.nx),
-                h.pie,
-                yes_no(h.fortify),
-                yes_no(h.stripped)
-            ));
+            overview.push(format!("hardening: {}", h.summary()));
             if !h.wx_segments.is_empty() {
                 overview.push(format!(
                     "writable and executable segments: {:?}",
@@ -299,14 +291,6 @@ fn sample_lines(data: &[u8], sample: &[String], tally: &mut redact::Tally) -> Ve
             }
         })
         .collect()
-}
-
-fn yes_no(b: bool) -> &'static str {
-    if b {
-        "yes"
-    } else {
-        "no"
-    }
 }
 
 /// Short hex windows: the file start, the entry point, and the start of each region whose

@@ -951,16 +951,7 @@ fn analysis_findings(
     if let Some(elf) = &a.elf {
         let mut facts = format!("ELF {} {}", elf.architecture, elf.kind);
         if let Some(h) = &elf.hardening {
-            let yes_no = |b: bool| if b { "yes" } else { "no" };
-            facts += &format!(
-                "; RELRO {}, stack canary {}, NX {}, PIE {}, FORTIFY {}, stripped {}",
-                h.relro,
-                yes_no(h.stack_canary),
-                yes_no(h.nx),
-                h.pie,
-                yes_no(h.fortify),
-                yes_no(h.stripped)
-            );
+            facts += &format!("; {}", h.summary());
             if !h.libraries.is_empty() {
                 facts += &format!("; needs {}", h.libraries.join(", "));
             }
