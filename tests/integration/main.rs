@@ -3,6 +3,7 @@
 mod analysis;
 mod cli;
 mod daemon;
+mod daemon_confinement;
 mod diff;
 mod elf;
 mod faults;
