@@ -376,53 +376,6 @@ fn staged_target(name: &str) -> Option<&str> {
     ours.then_some(target)
 }
 
-/// Removes the temporaries a killed writer left for the one file `path` (in its folder, which
-/// may hold other writers' temporaries that are still live). Returns how many.
-pub fn remove_stale_temporaries_for(path: &Path) -> usize {
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-        return 0;
-    };
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-        .filter(|e| {
-            staged_target(&e.file_name().to_string_lossy()) == Some(&*name.to_string_lossy())
-        })
-        .filter(|e| std::fs::remove_file(e.path()).is_ok())
-        .count()
-}
-
-/// Removes the temporaries a killed writer left below `dir` (regular files named as
-/// [`StagedOutputs`] names them; symlinks and everything else are left alone). Returns how many.
-/// No symlink is followed, `dir` itself included: a link planted there could point anywhere.
-pub fn remove_stale_temporaries(dir: &Path) -> usize {
-    let is_real_dir = std::fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_dir());
-    if !is_real_dir {
-        return 0;
-    }
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    let mut removed = 0;
-    for entry in entries.flatten() {
-        let Ok(kind) = entry.file_type() else {
-            continue;
-        };
-        if kind.is_dir() {
-            removed += remove_stale_temporaries(&entry.path());
-        } else if kind.is_file()
-            && is_staged_temporary(&entry.file_name().to_string_lossy())
-            && std::fs::remove_file(entry.path()).is_ok()
-        {
-            removed += 1;
-        }
-    }
-    removed
-}
-
 /// One file once it is in place.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct WrittenFile {
@@ -576,11 +529,12 @@ mod tests {
     }
 
     #[test]
-    fn only_our_own_temporaries_are_removed() {
+    fn only_journaled_temporaries_in_their_recorded_folder_are_removed() {
         let dir = tempfile::tempdir().unwrap();
-        let sub = dir.path().join("files/etc");
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        let sub = root.join("files/etc");
         std::fs::create_dir_all(&sub).unwrap();
-        // What a killed writer leaves: a staged file never committed.
+        // What a killed writer leaves: a staged file never renamed and never removed.
         let mut staged = StagedOutputs::new();
         staged
             .write(&sub.join("passwd.brick"), |w| w.write_all(b"half"))
@@ -588,27 +542,27 @@ mod tests {
         let Some(Staged::File(mut temp, _)) = staged.staged.pop() else {
             panic!("a file was staged");
         };
-        // Never renamed and never removed: what a SIGKILL leaves.
         temp.renamed = true;
-        let users = [
-            "notes.tmp",
-            ".hidden.tmp",
-            ".x.abc.tmp",
-            "a.brick",
-            ".a.brick.ABC12!.tmp",
-        ];
+        let left = sub.join(&temp.temp_name);
+        drop(temp);
+        // A user's files: named like temporaries or not, none is in the journal.
+        let users = [".a.brick.ABC12x.tmp", "notes.tmp"];
         for name in users {
             std::fs::write(sub.join(name), b"mine").unwrap();
         }
-        assert_eq!(remove_stale_temporaries(dir.path()), 1);
-        let mut left: Vec<_> = std::fs::read_dir(&sub)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        left.sort();
-        let mut expected = users.map(String::from).to_vec();
-        expected.sort();
-        assert_eq!(left, expected);
+        assert!(!remove_journaled_temporary(&sub.join("notes.tmp")));
+        // The same name through a folder that is now a symlink: not the folder recorded.
+        let link = root.join("link");
+        std::os::unix::fs::symlink(&sub, &link).unwrap();
+        assert!(!remove_journaled_temporary(
+            &link.join(left.file_name().unwrap())
+        ));
+        assert!(left.exists());
+        assert!(remove_journaled_temporary(&left));
+        assert!(!left.exists());
+        for name in users {
+            assert!(sub.join(name).exists());
+        }
     }
 
     /// Names the folder the child process of
@@ -707,19 +661,5 @@ mod tests {
             .unwrap()
             .file_type()
             .is_symlink());
-    }
-
-    #[test]
-    fn a_symlinked_folder_is_not_swept() {
-        let dir = tempfile::tempdir().unwrap();
-        let elsewhere = dir.path().join("elsewhere");
-        std::fs::create_dir_all(&elsewhere).unwrap();
-        let theirs = elsewhere.join(".ledger.db.a1B2c3.tmp");
-        std::fs::write(&theirs, b"not ours").unwrap();
-        let link = dir.path().join("out");
-        std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
-        assert_eq!(remove_stale_temporaries(&link), 0);
-        assert!(theirs.exists());
-        assert_eq!(remove_stale_temporaries(&elsewhere), 1);
     }
 }

@@ -893,6 +893,13 @@ pub fn run_daemon(backend: &Backend, opts: DaemonOptions) -> Result<Status> {
         }
     });
     shared.write_status(|s| s.current.clear());
+    // A clean exit leaves no temporary of ours (each was renamed or removed): nothing for a
+    // sweep to find in the journal.
+    let _ = rustix::fs::unlinkat(
+        &shared.folders.temporaries,
+        format!("{}.jsonl", shared.id),
+        AtFlags::empty(),
+    );
     let status = shared.status.lock().expect("status").clone();
     Ok(status)
 }
