@@ -304,3 +304,37 @@ fn an_output_folder_swapped_for_a_symlink_mid_run_gets_nothing_outside() {
         names_in(&outside)
     );
 }
+
+#[test]
+fn state_owned_by_another_user_is_refused() {
+    if !crate::harness::is_root() {
+        eprintln!("not root: cannot give a file to another user; skipped");
+        return;
+    }
+    let nobody = Some(rustix::process::Uid::from_raw(65534));
+    // `.foundry/` made by someone else (who could then plant anything in it).
+    let (_dir, tasks, out, _outside) = folders();
+    std::fs::create_dir_all(tasks.join(".foundry")).unwrap();
+    rustix::fs::chown(&tasks.join(".foundry"), nobody, None).unwrap();
+    let run = daemon_batch(&tasks, &out, &[]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(".foundry: is owned by uid 65534"),
+        "{stderr}"
+    );
+    // A runs.log that is someone else's regular file (a hard link to it, say).
+    let (_dir, tasks, out, _outside) = folders();
+    std::fs::create_dir_all(tasks.join(".foundry")).unwrap();
+    let log = tasks.join(".foundry/runs.log");
+    std::fs::write(&log, "theirs\n").unwrap();
+    rustix::fs::chown(&log, nobody, None).unwrap();
+    let run = daemon_batch(&tasks, &out, &[]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("runs.log: is owned by uid 65534"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "theirs\n");
+}
