@@ -315,7 +315,7 @@ fn state_owned_by_another_user_is_refused() {
     // `.foundry/` made by someone else (who could then plant anything in it).
     let (_dir, tasks, out, _outside) = folders();
     std::fs::create_dir_all(tasks.join(".foundry")).unwrap();
-    rustix::fs::chown(&tasks.join(".foundry"), nobody, None).unwrap();
+    rustix::fs::chown(tasks.join(".foundry"), nobody, None).unwrap();
     let run = daemon_batch(&tasks, &out, &[]);
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert_eq!(run.status.code(), Some(2), "{stderr}");
