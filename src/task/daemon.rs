@@ -603,8 +603,10 @@ impl Shared {
                 };
                 if let Some(claim) = claim {
                     let mut status = self.status.lock().expect("status");
+                    // A takeover was counted running already, by its record.
                     if claim.previous_daemon.is_none() {
                         status.pending = status.pending.saturating_sub(1);
+                        status.running += 1;
                     }
                     return Some(claim);
                 }
