@@ -449,10 +449,13 @@ impl Shared {
     /// Lists the folder and its claims once: the queue of candidates, oldest pending first.
     fn scan(&self) -> VecDeque<Candidate> {
         let names = names_at(&self.folders.tasks);
-        let keys: Vec<String> = names_at(&self.folders.claims)
+        let (keys, unfinished): (Vec<String>, Vec<String>) = names_at(&self.folders.claims)
             .into_iter()
-            .filter(|n| n.ends_with(".claim") && !n.starts_with('.'))
-            .collect();
+            .filter(|n| n.ends_with(".claim") || n.ends_with(".new"))
+            .partition(|n| !n.starts_with('.'));
+        for record in &unfinished {
+            self.remove_if_its_daemon_died(record);
+        }
         let claimed: HashSet<&str> = keys.iter().map(String::as_str).collect();
         let (mut pending, mut done, mut failed) = (Vec::new(), 0, 0);
         for name in &names {
@@ -476,6 +479,35 @@ impl Shared {
             .map(|k| Candidate::TakeOver(k.clone()))
             .chain(pending.into_iter().map(|name| Candidate::Pending { name }))
             .collect()
+    }
+
+    /// Removes `.KEY.ID.N.new`, a claim record its daemon died writing (never linked, so it
+    /// claims nothing), once that daemon's lock is free.
+    fn remove_if_its_daemon_died(&self, unfinished: &str) {
+        let Some(daemon) = unfinished.split('.').nth(3) else {
+            return;
+        };
+        if daemon == self.id
+            || !daemon
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return;
+        }
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let lock = rustix::fs::openat(
+            &self.folders.daemons,
+            format!("{daemon}.lock"),
+            flags,
+            Mode::empty(),
+        );
+        let dead = match lock {
+            Ok(fd) => File::from(fd).try_lock().is_ok(),
+            Err(e) => e == rustix::io::Errno::NOENT,
+        };
+        if dead {
+            let _ = rustix::fs::unlinkat(&self.folders.claims, unfinished, AtFlags::empty());
+        }
     }
 
     /// Writes `record` into the claim file from its start.

@@ -338,3 +338,26 @@ fn state_owned_by_another_user_is_refused() {
     );
     assert_eq!(std::fs::read_to_string(&log).unwrap(), "theirs\n");
 }
+
+#[test]
+fn a_claim_record_a_dead_daemon_was_writing_is_removed_and_claims_nothing() {
+    let (_dir, tasks, out, _outside) = folders();
+    std::fs::write(tasks.join("a.task.json"), convert("t")).unwrap();
+    let state = tasks.join(".foundry");
+    std::fs::create_dir_all(state.join("claims")).unwrap();
+    std::fs::create_dir_all(state.join("daemons")).unwrap();
+    // The daemon died between creating its record and linking it: its lock is free.
+    std::fs::write(state.join("daemons/1-dead.lock"), b"").unwrap();
+    let key = foundry_gpu::task::daemon::claim_key("a.task.json");
+    let unfinished = state.join(format!("claims/.{key}.1-dead.0.new"));
+    std::fs::write(&unfinished, b"{}").unwrap();
+    let run = daemon_batch(&tasks, &out, &[]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(!unfinished.exists());
+    assert!(tasks.join("a.task.task.json.done").exists());
+    assert!(names_in(&state.join("claims")).is_empty());
+}
