@@ -126,37 +126,54 @@ pub fn confine_writes(roots: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
-/// Refuses `dir` when it resolves (through every existing folder and symlink) outside the
-/// confinement.
-fn check_confined(dir: &Path) -> Result<()> {
-    let guard = CONFINEMENT.read().expect("confinement");
-    let Some(roots) = guard.as_ref() else {
-        return Ok(());
-    };
-    let resolved = crate::policy::resolve_existing(&crate::policy::absolute(dir)?);
-    if roots.iter().any(|r| resolved.starts_with(r)) {
-        return Ok(());
-    }
-    Err(Error::Policy {
-        path: dir.to_path_buf(),
-        rule: format!(
-            "output_root: {} resolves outside {}",
-            resolved.display(),
-            roots
-                .iter()
-                .map(|r| r.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    })
-}
-
-/// `std::fs::create_dir_all`, confined like every write: refused when `dir` resolves outside
-/// the confinement, checked before (no folder appears outside) and after (nothing moved).
+/// `std::fs::create_dir_all`, confined like every write: under a confinement, the nearest
+/// existing ancestor is opened and judged by what was opened, and each missing folder is made
+/// with `mkdirat` in the folder before it and opened with `O_NOFOLLOW`, so a folder swapped
+/// for a symlink mid-way cannot make a folder appear outside.
 pub fn create_dir_all(dir: &Path) -> Result<()> {
-    check_confined(dir)?;
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create directory", e))?;
-    check_confined(dir)
+    if CONFINEMENT.read().expect("confinement").is_none() {
+        return std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create directory", e));
+    }
+    let absolute = crate::policy::absolute(dir)?;
+    let mut existing = absolute.as_path();
+    let mut missing = Vec::new();
+    while std::fs::metadata(existing).is_err() {
+        let (Some(parent), Some(name)) = (existing.parent(), existing.file_name()) else {
+            break;
+        };
+        missing.push(name);
+        existing = parent;
+    }
+    // Judged as the real path of the ancestor opened, with the folders still to make.
+    let mut folder = rustix::fs::open(
+        existing,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::io(existing, "open folder", e.into()))?;
+    let real = real_path(&folder).map_err(|e| Error::io(existing, "find the real path of", e))?;
+    check_below_roots(dir, &missing.iter().rev().fold(real, |p, n| p.join(n)))?;
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    for name in missing.into_iter().rev() {
+        match rustix::fs::mkdirat(&folder, name, Mode::from_raw_mode(0o777)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(Error::io(dir, "create directory", e.into())),
+        }
+        folder = rustix::fs::openat(&folder, name, flags, Mode::empty()).map_err(|e| {
+            if matches!(e, rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR) {
+                Error::Policy {
+                    path: dir.to_path_buf(),
+                    rule: format!(
+                        "output_root: {} became a symlink or a file while its folders were made",
+                        Path::new(name).display()
+                    ),
+                }
+            } else {
+                Error::io(dir, "open folder", e.into())
+            }
+        })?;
+    }
+    Ok(())
 }
 
 /// Opens the folder `dir` (following the operator's own symlinks) and judges what was opened:
@@ -169,13 +186,22 @@ pub fn open_confined_dir(dir: &Path) -> Result<OwnedFd> {
         Mode::empty(),
     )
     .map_err(|e| Error::io(dir, "open folder", e.into()))?;
+    if CONFINEMENT.read().expect("confinement").is_none() {
+        return Ok(folder);
+    }
+    let real = real_path(&folder).map_err(|e| Error::io(dir, "find the real path of", e))?;
+    check_below_roots(dir, &real)?;
+    Ok(folder)
+}
+
+/// Refuses `dir`, whose real path is `real`, unless that lies below a confinement root.
+fn check_below_roots(dir: &Path, real: &Path) -> Result<()> {
     let guard = CONFINEMENT.read().expect("confinement");
     let Some(roots) = guard.as_ref() else {
-        return Ok(folder);
+        return Ok(());
     };
-    let real = real_path(&folder).map_err(|e| Error::io(dir, "find the real path of", e))?;
     if roots.iter().any(|r| real.starts_with(r)) {
-        return Ok(folder);
+        return Ok(());
     }
     Err(Error::Policy {
         path: dir.to_path_buf(),

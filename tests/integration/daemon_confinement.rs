@@ -252,11 +252,20 @@ fn an_output_folder_swapped_for_a_symlink_mid_run_gets_nothing_outside() {
         crate::harness::sample_bytes(20_000, 3),
     )
     .unwrap();
+    // Half of them fold a small tree, whose bricks go into folders made below `out/t`.
+    for sub in ["a/b", "c"] {
+        std::fs::create_dir_all(tasks.join("tree").join(sub)).unwrap();
+        std::fs::write(tasks.join("tree").join(sub).join("f.txt"), b"a file").unwrap();
+    }
     for i in 0..150 {
+        let (kind, source) = if i % 2 == 0 {
+            ("convert_binary", "mid.bin")
+        } else {
+            ("convert_directory", "tree")
+        };
         std::fs::write(
             tasks.join(format!("t{i:03}.task.json")),
-            serde_json::json!({"task_id": "t", "type": "convert_binary", "source": "mid.bin"})
-                .to_string(),
+            serde_json::json!({"task_id": "t", "type": kind, "source": source}).to_string(),
         )
         .unwrap();
     }
