@@ -115,12 +115,15 @@ impl BuilderRoot {
         let lock_path = self.root.join("map/.manifest.lock");
         // Opening the lock may create it: its folder must be inside the confinement too.
         crate::format::staged::create_dir_all(&self.root.join("map"))?;
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| Error::io(&lock_path, "open lock", e))?;
+        // Through the folder's descriptor, never following a symlink planted as the lock.
+        let map_dir = crate::format::staged::open_confined_dir(&self.root.join("map"))?;
+        let lock = crate::format::staged::open_file_at(
+            &map_dir,
+            ".manifest.lock",
+            &lock_path,
+            false,
+            false,
+        )?;
         // Two publishers read-merge-write one after the other, never interleaved.
         lock.lock().map_err(|e| Error::io(&lock_path, "lock", e))?;
         let (manifest_path, placement_path) = (self.manifest_path(), self.placement_path());

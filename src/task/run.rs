@@ -172,6 +172,7 @@ pub struct PlannedWalk {
 
 /// Checks `task` against the policy and says what it will read and write.
 pub fn plan_task(task: &FoundryTask, opts: &RunOptions) -> Result<TaskPlan> {
+    check_task_id(&task.task_id)?;
     let policy = &opts.policy;
     let task_path = PathBuf::from(format!("task {}", task.task_id));
     let limits = policy.limits;
@@ -390,6 +391,26 @@ fn check_output_stem(task: &FoundryTask, source: &Path) -> Result<()> {
 /// The folder `task`'s outputs land in: `OUTPUT_ROOT/TASK_ID` (made safe as a name).
 pub fn output_dir(task: &FoundryTask, output_root: &Path) -> PathBuf {
     output_root.join(slug(&task.task_id))
+}
+
+/// Refuses a `task_id` that names no folder of its own below the output root: empty, only
+/// dots (the root itself or its parent) or with a slash or NUL in it.
+fn check_task_id(id: &str) -> Result<()> {
+    let problem = if id.is_empty() {
+        "is empty"
+    } else if id.chars().all(|c| c == '.') {
+        "is only dots"
+    } else if id.contains(['/', '\0']) {
+        "contains a slash or a NUL byte"
+    } else if slug(id).is_empty() {
+        "leaves no name once its leading dots are dropped"
+    } else {
+        return Ok(());
+    };
+    Err(Error::Usage(format!(
+        "task_id \"{}\" {problem}: it names the task's own output folder, so it must be a plain name such as \"scan-etc\"",
+        id.escape_default()
+    )))
 }
 
 fn resolve(root: &Path, path: &str) -> PathBuf {

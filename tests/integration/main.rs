@@ -5,6 +5,7 @@ mod bounds;
 mod cli;
 mod confinement;
 mod daemon;
+mod daemon_confinement;
 mod diff;
 mod elf;
 mod faults;

@@ -475,12 +475,18 @@ fn a_takeover_sweeps_temporaries_only_in_a_checked_output_folder() {
     let theirs = victim.join(".ledger.db.a1B2c3.tmp");
     std::fs::write(&theirs, b"not ours").unwrap();
     std::os::unix::fs::symlink(&victim, out.join("t")).unwrap();
-    // Claimed by a daemon that holds no lock: the next daemon takes it over as attempt 2.
-    std::fs::write(
-        tasks.join("a.task.json.claimed-gone-a1"),
-        convert_task("t", "ok.bin"),
-    )
-    .unwrap();
+    // Claimed by a daemon that died (its claim's lock is free), whose journal names the
+    // temporary: the next daemon takes it over as attempt 2.
+    crate::daemon_confinement::plant_dead_claim(
+        &tasks,
+        "a.task.json",
+        &convert_task("t", "ok.bin"),
+        1,
+        // Where it was created, a folder since swapped for a symlink to someone else's.
+        &[std::fs::canonicalize(&out)
+            .unwrap()
+            .join("t/.ledger.db.a1B2c3.tmp")],
+    );
     let run = daemon_batch(&tasks, &out, &[]);
     assert!(run.status.success());
     let reason = error_reason(&tasks, "a");
@@ -506,12 +512,20 @@ fn a_task_given_up_on_leaves_no_temporaries_behind() {
     let other_report = tasks.join(".b.report.md.Q1w2E3.tmp");
     std::fs::write(&own_report, b"half").unwrap();
     std::fs::write(&other_report, b"live").unwrap();
-    // Its third attempt's daemon is gone: the next take-over is past the limit.
-    std::fs::write(
-        tasks.join("a.task.json.claimed-gone-a3"),
-        convert_task("t", "ok.bin"),
-    )
-    .unwrap();
+    // Its third attempt's daemon is gone: the next take-over is past the limit. Its journal
+    // names the temporaries it created (by their real paths), and only those.
+    let real = |p: &Path| {
+        std::fs::canonicalize(p.parent().unwrap())
+            .unwrap()
+            .join(p.file_name().unwrap())
+    };
+    crate::daemon_confinement::plant_dead_claim(
+        &tasks,
+        "a.task.json",
+        &convert_task("t", "ok.bin"),
+        3,
+        &[real(&half_written), real(&own_report)],
+    );
     let run = daemon_batch(&tasks, &out, &[]);
     assert!(run.status.success());
     let reason = error_reason(&tasks, "a");

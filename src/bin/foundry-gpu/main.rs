@@ -209,7 +209,7 @@ Types: convert_binary, convert_directory, crystallize_system, analyze_system (lo
     },
     /// Run every task dropped into a folder, each exactly once, until SIGINT/SIGTERM.
     #[command(
-        after_help = "Examples:\n  foundry-gpu daemon\n  foundry-gpu daemon --tasks /srv/tasks --jobs 2 --output-root /srv/out\n  foundry-gpu daemon --exit-when-idle        # batch: run what is there, then exit\n\nPending: STEM.task.json or STEM.task.yaml. Running: STEM.task.json.claimed-DAEMON-aN (claimed by an atomic rename). Done: STEM.task.task.json.done with STEM.report.md beside it. Failed: STEM.task.json.failed with STEM.error.json. A task whose daemon died (kill -9) is re-run by the next daemon, up to 3 attempts. Nothing is deleted. SIGINT/SIGTERM finish the current task and exit 0. `foundry-gpu status` reads .foundry/status.json."
+        after_help = "Examples:\n  foundry-gpu daemon\n  foundry-gpu daemon --tasks /srv/tasks --jobs 2 --output-root /srv/out\n  foundry-gpu daemon --exit-when-idle        # batch: run what is there, then exit\n\nPending: STEM.task.json or STEM.task.yaml. Running: STEM.task.json.claimed-DAEMON-aN (claimed first in the daemon's journal, .foundry/claims/; the name is only shown). Done: STEM.task.task.json.done with STEM.report.md beside it. Failed: STEM.task.json.failed with STEM.error.json. A task whose daemon died (kill -9) is re-run by the next daemon, up to 3 attempts. Nothing is deleted. SIGINT/SIGTERM finish the current task and exit 0. `foundry-gpu status` reads .foundry/status.json."
     )]
     Daemon {
         /// The task folder.
