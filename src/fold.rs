@@ -455,6 +455,17 @@ pub fn fold_file(
     fold_bytes(backend, input, &data, target, opts, progress)
 }
 
+/// `fold --name NAME`: a plain file name, for one input file folded into a directory.
+pub fn check_output_name(name: &str, input: &Path, target: &OutputTarget) -> Result<()> {
+    let plain = !matches!(name, "" | "." | "..") && !name.contains('/');
+    if plain && !input.is_dir() && matches!(target, OutputTarget::Directory(_)) {
+        return Ok(());
+    }
+    Err(Error::Usage(format!(
+        "--name \"{name}\": give a plain file name, for one input file folded into a directory (-o DIR)"
+    )))
+}
+
 /// `-o -` streams exactly one file: nothing may be written beside it.
 fn check_stdout_options(target: &OutputTarget, opts: &FoldOptions) -> Result<()> {
     if !target.is_stdout() {

@@ -9,6 +9,14 @@ fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Runs `foundry-gpu ARGS`, requires exit code 2 (bad input), and returns its stderr.
+fn refused(args: &[&str]) -> String {
+    let o = crate::harness::foundry(args);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+    err
+}
+
 /// `run TASK`, killed (failing the test) if it has not ended within 30 s: a task that waits
 /// forever on an overflowed duration must fail the test, not hang it.
 fn run_task(task: &Path, out: &Path) -> std::process::Output {
@@ -265,14 +273,8 @@ fn patch_claiming_more_operations_than_its_bytes_is_refused() {
     bytes[88..96].copy_from_slice(&u64::MAX.to_le_bytes());
     let patch = dir.path().join("p.patch");
     std::fs::write(&patch, bytes).unwrap();
-    let o = foundry_cmd()
-        .args(["patch", s(&a), s(&patch), "-o"])
-        .arg(dir.path().join("b"))
-        .args(["--backend", "cpu"])
-        .output()
-        .unwrap();
-    let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(2), "{err}");
+    let b = dir.path().join("b");
+    let err = refused(&["patch", s(&a), s(&patch), "-o", s(&b), "--backend", "cpu"]);
     assert!(
         err.contains("operations") && err.contains("p.patch"),
         "{err}"
@@ -410,14 +412,19 @@ fn a_task_never_reads_a_device_even_where_the_policy_allows_it() {
         r#"{"task_id": "z", "type": "convert_binary", "source": "/dev/zero"}"#,
     )
     .unwrap();
-    let o = foundry_cmd()
-        .args(["run", s(&task), "--backend", "cpu", "--policy", s(&policy)])
-        .args(["--max-input", "64MiB", "--output-root"])
-        .arg(dir.path().join("out"))
-        .output()
-        .unwrap();
-    let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(2), "{err}");
+    let out = dir.path().join("out");
+    let err = refused(&[
+        "run",
+        s(&task),
+        "--backend",
+        "cpu",
+        "--policy",
+        s(&policy),
+        "--max-input",
+        "64MiB",
+        "--output-root",
+        s(&out),
+    ]);
     assert!(
         err.contains("/dev/zero") && err.contains("a device"),
         "{err}"
@@ -449,14 +456,8 @@ fn a_district_entry_ending_past_2_pow_64_is_refused_by_diff() {
         serde_json::from_slice(&std::fs::read(&index).unwrap()).unwrap();
     district["files"][0]["offset"] = u64::MAX.into();
     std::fs::write(&index, district.to_string()).unwrap();
-    let o = foundry_cmd()
-        .args(["diff", s(&snap), s(&tree.join("a.txt")), "-o"])
-        .arg(dir.path().join("d"))
-        .args(["--backend", "cpu"])
-        .output()
-        .unwrap();
-    let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(2), "{err}");
+    let (file, d) = (tree.join("a.txt"), dir.path().join("d"));
+    let err = refused(&["diff", s(&snap), s(&file), "-o", s(&d), "--backend", "cpu"]);
     assert!(
         err.contains("district.json") && err.contains("2^64"),
         "{err}"

@@ -1,7 +1,7 @@
 //! ELF inputs: section maps with exact pixel regions, per-section bricks, overlay previews,
 //! stripped / relocatable / 32-bit / big-endian / corrupt files, and kernel-module `.modinfo`.
 
-use crate::harness::twin_legs;
+use crate::harness::{gcc, twin_legs};
 use foundry_gpu::curve::xy2d;
 use foundry_gpu::fold::{self, FoldOptions, OutputTarget, SectionChoice};
 use foundry_gpu::format::brick::{flags, Brick};
@@ -12,22 +12,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const BLOB_SIZE: u64 = 12345;
-
-/// Compiles `source` with gcc `args` into `dir/out`, returning the output path.
-fn gcc(dir: &Path, source: &str, out: &str, args: &[&str]) -> PathBuf {
-    let c = dir.join(format!("{out}.c"));
-    std::fs::write(&c, source).unwrap();
-    let path = dir.join(out);
-    let status = Command::new("gcc")
-        .args(args)
-        .arg("-o")
-        .arg(&path)
-        .arg(&c)
-        .status()
-        .expect("gcc runs");
-    assert!(status.success(), "gcc failed");
-    path
-}
 
 /// A program with a section of known size and content: byte i of `.foundry_blob` is i % 251.
 const PROGRAM: &str = r#"

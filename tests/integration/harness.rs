@@ -260,3 +260,19 @@ pub fn golden(name: &str) -> std::path::PathBuf {
         .join("tests/fixtures/golden")
         .join(name)
 }
+
+/// Compiles `source` with gcc `args` into `dir/out`, returning the output path.
+pub fn gcc(dir: &std::path::Path, source: &str, out: &str, args: &[&str]) -> std::path::PathBuf {
+    let c = dir.join(format!("{out}.c"));
+    std::fs::write(&c, source).unwrap();
+    let path = dir.join(out);
+    let status = Command::new("gcc")
+        .args(args)
+        .arg("-o")
+        .arg(&path)
+        .arg(&c)
+        .status()
+        .expect("gcc runs");
+    assert!(status.success(), "gcc failed");
+    path
+}

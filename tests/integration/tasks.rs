@@ -144,7 +144,6 @@ mod run {
     use foundry_gpu::task::run::{run_task, RunOptions, TaskReport};
     use foundry_gpu::Backend;
     use std::path::Path;
-    use std::process::Command;
 
     fn run_json(dir: &Path, name: &str, json: &str) -> foundry_gpu::Result<TaskReport> {
         let path = dir.join(name);
@@ -345,15 +344,12 @@ mod run {
     fn scan_kernel_modules_writes_the_silicon_district() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("mods/sub")).unwrap();
-        let c = dir.path().join("m.c");
-        std::fs::write(&c, "__attribute__((section(\".modinfo\"), used)) static const char m[] = \"license=Proprietary\\0name=m\\0vermagic=6.1.0-13-amd64 SMP\\0\";\nint x;\n").unwrap();
-        assert!(Command::new("gcc")
-            .args(["-c", "-o"])
-            .arg(dir.path().join("mods/sub/m.ko"))
-            .arg(&c)
-            .status()
-            .unwrap()
-            .success());
+        crate::harness::gcc(
+            &dir.path().join("mods/sub"),
+            "__attribute__((section(\".modinfo\"), used)) static const char m[] = \"license=Proprietary\\0name=m\\0vermagic=6.1.0-13-amd64 SMP\\0\";\nint x;\n",
+            "m.ko",
+            &["-c"],
+        );
         let r = run_json(
             dir.path(),
             "k.task.json",
@@ -437,15 +433,12 @@ mod examples {
     /// A kernel module built here: `.modinfo` with a license and a vermagic.
     fn build_module(path: &Path) {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        let c = path.with_extension("c");
-        std::fs::write(&c, "__attribute__((section(\".modinfo\"), used)) static const char m[] = \"license=GPL\\0name=m\\0vermagic=6.1.0-13-amd64 SMP\\0\";\nint x;\n").unwrap();
-        assert!(Command::new("gcc")
-            .args(["-c", "-o"])
-            .arg(path)
-            .arg(&c)
-            .status()
-            .unwrap()
-            .success());
+        crate::harness::gcc(
+            path.parent().unwrap(),
+            "__attribute__((section(\".modinfo\"), used)) static const char m[] = \"license=GPL\\0name=m\\0vermagic=6.1.0-13-amd64 SMP\\0\";\nint x;\n",
+            &path.file_name().unwrap().to_string_lossy(),
+            &["-c"],
+        );
     }
 
     /// The bundled `*.task.json` examples (the YAML twins are the same tasks), sorted. Kernel
@@ -736,22 +729,17 @@ mod examples {
 /// What the checks of `analyze_system` found is in its report, not only in the analysis file.
 mod findings {
     use crate::harness::{foundry_cmd, s};
-    use std::process::Command;
 
     #[test]
     fn an_analyze_system_report_shows_its_findings() {
         let dir = tempfile::tempdir().unwrap();
-        let c = dir.path().join("stack.c");
-        std::fs::write(&c, "int main(void) { return 0; }\n").unwrap();
-        let program = dir.path().join("stack");
         // An executable stack is a finding of the local checks.
-        assert!(Command::new("gcc")
-            .args(["-z", "execstack", "-o"])
-            .arg(&program)
-            .arg(&c)
-            .status()
-            .unwrap()
-            .success());
+        crate::harness::gcc(
+            dir.path(),
+            "int main(void) { return 0; }\n",
+            "stack",
+            &["-z", "execstack"],
+        );
         let task = dir.path().join("a.task.json");
         std::fs::write(
             &task,

@@ -989,15 +989,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             ..
         } => {
             if let Some(name) = &name {
-                let plain = !matches!(name.as_str(), "" | "." | "..") && !name.contains('/');
-                if !plain
-                    || input.is_dir()
-                    || !matches!(OutputTarget::from_path(&output), OutputTarget::Directory(_))
-                {
-                    return Err(Error::Usage(format!(
-                        "--name \"{name}\": give a plain file name, for one input file folded into a directory (-o DIR)"
-                    )));
-                }
+                fold::check_output_name(name, &input, &OutputTarget::from_path(&output))?;
             }
             let opts = FoldOptions {
                 texture_size,
