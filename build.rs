@@ -1,5 +1,6 @@
-//! Build script: tells the integration tests whether this build can run their GPU legs, so a
-//! leg that cannot run is counted by cargo as ignored, with the reason, and never as passed.
+//! Build script: tells the integration tests whether this build can run their GPU legs (and
+//! their tests that need root), so a test that cannot run is counted by cargo as ignored, with
+//! the reason, and never as passed.
 
 use std::path::Path;
 
@@ -24,6 +25,15 @@ const LOADER_FOLDERS: [&str; 6] = [
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(foundry_gpu_legs_off)");
     println!("cargo::rustc-check-cfg=cfg(foundry_no_vulkan_driver)");
+    println!("cargo::rustc-check-cfg=cfg(foundry_not_root)");
+    // Tests that give files to another user, or run an attacker as one, need root: without
+    // it cargo counts them as ignored, with the reason. (/proc/self is the builder's own.)
+    let root = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false);
+    if !root {
+        println!("cargo::rustc-cfg=foundry_not_root");
+    }
     println!("cargo::rerun-if-changed=build.rs");
     for var in [
         "FOUNDRY_TEST_GPU",

@@ -191,6 +191,11 @@ pub fn allow_private_publish(allowed: bool) {
     PUBLISH_PRIVATE.store(allowed, Ordering::Relaxed);
 }
 
+/// Whether private publishing was allowed in this process.
+pub fn private_publish_allowed() -> bool {
+    PUBLISH_PRIVATE.load(Ordering::Relaxed)
+}
+
 /// Refuses `tile` (whose output mode is `mode`) when its source hides it from others (no o+r)
 /// or it shows process memory, unless private publishing was allowed: the builder root is
 /// read by the compositor and whoever else may read it.

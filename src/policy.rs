@@ -63,7 +63,7 @@ pub const DEFAULT_MAX_TASK_FILE_BYTES: u64 = 1 << 20;
 pub const MAX_TASK_NESTING: usize = 16;
 
 /// The `[policy]` table of `foundry.toml` (or a `--policy` file holding one); every key optional.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicySettings {
     /// Source roots allowed in addition to the defaults and the task folder.
@@ -148,6 +148,8 @@ pub struct Policy {
     pub process_memory_for_tasks: bool,
     pub process_memory_interactive: bool,
     pub llm_hosts: Vec<String>,
+    /// The settings it was made from (a daemon hands them to the tasks it runs as their owners).
+    pub settings: PolicySettings,
 }
 
 /// Why a path was refused: the rule, in the words of the policy file.
@@ -303,6 +305,7 @@ impl Policy {
             process_memory_for_tasks,
             process_memory_interactive: settings.process_memory_interactive.unwrap_or(true),
             llm_hosts: settings.llm_hosts.clone(),
+            settings: settings.clone(),
         })
     }
 

@@ -48,7 +48,7 @@ pub struct LlmOverrides {
 }
 
 /// The resolved client configuration.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, Deserialize)]
 pub struct LlmConfig {
     /// Normalised: scheme, host and port, no trailing slash, no `/v1`.
     pub base_url: String,

@@ -14,6 +14,7 @@
 //! are created with `O_NOFOLLOW` (and `O_EXCL` where new), so a symlink planted there is refused.
 
 use super::run::{run_task, RunOptions};
+use super::worker::{RunAs, TaskRights, WorkerJob, WorkerOutcome};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::format::staged::StagedOutputs;
@@ -49,6 +50,11 @@ pub struct DaemonOptions {
     pub policy: Arc<crate::policy::Policy>,
     /// Where to send a [`TaskEvent`] as each task starts and ends (the command prints them).
     pub events: Option<std::sync::mpsc::Sender<TaskEvent>>,
+    /// Whose rights each task runs with ([`super::worker`]).
+    pub rights: TaskRights,
+    /// This program, run as `task-worker` for a task run as its owner; without it such a task
+    /// fails (a library caller that is not the `foundry-gpu` program).
+    pub worker_exe: Option<PathBuf>,
 }
 
 /// A task started or ended, for the daemon's one line per event.
@@ -413,6 +419,8 @@ struct Shared {
     queue: Mutex<VecDeque<Candidate>>,
     /// Claim records this daemon is still writing (their temporary names).
     serial: AtomicU64,
+    /// `opts.worker_exe`, opened once: tasks run as their owners start from it.
+    worker_exe: Option<File>,
     _lock: File,
 }
 
@@ -782,20 +790,6 @@ impl Shared {
         }
     }
 
-    fn read_claimed(
-        &self,
-        claimed: &str,
-        original: &Path,
-    ) -> std::result::Result<super::FoundryTask, String> {
-        super::read_task(
-            &self.path(claimed),
-            original,
-            Some(&self.opts.tasks),
-            self.opts.policy.limits.max_task_file_bytes,
-        )
-        .map_err(|e| e.to_string())
-    }
-
     fn run_options(&self) -> RunOptions {
         RunOptions {
             output_root: self.opts.output_root.clone(),
@@ -814,24 +808,86 @@ impl Shared {
         stem: &str,
         ext: &str,
     ) -> std::result::Result<Ran, String> {
-        let task = self.read_claimed(claimed, original)?;
+        use std::os::fd::AsFd;
+        // Opened once, beneath the task folder; its owner and text come from that descriptor.
+        let file = super::read_task_file_at(
+            self.folders.tasks.as_fd(),
+            claimed,
+            original,
+            self.opts.policy.limits.max_task_file_bytes,
+        )
+        .map_err(|e| e.to_string())?;
+        let task = super::parse_task(original, &file.text).map_err(|e| e.to_string())?;
         let opts = self.run_options();
         // The report names the task file where it will be once done, so its `run` step finds it.
         let done = self.path(&format!("{stem}.task.task.{ext}.done"));
-        let report = run_task(backend, &task, &done, &opts, &crate::progress::Silent)
-            .map_err(|e| e.to_string())?;
-        let md = std::fs::read(&report.report_path).map_err(|e| e.to_string())?;
+        let daemon_uid = rustix::process::geteuid().as_raw();
+        let (ran, report_md) = match super::worker::run_as(
+            file.owner_uid,
+            file.owner_gid,
+            self.opts.rights,
+            daemon_uid,
+        )? {
+            RunAs::Daemon => {
+                let report = run_task(backend, &task, &done, &opts, &crate::progress::Silent)
+                    .map_err(|e| e.to_string())?;
+                let md = std::fs::read(&report.report_path).map_err(|e| e.to_string())?;
+                let ran = Ran {
+                    written: report.written.len(),
+                    output_dir: report.output_dir,
+                };
+                (ran, md)
+            }
+            RunAs::Owner(owner) => {
+                let exe = self.worker_exe.as_ref().ok_or_else(|| {
+                    format!(
+                        "the task runs as its owner, {}, and this daemon has no worker program",
+                        owner.describe()
+                    )
+                })?;
+                let folder =
+                    super::worker::output_folder_name(&task, &opts).map_err(|e| e.to_string())?;
+                super::worker::prepare_output_dir(&opts.output_root, &folder, &owner)
+                    .map_err(|e| e.to_string())?;
+                let job = WorkerJob {
+                    task_text: file.text,
+                    task_name: original.to_path_buf(),
+                    task_file: done,
+                    output_root: opts.output_root,
+                    task_root: opts.task_root,
+                    publish: opts.publish,
+                    llm: opts.llm,
+                    policy: self.opts.policy.settings.clone(),
+                    max_input: crate::source::max_input(),
+                    publish_private: crate::map::private_publish_allowed(),
+                    gpu: matches!(backend, Backend::Gpu(_)),
+                };
+                match super::worker::run_in_child(exe, &owner, &job)? {
+                    WorkerOutcome::Done {
+                        written,
+                        output_dir,
+                        report_md,
+                    } => (
+                        Ran {
+                            written,
+                            output_dir,
+                        },
+                        report_md.into_bytes(),
+                    ),
+                    WorkerOutcome::Failed(reason) => {
+                        return Err(format!("{reason} (run as {})", owner.describe()))
+                    }
+                }
+            }
+        };
         let mut staged = StagedOutputs::new();
         staged
             .write(&self.path(&format!("{stem}.report.md")), |w| {
-                w.write_all(&md)
+                w.write_all(&report_md)
             })
             .and_then(|()| staged.commit().map(|_| ()))
             .map_err(|e| e.to_string())?;
-        Ok(Ran {
-            written: report.written.len(),
-            output_dir: report.output_dir,
-        })
+        Ok(ran)
     }
 
     fn worker(&self, backend: &Backend) {
@@ -889,6 +945,10 @@ pub fn run_daemon(backend: &Backend, opts: DaemonOptions) -> Result<Status> {
     rustix::fs::fcntl_setfl(&journal, OFlags::APPEND)
         .map_err(|e| errno_error(&journal_path, "open for appending", e))?;
     crate::format::staged::journal_temporaries(journal);
+    let worker_exe = match &opts.worker_exe {
+        Some(exe) => Some(File::open(exe).map_err(|e| Error::io(exe, "open", e))?),
+        None => None,
+    };
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, Arc::clone(&stop))
@@ -904,6 +964,7 @@ pub fn run_daemon(backend: &Backend, opts: DaemonOptions) -> Result<Status> {
         runs_log: Mutex::new(runs_log),
         queue: Mutex::new(VecDeque::new()),
         serial: AtomicU64::new(0),
+        worker_exe,
         _lock: lock,
     });
     let waker = Arc::clone(&shared);

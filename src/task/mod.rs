@@ -3,10 +3,12 @@
 
 pub mod daemon;
 pub mod run;
+pub mod worker;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
 /// `2026-12-04T10:15:00Z`: a Unix time (seconds) as people read it, in UTC; for the daemon's
@@ -337,56 +339,142 @@ fn check_numbers(value: &Value) -> std::result::Result<(), (String, String)> {
     Ok(())
 }
 
-/// Reads the text of the task file at `path` (named `name` in errors): at most `max_bytes`, and,
-/// when `folder` is given, never through a symlink that resolves outside it.
+/// A task file as read from the descriptor it was opened as: its text, and who owns it (the
+/// daemon runs a task with its owner's rights, [`worker`]).
+#[derive(Clone, Debug)]
+pub struct TaskFileText {
+    pub text: String,
+    pub owner_uid: u32,
+    pub owner_gid: u32,
+}
+
+/// Reads the task file `name` in the open folder `folder` (shown as `shown` in errors): opened
+/// once, the kernel refusing a symlink that leads out of the folder and any magic link, never
+/// waiting on a FIFO; then judged on what was opened (a regular file of at most `max_bytes`)
+/// and read from that descriptor. A symlink is taken only when its owner is the owner of the
+/// file it leads to, so nobody can hand in another user's file as their task.
+pub fn read_task_file_at(
+    folder: BorrowedFd<'_>,
+    name: &str,
+    shown: &Path,
+    max_bytes: u64,
+) -> crate::Result<TaskFileText> {
+    use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
+    let refused = |rule: String| crate::Error::Policy {
+        path: shown.to_path_buf(),
+        rule,
+    };
+    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY;
+    let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
+    let file = match rustix::fs::openat2(folder, name, flags, Mode::empty(), resolve) {
+        Ok(fd) => std::fs::File::from(fd),
+        Err(rustix::io::Errno::XDEV) => {
+            return Err(refused(
+                "task files: a symlink (or `..`) leading outside the task folder".into(),
+            ))
+        }
+        Err(e) => return Err(crate::Error::io(shown, "read", e.into())),
+    };
+    let opened = rustix::fs::fstat(&file).map_err(|e| crate::Error::io(shown, "read", e.into()))?;
+    let named = rustix::fs::statat(folder, name, AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(|e| crate::Error::io(shown, "read", e.into()))?;
+    let is_link =
+        rustix::fs::FileType::from_raw_mode(named.st_mode) == rustix::fs::FileType::Symlink;
+    if is_link && named.st_uid != opened.st_uid {
+        return Err(refused(format!(
+            "task files: a symlink owned by uid {} to a file owned by uid {}",
+            named.st_uid, opened.st_uid
+        )));
+    }
+    if !is_link && (named.st_dev, named.st_ino) != (opened.st_dev, opened.st_ino) {
+        return Err(crate::Error::malformed(
+            shown,
+            "was replaced while it was being opened",
+        ));
+    }
+    read_opened_task(file, &opened, shown, max_bytes)
+}
+
+/// Judges an opened task file on its `fstat` and reads its text, at most `max_bytes`.
+fn read_opened_task(
+    file: std::fs::File,
+    opened: &rustix::fs::Stat,
+    shown: &Path,
+    max_bytes: u64,
+) -> crate::Result<TaskFileText> {
+    use std::io::Read;
+    if rustix::fs::FileType::from_raw_mode(opened.st_mode) != rustix::fs::FileType::RegularFile {
+        return Err(crate::Error::malformed(
+            shown,
+            "is not a regular file (task files are; a FIFO, device or folder is refused)",
+        ));
+    }
+    if opened.st_size as u64 > max_bytes {
+        return Err(crate::Error::Policy {
+            path: shown.to_path_buf(),
+            rule: format!("max_task_file_bytes: the file is larger than {max_bytes} bytes"),
+        });
+    }
+    let mut bytes = Vec::new();
+    file.take(max_bytes.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| crate::Error::io(shown, "read", e))?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(crate::Error::Policy {
+            path: shown.to_path_buf(),
+            rule: format!("max_task_file_bytes: the file is larger than {max_bytes} bytes"),
+        });
+    }
+    let text = String::from_utf8(bytes).map_err(|e| {
+        crate::Error::malformed(
+            shown,
+            format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()),
+        )
+    })?;
+    Ok(TaskFileText {
+        text,
+        owner_uid: opened.st_uid,
+        owner_gid: opened.st_gid,
+    })
+}
+
+/// Reads the text of the task file at `path` (named `name` in errors): at most `max_bytes`,
+/// and, when `folder` is given, opened beneath that folder ([`read_task_file_at`]); otherwise
+/// (`run FILE`, the user's own file) following the user's symlinks, but never blocking.
 fn read_task_text(
     path: &Path,
     name: &Path,
     folder: Option<&Path>,
     max_bytes: u64,
-) -> crate::Result<String> {
-    use std::io::Read;
-    let refused = |rule: String| crate::Error::Policy {
-        path: name.to_path_buf(),
-        rule,
-    };
-    let link = std::fs::symlink_metadata(path).map_err(|e| crate::Error::io(name, "read", e))?;
-    let open_path = if link.file_type().is_symlink() {
-        let target = path
-            .canonicalize()
-            .map_err(|e| crate::Error::io(name, "read", e))?;
-        if let Some(folder) = folder {
-            let folder = folder
-                .canonicalize()
-                .map_err(|e| crate::Error::io(folder, "read", e))?;
-            if !target.starts_with(&folder) {
-                return Err(refused(format!(
-                    "task files: a symlink to {}, outside the task folder {}",
-                    target.display(),
+) -> crate::Result<TaskFileText> {
+    use rustix::fs::{Mode, OFlags};
+    if let Some(folder) = folder {
+        let inside = path
+            .strip_prefix(folder)
+            .ok()
+            .and_then(Path::to_str)
+            .map(str::to_string)
+            .ok_or_else(|| {
+                crate::Error::Usage(format!(
+                    "{}: not a name inside the task folder {}",
+                    path.display(),
                     folder.display()
-                )));
-            }
-        }
-        target
-    } else {
-        path.to_path_buf()
-    };
-    let file = std::fs::File::open(&open_path).map_err(|e| crate::Error::io(name, "read", e))?;
-    let mut bytes = Vec::new();
-    file.take(max_bytes.saturating_add(1))
-        .read_to_end(&mut bytes)
-        .map_err(|e| crate::Error::io(name, "read", e))?;
-    if bytes.len() as u64 > max_bytes {
-        return Err(refused(format!(
-            "max_task_file_bytes: the file is larger than {max_bytes} bytes"
-        )));
-    }
-    String::from_utf8(bytes).map_err(|e| {
-        crate::Error::malformed(
-            name,
-            format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()),
+                ))
+            })?;
+        let dir = rustix::fs::open(
+            folder,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
         )
-    })
+        .map_err(|e| crate::Error::io(folder, "open folder", e.into()))?;
+        return read_task_file_at(dir.as_fd(), &inside, name, max_bytes);
+    }
+    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY;
+    let file = rustix::fs::open(path, flags, Mode::empty())
+        .map(std::fs::File::from)
+        .map_err(|e| crate::Error::io(name, "read", e.into()))?;
+    let opened = rustix::fs::fstat(&file).map_err(|e| crate::Error::io(name, "read", e.into()))?;
+    read_opened_task(file, &opened, name, max_bytes)
 }
 
 /// How deeply objects and lists nest in `value` (a scalar is 0).
@@ -408,8 +496,8 @@ pub fn read_task(
     folder: Option<&Path>,
     max_bytes: u64,
 ) -> crate::Result<FoundryTask> {
-    let text = read_task_text(path, name, folder, max_bytes)?;
-    Ok(parse_task(name, &text)?)
+    let file = read_task_text(path, name, folder, max_bytes)?;
+    Ok(parse_task(name, &file.text)?)
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@ pub struct RunOptions {
 }
 
 /// How tasks use the language model.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
 pub struct TaskLlm {
     /// Resolved settings (command line, environment, `foundry.toml`).
     pub config: crate::llm::LlmConfig,
@@ -386,6 +386,21 @@ fn check_output_stem(task: &FoundryTask, source: &Path) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Confines every write of task work to the output root, the builder root, the task folder
+/// and the LLM cache: a folder below none of them is refused on what was opened.
+pub fn confine_task_writes(
+    output_root: &Path,
+    publish: Option<&Path>,
+    tasks: Option<&Path>,
+    llm: &TaskLlm,
+) -> Result<()> {
+    let mut roots = vec![output_root.to_path_buf()];
+    roots.extend(publish.map(Path::to_path_buf));
+    roots.extend(tasks.map(Path::to_path_buf));
+    roots.extend(llm.config.cache_dir.clone());
+    crate::format::staged::confine_writes(&roots)
 }
 
 /// The folder `task`'s outputs land in: `OUTPUT_ROOT/TASK_ID` (made safe as a name).

@@ -1,12 +1,11 @@
 //! Confined reads, tried as an attacker who can write the task folder would: a source whose
 //! path says one thing and opens another, magic links, and a tree entry swapped for a symlink
-//! to a secret while the task runs. Each is judged on what was opened, never on the path.
+//! to a secret while the task runs (by an attacker process of its own, as `nobody` when the
+//! tests run as root). Each is judged on what was opened, never on the path.
 
-use crate::harness::{foundry_cmd, s};
+use crate::harness::{foundry_cmd, s, Attacker};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A task folder, an output root, and a private folder outside every allowed root holding a
@@ -101,38 +100,29 @@ fn a_path_that_opens_somewhere_else_is_judged_by_where_it_opened() {
     assert_ne!(code, Some(0), "{err}");
 }
 
-/// Swaps `a` and `b` (one a file, one a symlink) atomically until `stop`, counting swaps.
-fn swapper(a: PathBuf, b: PathBuf, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
-    std::thread::spawn(move || {
-        let mut swaps = 0;
-        while !stop.load(Ordering::Relaxed) {
-            rustix::fs::renameat_with(
-                rustix::fs::CWD,
-                &a,
-                rustix::fs::CWD,
-                &b,
-                rustix::fs::RenameFlags::EXCHANGE,
-            )
-            .unwrap();
-            swaps += 1;
-        }
-        swaps
-    })
+/// A folder of the task folder that the attacker (`nobody`, in a process of its own, when the
+/// tests run as root) may write.
+fn attackers_folder(scene: &Scene, name: &str) -> PathBuf {
+    let folder = scene.tasks.join(name);
+    std::fs::create_dir_all(&folder).unwrap();
+    if crate::harness::is_root() {
+        crate::harness::open_the_way_to(&folder);
+        crate::harness::give_to_nobody(&folder);
+    }
+    folder
 }
 
 #[test]
 fn a_tree_entry_swapped_for_a_link_to_a_secret_never_brings_it_in() {
     let scene = scene();
-    let tree = scene.tasks.join("tree");
-    std::fs::create_dir_all(&tree).unwrap();
+    let tree = attackers_folder(&scene, "tree");
     let harmless = b"harmless bytes of a.txt\n".repeat(3);
     std::fs::write(tree.join("a.txt"), &harmless).unwrap();
     std::fs::write(tree.join("b.txt"), b"another file").unwrap();
     std::os::unix::fs::symlink(&scene.secret, tree.join("swap")).unwrap();
     let harmless_sha = hex::encode(Sha256::digest(&harmless));
     let secret_sha = hex::encode(Sha256::digest(SECRET));
-    let stop = Arc::new(AtomicBool::new(false));
-    let swaps = swapper(tree.join("a.txt"), tree.join("swap"), Arc::clone(&stop));
+    let attacker = Attacker::swapping(&tree.join("a.txt"), &tree.join("swap"), 4.0);
     let deadline = Instant::now() + Duration::from_secs(4);
     let (mut runs, mut a_folded) = (0, 0);
     while Instant::now() < deadline {
@@ -150,8 +140,7 @@ fn a_tree_entry_swapped_for_a_link_to_a_secret_never_brings_it_in() {
         }
         runs += 1;
     }
-    stop.store(true, Ordering::Relaxed);
-    let swaps = swaps.join().unwrap();
+    let (swaps, _) = attacker.finish();
     assert!(runs >= 5 && swaps > 1000, "{runs} runs, {swaps} swaps");
     assert!(
         a_folded > 0,
@@ -160,6 +149,43 @@ fn a_tree_entry_swapped_for_a_link_to_a_secret_never_brings_it_in() {
     let written = all_output_bytes(&scene.out);
     assert!(!written.windows(SECRET.len()).any(|w| w == SECRET));
     eprintln!("{runs} runs against {swaps} swaps; a.txt folded in {a_folded}; secret never read");
+}
+
+#[test]
+fn a_source_swapped_for_a_link_to_a_secret_never_brings_it_in() {
+    let scene = scene();
+    let folder = attackers_folder(&scene, "src");
+    let harmless = b"harmless bytes of one.bin\n".repeat(40);
+    std::fs::write(folder.join("one.bin"), &harmless).unwrap();
+    std::os::unix::fs::symlink(&scene.secret, folder.join("swap")).unwrap();
+    let attacker = Attacker::swapping(&folder.join("one.bin"), &folder.join("swap"), 4.0);
+    let deadline = Instant::now() + Duration::from_secs(4);
+    let (mut runs, mut folded, mut refused) = (0, 0, 0);
+    while Instant::now() < deadline {
+        let id = format!("one{runs}");
+        let body = serde_json::json!({"task_id": id, "type": "convert_binary",
+            "source": "src/one.bin"});
+        let (code, err) = run_task(&scene, &format!("{id}.task.json"), &body);
+        match code {
+            Some(0) => folded += 1,
+            _ if err.contains("refused by policy") && err.contains("it opened as") => refused += 1,
+            // The swap landed between two steps of the path's resolution: nothing opened.
+            _ => {}
+        }
+        runs += 1;
+    }
+    let (swaps, _) = attacker.finish();
+    let written = all_output_bytes(&scene.out);
+    assert!(
+        !written.windows(SECRET.len()).any(|w| w == SECRET),
+        "the secret reached the outputs"
+    );
+    eprintln!("{runs} runs against {swaps} swaps: {folded} folded the harmless file, {refused} opened the secret and were refused");
+    assert!(swaps > 1000, "the attacker ran: {swaps}");
+    assert!(
+        folded > 0 && refused > 0,
+        "both sides of the race were met in {runs} runs"
+    );
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! that look like its own state, an empty task_id, a folder swapped mid-run, and a claim step
 //! that must not grow with the square of the number of tasks.
 
-use crate::harness::{foundry_cmd, names_in, runs_per_task, s};
+use crate::harness::{foundry_cmd, names_in, runs_per_task, s, Attacker};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -271,6 +271,10 @@ fn an_output_folder_swapped_for_a_symlink_mid_run_gets_nothing_outside() {
     }
     let link = out.join("t-link");
     std::fs::create_dir_all(&out).unwrap();
+    if crate::harness::is_root() {
+        crate::harness::open_the_way_to(&out);
+        crate::harness::give_to_nobody(&out);
+    }
     std::os::unix::fs::symlink(&outside, &link).unwrap();
     let mut daemon = foundry_cmd()
         .args(["daemon", "--tasks", s(&tasks), "--output-root", s(&out)])
@@ -282,23 +286,11 @@ fn an_output_folder_swapped_for_a_symlink_mid_run_gets_nothing_outside() {
     crate::harness::wait_for(Duration::from_secs(60), "the output folder made", || {
         district.exists()
     });
-    // The attacker swaps the task's output folder and a symlink to `outside/`, back and forth,
-    // for a few seconds: an atomic exchange, so one of them always has each name.
-    let mut swaps = 0u64;
-    let deadline = Instant::now() + Duration::from_secs(8);
-    while Instant::now() < deadline && daemon.try_wait().unwrap().is_none() {
-        if rustix::fs::renameat_with(
-            rustix::fs::CWD,
-            &district,
-            rustix::fs::CWD,
-            &link,
-            rustix::fs::RenameFlags::EXCHANGE,
-        )
-        .is_ok()
-        {
-            swaps += 1;
-        }
-    }
+    // The attacker, a process of its own (as `nobody` when the tests run as root, owning the
+    // output root as an attacker who can write it would), swaps the task's output folder and a
+    // symlink to `outside/`, back and forth: an atomic exchange, so one of them always has
+    // each name.
+    let (swaps, _) = Attacker::swapping(&district, &link, 6.0).finish();
     let status = crate::harness::wait_exit(&mut daemon, Duration::from_secs(120));
     assert!(status.success());
     let done = names_in(&tasks)

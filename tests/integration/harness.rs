@@ -276,3 +276,110 @@ pub fn gcc(dir: &std::path::Path, source: &str, out: &str, args: &[&str]) -> std
     assert!(status.success(), "gcc failed");
     path
 }
+
+/// The uid and gid an unprivileged attacker runs as (`nobody` on Debian).
+pub const NOBODY: u32 = 65_534;
+
+/// Gives `path` (not following a symlink) to `nobody`.
+pub fn give_to_nobody(path: &std::path::Path) {
+    rustix::fs::chownat(
+        rustix::fs::CWD,
+        path,
+        Some(rustix::process::Uid::from_raw(NOBODY)),
+        Some(rustix::process::Gid::from_raw(NOBODY)),
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .unwrap();
+}
+
+/// Lets others through every folder from `/` down to `dir`, so a process of another user can
+/// reach what a test gives it there (a temporary folder is 0700).
+pub fn open_the_way_to(dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for ancestor in dir.ancestors() {
+        if let Ok(meta) = std::fs::metadata(ancestor) {
+            let mode = meta.permissions().mode();
+            if mode & 0o011 != 0o011 {
+                let _ = std::fs::set_permissions(
+                    ancestor,
+                    std::fs::Permissions::from_mode(mode | 0o011),
+                );
+            }
+        }
+    }
+}
+
+const SWAPPER_C: &str = r#"
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+/* swapper A B SECONDS: exchanges A and B with renameat2(RENAME_EXCHANGE) until SECONDS have
+   passed, then prints how many exchanges worked and how many failed. */
+int main(int argc, char **argv) {
+    if (argc != 4) return 2;
+    double seconds = atof(argv[3]);
+    struct timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    unsigned long swaps = 0, failures = 0;
+    for (;;) {
+        if (renameat2(AT_FDCWD, argv[1], AT_FDCWD, argv[2], RENAME_EXCHANGE) == 0) swaps++;
+        else failures++;
+        if ((swaps + failures) % 64 == 0) {
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            if ((now.tv_sec - start.tv_sec) + (now.tv_nsec - start.tv_nsec) / 1e9 >= seconds) break;
+        }
+    }
+    printf("%lu %lu\n", swaps, failures);
+    return 0;
+}
+"#;
+
+/// An attacker in a process of its own: as `nobody` through `setpriv` when the tests run as
+/// root (they do in CI), else as the test's own user. It swaps two paths atomically, in a loop.
+pub struct Attacker {
+    child: std::process::Child,
+    _bin: tempfile::TempDir,
+}
+
+impl Attacker {
+    /// Starts exchanging `a` and `b` for `seconds`.
+    pub fn swapping(a: &std::path::Path, b: &std::path::Path, seconds: f64) -> Attacker {
+        let bin = tempfile::tempdir().unwrap();
+        let swapper = gcc(bin.path(), SWAPPER_C, "swapper", &["-O2"]);
+        let mut command = if is_root() {
+            open_the_way_to(bin.path());
+            let mut c = Command::new("setpriv");
+            c.args([
+                "--reuid",
+                "65534",
+                "--regid",
+                "65534",
+                "--clear-groups",
+                "--",
+            ]);
+            c.arg(&swapper);
+            c
+        } else {
+            Command::new(&swapper)
+        };
+        let child = command
+            .arg(a)
+            .arg(b)
+            .arg(seconds.to_string())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("the swapper starts");
+        Attacker { child, _bin: bin }
+    }
+
+    /// Waits for the attacker to end; (exchanges that worked, exchanges refused).
+    pub fn finish(self) -> (u64, u64) {
+        let out = self.child.wait_with_output().unwrap();
+        assert!(out.status.success(), "the swapper failed: {out:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut counts = text.split_whitespace().map(|n| n.parse::<u64>().unwrap());
+        (counts.next().unwrap(), counts.next().unwrap())
+    }
+}

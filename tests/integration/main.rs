@@ -15,6 +15,7 @@ mod harness;
 mod help;
 mod hermetic;
 mod io_safety;
+mod least_privilege;
 mod llm_real;
 mod llm_security;
 mod llm_standin;

@@ -227,6 +227,9 @@ Types: convert_binary, convert_directory, crystallize_system, analyze_system (lo
         /// Exit once no task is pending or running.
         #[arg(long)]
         exit_when_idle: bool,
+        /// Run every task with the daemon's own rights, not its task file owner's (see README "Security model").
+        #[arg(long)]
+        run_as_daemon_user: bool,
         /// Make the task folder when it is missing (else a missing folder is an error).
         #[arg(long)]
         create: bool,
@@ -375,6 +378,9 @@ Types: convert_binary, convert_directory, crystallize_system, analyze_system (lo
         #[arg(short, long, value_name = "DIR")]
         output: Option<PathBuf>,
     },
+    /// One daemon task, run as its owner: reads the job from stdin, prints the outcome (the daemon starts it).
+    #[command(hide = true)]
+    TaskWorker,
 }
 
 impl Command {
@@ -560,21 +566,6 @@ impl PolicyArgs {
             url_pinned: server.llm_url.is_some(),
         })
     }
-}
-
-/// Confines every write of this process (see `format::staged::confine_writes`): the output
-/// root, the operator's own --publish, the task folder's bookkeeping and the LLM answer cache.
-fn confine_task_writes(
-    output_root: &Path,
-    publish: Option<&Path>,
-    tasks: Option<&Path>,
-    llm: &TaskLlm,
-) -> Result<(), Error> {
-    let mut roots = vec![output_root.to_path_buf()];
-    roots.extend(publish.map(Path::to_path_buf));
-    roots.extend(tasks.map(Path::to_path_buf));
-    roots.extend(llm.config.cache_dir.clone());
-    foundry_gpu::format::staged::confine_writes(&roots)
 }
 
 fn print_plan(plan: &foundry_gpu::task::run::TaskPlan, json: bool) {
@@ -933,6 +924,11 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
     foundry_gpu::source::name_inputs(named_inputs(&cli.command));
     let bar = Bar::new(!global.json && !global.quiet);
     match cli.command {
+        Command::TaskWorker => {
+            drop(bar);
+            foundry_gpu::task::worker::serve_one_job()
+                .map_err(|e| Error::io("stdout", "write", e))?;
+        }
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -1237,7 +1233,12 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 );
                 return Ok(ExitCode::SUCCESS);
             }
-            confine_task_writes(&opts.output_root, opts.publish.as_deref(), None, &opts.llm)?;
+            foundry_gpu::task::run::confine_task_writes(
+                &opts.output_root,
+                opts.publish.as_deref(),
+                None,
+                &opts.llm,
+            )?;
             let backend = open_backend(global)?;
             let report = foundry_gpu::task::run::run_task(&backend, &parsed, &task, &opts, &bar)?;
             drop(bar);
@@ -1256,6 +1257,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             output_root,
             poll_ms,
             exit_when_idle,
+            run_as_daemon_user,
             create,
             publish,
             llm,
@@ -1272,7 +1274,12 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             if policy.dry_run {
                 return daemon_dry_run(&tasks, &output_root, publish, task_llm, rules, global.json);
             }
-            confine_task_writes(&output_root, publish.as_deref(), Some(&tasks), &task_llm)?;
+            foundry_gpu::task::run::confine_task_writes(
+                &output_root,
+                publish.as_deref(),
+                Some(&tasks),
+                &task_llm,
+            )?;
             let backend = open_backend(global)?;
             let opts = foundry_gpu::task::daemon::DaemonOptions {
                 tasks,
@@ -1284,6 +1291,12 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 llm: task_llm,
                 policy: rules,
                 events: None,
+                rights: if run_as_daemon_user {
+                    foundry_gpu::task::worker::TaskRights::Daemon
+                } else {
+                    foundry_gpu::task::worker::TaskRights::TaskOwner
+                },
+                worker_exe: std::env::current_exe().ok(),
             };
             // One line per task started and ended, on stderr (stdout keeps the summary or the
             // JSON); -q silences them.
