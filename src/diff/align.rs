@@ -220,6 +220,7 @@ pub fn align(a: &[u8], b: &[u8], block: usize) -> Alignment {
         }
     }
     flush(&mut out, &mut pending_b, a_gaps(next_a, ca.len()));
+    out.ops = refine(a, std::mem::take(&mut out.ops));
     out
 }
 
@@ -340,6 +341,117 @@ fn push_data(ops: &mut Vec<PatchOp>, bytes: &[u8]) {
     ops.push(PatchOp::Data(bytes.to_vec()));
 }
 
+/// Shortest run of equal bytes worth a copy inside literal data: a copy costs a few bytes of
+/// operations, so a shorter run is cheaper kept literal.
+const MIN_COPY: usize = 24;
+
+/// Refines chunk-sized operations to bytes. Each literal between two copies is first eaten from
+/// both ends by the copies around it (the bytes just after the previous copy's A range, and
+/// just before the next one's, that equal its own); what is left is scanned under both
+/// copies' alignments, and every run of [`MIN_COPY`] or more equal bytes becomes a copy. An
+/// overwrite inside a chunk then costs its own bytes, an insertion exactly what was inserted.
+pub fn refine(a: &[u8], ops: Vec<PatchOp>) -> Vec<PatchOp> {
+    let mut ops = ops;
+    let mut out: Vec<PatchOp> = Vec::with_capacity(ops.len());
+    for i in 0..ops.len() {
+        let op = std::mem::replace(&mut ops[i], PatchOp::Data(Vec::new()));
+        let data = match op {
+            PatchOp::Copy { offset, len } => {
+                if len > 0 {
+                    push_copy(&mut out, offset, len);
+                }
+                continue;
+            }
+            PatchOp::Data(data) => data,
+        };
+        // Where A goes on after the previous copy, and where the next copy's A range begins.
+        let after_previous = match out.last() {
+            Some(PatchOp::Copy { offset, len }) => Some((offset + len) as usize),
+            _ => None,
+        };
+        let before_next = match ops.get(i + 1) {
+            Some(PatchOp::Copy { offset, .. }) => Some(*offset as usize),
+            _ => None,
+        };
+        let prefix = after_previous.map_or(0, |at| {
+            a.get(at..)
+                .unwrap_or_default()
+                .iter()
+                .zip(&data)
+                .take_while(|(x, y)| x == y)
+                .count()
+        });
+        if prefix > 0 {
+            let at = after_previous.expect("a prefix has a previous copy");
+            push_copy(&mut out, at as u64, prefix as u64);
+        }
+        let rest = &data[prefix..];
+        let suffix = before_next.map_or(0, |end| {
+            a[..end.min(a.len())]
+                .iter()
+                .rev()
+                .zip(rest.iter().rev())
+                .take_while(|(x, y)| x == y)
+                .count()
+        });
+        let middle = &rest[..rest.len() - suffix];
+        // The A offset of `middle[0]` under each neighbour's alignment.
+        let first = after_previous.map(|at| at + prefix);
+        let second = before_next.and_then(|end| (end - suffix).checked_sub(middle.len()));
+        copy_runs(a, middle, first, second, &mut out);
+        if suffix > 0 {
+            if let Some(PatchOp::Copy { offset, len }) = ops.get_mut(i + 1) {
+                *offset -= suffix as u64;
+                *len += suffix as u64;
+            }
+        }
+    }
+    out
+}
+
+/// Emits `middle` as copies of every run of at least [`MIN_COPY`] bytes that equals A at
+/// `first + k` or `second + k`, and literal data between them.
+fn copy_runs(
+    a: &[u8],
+    middle: &[u8],
+    first: Option<usize>,
+    second: Option<usize>,
+    out: &mut Vec<PatchOp>,
+) {
+    let run_at = |base: Option<usize>, k: usize| -> usize {
+        let Some(start) = base.and_then(|b| b.checked_add(k)) else {
+            return 0;
+        };
+        a.get(start..)
+            .unwrap_or_default()
+            .iter()
+            .zip(&middle[k..])
+            .take_while(|(x, y)| x == y)
+            .count()
+    };
+    let mut literal_from = 0;
+    let mut k = 0;
+    while k < middle.len() {
+        let (r1, r2) = (run_at(first, k), run_at(second, k));
+        let (run, base) = if r1 >= r2 { (r1, first) } else { (r2, second) };
+        if run >= MIN_COPY {
+            if literal_from < k {
+                push_data(out, &middle[literal_from..k]);
+            }
+            let base = base.expect("a run has a base");
+            push_copy(out, (base + k) as u64, run as u64);
+            k += run;
+            literal_from = k;
+        } else {
+            // Neither alignment holds here for long: skip past where both runs broke.
+            k += r1.max(r2).max(1);
+        }
+    }
+    if literal_from < middle.len() {
+        push_data(out, &middle[literal_from..]);
+    }
+}
+
 /// Rebuilds B from A and the operations (bounds already checked by the patch reader).
 pub fn apply(a: &[u8], ops: &[PatchOp]) -> Vec<u8> {
     let mut out = Vec::new();
@@ -376,6 +488,51 @@ mod tests {
             .filter(|r| r.kind == kind)
             .map(|r| r.b.or(r.a).map_or(0, |(s, e)| e - s))
             .sum()
+    }
+
+    /// Bytes the patch carries as data.
+    fn literal_bytes(ops: &[PatchOp]) -> usize {
+        ops.iter()
+            .map(|op| match op {
+                PatchOp::Data(d) => d.len(),
+                PatchOp::Copy { .. } => 0,
+            })
+            .sum()
+    }
+
+    #[test]
+    fn patches_carry_only_the_bytes_that_changed() {
+        let a = noise(4 << 20, 7);
+        // Scattered 4 KiB overwrites: the data is exactly the overwritten bytes.
+        let mut b = a.clone();
+        for at in [100_000usize, 1_234_567, 2_500_001, 3_999_000] {
+            b[at..at + 4096].copy_from_slice(&noise(4096, at as u64));
+        }
+        let al = align(&a, &b, 4096);
+        assert_eq!(apply(&a, &al.ops), b);
+        assert_eq!(literal_bytes(&al.ops), 4 * 4096, "{:?}", al.ops.len());
+        // An insertion: exactly what was inserted.
+        let mut c = a[..2_000_003].to_vec();
+        c.extend(noise(12_288, 9));
+        c.extend_from_slice(&a[2_000_003..]);
+        let al = align(&a, &c, 4096);
+        assert_eq!(apply(&a, &al.ops), c);
+        assert_eq!(literal_bytes(&al.ops), 12_288);
+        // A block moved from 1/8 to 7/8: copies only (a few boundary bytes at most).
+        let (from, len) = (a.len() / 8, 256 << 10);
+        let mut d = a[..from].to_vec();
+        d.extend_from_slice(&a[from + len..a.len() * 7 / 8]);
+        d.extend_from_slice(&a[from..from + len]);
+        d.extend_from_slice(&a[a.len() * 7 / 8..]);
+        let al = align(&a, &d, 4096);
+        assert_eq!(apply(&a, &al.ops), d);
+        assert!(literal_bytes(&al.ops) < 64, "{}", literal_bytes(&al.ops));
+        // Four bytes changed: four bytes of data.
+        let mut e = a.clone();
+        e[3_000_000..3_000_004].copy_from_slice(b"\x00\x01\x02\x03");
+        let al = align(&a, &e, 4096);
+        assert_eq!(apply(&a, &al.ops), e);
+        assert!(literal_bytes(&al.ops) <= 4, "{}", literal_bytes(&al.ops));
     }
 
     #[test]

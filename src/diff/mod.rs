@@ -674,8 +674,8 @@ pub fn write_diff_in_series(
     let patch = patch::Patch {
         a_size: a.bytes.len() as u64,
         b_size: b.bytes.len() as u64,
-        a_sha256: a.sha256,
-        b_sha256: b.sha256,
+        a_sha256: a.sha256.to_vec(),
+        b_sha256: b.sha256.to_vec(),
         ops: alignment.ops,
     };
     // The diff shows both sides' bytes: as private as the more private of them.
@@ -742,7 +742,7 @@ pub fn apply_patch(
         patch: patch_path.into(),
         output: output.into(),
         size: patch.b_size,
-        sha256: hex::encode(patch.b_sha256),
+        sha256: hex::encode(b_sha),
         verified: true,
     })
 }

@@ -1,71 +1,168 @@
-//! The `a-to-b.patch` format: a header with both sizes and SHA-256s, then copy and data
-//! operations; read with every bound checked, applied only to the A it was made from.
+//! The `a-to-b.patch` format. `FGP2` (written): a header with both sizes (varints), the first
+//! 8 bytes of A's SHA-256 (to refuse the wrong A before writing anything) and the first 16 of
+//! B's (to keep only the right B), the operations as varints (a copy's offset relative to where the previous copy
+//! ended), then every data operation's bytes together, compressed with zstd when that is
+//! smaller. `FGPATCH1` (read, for patches made before): fixed-width fields, data inline. Both
+//! are read with every bound checked, and applied only to the A they were made from.
 
 use super::align::PatchOp;
 use crate::error::{Error, Result};
 use std::io::Write;
 use std::path::Path;
 
-/// First eight bytes of a patch.
-pub const MAGIC: &[u8; 8] = b"FGPATCH1";
+/// First four bytes of a patch this version writes.
+pub const MAGIC: &[u8; 4] = b"FGP2";
+/// How much of each SHA-256 a version 2 patch records: A's identifies the A it was made from
+/// (a wrong A that shared it would still give a B whose hash fails), B's proves the result.
+const A_CHECK_BYTES: usize = 8;
+const B_CHECK_BYTES: usize = 16;
+/// First eight bytes of a patch of the first version, still read.
+pub const MAGIC_V1: &[u8; 8] = b"FGPATCH1";
 const OP_COPY: u8 = 1;
 const OP_DATA: u8 = 2;
-/// Magic, two sizes, two hashes, the op count.
+/// Version 1: magic, two sizes, two hashes, the op count.
 const HEADER_LEN: u64 = 8 + 8 + 8 + 32 + 32 + 8;
+/// How the data section of a version 2 patch is stored.
+const DATA_RAW: u8 = 0;
+const DATA_ZSTD: u8 = 1;
+/// zstd level for the data section: literal data is small next to what it rebuilds, so a slow,
+/// strong level costs little; large literal volumes use a faster one.
+const ZSTD_LEVEL_SMALL: i32 = 19;
+const ZSTD_LEVEL_LARGE: i32 = 3;
+const LARGE_LITERALS: usize = 8 << 20;
 
 /// A patch read from disk or about to be written.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Patch {
     pub a_size: u64,
     pub b_size: u64,
-    pub a_sha256: [u8; 32],
-    pub b_sha256: [u8; 32],
+    /// A's SHA-256, or as much of its start as the patch records.
+    pub a_sha256: Vec<u8>,
+    /// B's SHA-256, or as much of its start as the patch records.
+    pub b_sha256: Vec<u8>,
     pub ops: Vec<PatchOp>,
 }
 
-impl Patch {
-    /// Bytes [`write_to`](Self::write_to) writes.
-    pub fn encoded_len(&self) -> u64 {
-        HEADER_LEN
-            + self
-                .ops
-                .iter()
-                .map(|op| match op {
-                    PatchOp::Copy { .. } => 1 + 8 + 8,
-                    PatchOp::Data(d) => 1 + 8 + d.len() as u64,
-                })
-                .sum::<u64>()
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// Zigzag: small negative and positive numbers both take few bytes.
+fn zigzag(value: i64) -> u64 {
+    ((value << 1) ^ (value >> 63)) as u64
+}
+
+fn unzigzag(value: u64) -> i64 {
+    ((value >> 1) as i64) ^ -((value & 1) as i64)
+}
+
+/// Reads a version 2 patch front to back; every read past the end is an error naming the part.
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    at: usize,
+    path: &'a Path,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|&e| e <= self.bytes.len())
+            .ok_or_else(|| {
+                Error::malformed(self.path, format!("ends inside {what} at byte {}", self.at))
+            })?;
+        let piece = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(piece)
     }
 
-    /// Serialises: magic, a_size, b_size (u64 LE), both hashes, op count, then per op a tag and
-    /// either offset+length or length+bytes.
-    pub fn write_to(&self, w: &mut dyn Write) -> std::io::Result<()> {
-        w.write_all(MAGIC)?;
-        w.write_all(&self.a_size.to_le_bytes())?;
-        w.write_all(&self.b_size.to_le_bytes())?;
-        w.write_all(&self.a_sha256)?;
-        w.write_all(&self.b_sha256)?;
-        w.write_all(&(self.ops.len() as u64).to_le_bytes())?;
+    /// An unsigned LEB128 number of at most 64 bits.
+    fn varint(&mut self, what: &str) -> Result<u64> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = self.take(1, what)?[0];
+            let bits = u64::from(byte & 0x7f);
+            if shift == 63 && bits > 1 {
+                break;
+            }
+            value |= bits << shift;
+            if byte & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(Error::malformed(
+            self.path,
+            format!("{what}: a number past 2^64"),
+        ))
+    }
+}
+
+impl Patch {
+    /// The patch as written ([`MAGIC`]): header, operations, data section.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(MAGIC);
+        put_varint(&mut out, self.a_size);
+        put_varint(&mut out, self.b_size);
+        out.extend_from_slice(&self.a_sha256[..A_CHECK_BYTES]);
+        out.extend_from_slice(&self.b_sha256[..B_CHECK_BYTES]);
+        put_varint(&mut out, self.ops.len() as u64);
+        let mut literals = Vec::new();
+        let mut copy_end = 0u64;
         for op in &self.ops {
             match op {
                 PatchOp::Copy { offset, len } => {
-                    w.write_all(&[OP_COPY])?;
-                    w.write_all(&offset.to_le_bytes())?;
-                    w.write_all(&len.to_le_bytes())?;
+                    put_varint(&mut out, len << 1);
+                    put_varint(&mut out, zigzag(*offset as i64 - copy_end as i64));
+                    copy_end = offset + len;
                 }
                 PatchOp::Data(bytes) => {
-                    w.write_all(&[OP_DATA])?;
-                    w.write_all(&(bytes.len() as u64).to_le_bytes())?;
-                    w.write_all(bytes)?;
+                    put_varint(&mut out, ((bytes.len() as u64) << 1) | 1);
+                    literals.extend_from_slice(bytes);
                 }
             }
         }
-        Ok(())
+        let level = if literals.len() > LARGE_LITERALS {
+            ZSTD_LEVEL_LARGE
+        } else {
+            ZSTD_LEVEL_SMALL
+        };
+        match zstd::bulk::compress(&literals, level) {
+            Ok(packed) if packed.len() < literals.len() => {
+                out.push(DATA_ZSTD);
+                put_varint(&mut out, packed.len() as u64);
+                out.extend_from_slice(&packed);
+            }
+            _ => {
+                out.push(DATA_RAW);
+                put_varint(&mut out, literals.len() as u64);
+                out.extend_from_slice(&literals);
+            }
+        }
+        out
+    }
+
+    /// Bytes [`write_to`](Self::write_to) writes.
+    pub fn encoded_len(&self) -> u64 {
+        self.encode().len() as u64
+    }
+
+    /// Writes [`Self::encode`].
+    pub fn write_to(&self, w: &mut dyn Write) -> std::io::Result<()> {
+        w.write_all(&self.encode())
     }
 
     /// Parses `bytes` (from `path`, named in errors); every length and offset is checked against
     /// the file and the recorded sizes, so no patch can make `apply` read out of bounds.
     pub fn parse(path: &Path, bytes: &[u8]) -> Result<Self> {
+        if bytes.starts_with(MAGIC) {
+            return Self::parse_v2(path, bytes);
+        }
         let bad = |what: String| Error::malformed(path, what);
         let mut at = 0usize;
         let mut take = |n: usize, what: &str| -> Result<&[u8]> {
@@ -77,14 +174,16 @@ impl Patch {
             at = end;
             Ok(s)
         };
-        if take(8, "the magic")? != MAGIC {
-            return Err(bad("not a foundry-gpu patch (magic is not FGPATCH1)".into()));
+        if take(8, "the magic")? != MAGIC_V1 {
+            return Err(bad(
+                "not a foundry-gpu patch (magic is not FGPATCH2 or FGPATCH1)".into(),
+            ));
         }
         let u64_at = |s: &[u8]| u64::from_le_bytes(s.try_into().expect("8 bytes"));
         let a_size = u64_at(take(8, "the header")?);
         let b_size = u64_at(take(8, "the header")?);
-        let a_sha256: [u8; 32] = take(32, "the header")?.try_into().expect("32 bytes");
-        let b_sha256: [u8; 32] = take(32, "the header")?.try_into().expect("32 bytes");
+        let a_sha256 = take(32, "the header")?.to_vec();
+        let b_sha256 = take(32, "the header")?.to_vec();
         let count = u64_at(take(8, "the header")?);
         // B is written whole: refuse a claimed size past --max-input before any operation.
         let limit = crate::source::max_input();
@@ -151,17 +250,138 @@ impl Patch {
         })
     }
 
+    /// Parses a version 2 patch, every claimed size checked against the file, A and B before
+    /// anything that size is allocated; the data section grows only as it really decompresses.
+    fn parse_v2(path: &Path, bytes: &[u8]) -> Result<Self> {
+        use std::io::Read;
+        let bad = |what: String| Error::malformed(path, what);
+        let mut reader = Cursor {
+            bytes,
+            at: MAGIC.len(),
+            path,
+        };
+        let a_size = reader.varint("the header")?;
+        let b_size = reader.varint("the header")?;
+        let limit = crate::source::max_input();
+        if b_size > limit {
+            return Err(bad(format!(
+                "claims B has {b_size} bytes, more than --max-input allows ({limit} bytes)"
+            )));
+        }
+        let a_sha256 = reader.take(A_CHECK_BYTES, "the header")?.to_vec();
+        let b_sha256 = reader.take(B_CHECK_BYTES, "the header")?.to_vec();
+        let count = reader.varint("the header")?;
+        // Every operation takes at least one byte of the file.
+        let left = (bytes.len() - reader.at) as u64;
+        if count > left {
+            return Err(bad(format!(
+                "claims {count} operations, but only {left} bytes follow the header"
+            )));
+        }
+        // Data operations hold lengths until the data section is read.
+        enum Pending {
+            Copy { offset: u64, len: u64 },
+            Data(u64),
+        }
+        let mut pending = Vec::with_capacity(count as usize);
+        let (mut produced, mut literal_total, mut copy_end) = (0u64, 0u64, 0u64);
+        for n in 0..count {
+            let head = reader.varint("an operation")?;
+            let len = head >> 1;
+            produced = produced.saturating_add(len);
+            if produced > b_size {
+                return Err(bad(format!(
+                    "operations produce more than B's {b_size} bytes"
+                )));
+            }
+            if head & 1 == 1 {
+                literal_total += len;
+                pending.push(Pending::Data(len));
+                continue;
+            }
+            let delta = unzigzag(reader.varint("a copy")?);
+            let offset = i128::from(copy_end) + i128::from(delta);
+            let end = offset + i128::from(len);
+            if offset < 0 || end > i128::from(a_size) {
+                return Err(bad(format!(
+                    "operation {n} copies {len} bytes at {offset}, past the end of A ({a_size} bytes)"
+                )));
+            }
+            copy_end = end as u64;
+            pending.push(Pending::Copy {
+                offset: offset as u64,
+                len,
+            });
+        }
+        if produced != b_size {
+            return Err(bad(format!(
+                "operations produce {produced} bytes, B has {b_size}"
+            )));
+        }
+        let codec = reader.take(1, "the data section")?[0];
+        let stored = reader.varint("the data section")?;
+        let stored = usize::try_from(stored)
+            .ok()
+            .filter(|&n| n == bytes.len() - reader.at)
+            .ok_or_else(|| {
+                bad(format!(
+                    "its data section claims {stored} bytes, but {} follow",
+                    bytes.len() - reader.at
+                ))
+            })?;
+        let section = reader.take(stored, "the data section")?;
+        let literals = match codec {
+            DATA_RAW => section.to_vec(),
+            DATA_ZSTD => {
+                let mut out = Vec::new();
+                let decoder = zstd::stream::read::Decoder::with_buffer(section)
+                    .map_err(|e| bad(format!("its data section: {e}")))?;
+                decoder
+                    .take(literal_total.saturating_add(1))
+                    .read_to_end(&mut out)
+                    .map_err(|e| bad(format!("its data section does not decompress: {e}")))?;
+                out
+            }
+            other => return Err(bad(format!("its data section has unknown codec {other}"))),
+        };
+        if literals.len() as u64 != literal_total {
+            return Err(bad(format!(
+                "its data section holds {} bytes, the operations take {literal_total}",
+                literals.len()
+            )));
+        }
+        let mut from = 0usize;
+        let ops = pending
+            .into_iter()
+            .map(|op| match op {
+                Pending::Copy { offset, len } => PatchOp::Copy { offset, len },
+                Pending::Data(len) => {
+                    let piece = literals[from..from + len as usize].to_vec();
+                    from += len as usize;
+                    PatchOp::Data(piece)
+                }
+            })
+            .collect();
+        Ok(Patch {
+            a_size,
+            b_size,
+            a_sha256,
+            b_sha256,
+            ops,
+        })
+    }
+
     /// Checks that `a` is the A this patch was made from.
     pub fn check_a(&self, a_path: &Path, a: &[u8], patch_path: &Path) -> Result<()> {
         let a_sha = crate::analysis::sha256(a);
-        if a.len() as u64 != self.a_size || a_sha != self.a_sha256 {
+        if a.len() as u64 != self.a_size || !a_sha.starts_with(&self.a_sha256) {
             return Err(Error::malformed(
                 a_path,
                 format!(
                     "is not the A this patch was made from (patch {}: {} bytes, SHA-256 {}; this A: {} bytes, SHA-256 {})",
                     patch_path.display(),
                     self.a_size,
-                    hex::encode(self.a_sha256),
+                    hex::encode(&self.a_sha256),
                     a.len(),
                     hex::encode(a_sha)
                 ),
@@ -219,10 +439,10 @@ impl Patch {
 
     /// Fails unless `b_sha` is the SHA-256 of B the patch records.
     pub fn check_b(&self, patch_path: &Path, b_sha: [u8; 32]) -> Result<()> {
-        if b_sha != self.b_sha256 {
+        if !b_sha.starts_with(&self.b_sha256) {
             return Err(Error::HashMismatch {
                 path: patch_path.to_path_buf(),
-                expected: hex::encode(self.b_sha256),
+                expected: hex::encode(&self.b_sha256),
                 actual: hex::encode(b_sha),
             });
         }
@@ -241,8 +461,8 @@ mod tests {
         let patch = Patch {
             a_size: a.len() as u64,
             b_size: b.len() as u64,
-            a_sha256: crate::analysis::sha256(&a),
-            b_sha256: crate::analysis::sha256(&b),
+            a_sha256: crate::analysis::sha256(&a).to_vec(),
+            b_sha256: crate::analysis::sha256(&b).to_vec(),
             ops: vec![
                 PatchOp::Copy { offset: 0, len: 5 },
                 PatchOp::Data(b" there".to_vec()),
@@ -255,15 +475,70 @@ mod tests {
         assert_eq!(patch.encoded_len(), bytes.len() as u64);
         let p = Path::new("x.patch");
         let back = Patch::parse(p, &bytes).unwrap();
-        assert_eq!(back, patch);
+        assert_eq!((back.a_size, back.b_size), (patch.a_size, patch.b_size));
+        assert_eq!(back.ops, patch.ops);
+        assert_eq!(back.a_sha256, patch.a_sha256[..A_CHECK_BYTES]);
+        assert_eq!(back.b_sha256, patch.b_sha256[..B_CHECK_BYTES]);
         assert_eq!(back.apply(Path::new("a"), &a, p).unwrap(), b);
         assert!(back.apply(Path::new("a"), b"other", p).is_err());
         for cut in 0..bytes.len() {
             assert!(Patch::parse(p, &bytes[..cut]).is_err(), "cut at {cut}");
         }
-        let mut evil = bytes.clone();
-        evil[8 + 8 + 8 + 64 + 8 + 1] = 200; // first copy's offset far past A
+        let mut evil = patch.clone();
+        evil.ops[2] = PatchOp::Copy { offset: 9, len: 7 }; // past A's 12 bytes
+        let evil = evil.encode();
         assert!(Patch::parse(p, &evil)
+            .unwrap_err()
+            .to_string()
+            .contains("past the end"));
+        // A data section that decompresses to far more than the operations take is cut off
+        // after one byte too many, never inflated whole.
+        let mut bytes = MAGIC.to_vec();
+        put_varint(&mut bytes, a.len() as u64);
+        put_varint(&mut bytes, b.len() as u64);
+        bytes.extend_from_slice(&patch.a_sha256[..A_CHECK_BYTES]);
+        bytes.extend_from_slice(&patch.b_sha256[..B_CHECK_BYTES]);
+        put_varint(&mut bytes, 1);
+        put_varint(&mut bytes, ((b.len() as u64) << 1) | 1);
+        let header = bytes.clone();
+        let packed = zstd::bulk::compress(&vec![0u8; 50 << 20], 19).unwrap();
+        bytes.push(DATA_ZSTD);
+        put_varint(&mut bytes, packed.len() as u64);
+        bytes.extend_from_slice(&packed);
+        let err = Patch::parse(p, &bytes).unwrap_err().to_string();
+        assert!(err.contains("data section holds 20 bytes"), "{err}");
+        // A data section shorter than the operations take.
+        let mut short = header;
+        short.push(DATA_RAW);
+        put_varint(&mut short, 3);
+        short.extend_from_slice(b"abc");
+        let err = Patch::parse(p, &short).unwrap_err().to_string();
+        assert!(err.contains("data section holds 3 bytes"), "{err}");
+        // A version 1 patch (fixed-width fields, data inline) still reads and applies.
+        let mut v1 = MAGIC_V1.to_vec();
+        v1.extend_from_slice(&(a.len() as u64).to_le_bytes());
+        v1.extend_from_slice(&(b.len() as u64).to_le_bytes());
+        v1.extend_from_slice(&patch.a_sha256);
+        v1.extend_from_slice(&patch.b_sha256);
+        v1.extend_from_slice(&4u64.to_le_bytes());
+        for op in &patch.ops {
+            match op {
+                PatchOp::Copy { offset, len } => {
+                    v1.push(OP_COPY);
+                    v1.extend_from_slice(&offset.to_le_bytes());
+                    v1.extend_from_slice(&len.to_le_bytes());
+                }
+                PatchOp::Data(d) => {
+                    v1.push(OP_DATA);
+                    v1.extend_from_slice(&(d.len() as u64).to_le_bytes());
+                    v1.extend_from_slice(d);
+                }
+            }
+        }
+        assert_eq!(Patch::parse(p, &v1).unwrap(), patch);
+        let mut evil_v1 = v1.clone();
+        evil_v1[8 + 8 + 8 + 64 + 8 + 1] = 200; // first copy's offset far past A
+        assert!(Patch::parse(p, &evil_v1)
             .unwrap_err()
             .to_string()
             .contains("past the end"));
