@@ -75,12 +75,6 @@ struct Chunk {
     hash: u128,
 }
 
-impl Chunk {
-    fn span(&self) -> (u64, u64) {
-        (self.offset as u64, (self.offset + self.len) as u64)
-    }
-}
-
 /// FastCDC sizes for a comparison block: chunks average one block.
 fn cut(data: &[u8], block: usize) -> Vec<Chunk> {
     let avg = (block as u32).clamp(256, 1 << 20);
@@ -97,31 +91,6 @@ fn cut(data: &[u8], block: usize) -> Vec<Chunk> {
             hash: xxh3_128(&data[offset..offset + len]),
         })
         .collect()
-}
-
-/// Indices (into `seq`) of a longest strictly increasing subsequence.
-fn longest_increasing(seq: &[usize]) -> Vec<usize> {
-    let mut tails: Vec<usize> = Vec::new(); // index into seq of the smallest tail per length
-    let mut prev = vec![usize::MAX; seq.len()];
-    for (i, &v) in seq.iter().enumerate() {
-        let at = tails.partition_point(|&t| seq[t] < v);
-        if at > 0 {
-            prev[i] = tails[at - 1];
-        }
-        if at == tails.len() {
-            tails.push(i);
-        } else {
-            tails[at] = i;
-        }
-    }
-    let mut out = Vec::with_capacity(tails.len());
-    let mut at = tails.last().copied().unwrap_or(usize::MAX);
-    while at != usize::MAX {
-        out.push(at);
-        at = prev[at];
-    }
-    out.reverse();
-    out
 }
 
 /// Aligns `a` and `b` at about `block`-byte granularity.
@@ -148,80 +117,153 @@ pub fn align(a: &[u8], b: &[u8], block: usize) -> Alignment {
                 .min_by_key(|&i| i.abs_diff(expected))
         })
         .collect();
-    let matched: Vec<usize> = (0..cb.len()).filter(|&j| candidate[j].is_some()).collect();
-    let sequence: Vec<usize> = matched
-        .iter()
-        .map(|&j| candidate[j].expect("matched"))
-        .collect();
-    let mut in_order = vec![false; cb.len()];
-    for k in longest_increasing(&sequence) {
-        in_order[matched[k]] = true;
-    }
-
-    let mut out = Alignment::default();
-    // Walk B; between in-order anchors, unmatched A chunks and unmatched B chunks pair up.
-    let mut next_a = 0usize;
-    let mut pending_b: Option<(u64, u64)> = None;
-    // Unmatched B content pairs with the first stretch of A gone from between the same
-    // anchors (replaced); any further stretches were deleted.
-    let flush =
-        |out: &mut Alignment, pending_b: &mut Option<(u64, u64)>, a_gaps: Vec<(u64, u64)>| {
-            let mut gaps = a_gaps.into_iter();
-            match (pending_b.take(), gaps.next()) {
-                (Some(b_span), Some(a_span)) => replaced(&mut out.ranges, a, b, a_span, b_span),
-                (Some(b), None) => push_range(&mut out.ranges, Change::Inserted, None, Some(b)),
-                (None, Some(a)) => push_range(&mut out.ranges, Change::Deleted, Some(a), None),
-                (None, None) => {}
-            }
-            for a in gaps {
-                push_range(&mut out.ranges, Change::Deleted, Some(a), None);
-            }
-        };
-    // A chunk some B chunk copies (in order or moved) did not go away.
-    let mut a_used = vec![false; ca.len()];
-    for &i in candidate.iter().flatten() {
-        a_used[i] = true;
-    }
-    // The stretches of A between two anchors that no B chunk took.
-    let a_gaps = |from: usize, to: usize| -> Vec<(u64, u64)> {
-        let mut gaps: Vec<(u64, u64)> = Vec::new();
-        for i in (from..to).filter(|&i| !a_used[i]) {
-            let (start, end) = ca[i].span();
-            match gaps.last_mut() {
-                Some(last) if last.1 == start => last.1 = end,
-                _ => gaps.push((start, end)),
-            }
-        }
-        gaps
-    };
+    // B as operations: a copy for each matched chunk (in order or moved), data for the rest;
+    // then refined to bytes, and the ranges read off the refined operations.
+    let mut ops = Vec::new();
     for (j, c) in cb.iter().enumerate() {
-        let span = c.span();
         match candidate[j] {
-            Some(i) => {
-                // An in-order match is an anchor: what lies before it is replaced content.
-                let kind = if in_order[j] {
-                    flush(&mut out, &mut pending_b, a_gaps(next_a, i));
-                    next_a = i + 1;
-                    Change::Unchanged
-                } else {
-                    flush(&mut out, &mut pending_b, Vec::new());
-                    Change::Moved
-                };
-                push_range(&mut out.ranges, kind, Some(ca[i].span()), Some(span));
-                push_copy(&mut out.ops, ca[i].offset as u64, c.len as u64);
+            Some(i) => push_copy(&mut ops, ca[i].offset as u64, c.len as u64),
+            None => push_data(&mut ops, &b[c.offset..c.offset + c.len]),
+        }
+    }
+    let ops = refine(a, ops);
+    Alignment {
+        ranges: ranges_from_ops(a, b, &ops),
+        ops,
+    }
+}
+
+/// For each copy (A offset, length), in B order: whether it is in place, on the heaviest
+/// chain of copies whose A ranges ascend (most bytes kept in order), or moved.
+fn in_place(copies: &[(u64, u64)]) -> Vec<bool> {
+    // best[i]: bytes of the heaviest ascending chain ending with copy i. A Fenwick tree over
+    // the sorted A ends answers "heaviest chain ending at or before this offset" in log time.
+    let mut ends: Vec<u64> = copies.iter().map(|&(o, l)| o + l).collect();
+    ends.sort_unstable();
+    ends.dedup();
+    let mut tree: Vec<(u64, usize)> = vec![(0, usize::MAX); ends.len() + 1];
+    let mut best = vec![0u64; copies.len()];
+    let mut before = vec![usize::MAX; copies.len()];
+    for (i, &(offset, len)) in copies.iter().enumerate() {
+        // Chains through copies whose A range ends at or before `offset`.
+        let mut at = ends.partition_point(|&e| e <= offset);
+        let mut found = (0u64, usize::MAX);
+        while at > 0 {
+            if tree[at].0 > found.0 {
+                found = tree[at];
             }
-            None => {
-                pending_b = Some(match pending_b {
-                    Some((s, _)) => (s, span.1),
-                    None => span,
-                });
-                push_data(&mut out.ops, &b[c.offset..c.offset + c.len]);
+            at &= at - 1;
+        }
+        best[i] = found.0 + len;
+        before[i] = found.1;
+        let mut at = ends.partition_point(|&e| e < offset + len) + 1;
+        while at < tree.len() {
+            if best[i] > tree[at].0 {
+                tree[at] = (best[i], i);
+            }
+            at += at & at.wrapping_neg();
+        }
+    }
+    let mut keep = vec![false; copies.len()];
+    let mut at = (0..copies.len())
+        .max_by_key(|&i| best[i])
+        .unwrap_or(usize::MAX);
+    while at != usize::MAX {
+        keep[at] = true;
+        at = before[at];
+    }
+    keep
+}
+
+/// The comparison's ranges, read off refined operations: copies on the heaviest ascending chain
+/// are unchanged, other copies moved (one range each, with both offsets); data between two
+/// in-place copies pairs with the stretch of A between them that no copy took (changed, and
+/// the longer side's rest inserted or deleted); stretches of A no copy took are deleted.
+fn ranges_from_ops(a: &[u8], b: &[u8], ops: &[PatchOp]) -> Vec<DeltaRange> {
+    let copies: Vec<(u64, u64)> = ops
+        .iter()
+        .filter_map(|op| match op {
+            PatchOp::Copy { offset, len } => Some((*offset, *len)),
+            PatchOp::Data(_) => None,
+        })
+        .collect();
+    let keep = in_place(&copies);
+    // What of A some copy takes, as sorted disjoint ranges.
+    let mut taken: Vec<(u64, u64)> = copies.iter().map(|&(o, l)| (o, o + l)).collect();
+    taken.sort_unstable();
+    let mut covered: Vec<(u64, u64)> = Vec::with_capacity(taken.len());
+    for (start, end) in taken {
+        match covered.last_mut() {
+            Some(last) if start <= last.1 => last.1 = last.1.max(end),
+            _ => covered.push((start, end)),
+        }
+    }
+    // The stretches of A in [from, to) that no copy takes.
+    let gaps = |from: u64, to: u64| -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        let mut at = from;
+        let first = covered.partition_point(|&(_, end)| end <= from);
+        for &(start, end) in &covered[first..] {
+            if start >= to {
+                break;
+            }
+            if start > at {
+                out.push((at, start));
+            }
+            at = at.max(end);
+        }
+        if at < to {
+            out.push((at, to));
+        }
+        out
+    };
+    let mut ranges = Vec::new();
+    let mut pending: Option<(u64, u64)> = None;
+    let flush = |ranges: &mut Vec<DeltaRange>,
+                 pending: &mut Option<(u64, u64)>,
+                 a_gaps: Vec<(u64, u64)>| {
+        let mut a_gaps = a_gaps.into_iter();
+        match (pending.take(), a_gaps.next()) {
+            (Some(b_span), Some(a_span)) => replaced(ranges, a, b, a_span, b_span),
+            (Some(b_span), None) => push_range(ranges, Change::Inserted, None, Some(b_span)),
+            (None, Some(a_span)) => push_range(ranges, Change::Deleted, Some(a_span), None),
+            (None, None) => {}
+        }
+        for a_span in a_gaps {
+            push_range(ranges, Change::Deleted, Some(a_span), None);
+        }
+    };
+    let (mut next_a, mut at_b, mut copy_index) = (0u64, 0u64, 0usize);
+    for op in ops {
+        match op {
+            PatchOp::Copy { offset, len } => {
+                let b_span = (at_b, at_b + len);
+                let a_span = (*offset, offset + len);
+                if keep[copy_index] {
+                    flush(&mut ranges, &mut pending, gaps(next_a, *offset));
+                    next_a = offset + len;
+                    push_range(&mut ranges, Change::Unchanged, Some(a_span), Some(b_span));
+                } else {
+                    flush(&mut ranges, &mut pending, Vec::new());
+                    ranges.push(DeltaRange {
+                        kind: Change::Moved,
+                        a: Some(a_span),
+                        b: Some(b_span),
+                        differing_bytes: None,
+                    });
+                }
+                copy_index += 1;
+                at_b += len;
+            }
+            PatchOp::Data(data) => {
+                let end = at_b + data.len() as u64;
+                pending = Some(pending.map_or((at_b, end), |(start, _)| (start, end)));
+                at_b = end;
             }
         }
     }
-    flush(&mut out, &mut pending_b, a_gaps(next_a, ca.len()));
-    out.ops = refine(a, std::mem::take(&mut out.ops));
-    out
+    flush(&mut ranges, &mut pending, gaps(next_a, a.len() as u64));
+    ranges
 }
 
 /// Content replaced between two anchors: the bytes both ends share are unchanged, as much of
@@ -609,7 +651,8 @@ mod tests {
     fn a_changed_range_counts_only_the_bytes_that_differ() {
         let a = noise(200_000, 11);
         let mut b = a.clone();
-        // Two one-byte edits 100 bytes apart: one changed range of 101 bytes, 2 of them differ.
+        // Two one-byte edits 100 bytes apart: two changed ranges of one byte each (the 99
+        // bytes between them are copied).
         b[100_000] ^= 0xff;
         b[100_100] ^= 0x01;
         let al = align(&a, &b, 4096);
@@ -618,18 +661,94 @@ mod tests {
             .iter()
             .filter(|r| r.kind == Change::Changed)
             .collect();
-        assert_eq!(changed.len(), 1, "{:?}", al.ranges);
-        assert_eq!(changed[0].b, Some((100_000, 100_101)));
-        assert_eq!(changed[0].differing_bytes, Some(2));
+        assert_eq!(changed.len(), 2, "{:?}", al.ranges);
+        assert_eq!(changed[0].b, Some((100_000, 100_001)));
+        assert_eq!(changed[1].b, Some((100_100, 100_101)));
+        assert_eq!(changed[0].differing_bytes, Some(1));
         assert_eq!(count_differing(&a, &b), 2);
         assert_eq!(count_differing(&a[..7], &b[..3]), 0);
     }
 
     #[test]
-    fn lis_is_longest() {
-        let seq = [3, 1, 2, 9, 4, 5, 0];
-        let idx = longest_increasing(&seq);
-        let vals: Vec<usize> = idx.iter().map(|&i| seq[i]).collect();
-        assert_eq!(vals, [1, 2, 4, 5]);
+    fn the_heaviest_ascending_chain_stays_in_place() {
+        // Three small copies ascend, one large copy breaks them: bytes decide, not counts.
+        let copies = [(0, 10), (1000, 5000), (20, 10), (40, 10), (6000, 10)];
+        assert_eq!(in_place(&copies), [true, true, false, false, true]);
+        let copies = [(0, 10), (1000, 50), (20, 10), (40, 10), (6000, 10)];
+        assert_eq!(in_place(&copies), [true, true, false, false, true]);
+        let copies = [(0, 10), (1000, 5), (20, 10), (40, 10), (6000, 10)];
+        assert_eq!(in_place(&copies), [true, false, true, true, true]);
+    }
+
+    /// The ranges other than unchanged ones, as (kind, A range, B range).
+    fn changes(al: &Alignment) -> Vec<(Change, Option<(u64, u64)>, Option<(u64, u64)>)> {
+        al.ranges
+            .iter()
+            .filter(|r| r.kind != Change::Unchanged)
+            .map(|r| (r.kind, r.a, r.b))
+            .collect()
+    }
+
+    #[test]
+    fn reports_are_exact() {
+        let n = 4 << 20;
+        let a = noise(n, 11);
+        // Every byte of an overwrite differs from A's, so no edge of it could be kept.
+        let flipped = |r: std::ops::Range<usize>| a[r].iter().map(|x| !x).collect::<Vec<u8>>();
+        let mut b = a.clone();
+        b[1_000_000..1_004_096].copy_from_slice(&flipped(1_000_000..1_004_096));
+        let al = align(&a, &b, 4096);
+        assert_eq!(
+            changes(&al),
+            [(
+                Change::Changed,
+                Some((1_000_000, 1_004_096)),
+                Some((1_000_000, 1_004_096))
+            )]
+        );
+        assert_eq!(
+            al.ranges
+                .iter()
+                .find(|r| r.kind == Change::Changed)
+                .unwrap()
+                .differing_bytes,
+            Some(4096)
+        );
+        // A 12 KiB insertion is one inserted range.
+        let mut c = a[..2_000_000].to_vec();
+        c.extend(noise(12_288, 12).iter().map(|x| x | 1));
+        c.extend_from_slice(&a[2_000_000..]);
+        // (The inserted bytes' ends differ from A's bytes on both sides of the cut.)
+        c[2_000_000] = !a[2_000_000];
+        c[2_012_287] = !a[1_999_999];
+        let al = align(&a, &c, 4096);
+        assert_eq!(
+            changes(&al),
+            [(Change::Inserted, None, Some((2_000_000, 2_012_288)))]
+        );
+        // 100 KB deleted is one deleted range.
+        let mut d = a[..3_000_000].to_vec();
+        d.extend_from_slice(&a[3_100_000..]);
+        let al = align(&a, &d, 4096);
+        assert_eq!(
+            changes(&al),
+            [(Change::Deleted, Some((3_000_000, 3_100_000)), None)]
+        );
+        // 1 MiB moved from 1/8 to 7/8 is one move with both offsets, nothing deleted.
+        let (from, len, to) = (n / 8, 1 << 20, n * 7 / 8);
+        let mut e = a[..from].to_vec();
+        e.extend_from_slice(&a[from + len..to]);
+        e.extend_from_slice(&a[from..from + len]);
+        e.extend_from_slice(&a[to..]);
+        let al = align(&a, &e, 4096);
+        let (from, len, to) = (from as u64, len as u64, to as u64);
+        assert_eq!(
+            changes(&al),
+            [(
+                Change::Moved,
+                Some((from, from + len)),
+                Some((to - len, to))
+            )]
+        );
     }
 }

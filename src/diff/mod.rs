@@ -666,6 +666,7 @@ pub fn write_diff_in_series(
     let (mut report, alignment) = compare(backend, a, b, opts, series)?;
     let image = preview::render_delta(
         backend,
+        &a.bytes,
         &b.bytes,
         &alignment.ranges,
         &b.regions,

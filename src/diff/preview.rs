@@ -1,5 +1,6 @@
-//! `delta.png`: the newer state in byte-class colours, dimmed where unchanged, changed and
-//! inserted blocks highlighted, moved blocks in their own colour, region outlines and a legend.
+//! `delta.png`: A and B side by side in byte-class colours, dimmed where unchanged; deletions
+//! marked on A, changes and insertions on B, moves on both; small changes ringed, region
+//! outlines on B, and a legend.
 
 use super::align::{Change, DeltaRange};
 use super::NamedRange;
@@ -16,13 +17,29 @@ pub const MOVED_COLOUR: [u8; 3] = [0xc0, 0x50, 0xff];
 /// Unchanged bytes are shown dimmed; the legend's swatch is a dim gray.
 const UNCHANGED_SWATCH: [u8; 3] = [0x40, 0x40, 0x40];
 
-/// What a preview pixel shows, strongest first when its bytes mix.
+pub const DELETED_COLOUR: [u8; 3] = [0xff, 0x40, 0x40];
+/// Pixels between the two sides.
+const GAP: usize = 8;
+/// At most this many changes get a marker (the rest are still tinted).
+const MAX_MARKERS: usize = 4096;
+
+/// What a preview pixel shows, strongest first when its bytes mix (0: nothing to show).
 fn status_rank(kind: Change) -> u8 {
     match kind {
-        Change::Unchanged | Change::Deleted => 0,
+        Change::Unchanged => 0,
         Change::Moved => 1,
         Change::Inserted => 2,
         Change::Changed => 3,
+        Change::Deleted => 4,
+    }
+}
+
+fn rank_colour(rank: u8) -> [u8; 3] {
+    match rank {
+        1 => MOVED_COLOUR,
+        2 => INSERTED_COLOUR,
+        3 => CHANGED_COLOUR,
+        _ => DELETED_COLOUR,
     }
 }
 
@@ -32,18 +49,59 @@ fn tint(px: &mut [u8], colour: [u8; 3], amount: u16) {
     }
 }
 
-/// Renders the delta of B (`b`) given the alignment's ranges (B offsets).
+/// Renders `delta.png`: A on the left, with what was deleted (and moved or changed) marked at
+/// its A offsets, and B on the right, with what was changed, inserted and moved marked at its
+/// B offsets; a legend below. A change smaller than a few pixels also gets a ring around it, so
+/// a 4-byte edit is visible at any preview size.
 pub fn render_delta(
     backend: &Backend,
+    a: &[u8],
     b: &[u8],
     ranges: &[DeltaRange],
     regions: &[NamedRange],
     side: u32,
 ) -> Result<PreviewImage> {
-    let order = order_for_cells(b.len() as u64);
+    // One curve order for both, so a byte range has the same size on each side.
+    let order = order_for_cells(a.len().max(b.len()) as u64);
+    let left = render_side(backend, a, order, ranges, |r| r.a, &[], side)?;
+    let right = render_side(backend, b, order, ranges, |r| r.b, regions, side)?;
+    let height = left.height.max(right.height) as usize;
+    let (lw, rw) = (left.width as usize, right.width as usize);
+    let width = lw + GAP + rw;
+    let mut rgba = vec![0u8; width * height * 4];
+    for px in rgba.chunks_exact_mut(4) {
+        px.copy_from_slice(&[0x10, 0x10, 0x10, 0xff]);
+    }
+    for (image, x0) in [(&left, 0usize), (&right, lw + GAP)] {
+        let w = image.width as usize;
+        for y in 0..image.height as usize {
+            let row = &image.rgba[y * w * 4..(y + 1) * w * 4];
+            rgba[(y * width + x0) * 4..(y * width + x0 + w) * 4].copy_from_slice(row);
+        }
+    }
+    let mut image = PreviewImage {
+        width: width as u32,
+        height: height as u32,
+        rgba,
+    };
+    add_legend(&mut image);
+    Ok(image)
+}
+
+/// One side of the delta: its bytes dimmed, the ranges' cells at `span(range)` tinted by kind,
+/// rings around small changes, and `regions` outlined.
+fn render_side(
+    backend: &Backend,
+    bytes: &[u8],
+    order: u32,
+    ranges: &[DeltaRange],
+    span: impl Fn(&DeltaRange) -> Option<(u64, u64)>,
+    regions: &[NamedRange],
+    side: u32,
+) -> Result<PreviewImage> {
     let mut image = preview::render(
         backend,
-        b,
+        bytes,
         Layout::Brick,
         order,
         Palette::Byteclass,
@@ -55,19 +113,27 @@ pub fn render_delta(
     let run_len = 1u64 << (2 * (order - stats_order));
     let runs = 1usize << (2 * stats_order);
     let mut status = vec![0u8; runs];
+    let mut markers: Vec<(u64, u8)> = Vec::new();
     for r in ranges {
-        let Some((start, end)) = r.b else { continue };
+        let Some((start, end)) = span(r) else {
+            continue;
+        };
         let rank = status_rank(r.kind);
         if rank == 0 || start >= end {
             continue;
         }
-        for run in (start / run_len)..end.div_ceil(run_len).min(runs as u64) {
+        let (first, last) = (start / run_len, end.div_ceil(run_len).min(runs as u64));
+        for run in first..last {
             let s = &mut status[run as usize];
             *s = (*s).max(rank);
         }
+        // A change of up to an 8x8 block of cells is a dot at best: ring it.
+        if last - first <= 64 && markers.len() < MAX_MARKERS {
+            markers.push((first, rank));
+        }
     }
     preview::for_each_cell(&mut image, stats_order, |run, px| {
-        if run as u64 * run_len >= b.len() as u64 {
+        if run as u64 * run_len >= bytes.len() as u64 {
             return; // padding stays as rendered
         }
         match status[run] {
@@ -76,11 +142,18 @@ pub fn render_delta(
                     *c = (u16::from(*c) * 90 / 256) as u8;
                 }
             }
-            1 => tint(px, MOVED_COLOUR, 200),
-            2 => tint(px, INSERTED_COLOUR, 200),
-            _ => tint(px, CHANGED_COLOUR, 200),
+            rank => tint(px, rank_colour(rank), 200),
         }
     });
+    let scale = image.width as usize >> stats_order;
+    for (run, rank) in markers {
+        let (x, y) = crate::curve::d2xy(stats_order, run);
+        let centre = (
+            x as usize * scale + scale / 2,
+            y as usize * scale + scale / 2,
+        );
+        ring(&mut image, centre, rank_colour(rank));
+    }
     let labelled: Vec<LabelledRange> = regions
         .iter()
         .map(|r| LabelledRange {
@@ -89,13 +162,34 @@ pub fn render_delta(
             end: r.end,
         })
         .collect();
-    let mut image = if labelled.is_empty() {
+    Ok(if labelled.is_empty() {
         image
     } else {
         preview::outline(image, Layout::Brick, order, &labelled)
-    };
-    add_legend(&mut image);
-    Ok(image)
+    })
+}
+
+/// A square ring around `centre`, a sixty-fourth of the picture across (at least 9 pixels),
+/// two pixels thick, in `colour`.
+fn ring(image: &mut PreviewImage, centre: (usize, usize), colour: [u8; 3]) {
+    let (width, height) = (image.width as usize, image.height as usize);
+    let radius = (width / 128).max(4);
+    let (cx, cy) = (centre.0 as isize, centre.1 as isize);
+    let r = radius as isize;
+    for dy in -r..=r {
+        for dx in -r..=r {
+            let edge = dx.abs().max(dy.abs());
+            if edge < r - 1 {
+                continue;
+            }
+            let (x, y) = (cx + dx, cy + dy);
+            if x < 0 || y < 0 || x as usize >= width || y as usize >= height {
+                continue;
+            }
+            let at = (y as usize * width + x as usize) * 4;
+            image.rgba[at..at + 3].copy_from_slice(&colour);
+        }
+    }
 }
 
 /// The colours' legend, under the regions' one: wrapped into rows on small pictures, at most half
@@ -106,7 +200,8 @@ fn add_legend(image: &mut PreviewImage) {
     let items: Vec<(String, Option<[u8; 3]>)> = [
         ("unchanged", UNCHANGED_SWATCH),
         ("changed", CHANGED_COLOUR),
-        ("inserted", INSERTED_COLOUR),
+        ("inserted (B)", INSERTED_COLOUR),
+        ("deleted (A)", DELETED_COLOUR),
         ("moved", MOVED_COLOUR),
     ]
     .into_iter()

@@ -490,3 +490,84 @@ fn sides_of_different_lengths_count_the_common_bytes_and_the_length_difference()
     assert_eq!(total(&report, "changed"), 2);
     assert_eq!(total(&report, "inserted"), 1234);
 }
+
+/// The RGBA pixels of a PNG and its width.
+fn pixels(path: &Path) -> (Vec<u8>, usize) {
+    let mut reader = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()))
+        .read_info()
+        .unwrap();
+    let mut rgba = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut rgba).unwrap();
+    (rgba, info.width as usize)
+}
+
+/// Pixels of `colour` (each channel within 48 of it: tinted cells mix in a little of the byte
+/// colour) in the columns `columns` of a picture `width` wide.
+fn count_colour(
+    rgba: &[u8],
+    width: usize,
+    columns: std::ops::Range<usize>,
+    colour: [u8; 3],
+) -> usize {
+    rgba.chunks_exact(4)
+        .enumerate()
+        .filter(|(i, p)| {
+            columns.contains(&(i % width)) && p.iter().zip(colour).all(|(x, c)| x.abs_diff(c) <= 48)
+        })
+        .count()
+}
+
+#[test]
+fn delta_png_rings_a_four_byte_edit_and_shows_deletions_on_a() {
+    let dir = tempfile::tempdir().unwrap();
+    let a_bytes = sample_bytes(1 << 20, 21);
+    // Four bytes changed, each unlike A's, and 100,000 bytes deleted further on.
+    let mut b_bytes = a_bytes[..700_000].to_vec();
+    b_bytes.extend_from_slice(&a_bytes[800_000..]);
+    for k in 0..4 {
+        b_bytes[300_000 + k] = !a_bytes[300_000 + k];
+    }
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::write(&a, &a_bytes).unwrap();
+    std::fs::write(&b, &b_bytes).unwrap();
+    let out = dir.path().join("d");
+    let report = ok_json(&[
+        "diff",
+        s(&a),
+        s(&b),
+        "-o",
+        s(&out),
+        "--backend",
+        "cpu",
+        "--preview-side",
+        "256",
+    ]);
+    // The report is exact: one changed range of four bytes, one deleted range of 100,000.
+    let changes: Vec<&Value> = report["ranges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] != "unchanged")
+        .collect();
+    assert_eq!(changes.len(), 2, "{changes:?}");
+    assert_eq!(changes[0]["kind"], "changed");
+    assert_eq!(changes[0]["b"], serde_json::json!([300_000, 300_004]));
+    assert_eq!(changes[1]["kind"], "deleted");
+    assert_eq!(changes[1]["a"], serde_json::json!([700_000, 800_000]));
+    assert_eq!(total(&report, "deleted"), 100_000);
+    assert_eq!(total(&report, "changed"), 4);
+    // A on the left, B on the right, 256 pixels each with 8 between.
+    let (rgba, width) = pixels(&out.join("delta.png"));
+    assert_eq!(width, 256 + 8 + 256);
+    let changed = foundry_gpu::diff::preview::CHANGED_COLOUR;
+    let deleted = foundry_gpu::diff::preview::DELETED_COLOUR;
+    // Four bytes are a fraction of one 16-byte cell: the ring around them is what shows.
+    let ring = count_colour(&rgba, width, 264..520, changed);
+    assert!(ring >= 24, "the edit's ring on B: {ring} pixels");
+    // Deletions are on A's side only.
+    assert!(count_colour(&rgba, width, 0..256, deleted) > 100);
+    assert_eq!(
+        count_colour(&rgba[..width * 256 * 4], width, 264..520, deleted),
+        0
+    );
+}
