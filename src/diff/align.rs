@@ -680,8 +680,11 @@ mod tests {
         assert_eq!(in_place(&copies), [true, false, true, true, true]);
     }
 
-    /// The ranges other than unchanged ones, as (kind, A range, B range).
-    fn changes(al: &Alignment) -> Vec<(Change, Option<(u64, u64)>, Option<(u64, u64)>)> {
+    /// A range as (kind, A range, B range).
+    type Seen = (Change, Option<(u64, u64)>, Option<(u64, u64)>);
+
+    /// The ranges other than unchanged ones.
+    fn changes(al: &Alignment) -> Vec<Seen> {
         al.ranges
             .iter()
             .filter(|r| r.kind != Change::Unchanged)
