@@ -26,6 +26,13 @@ fn main() {
     println!("cargo::rustc-check-cfg=cfg(foundry_gpu_legs_off)");
     println!("cargo::rustc-check-cfg=cfg(foundry_no_vulkan_driver)");
     println!("cargo::rustc-check-cfg=cfg(foundry_not_root)");
+    println!("cargo::rustc-check-cfg=cfg(foundry_no_xdelta3)");
+    // The VCDIFF tests run Debian's real xdelta3 (`.ci/run` installs it); installing it
+    // changes /usr/bin, which re-runs this script.
+    println!("cargo::rerun-if-changed=/usr/bin");
+    if !Path::new("/usr/bin/xdelta3").exists() {
+        println!("cargo::rustc-cfg=foundry_no_xdelta3");
+    }
     // Tests that give files to another user, or run an attacker as one, need root: without
     // it cargo counts them as ignored, with the reason. (/proc/self is the builder's own.)
     let root = std::fs::metadata("/proc/self")

@@ -26,4 +26,5 @@ mod properties;
 mod tasks;
 mod tree;
 mod twins;
+mod vcdiff;
 mod watch;

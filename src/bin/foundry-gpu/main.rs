@@ -305,17 +305,20 @@ Types: convert_binary, convert_directory, crystallize_system, analyze_system (lo
         /// delta.png side in pixels (power of two, 16..=8192).
         #[arg(long, default_value_t = DEFAULT_PREVIEW_SIDE)]
         preview_side: u32,
+        /// Also write a-to-b.vcdiff (RFC 3284 VCDIFF), which `xdelta3 -d -s A` applies.
+        #[arg(long)]
+        vcdiff: bool,
         #[command(flatten)]
         engine: EngineArgs,
     },
-    /// Rebuild B from A and a patch made by `diff`, checking both SHA-256s.
+    /// Rebuild B from A and a patch made by `diff` (checking both SHA-256s), or a VCDIFF delta made by `xdelta3 -e` or `diff --vcdiff`.
     #[command(
-        after_help = "Examples:\n  foundry-gpu patch old/ls ls-delta/a-to-b.patch -o ls.new\n\nA is read as diff read it (a brick or snapshot gives the bytes it holds). Nothing is written unless A is the patch's A and the result is the patch's B."
+        after_help = "Examples:\n  foundry-gpu patch old/ls ls-delta/a-to-b.patch -o ls.new\n  foundry-gpu patch old/ls ls.xdelta -o ls.new      # made by xdelta3 -e -s old/ls new/ls ls.xdelta\n\nA is read as diff read it (a brick or snapshot gives the bytes it holds). Nothing is written unless A is the patch's A and the result is the patch's B."
     )]
     Patch {
         /// The older state the patch was made from.
         a: PathBuf,
-        /// The patch (a-to-b.patch).
+        /// The patch (a-to-b.patch), or a VCDIFF delta (a-to-b.vcdiff, xdelta3's output).
         patch: PathBuf,
         /// File to write, or - for standard output.
         #[arg(short, long)]
@@ -1420,12 +1423,14 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             output,
             block,
             preview_side,
+            vcdiff,
             ..
         } => {
             let backend = open_backend(global)?;
             let opts = foundry_gpu::diff::DiffOptions {
                 block,
                 preview_side,
+                vcdiff,
             };
             let report = foundry_gpu::diff::diff(&backend, &a, &b, &output, &opts)?;
             drop(bar);
@@ -1448,12 +1453,17 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 say(
                     streamed,
                     format_args!(
-                        "patched {} with {} -> {} ({}, SHA-256 {} verified)",
+                        "patched {} with {} -> {} ({}, SHA-256 {}{})",
                         a.display(),
                         patch.display(),
                         output.display(),
                         human_bytes(report.size),
-                        report.sha256
+                        report.sha256,
+                        if report.verified {
+                            " verified"
+                        } else {
+                            "; the delta records no checksum to verify it by"
+                        }
                     ),
                 );
             }
