@@ -142,11 +142,25 @@ fn patch_benches(c: &mut Criterion) {
         row.insert("foundry-gpu".into(), size(&ours).into());
         let xd: PathBuf = case.join("b.xdelta3");
         if xdelta3 {
-            let encode = [Path::new("-e"), Path::new("-f"), Path::new("-s"), &a, &b, &xd];
+            let encode = [
+                Path::new("-e"),
+                Path::new("-f"),
+                Path::new("-s"),
+                &a,
+                &b,
+                &xd,
+            ];
             group.bench_function(BenchmarkId::new("diff/xdelta3", name), |bench| {
                 bench.iter(|| run("xdelta3", &encode))
             });
-            let decode = [Path::new("-d"), Path::new("-f"), Path::new("-s"), &a, &xd, &rebuilt];
+            let decode = [
+                Path::new("-d"),
+                Path::new("-f"),
+                Path::new("-s"),
+                &a,
+                &xd,
+                &rebuilt,
+            ];
             group.bench_function(BenchmarkId::new("apply/xdelta3", name), |bench| {
                 bench.iter(|| run("xdelta3", &decode))
             });
@@ -188,7 +202,10 @@ fn patch_benches(c: &mut Criterion) {
             let bs = case.join("b.bsdiff");
             let started = std::time::Instant::now();
             run("bsdiff", &[&a, &b, &bs]);
-            eprintln!("bsdiff {name}: {:.2} s (one run)", started.elapsed().as_secs_f64());
+            eprintln!(
+                "bsdiff {name}: {:.2} s (one run)",
+                started.elapsed().as_secs_f64()
+            );
             row.insert("bsdiff".into(), size(&bs).into());
         }
         sizes.insert(name.clone(), row.into());

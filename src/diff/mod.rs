@@ -772,8 +772,23 @@ pub fn apply_patch(
         ));
     }
     crate::format::staged::check_output_file(output)?;
-    let a = load_side(backend, a_path)?;
     let bytes = crate::source::read_input(patch_path)?;
+    // A plain file is read piece by piece while B streams out: memory stays bounded whatever
+    // A's size. Bricks, images and snapshots are decoded whole, as `diff` read them.
+    if !a_path.is_dir()
+        && !vcdiff::is_vcdiff(&bytes)
+        && crate::format::detect(a_path)? == crate::format::FileKind::Raw
+    {
+        let patch = patch::Patch::parse(patch_path, &bytes)?;
+        let (file, _) = crate::source::open_input_file(a_path)?;
+        patch.check_a_file(a_path, &file, patch_path)?;
+        let mode =
+            crate::policy::output_mode_of(a_path) & crate::policy::output_mode_of(patch_path);
+        return write_patched(output, mode, &patch, patch_path, a_path, |w| {
+            patch.write_b_from_file(&file, w)
+        });
+    }
+    let a = load_side(backend, a_path)?;
     if vcdiff::is_vcdiff(&bytes) {
         return apply_vcdiff(&a, a_path, patch_path, &bytes, output);
     }
@@ -781,11 +796,26 @@ pub fn apply_patch(
     patch.check_a(a_path, &a.bytes, patch_path)?;
     // B holds A's bytes and the patch's: as private as the more private of them.
     let mode = a.output_mode & crate::policy::output_mode_of(patch_path);
+    write_patched(output, mode, &patch, patch_path, a_path, |w| {
+        patch.write_b(&a.bytes, w)
+    })
+}
+
+/// Streams B (`write_b` writes it and returns its SHA-256) into the staged `output`, keeping it
+/// only when its SHA-256 is the one `patch` records.
+fn write_patched(
+    output: &Path,
+    mode: u32,
+    patch: &patch::Patch,
+    patch_path: &Path,
+    a_path: &Path,
+    write_b: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<[u8; 32]>,
+) -> Result<PatchReport> {
     let mut staged = StagedOutputs::new().with_mode(mode);
-    // B streams into the staged file and is kept only when its SHA-256 is the recorded one.
     let mut b_sha = [0u8; 32];
+    let mut write_b = Some(write_b);
     staged.write(output, |w| {
-        b_sha = patch.write_b(&a.bytes, w)?;
+        b_sha = (write_b.take().expect("written once"))(w)?;
         Ok(())
     })?;
     patch.check_b(patch_path, b_sha)?;

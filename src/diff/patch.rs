@@ -22,6 +22,8 @@ const OP_COPY: u8 = 1;
 const OP_DATA: u8 = 2;
 /// Version 1: magic, two sizes, two hashes, the op count.
 const HEADER_LEN: u64 = 8 + 8 + 8 + 32 + 32 + 8;
+/// Bytes of A read at once when applying from a file.
+const PIECE: usize = 1 << 20;
 /// How the data section of a version 2 patch is stored.
 const DATA_RAW: u8 = 0;
 const DATA_ZSTD: u8 = 1;
@@ -420,6 +422,85 @@ impl Patch {
             for chunk in piece.chunks(1 << 20) {
                 hasher.update(chunk);
                 out.write_all(chunk)?;
+            }
+        }
+        Ok(hasher.finalize().into())
+    }
+
+    /// Checks, reading it piece by piece, that the file `a` (of `a_path`) is the A this patch
+    /// was made from.
+    pub fn check_a_file(&self, a_path: &Path, a: &std::fs::File, patch_path: &Path) -> Result<()> {
+        use sha2::Digest;
+        use std::os::unix::fs::FileExt;
+        let size = a
+            .metadata()
+            .map_err(|e| Error::io(a_path, "read", e))?
+            .len();
+        let mut hasher = sha2::Sha256::new();
+        let mut buffer = vec![0u8; PIECE.min(size as usize)];
+        let mut at = 0u64;
+        while at < size {
+            let n = buffer.len().min((size - at) as usize);
+            a.read_exact_at(&mut buffer[..n], at)
+                .map_err(|e| Error::io(a_path, "read", e))?;
+            hasher.update(&buffer[..n]);
+            at += n as u64;
+        }
+        let a_sha: [u8; 32] = hasher.finalize().into();
+        if size != self.a_size || !a_sha.starts_with(&self.a_sha256) {
+            return Err(Error::malformed(
+                a_path,
+                format!(
+                    "is not the A this patch was made from (patch {}: {} bytes, SHA-256 {}...; this A: {size} bytes, SHA-256 {})",
+                    patch_path.display(),
+                    self.a_size,
+                    hex::encode(&self.a_sha256),
+                    hex::encode(a_sha)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// [`Self::write_b`] reading A's copies from the file `a` with `pread`, a piece at a time:
+    /// memory stays at one piece and the patch, whatever A's size.
+    pub fn write_b_from_file(
+        &self,
+        a: &std::fs::File,
+        out: &mut dyn Write,
+    ) -> std::io::Result<[u8; 32]> {
+        use sha2::Digest;
+        use std::os::unix::fs::FileExt;
+        let mut hasher = sha2::Sha256::new();
+        let mut buffer = vec![0u8; PIECE];
+        let mut written = 0u64;
+        for op in &self.ops {
+            let len = match op {
+                PatchOp::Copy { len, .. } => *len,
+                PatchOp::Data(d) => d.len() as u64,
+            };
+            written = written.saturating_add(len);
+            if written > self.b_size {
+                return Err(std::io::Error::other(format!(
+                    "the operations produce more than B's {} bytes",
+                    self.b_size
+                )));
+            }
+            match op {
+                PatchOp::Copy { offset, len } => {
+                    let (mut at, end) = (*offset, offset + len);
+                    while at < end {
+                        let n = PIECE.min((end - at) as usize);
+                        a.read_exact_at(&mut buffer[..n], at)?;
+                        hasher.update(&buffer[..n]);
+                        out.write_all(&buffer[..n])?;
+                        at += n as u64;
+                    }
+                }
+                PatchOp::Data(d) => {
+                    hasher.update(d);
+                    out.write_all(d)?;
+                }
             }
         }
         Ok(hasher.finalize().into())

@@ -88,6 +88,13 @@ pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
         .ok_or_else(|| format!("{text:?} must be at least 1 byte and at most 16 EiB"))
 }
 
+/// Opens the input `path` for reading as every reader here does (refusing a directory, a socket,
+/// and a FIFO the user did not name; judged on what was opened under confinement), for a caller
+/// that reads it piece by piece with `pread`.
+pub fn open_input_file(path: &Path) -> Result<(File, std::fs::Metadata)> {
+    open_input(path)
+}
+
 /// Reads `path` whole into memory. `/proc` and `/sys` files report size 0, so anything that is
 /// not a regular file of known size is read to EOF, never sized by `stat`; either way at most
 /// `--max-input` bytes are held before the input is refused.
