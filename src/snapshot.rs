@@ -187,7 +187,7 @@ fn skip_reason_of(e: Error) -> SkipReason {
 
 fn read_whole(entry: &FileEntry) -> std::result::Result<ReadFile, SkipReason> {
     use std::os::unix::fs::MetadataExt;
-    let (mut file, meta) = crate::source::open_tree_entry(&entry.abs).map_err(skip_reason_of)?;
+    let (mut file, meta) = crate::source::open_tree_entry(entry).map_err(skip_reason_of)?;
     let mut bytes = Vec::with_capacity(entry.size.min(BATCH_BYTES) as usize);
     file.read_to_end(&mut bytes)
         .map_err(|e| SkipReason::from_io(&e))?;
@@ -339,7 +339,7 @@ pub fn snapshot(
             match stream_big_file(backend, entry, &names, out, opts, &mut district) {
                 Ok(mut record) => {
                     if let Some(client) = &opts.llm {
-                        if let Ok(bytes) = crate::source::read_tree_entry(&entry.abs) {
+                        if let Ok(bytes) = crate::source::read_tree_entry(entry) {
                             record.semantic =
                                 describe_files(client, &[(&record.path, &bytes)]).pop();
                         }
@@ -641,7 +641,7 @@ fn stream_big_file(
     } else {
         None
     };
-    let (mut file, meta) = crate::source::open_tree_entry(&entry.abs).map_err(skip_reason_of)?;
+    let (mut file, meta) = crate::source::open_tree_entry(entry).map_err(skip_reason_of)?;
     let offset = district.offset();
     district.set_source_mode(output_mode(std::os::unix::fs::MetadataExt::mode(&meta)));
     let mut hasher = Sha256::new();

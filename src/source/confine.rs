@@ -7,7 +7,7 @@
 use crate::error::{Error, Result};
 use rustix::fs::{Mode, OFlags, ResolveFlags, CWD};
 use std::fs::File;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
@@ -63,6 +63,32 @@ pub fn open(path: &Path, last: LastComponent) -> Result<File> {
             } else {
                 format!("{rule} (it opened as {})", real.display())
             },
+        })?;
+    }
+    Ok(file)
+}
+
+/// Opens `rel` beneath the folder `root` read-only, non-blocking and close-on-exec, the kernel
+/// refusing any symlink on the way (the last component included), any `..` out of `root` and
+/// any magic link; under [`confine_reads`], judges the real path of what was opened. `shown`
+/// names it in errors.
+pub fn open_beneath(root: &OwnedFd, rel: &Path, shown: &Path) -> Result<File> {
+    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY;
+    let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+    let opened = match rustix::fs::openat2(root, rel, flags, Mode::empty(), resolve) {
+        // Kernels before 5.6: no component may be a symlink, the last one checked here; the
+        // real-path judgement below still holds for the rest.
+        Err(rustix::io::Errno::NOSYS) => {
+            rustix::fs::openat(root, rel, flags | OFlags::NOFOLLOW, Mode::empty())
+        }
+        other => other,
+    };
+    let file = File::from(opened.map_err(|e| Error::io(shown, "read", e.into()))?);
+    if let Some(judge) = JUDGE.get() {
+        let real = real_path(&file).map_err(|e| Error::io(shown, "read", e))?;
+        judge.judge(&real).map_err(|rule| Error::Policy {
+            path: shown.to_path_buf(),
+            rule: format!("{rule} (it opened as {})", real.display()),
         })?;
     }
     Ok(file)

@@ -173,12 +173,17 @@ fn open_input(path: &Path) -> Result<(File, std::fs::Metadata)> {
     Ok((file, meta))
 }
 
-/// Opens a file met in a tree walk: never through a symlink (a link swapped in after the walk
-/// is refused, not followed), non-blocking, judged on what was opened under confinement, and
-/// only when it is still a regular file. Its `fstat` is what the caller must use for its size
-/// and mode, not the walk's `lstat`.
-pub fn open_tree_entry(path: &Path) -> Result<(File, std::fs::Metadata)> {
-    let file = confine::open(path, confine::LastComponent::NoFollow)?;
+/// Opens a file met in a tree walk: beneath its root's descriptor, through no symlink in any
+/// component (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`: a file or a folder on its
+/// way swapped for a link after the walk is refused, not followed), non-blocking, judged on what
+/// was opened under confinement, and only when it is still a regular file. Its `fstat` is what
+/// the caller must use for its size and mode, not the walk's `lstat`.
+pub fn open_tree_entry(entry: &tree::FileEntry) -> Result<(File, std::fs::Metadata)> {
+    let path = entry.abs.as_path();
+    let file = match &entry.root_dir {
+        Some(root) => confine::open_beneath(root, &entry.rel, path)?,
+        None => confine::open(path, confine::LastComponent::NoFollow)?,
+    };
     let meta = file.metadata().map_err(|e| Error::io(path, "read", e))?;
     if !meta.is_file() {
         return Err(Error::malformed(
@@ -190,12 +195,12 @@ pub fn open_tree_entry(path: &Path) -> Result<(File, std::fs::Metadata)> {
 }
 
 /// Reads a file met in a tree walk whole, through [`open_tree_entry`], bounded by `--max-input`.
-pub fn read_tree_entry(path: &Path) -> Result<Vec<u8>> {
-    let (file, meta) = open_tree_entry(path)?;
+pub fn read_tree_entry(entry: &tree::FileEntry) -> Result<Vec<u8>> {
+    let (file, meta) = open_tree_entry(entry)?;
     if meta.len() == 0 {
         return Ok(Vec::new());
     }
-    read_sized(path, &file, meta.len(), max_input(), |_| {})
+    read_sized(&entry.abs, &file, meta.len(), max_input(), |_| {})
 }
 
 fn check_input_kind(path: &Path, meta: &std::fs::Metadata, named: bool) -> Result<()> {

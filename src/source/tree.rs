@@ -126,6 +126,9 @@ pub struct FileEntry {
     pub size: u64,
     /// Permission bits the walk saw: outputs keep what the source hid.
     pub mode: u32,
+    /// The root's folder, opened once when the walk began: the file is opened beneath it,
+    /// through no symlink ([`crate::source::open_tree_entry`]).
+    pub root_dir: Option<Arc<std::os::fd::OwnedFd>>,
 }
 
 /// A symlink, recorded and never followed.
@@ -244,6 +247,17 @@ pub fn walk(roots: &[PathBuf], opts: &WalkOptions) -> Result<Walk> {
             return Err(Error::malformed(root, "is not a directory"));
         }
         let root_dev = meta.dev();
+        // Opened once; every file of this root is opened beneath this descriptor. Without it
+        // (a folder listed but not openable) files are opened by path, judged as opened.
+        let root_dir = rustix::fs::open(
+            root,
+            rustix::fs::OFlags::RDONLY
+                | rustix::fs::OFlags::DIRECTORY
+                | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .ok()
+        .map(Arc::new);
         let denials = match &opts.policy {
             Some(policy) => Some(RootDenials::new(Arc::clone(policy), root)?),
             None => None,
@@ -347,6 +361,7 @@ pub fn walk(roots: &[PathBuf], opts: &WalkOptions) -> Result<Walk> {
                         abs,
                         size: meta.len(),
                         mode: meta.mode(),
+                        root_dir: root_dir.clone(),
                     }),
                 },
             }

@@ -225,3 +225,46 @@ fn relative_task_folders_judge_sources_where_they_are() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+#[test]
+fn a_folder_of_a_tree_swapped_for_a_link_never_brings_in_what_lies_outside_the_tree() {
+    let scene = scene();
+    // `outside/` is in the task folder (an allowed root), but not in the tree being folded.
+    let outside = scene.tasks.join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let foreign = b"bytes from outside the tree\n".repeat(5);
+    std::fs::write(outside.join("f.txt"), &foreign).unwrap();
+    let tree = attackers_folder(&scene, "tree");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    let own = b"the tree's own f.txt\n".repeat(5);
+    std::fs::write(tree.join("sub/f.txt"), &own).unwrap();
+    std::os::unix::fs::symlink(&outside, tree.join("swap")).unwrap();
+    let (own_sha, foreign_sha) = (
+        hex::encode(Sha256::digest(&own)),
+        hex::encode(Sha256::digest(&foreign)),
+    );
+    let attacker = Attacker::swapping(&tree.join("sub"), &tree.join("swap"), 4.0);
+    let deadline = Instant::now() + Duration::from_secs(4);
+    let (mut runs, mut own_folded) = (0, 0);
+    while Instant::now() < deadline {
+        let id = format!("dir{runs}");
+        let body = serde_json::json!({"task_id": id, "type": "convert_directory",
+            "source": "tree"});
+        run_task(&scene, &format!("{id}.task.json"), &body);
+        if let Ok(text) = std::fs::read_to_string(scene.out.join(&id).join("district.json")) {
+            assert!(
+                !text.contains(&foreign_sha),
+                "run {runs}: a file from outside the tree was folded: {text}"
+            );
+            own_folded += usize::from(text.contains(&own_sha));
+        }
+        runs += 1;
+    }
+    let (swaps, _) = attacker.finish();
+    assert!(runs >= 5 && swaps > 1000, "{runs} runs, {swaps} swaps");
+    assert!(
+        own_folded > 0,
+        "the tree's own file was folded in {runs} runs"
+    );
+    eprintln!("{runs} runs against {swaps} swaps; sub/f.txt folded in {own_folded}, never the outside one");
+}
