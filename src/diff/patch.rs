@@ -1,9 +1,10 @@
 //! The `a-to-b.patch` format. `FGP2` (written): a header with both sizes (varints), the first
-//! 8 bytes of A's SHA-256 (to refuse the wrong A before writing anything) and the first 16 of
-//! B's (to keep only the right B), the operations as varints (a copy's offset relative to where the previous copy
-//! ended), then every data operation's bytes together, compressed with zstd when that is
-//! smaller. `FGPATCH1` (read, for patches made before): fixed-width fields, data inline. Both
-//! are read with every bound checked, and applied only to the A they were made from.
+//! 4 bytes of A's SHA-256 (to refuse the wrong A before writing anything) and the first 16 of
+//! B's (to keep only the right B), the operations as varints until they make B's size (a copy's
+//! offset relative to where the previous copy ended), then, to the end of the file, every data
+//! operation's bytes together, compressed with zstd when that is smaller. `FGPATCH1` (read,
+//! for patches made before): fixed-width fields, data inline. Both are read with every bound
+//! checked, and applied only to the A they were made from.
 
 use super::align::PatchOp;
 use crate::error::{Error, Result};
@@ -12,9 +13,10 @@ use std::path::Path;
 
 /// First four bytes of a patch this version writes.
 pub const MAGIC: &[u8; 4] = b"FGP2";
-/// How much of each SHA-256 a version 2 patch records: A's identifies the A it was made from
-/// (a wrong A that shared it would still give a B whose hash fails), B's proves the result.
-const A_CHECK_BYTES: usize = 8;
+/// How much of each SHA-256 a version 2 patch records: A's only tells a wrong A early, before
+/// anything is written (a wrong A that shared it would still give a B whose hash fails); B's
+/// proves the result.
+const A_CHECK_BYTES: usize = 4;
 const B_CHECK_BYTES: usize = 16;
 /// First eight bytes of a patch of the first version, still read.
 pub const MAGIC_V1: &[u8; 8] = b"FGPATCH1";
@@ -113,7 +115,6 @@ impl Patch {
         put_varint(&mut out, self.b_size);
         out.extend_from_slice(&self.a_sha256[..A_CHECK_BYTES]);
         out.extend_from_slice(&self.b_sha256[..B_CHECK_BYTES]);
-        put_varint(&mut out, self.ops.len() as u64);
         let mut literals = Vec::new();
         let mut copy_end = 0u64;
         for op in &self.ops {
@@ -134,15 +135,14 @@ impl Patch {
         } else {
             ZSTD_LEVEL_SMALL
         };
+        // The data section runs to the end of the file: its length is never written.
         match zstd::bulk::compress(&literals, level) {
             Ok(packed) if packed.len() < literals.len() => {
                 out.push(DATA_ZSTD);
-                put_varint(&mut out, packed.len() as u64);
                 out.extend_from_slice(&packed);
             }
             _ => {
                 out.push(DATA_RAW);
-                put_varint(&mut out, literals.len() as u64);
                 out.extend_from_slice(&literals);
             }
         }
@@ -272,24 +272,23 @@ impl Patch {
         }
         let a_sha256 = reader.take(A_CHECK_BYTES, "the header")?.to_vec();
         let b_sha256 = reader.take(B_CHECK_BYTES, "the header")?.to_vec();
-        let count = reader.varint("the header")?;
-        // Every operation takes at least one byte of the file.
-        let left = (bytes.len() - reader.at) as u64;
-        if count > left {
-            return Err(bad(format!(
-                "claims {count} operations, but only {left} bytes follow the header"
-            )));
-        }
         // Data operations hold lengths until the data section is read.
         enum Pending {
             Copy { offset: u64, len: u64 },
             Data(u64),
         }
-        let mut pending = Vec::with_capacity(count as usize);
+        let mut pending = Vec::new();
         let (mut produced, mut literal_total, mut copy_end) = (0u64, 0u64, 0u64);
-        for n in 0..count {
+        // Operations follow until they produce B's size; each produces at least one byte and
+        // takes at least one byte of the file, so neither count can run away.
+        let mut n = 0u64;
+        while produced < b_size {
             let head = reader.varint("an operation")?;
             let len = head >> 1;
+            if len == 0 {
+                return Err(bad(format!("operation {n} is empty")));
+            }
+            n += 1;
             produced = produced.saturating_add(len);
             if produced > b_size {
                 return Err(bad(format!(
@@ -320,18 +319,9 @@ impl Patch {
                 "operations produce {produced} bytes, B has {b_size}"
             )));
         }
+        // The data section is the rest of the file.
         let codec = reader.take(1, "the data section")?[0];
-        let stored = reader.varint("the data section")?;
-        let stored = usize::try_from(stored)
-            .ok()
-            .filter(|&n| n == bytes.len() - reader.at)
-            .ok_or_else(|| {
-                bad(format!(
-                    "its data section claims {stored} bytes, but {} follow",
-                    bytes.len() - reader.at
-                ))
-            })?;
-        let section = reader.take(stored, "the data section")?;
+        let section = &bytes[reader.at..];
         let literals = match codec {
             DATA_RAW => section.to_vec(),
             DATA_ZSTD => {
@@ -579,19 +569,16 @@ mod tests {
         put_varint(&mut bytes, b.len() as u64);
         bytes.extend_from_slice(&patch.a_sha256[..A_CHECK_BYTES]);
         bytes.extend_from_slice(&patch.b_sha256[..B_CHECK_BYTES]);
-        put_varint(&mut bytes, 1);
         put_varint(&mut bytes, ((b.len() as u64) << 1) | 1);
         let header = bytes.clone();
         let packed = zstd::bulk::compress(&vec![0u8; 50 << 20], 19).unwrap();
         bytes.push(DATA_ZSTD);
-        put_varint(&mut bytes, packed.len() as u64);
         bytes.extend_from_slice(&packed);
         let err = Patch::parse(p, &bytes).unwrap_err().to_string();
         assert!(err.contains("data section holds 20 bytes"), "{err}");
         // A data section shorter than the operations take.
         let mut short = header;
         short.push(DATA_RAW);
-        put_varint(&mut short, 3);
         short.extend_from_slice(b"abc");
         let err = Patch::parse(p, &short).unwrap_err().to_string();
         assert!(err.contains("data section holds 3 bytes"), "{err}");
