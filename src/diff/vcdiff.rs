@@ -26,6 +26,9 @@ const VCD_ADLER32: u8 = 0x04;
 const SECONDARY_LZMA: u8 = 2;
 /// Target bytes per window this encoder writes (xdelta3 itself uses 8 MiB).
 const WINDOW: u64 = 4 << 20;
+/// The largest window this reader takes: xdelta3 writes at most 16 MiB, and a window is built
+/// in memory before it is checked and written.
+const MAX_WINDOW: u64 = 64 << 20;
 
 /// Whether `bytes` begin as a VCDIFF delta.
 pub fn is_vcdiff(bytes: &[u8]) -> bool {
@@ -466,6 +469,11 @@ pub fn apply(path: &Path, a: &[u8], delta: &[u8], out: &mut dyn Write) -> Result
             )));
         }
         let target_len = r.int("a window's target length")?;
+        if target_len > MAX_WINDOW {
+            return Err(r.bad(format!(
+                "window {windows} claims {target_len} bytes; windows of more than {MAX_WINDOW} are refused"
+            )));
+        }
         if b_size.saturating_add(target_len) > limit {
             return Err(r.bad(format!(
                 "B grows past --max-input ({limit} bytes) in window {windows}"
@@ -573,7 +581,7 @@ fn run_window(
             } else {
                 u64::from(half.size)
             };
-            if target.len() as u64 + size > target_len {
+            if size > target_len - target.len() as u64 {
                 return Err(bad(format!(
                     "instructions produce more than its {target_len} bytes"
                 )));
@@ -721,6 +729,45 @@ mod tests {
         // A shorter A than the segment claims is refused before any copy.
         let err = apply(Path::new("d"), &a[..1000], &delta, &mut Vec::new()).unwrap_err();
         assert!(err.to_string().contains("past its end"), "{err}");
+    }
+
+    /// A delta of one window of `target_len` bytes with the instructions `inst` and data `data`.
+    fn one_window(target_len: u64, data: &[u8], inst: &[u8]) -> Vec<u8> {
+        let mut delta = MAGIC.to_vec();
+        delta.push(0);
+        delta.push(0); // no source
+        let mut body = Vec::new();
+        put_int(&mut body, target_len);
+        body.push(0);
+        put_int(&mut body, data.len() as u64);
+        put_int(&mut body, inst.len() as u64);
+        put_int(&mut body, 0);
+        body.extend_from_slice(data);
+        body.extend_from_slice(inst);
+        put_int(&mut delta, body.len() as u64);
+        delta.extend_from_slice(&body);
+        delta
+    }
+
+    #[test]
+    fn sizes_a_delta_claims_are_refused_before_they_are_built() {
+        let p = Path::new("evil.vcdiff");
+        // ADD 1, then RUN of 2^64-1: refused, no overflow.
+        let mut inst = vec![2u8, 0];
+        put_int(&mut inst, u64::MAX);
+        let err = apply(p, &[], &one_window(10, b"ab", &inst), &mut Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("more than its 10 bytes"), "{err}");
+        // A 4 GiB window made by one RUN: refused before anything is built.
+        let mut inst = vec![0u8];
+        put_int(&mut inst, (4 << 30) - 1);
+        let err = apply(
+            p,
+            &[],
+            &one_window((4 << 30) - 1, b"x", &inst),
+            &mut Vec::new(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("windows of more than"), "{err}");
     }
 
     #[test]

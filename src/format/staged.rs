@@ -305,9 +305,11 @@ impl DirTemporary {
             let temp_name = OsString::from(format!(".{shown}.{random}.tmp"));
             let flags =
                 OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            // Journaled before it exists: a kill between the two leaves at worst a line naming
+            // nothing, never a temporary no journal names.
+            record_temporary(&folder, &temp_name);
             match rustix::fs::openat(&folder, &temp_name, flags, Mode::from_raw_mode(mode)) {
                 Ok(fd) => {
-                    record_temporary(&folder, &temp_name);
                     return Ok(DirTemporary {
                         folder,
                         temp_name,

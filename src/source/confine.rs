@@ -53,12 +53,20 @@ pub fn open(path: &Path, last: LastComponent) -> Result<File> {
             Err(rustix::io::Errno::NOSYS) => rustix::fs::openat(CWD, path, flags, Mode::empty()),
             other => other,
         };
-    let file = File::from(opened.map_err(|e| Error::io(path, "read", e.into()))?);
+    judged(
+        File::from(opened.map_err(|e| Error::io(path, "read", e.into()))?),
+        path,
+    )
+}
+
+/// Under [`confine_reads`], judges the real path of what was opened as `shown`: the file back,
+/// or the rule that refuses it (naming where it really opened when that is not `shown`).
+fn judged(file: File, shown: &Path) -> Result<File> {
     if let Some(judge) = JUDGE.get() {
-        let real = real_path(&file).map_err(|e| Error::io(path, "read", e))?;
+        let real = real_path(&file).map_err(|e| Error::io(shown, "read", e))?;
         judge.judge(&real).map_err(|rule| Error::Policy {
-            path: path.to_path_buf(),
-            rule: if real == path {
+            path: shown.to_path_buf(),
+            rule: if real == shown {
                 rule
             } else {
                 format!("{rule} (it opened as {})", real.display())
@@ -83,15 +91,10 @@ pub fn open_beneath(root: &OwnedFd, rel: &Path, shown: &Path) -> Result<File> {
         }
         other => other,
     };
-    let file = File::from(opened.map_err(|e| Error::io(shown, "read", e.into()))?);
-    if let Some(judge) = JUDGE.get() {
-        let real = real_path(&file).map_err(|e| Error::io(shown, "read", e))?;
-        judge.judge(&real).map_err(|rule| Error::Policy {
-            path: shown.to_path_buf(),
-            rule: format!("{rule} (it opened as {})", real.display()),
-        })?;
-    }
-    Ok(file)
+    judged(
+        File::from(opened.map_err(|e| Error::io(shown, "read", e.into()))?),
+        shown,
+    )
 }
 
 /// The path the kernel gives the object behind `file`: where it really is, whatever

@@ -698,33 +698,33 @@ impl Shared {
                 "gave up after {MAX_ATTEMPTS} attempts: the daemon running it died each time"
             ))
         } else {
-            self.run_one(backend, claimed, &original, stem, ext)
+            self.run_one(backend, claimed, &original, stem, ext, attempt)
         };
         let tasks = &self.folders.tasks;
+        // Final names never replace what holds them (another user's finished task, its report
+        // or error): a finished task's name was checked before it ran, and a failed one takes
+        // the first free name.
+        let noreplace = rustix::fs::RenameFlags::NOREPLACE;
         let result = match &outcome {
-            Ok(_) => rustix::fs::renameat(
+            Ok(_) => rustix::fs::renameat_with(
                 tasks,
                 claimed.as_str(),
                 tasks,
                 format!("{stem}.task.task.{ext}.done"),
+                noreplace,
             ),
             Err(reason) => {
                 let now = crate::map::unix_now();
                 let error = serde_json::json!({"task_file": original, "reason": reason, "time": now,
                     "time_iso": super::iso_time(now), "attempts": attempt});
                 let text = serde_json::to_string_pretty(&error).expect("error serialises");
+                let error_name = self.free_name(&format!("{stem}.error"), ".json");
                 let mut staged = StagedOutputs::new();
                 let _ = staged
-                    .write(&self.path(&format!("{stem}.error.json")), |w| {
-                        w.write_all(text.as_bytes())
-                    })
+                    .write(&self.path(&error_name), |w| w.write_all(text.as_bytes()))
                     .and_then(|()| staged.commit().map(|_| ()));
-                rustix::fs::renameat(
-                    tasks,
-                    claimed.as_str(),
-                    tasks,
-                    format!("{stem}.task.{ext}.failed"),
-                )
+                let failed = self.free_name(&format!("{stem}.task.{ext}.failed"), "");
+                rustix::fs::renameat_with(tasks, claimed.as_str(), tasks, failed, noreplace)
             }
         };
         // The task has its final name: its claim goes (then its lock, as the file closes).
@@ -790,6 +790,19 @@ impl Shared {
         }
     }
 
+    /// `BASE` + `SUFFIX` when no file in the task folder has that name, else `BASE.N` + `SUFFIX`
+    /// for the first free N.
+    fn free_name(&self, base: &str, suffix: &str) -> String {
+        let first = format!("{base}{suffix}");
+        if !exists_at(&self.folders.tasks, &first) {
+            return first;
+        }
+        (2..)
+            .map(|n| format!("{base}.{n}{suffix}"))
+            .find(|name| !exists_at(&self.folders.tasks, name))
+            .expect("a free name")
+    }
+
     fn run_options(&self) -> RunOptions {
         RunOptions {
             output_root: self.opts.output_root.clone(),
@@ -807,8 +820,22 @@ impl Shared {
         original: &Path,
         stem: &str,
         ext: &str,
+        attempt: u32,
     ) -> std::result::Result<Ran, String> {
         use std::os::fd::AsFd;
+        let (done_name, report_name) = (
+            format!("{stem}.task.task.{ext}.done"),
+            format!("{stem}.report.md"),
+        );
+        // A report of an earlier attempt at this very task (its daemon died before the final
+        // rename) is this task's own, and replaced.
+        let report_taken = attempt == 1 && exists_at(&self.folders.tasks, &report_name);
+        if exists_at(&self.folders.tasks, &done_name) || report_taken {
+            return Err(format!(
+                "a finished task of this name is already here ({done_name} or {report_name}), \
+                 and a task never replaces one: rename the task file"
+            ));
+        }
         // Opened once, beneath the task folder; its owner and text come from that descriptor.
         let file = super::read_task_file_at(
             self.folders.tasks.as_fd(),
@@ -845,17 +872,23 @@ impl Shared {
                         owner.describe()
                     )
                 })?;
-                let folder =
-                    super::worker::output_folder_name(&task, &opts).map_err(|e| e.to_string())?;
-                super::worker::prepare_output_dir(&opts.output_root, &folder, &owner)
+                // The child plans the task itself, with its owner's rights: the daemon only
+                // checks the task_id and makes the output folder.
+                let folder = super::run::task_folder_name(&task).map_err(|e| e.to_string())?;
+                // The child starts in `/`: every path it is given is absolute.
+                let absolute = |p: &Path| crate::policy::absolute(p).map_err(|e| e.to_string());
+                let (output_root, task_root) =
+                    (absolute(&opts.output_root)?, absolute(&opts.task_root)?);
+                let publish = opts.publish.as_deref().map(absolute).transpose()?;
+                super::worker::prepare_output_dir(&output_root, &folder, &owner)
                     .map_err(|e| e.to_string())?;
                 let job = WorkerJob {
                     task_text: file.text,
                     task_name: original.to_path_buf(),
                     task_file: done,
-                    output_root: opts.output_root,
-                    task_root: opts.task_root,
-                    publish: opts.publish,
+                    output_root,
+                    task_root,
+                    publish,
                     llm: opts.llm,
                     policy: self.opts.policy.settings.clone(),
                     max_input: crate::source::max_input(),

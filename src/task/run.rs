@@ -76,6 +76,15 @@ impl TaskLlm {
                 .or_else(|| Some(task.ai_model().to_string()));
         }
         if let Some(url) = extra_str(task, "llm_url").filter(|_| !self.url_pinned) {
+            // The token is the operator's: a task that chose the server could have it sent to
+            // a listener of its own on loopback.
+            if config.token.is_some() {
+                return Err(Error::Usage(format!(
+                    "task {}: llm_url: this process sends a token (LM_API_TOKEN), so a task may \
+                     not choose the server; drop llm_url from the task, or give --llm-url",
+                    task.task_id
+                )));
+            }
             config.base_url = crate::llm::normalise_base_url(&url)
                 .map_err(|e| Error::Usage(format!("task {}: llm_url {e}", task.task_id)))?;
         }
@@ -406,6 +415,14 @@ pub fn confine_task_writes(
 /// The folder `task`'s outputs land in: `OUTPUT_ROOT/TASK_ID` (made safe as a name).
 pub fn output_dir(task: &FoundryTask, output_root: &Path) -> PathBuf {
     output_root.join(slug(&task.task_id))
+}
+
+/// The name of `task`'s folder in the output root, once its `task_id` is checked: a daemon
+/// makes that folder for a task run as its owner without planning the task itself (planning
+/// resolves the task's paths, which must happen with the owner's rights, in the child).
+pub fn task_folder_name(task: &FoundryTask) -> Result<String> {
+    check_task_id(&task.task_id)?;
+    Ok(slug(&task.task_id))
 }
 
 /// Refuses a `task_id` that names no folder of its own below the output root: empty, only

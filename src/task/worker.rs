@@ -8,7 +8,7 @@
 //! [`WorkerOutcome`] back from its standard output. The child is this program again
 //! (`foundry-gpu task-worker`, hidden), so it obeys the same code, limits and policy.
 
-use super::run::{plan_task, run_task, RunOptions, TaskLlm};
+use super::run::{run_task, RunOptions, TaskLlm};
 use crate::backend::{Backend, BackendChoice, GpuOptions};
 use crate::policy::{Policy, PolicySettings};
 use serde::{Deserialize, Serialize};
@@ -28,6 +28,9 @@ pub enum TaskRights {
     Daemon,
 }
 
+/// The group of a user the system does not know, when the task file's group is root's.
+const NOGROUP: u32 = 65_534;
+
 /// A user's credentials, as a login (or cron) would give them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Credentials {
@@ -41,7 +44,8 @@ pub struct Credentials {
 
 impl Credentials {
     /// The account `uid` as the system's user database knows it: its primary group and all its
-    /// groups. A uid with no account gets `gid_if_unknown` (the task file's group) alone.
+    /// groups. A uid with no account gets `gid_if_unknown` (the task file's group) alone, or
+    /// `nogroup` when that is root's group.
     pub fn of_user(uid: u32, gid_if_unknown: u32) -> Credentials {
         match account(uid) {
             Some((user, gid)) => {
@@ -53,12 +57,20 @@ impl Credentials {
                     user: Some(user),
                 }
             }
-            None => Credentials {
-                uid,
-                gid: gid_if_unknown,
-                groups: vec![gid_if_unknown],
-                user: None,
-            },
+            None => {
+                // Never root's group for a user the system does not know.
+                let gid = if gid_if_unknown == 0 {
+                    NOGROUP
+                } else {
+                    gid_if_unknown
+                };
+                Credentials {
+                    uid,
+                    gid,
+                    groups: vec![gid],
+                    user: None,
+                }
+            }
         }
     }
 
@@ -254,7 +266,9 @@ pub fn run_in_child(
         .current_dir("/")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        // The child reports through its outcome; what it might print is its owner's to choose
+        // and never reaches the daemon's log.
+        .stderr(Stdio::null());
     // SAFETY: between fork and exec the closure makes only async-signal-safe system calls
     // (setgroups, setresgid, setresuid, prctl, getppid) on data prepared before the fork.
     unsafe {
@@ -268,22 +282,73 @@ pub fn run_in_child(
     // A child that died at once closes its end; its exit status says why, below.
     let _ = stdin.write_all(&text);
     drop(stdin);
-    let mut reply = Vec::new();
-    let read = child
-        .stdout
-        .take()
-        .expect("piped")
-        .take(MAX_OUTCOME_BYTES)
-        .read_to_end(&mut reply);
-    let status = child
-        .wait()
+    // The reply is read beside the wait: the owner may stop their process (SIGSTOP), which
+    // must not hold a worker of the daemon forever, so a stopped child is killed.
+    let stdout = child.stdout.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        let mut reply = Vec::new();
+        stdout
+            .take(MAX_OUTCOME_BYTES)
+            .read_to_end(&mut reply)
+            .map(|_| reply)
+    });
+    let status = wait_unless_stopped(&mut child)
         .map_err(|e| format!("the task's process, run as {who}: {e}"))?;
-    read.map_err(|e| format!("the task's process, run as {who}: {e}"))?;
+    let reply = reader
+        .join()
+        .map_err(|_| format!("the task's process, run as {who}: its reply was lost"))?
+        .map_err(|e| format!("the task's process, run as {who}: {e}"))?;
+    if let Some(stopped) = status.stopped_by {
+        return Err(format!(
+            "the task's process, run as {who}, was stopped by signal {stopped}, and killed"
+        ));
+    }
+    let status = status.exit;
     match serde_json::from_slice::<WorkerOutcome>(&reply) {
         Ok(outcome) => Ok(outcome),
         Err(_) => Err(format!(
             "the task's process, run as {who}, ended ({status}) without a result"
         )),
+    }
+}
+
+/// How a child ended.
+struct Ended {
+    /// Its exit status, as `std` shows it.
+    exit: std::process::ExitStatus,
+    /// The signal that stopped it, when it was stopped (and then killed).
+    stopped_by: Option<i32>,
+}
+
+/// Waits for `child`; a child that stops instead of ending is killed and reaped.
+fn wait_unless_stopped(child: &mut std::process::Child) -> std::io::Result<Ended> {
+    use std::os::unix::process::ExitStatusExt;
+    let pid = child.id() as libc::pid_t;
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: waits for our own child, whose pid `std` has not reaped (we never call its
+        // wait); `status` is a valid place for the result.
+        let found = unsafe { libc::waitpid(pid, &mut status, libc::WUNTRACED) };
+        if found < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if libc::WIFSTOPPED(status) {
+            let signal = libc::WSTOPSIG(status);
+            let _ = child.kill();
+            let exit = child.wait()?;
+            return Ok(Ended {
+                exit,
+                stopped_by: Some(signal),
+            });
+        }
+        return Ok(Ended {
+            exit: std::process::ExitStatus::from_raw(status),
+            stopped_by: None,
+        });
     }
 }
 
@@ -314,6 +379,10 @@ fn become_user(uid: u32, gid: u32, groups: &[u32]) -> std::io::Result<()> {
             return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
         }
         fail(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0)?;
+        // Descriptors the daemon inherited from whatever started it close at exec (ours are
+        // close-on-exec already). Kernels before 5.11 lack the flag: nothing more to do there.
+        const CLOSE_RANGE_CLOEXEC: libc::c_uint = 4;
+        let _ = libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC);
     }
     Ok(())
 }
@@ -365,16 +434,6 @@ pub fn prepare_output_dir(
         Some(rustix::process::Gid::from_raw(owner.gid)),
     )
     .map_err(|e| crate::Error::io(&shown, "give to the task's owner", e.into()))
-}
-
-/// The name of `task`'s output folder in the output root, after the policy's checks.
-pub fn output_folder_name(task: &super::FoundryTask, opts: &RunOptions) -> crate::Result<String> {
-    let plan = plan_task(task, opts)?;
-    Ok(plan
-        .output_dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default())
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 
 use crate::harness::{foundry_cmd, s, Attacker};
 use sha2::{Digest, Sha256};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// A task folder, an output root, and a private folder outside every allowed root holding a
@@ -52,23 +52,6 @@ fn run_task(scene: &Scene, name: &str, body: &serde_json::Value) -> (Option<i32>
     )
 }
 
-/// Every byte of every file under `dir`, for a search for the secret.
-fn all_output_bytes(dir: &Path) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if let Ok(b) = std::fs::read(&path) {
-                bytes.extend(b);
-            }
-        }
-    }
-    bytes
-}
-
 #[test]
 fn a_path_that_opens_somewhere_else_is_judged_by_where_it_opened() {
     let scene = scene();
@@ -88,7 +71,7 @@ fn a_path_that_opens_somewhere_else_is_judged_by_where_it_opened() {
         "the error names what was opened: {err}"
     );
     assert!(err.contains("secret.txt"), "{err}");
-    let written = all_output_bytes(&scene.out);
+    let written = crate::harness::bytes_below(&scene.out);
     assert!(
         !written.windows(SECRET.len()).any(|w| w == SECRET),
         "the secret reached the outputs"
@@ -146,7 +129,7 @@ fn a_tree_entry_swapped_for_a_link_to_a_secret_never_brings_it_in() {
         a_folded > 0,
         "the harmless file was folded at least once in {runs} runs"
     );
-    let written = all_output_bytes(&scene.out);
+    let written = crate::harness::bytes_below(&scene.out);
     assert!(!written.windows(SECRET.len()).any(|w| w == SECRET));
     eprintln!("{runs} runs against {swaps} swaps; a.txt folded in {a_folded}; secret never read");
 }
@@ -175,7 +158,7 @@ fn a_source_swapped_for_a_link_to_a_secret_never_brings_it_in() {
         runs += 1;
     }
     let (swaps, _) = attacker.finish();
-    let written = all_output_bytes(&scene.out);
+    let written = crate::harness::bytes_below(&scene.out);
     assert!(
         !written.windows(SECRET.len()).any(|w| w == SECRET),
         "the secret reached the outputs"

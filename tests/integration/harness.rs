@@ -277,6 +277,23 @@ pub fn gcc(dir: &std::path::Path, source: &str, out: &str, args: &[&str]) -> std
     path
 }
 
+/// Every byte of every file below `dir` (for a search for a secret in outputs).
+pub fn bytes_below(dir: &std::path::Path) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(b) = std::fs::read(&path) {
+                bytes.extend(b);
+            }
+        }
+    }
+    bytes
+}
+
 /// The uid and gid an unprivileged attacker runs as (`nobody` on Debian).
 pub const NOBODY: u32 = 65_534;
 

@@ -80,29 +80,12 @@ fn done(shared: &Shared, stem: &str) -> bool {
         .exists()
 }
 
-/// Every byte of every file below `dir`.
-fn bytes_below(dir: &Path) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if let Ok(b) = std::fs::read(&path) {
-                bytes.extend(b);
-            }
-        }
-    }
-    bytes
-}
-
 /// Whether anything below `dir` holds the secret, or its SHA-256 (which every sidecar and
 /// district records for what was folded; a brick's bytes are folded, never in a row).
 fn holds_secret(dir: &Path) -> bool {
     use sha2::Digest;
     let sha = hex::encode(sha2::Sha256::digest(SECRET));
-    let bytes = bytes_below(dir);
+    let bytes = crate::harness::bytes_below(dir);
     let has = |needle: &[u8]| bytes.windows(needle.len()).any(|window| window == needle);
     has(SECRET) || has(sha.as_bytes())
 }
@@ -207,4 +190,129 @@ fn a_symlink_cannot_hand_in_another_users_task_file() {
         "{error}"
     );
     assert!(!shared.out.join("again").exists());
+}
+
+#[test]
+#[cfg_attr(
+    foundry_not_root,
+    ignore = "needs root: gives task files to another user"
+)]
+fn a_task_owner_who_stops_their_task_cannot_hold_the_daemon() {
+    let shared = shared();
+    std::fs::write(
+        shared.tasks.join("big.bin"),
+        crate::harness::sample_bytes(96 << 20, 5),
+    )
+    .unwrap();
+    task(&shared, "slow", "convert_binary", "big.bin", true);
+    let mut daemon = foundry_cmd()
+        .args(["daemon", "--tasks", s(&shared.tasks)])
+        .args(["--output-root", s(&shared.out)])
+        .args(["--backend", "cpu", "--poll-ms", "50", "--exit-when-idle"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The owner (nobody) stops their own task's process, as they may.
+    let mut stopped = false;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !stopped && std::time::Instant::now() < deadline {
+        let found = std::process::Command::new("pgrep")
+            .args(["-u", "65534", "-f", "task-worker"])
+            .output()
+            .unwrap();
+        for pid in String::from_utf8_lossy(&found.stdout).split_whitespace() {
+            stopped |= std::process::Command::new("kill")
+                .args(["-STOP", pid])
+                .status()
+                .unwrap()
+                .success();
+        }
+    }
+    assert!(stopped, "the task's process was found and stopped");
+    let status = crate::harness::wait_exit(&mut daemon, std::time::Duration::from_secs(60));
+    assert!(status.success());
+    let error = error_of(&shared, "slow");
+    assert!(error.contains("was stopped by signal"), "{error}");
+}
+
+#[test]
+#[cfg_attr(
+    foundry_not_root,
+    ignore = "needs root: gives task files to another user"
+)]
+fn a_task_never_replaces_another_users_finished_task() {
+    let shared = shared();
+    // Root's task `a`, finished: its task file and report.
+    let done = shared.tasks.join("a.task.task.json.done");
+    let report = shared.tasks.join("a.report.md");
+    std::fs::write(&done, "root's finished task").unwrap();
+    std::fs::write(&report, "root's report").unwrap();
+    task(&shared, "a", "convert_binary", "open.bin", true);
+    daemon(&shared, &[]);
+    let error = error_of(&shared, "a");
+    assert!(error.contains("a finished task of this name"), "{error}");
+    assert_eq!(
+        std::fs::read_to_string(&done).unwrap(),
+        "root's finished task"
+    );
+    assert_eq!(std::fs::read_to_string(&report).unwrap(), "root's report");
+    // Failing twice under the same name keeps both errors.
+    task(&shared, "a", "convert_binary", "open.bin", true);
+    daemon(&shared, &[]);
+    assert!(shared.tasks.join("a.task.json.failed.2").exists());
+    assert!(shared.tasks.join("a.error.2.json").exists());
+    assert_eq!(
+        std::fs::read_to_string(&done).unwrap(),
+        "root's finished task"
+    );
+}
+
+#[test]
+#[cfg_attr(
+    foundry_not_root,
+    ignore = "needs root: gives task files to another user"
+)]
+fn a_task_is_planned_with_its_owners_rights_so_errors_tell_nothing_root_sees() {
+    let shared = shared();
+    // A root-only folder outside every allowed root, and a file in it held open by this
+    // (root) process: planned by root, the refusal would name where the link leads.
+    let private = shared.tasks.parent().unwrap().join("private-plans");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let held = std::fs::File::create(private.join("acme-buyout.txt")).unwrap();
+    let source = format!(
+        "/proc/{}/fd/{}",
+        std::process::id(),
+        std::os::fd::AsRawFd::as_raw_fd(&held)
+    );
+    task(&shared, "peek", "convert_binary", &source, true);
+    daemon(&shared, &[]);
+    let error = error_of(&shared, "peek");
+    assert!(
+        !error.contains("acme-buyout") && !error.contains("private-plans"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_task_cannot_send_the_operators_token_to_a_server_it_chose() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f.bin"), b"some bytes").unwrap();
+    let file = dir.path().join("l.task.json");
+    std::fs::write(
+        &file,
+        serde_json::json!({"task_id": "l", "type": "analyze_system", "source": "f.bin",
+            "llm_url": "http://127.0.0.1:9"})
+        .to_string(),
+    )
+    .unwrap();
+    let o = foundry_cmd()
+        .args(["run", s(&file), "--output-root", s(&dir.path().join("out"))])
+        .args(["--backend", "cpu", "-q"])
+        .env("LM_API_TOKEN", "operators-token")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("a task may not choose the server"), "{err}");
 }
