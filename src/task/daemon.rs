@@ -866,51 +866,7 @@ impl Shared {
                 (ran, md)
             }
             RunAs::Owner(owner) => {
-                let exe = self.worker_exe.as_ref().ok_or_else(|| {
-                    format!(
-                        "the task runs as its owner, {}, and this daemon has no worker program",
-                        owner.describe()
-                    )
-                })?;
-                // The child plans the task itself, with its owner's rights: the daemon only
-                // checks the task_id and makes the output folder.
-                let folder = super::run::task_folder_name(&task).map_err(|e| e.to_string())?;
-                // The child starts in `/`: every path it is given is absolute.
-                let absolute = |p: &Path| crate::policy::absolute(p).map_err(|e| e.to_string());
-                let (output_root, task_root) =
-                    (absolute(&opts.output_root)?, absolute(&opts.task_root)?);
-                let publish = opts.publish.as_deref().map(absolute).transpose()?;
-                super::worker::prepare_output_dir(&output_root, &folder, &owner)
-                    .map_err(|e| e.to_string())?;
-                let job = WorkerJob {
-                    task_text: file.text,
-                    task_name: original.to_path_buf(),
-                    task_file: done,
-                    output_root,
-                    task_root,
-                    publish,
-                    llm: opts.llm,
-                    policy: self.opts.policy.settings.clone(),
-                    max_input: crate::source::max_input(),
-                    publish_private: crate::map::private_publish_allowed(),
-                    gpu: matches!(backend, Backend::Gpu(_)),
-                };
-                match super::worker::run_in_child(exe, &owner, &job)? {
-                    WorkerOutcome::Done {
-                        written,
-                        output_dir,
-                        report_md,
-                    } => (
-                        Ran {
-                            written,
-                            output_dir,
-                        },
-                        report_md.into_bytes(),
-                    ),
-                    WorkerOutcome::Failed(reason) => {
-                        return Err(format!("{reason} (run as {})", owner.describe()))
-                    }
-                }
+                self.run_as_owner(backend, &task, file.text, original, done, &owner)?
             }
         };
         let mut staged = StagedOutputs::new();
@@ -921,6 +877,62 @@ impl Shared {
             .and_then(|()| staged.commit().map(|_| ()))
             .map_err(|e| e.to_string())?;
         Ok(ran)
+    }
+
+    /// Runs `task` (whose text is `text`) in a child process with `owner`'s credentials
+    /// ([`super::worker`]); returns what it wrote and its report.
+    fn run_as_owner(
+        &self,
+        backend: &Backend,
+        task: &super::FoundryTask,
+        text: String,
+        original: &Path,
+        done: PathBuf,
+        owner: &super::worker::Credentials,
+    ) -> std::result::Result<(Ran, Vec<u8>), String> {
+        let opts = self.run_options();
+        let exe = self.worker_exe.as_ref().ok_or_else(|| {
+            format!(
+                "the task runs as its owner, {}, and this daemon has no worker program",
+                owner.describe()
+            )
+        })?;
+        // The child plans the task itself, with its owner's rights: the daemon only
+        // checks the task_id and makes the output folder.
+        let folder = super::run::task_folder_name(task).map_err(|e| e.to_string())?;
+        // The child starts in `/`: every path it is given is absolute.
+        let absolute = |p: &Path| crate::policy::absolute(p).map_err(|e| e.to_string());
+        let (output_root, task_root) = (absolute(&opts.output_root)?, absolute(&opts.task_root)?);
+        let publish = opts.publish.as_deref().map(absolute).transpose()?;
+        super::worker::prepare_output_dir(&output_root, &folder, owner)
+            .map_err(|e| e.to_string())?;
+        let job = WorkerJob {
+            task_text: text,
+            task_name: original.to_path_buf(),
+            task_file: done,
+            output_root,
+            task_root,
+            publish,
+            llm: opts.llm,
+            policy: self.opts.policy.settings.clone(),
+            max_input: crate::source::max_input(),
+            publish_private: crate::map::private_publish_allowed(),
+            gpu: matches!(backend, Backend::Gpu(_)),
+        };
+        match super::worker::run_in_child(exe, owner, &job)? {
+            WorkerOutcome::Done {
+                written,
+                output_dir,
+                report_md,
+            } => Ok((
+                Ran {
+                    written,
+                    output_dir,
+                },
+                report_md.into_bytes(),
+            )),
+            WorkerOutcome::Failed(reason) => Err(format!("{reason} (run as {})", owner.describe())),
+        }
     }
 
     fn worker(&self, backend: &Backend) {
