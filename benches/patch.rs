@@ -185,7 +185,7 @@ fn patch_benches(c: &mut Criterion) {
             group.bench_function(BenchmarkId::new("apply/zstd", name), |bench| {
                 bench.iter(|| {
                     let status = Command::new("zstd")
-                        .args(["-q", "-f", "-d", &patch_from])
+                        .args(["-q", "-f", "-d", "--memory=2048MB", &patch_from])
                         .arg(&zs)
                         .arg("-o")
                         .arg(&rebuilt)

@@ -255,11 +255,11 @@ pub fn run_in_child(
     credentials: &Credentials,
     job: &WorkerJob,
 ) -> std::result::Result<WorkerOutcome, String> {
+    use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
     let who = credentials.describe();
     let (uid, gid, groups) = (credentials.uid, credentials.gid, credentials.groups.clone());
-    use std::os::fd::AsRawFd;
     let mut command = Command::new(format!("/proc/self/fd/{}", worker_exe.as_raw_fd()));
     command
         .arg("task-worker")
@@ -278,12 +278,14 @@ pub fn run_in_child(
         .spawn()
         .map_err(|e| format!("cannot start the task as {who}: {e}"))?;
     let text = serde_json::to_vec(job).map_err(|e| e.to_string())?;
+    // The job is written and the reply read beside the wait: the owner may stop their process
+    // (SIGSTOP) at any point, which must not hold a worker of the daemon, so a stopped child
+    // is killed, which ends both pipes. A child that died at once closes its end of the job's
+    // pipe; its exit status says why, below.
     let mut stdin = child.stdin.take().expect("piped");
-    // A child that died at once closes its end; its exit status says why, below.
-    let _ = stdin.write_all(&text);
-    drop(stdin);
-    // The reply is read beside the wait: the owner may stop their process (SIGSTOP), which
-    // must not hold a worker of the daemon forever, so a stopped child is killed.
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&text);
+    });
     let stdout = child.stdout.take().expect("piped");
     let reader = std::thread::spawn(move || {
         let mut reply = Vec::new();
@@ -294,6 +296,7 @@ pub fn run_in_child(
     });
     let status = wait_unless_stopped(&mut child)
         .map_err(|e| format!("the task's process, run as {who}: {e}"))?;
+    let _ = writer.join();
     let reply = reader
         .join()
         .map_err(|_| format!("the task's process, run as {who}: its reply was lost"))?
