@@ -95,6 +95,29 @@ fn attackers_folder(scene: &Scene, name: &str) -> PathBuf {
     folder
 }
 
+/// Runs `kind` tasks of `source` for `seconds` while the attacker swaps `a` and `b`, calling
+/// `each(task_id, exit code, stderr)` after every run; returns (runs, swaps).
+fn race(
+    scene: &Scene,
+    (a, b): (&std::path::Path, &std::path::Path),
+    (kind, source): (&str, &str),
+    seconds: u64,
+    mut each: impl FnMut(&str, Option<i32>, &str),
+) -> (u64, u64) {
+    let attacker = Attacker::swapping(a, b, seconds as f64);
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut runs = 0u64;
+    while Instant::now() < deadline {
+        let id = format!("race{runs}");
+        let body = serde_json::json!({"task_id": id, "type": kind, "source": source});
+        let (code, err) = run_task(scene, &format!("{id}.task.json"), &body);
+        each(&id, code, &err);
+        runs += 1;
+    }
+    let (swaps, _) = attacker.finish();
+    (runs, swaps)
+}
+
 #[test]
 fn a_tree_entry_swapped_for_a_link_to_a_secret_never_brings_it_in() {
     let scene = scene();
@@ -105,25 +128,16 @@ fn a_tree_entry_swapped_for_a_link_to_a_secret_never_brings_it_in() {
     std::os::unix::fs::symlink(&scene.secret, tree.join("swap")).unwrap();
     let harmless_sha = hex::encode(Sha256::digest(&harmless));
     let secret_sha = hex::encode(Sha256::digest(SECRET));
-    let attacker = Attacker::swapping(&tree.join("a.txt"), &tree.join("swap"), 4.0);
-    let deadline = Instant::now() + Duration::from_secs(4);
-    let (mut runs, mut a_folded) = (0, 0);
-    while Instant::now() < deadline {
-        let id = format!("tree{runs}");
-        let body = serde_json::json!({"task_id": id, "type": "convert_directory",
-            "source": "tree"});
-        run_task(&scene, &format!("{id}.task.json"), &body);
-        let district = scene.out.join(&id).join("district.json");
+    let mut a_folded = 0;
+    let swapped = (tree.join("a.txt"), tree.join("swap"));
+    let task = ("convert_directory", "tree");
+    let (runs, swaps) = race(&scene, (&swapped.0, &swapped.1), task, 4, |id, _, _| {
+        let district = scene.out.join(id).join("district.json");
         if let Ok(text) = std::fs::read_to_string(&district) {
-            assert!(
-                !text.contains(&secret_sha),
-                "run {runs}: the secret is in {text}"
-            );
+            assert!(!text.contains(&secret_sha), "{id}: the secret is in {text}");
             a_folded += usize::from(text.contains(&harmless_sha));
         }
-        runs += 1;
-    }
-    let (swaps, _) = attacker.finish();
+    });
     assert!(runs >= 5 && swaps > 1000, "{runs} runs, {swaps} swaps");
     assert!(
         a_folded > 0,
@@ -141,23 +155,17 @@ fn a_source_swapped_for_a_link_to_a_secret_never_brings_it_in() {
     let harmless = b"harmless bytes of one.bin\n".repeat(40);
     std::fs::write(folder.join("one.bin"), &harmless).unwrap();
     std::os::unix::fs::symlink(&scene.secret, folder.join("swap")).unwrap();
-    let attacker = Attacker::swapping(&folder.join("one.bin"), &folder.join("swap"), 4.0);
-    let deadline = Instant::now() + Duration::from_secs(4);
-    let (mut runs, mut folded, mut refused) = (0, 0, 0);
-    while Instant::now() < deadline {
-        let id = format!("one{runs}");
-        let body = serde_json::json!({"task_id": id, "type": "convert_binary",
-            "source": "src/one.bin"});
-        let (code, err) = run_task(&scene, &format!("{id}.task.json"), &body);
+    let (mut folded, mut refused) = (0, 0);
+    let swapped = (folder.join("one.bin"), folder.join("swap"));
+    let task = ("convert_binary", "src/one.bin");
+    let (runs, swaps) = race(&scene, (&swapped.0, &swapped.1), task, 4, |_, code, err| {
         match code {
             Some(0) => folded += 1,
             _ if err.contains("refused by policy") && err.contains("it opened as") => refused += 1,
             // The swap landed between two steps of the path's resolution: nothing opened.
             _ => {}
         }
-        runs += 1;
-    }
-    let (swaps, _) = attacker.finish();
+    });
     let written = crate::harness::bytes_below(&scene.out);
     assert!(
         !written.windows(SECRET.len()).any(|w| w == SECRET),
@@ -226,24 +234,18 @@ fn a_folder_of_a_tree_swapped_for_a_link_never_brings_in_what_lies_outside_the_t
         hex::encode(Sha256::digest(&own)),
         hex::encode(Sha256::digest(&foreign)),
     );
-    let attacker = Attacker::swapping(&tree.join("sub"), &tree.join("swap"), 4.0);
-    let deadline = Instant::now() + Duration::from_secs(4);
-    let (mut runs, mut own_folded) = (0, 0);
-    while Instant::now() < deadline {
-        let id = format!("dir{runs}");
-        let body = serde_json::json!({"task_id": id, "type": "convert_directory",
-            "source": "tree"});
-        run_task(&scene, &format!("{id}.task.json"), &body);
-        if let Ok(text) = std::fs::read_to_string(scene.out.join(&id).join("district.json")) {
+    let mut own_folded = 0;
+    let swapped = (tree.join("sub"), tree.join("swap"));
+    let task = ("convert_directory", "tree");
+    let (runs, swaps) = race(&scene, (&swapped.0, &swapped.1), task, 4, |id, _, _| {
+        if let Ok(text) = std::fs::read_to_string(scene.out.join(id).join("district.json")) {
             assert!(
                 !text.contains(&foreign_sha),
-                "run {runs}: a file from outside the tree was folded: {text}"
+                "{id}: a file from outside the tree was folded: {text}"
             );
             own_folded += usize::from(text.contains(&own_sha));
         }
-        runs += 1;
-    }
-    let (swaps, _) = attacker.finish();
+    });
     assert!(runs >= 5 && swaps > 1000, "{runs} runs, {swaps} swaps");
     assert!(
         own_folded > 0,
