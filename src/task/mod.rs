@@ -8,7 +8,7 @@ pub mod worker;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
 /// `2026-12-04T10:15:00Z`: a Unix time (seconds) as people read it, in UTC; for the daemon's
@@ -366,7 +366,23 @@ pub fn read_task_file_at(
     };
     let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY;
     let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
-    let file = match rustix::fs::openat2(folder, name, flags, Mode::empty(), resolve) {
+    let opened = match rustix::fs::openat2(folder, name, flags, Mode::empty(), resolve) {
+        // Kernels before 5.6 have no openat2: open, then judge where it really is.
+        Err(rustix::io::Errno::NOSYS) => rustix::fs::openat(folder, name, flags, Mode::empty())
+            .and_then(|fd| {
+                let real = |fd: BorrowedFd<'_>| {
+                    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+                        .map_err(|_| rustix::io::Errno::XDEV)
+                };
+                if real(fd.as_fd())?.starts_with(real(folder)?) {
+                    Ok(fd)
+                } else {
+                    Err(rustix::io::Errno::XDEV)
+                }
+            }),
+        other => other,
+    };
+    let file = match opened {
         Ok(fd) => std::fs::File::from(fd),
         Err(rustix::io::Errno::XDEV) => {
             return Err(refused(
