@@ -272,6 +272,20 @@ pub fn plan_task(task: &FoundryTask, opts: &RunOptions) -> Result<TaskPlan> {
         None => opts.publish.clone(),
     };
     let one_file = reads.len() == 1 && reads[0].is_file();
+    // Publishing a private file is refused at the publish step, on what was folded; a task
+    // learns it here, before it writes anything.
+    if publish.is_some() && one_file && !crate::map::private_publish_allowed() {
+        use std::os::unix::fs::MetadataExt;
+        let mode = std::fs::metadata(&reads[0]).map_or(0o644, |m| m.mode());
+        if mode & 0o004 == 0 {
+            return Err(Error::Policy {
+                path: reads[0].clone(),
+                rule: "publish_private: its source is not readable by others; pass \
+                       --publish-private or set publish_private = true in the policy to publish it"
+                    .into(),
+            });
+        }
+    }
     let mut writes = vec![output_dir.join(format!("{}.report.md", slug(&task.task_id)))];
     match task.kind {
         TaskType::ConvertBinary | TaskType::FoundryV2 | TaskType::WatchPath if one_file => {

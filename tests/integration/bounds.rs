@@ -463,3 +463,40 @@ fn a_district_entry_ending_past_2_pow_64_is_refused_by_diff() {
         "{err}"
     );
 }
+
+#[test]
+fn a_task_publishing_a_private_source_is_refused_before_it_writes_anything() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("secret.conf");
+    std::fs::write(&source, b"password=hunter2\n").unwrap();
+    std::fs::set_permissions(&source, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let task = dir.path().join("p.task.json");
+    std::fs::write(
+        &task,
+        r#"{"task_id": "p", "type": "convert_binary", "source": "secret.conf"}"#,
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let builder = dir.path().join("builder");
+    let o = foundry_cmd()
+        .args([
+            "run",
+            s(&task),
+            "--output-root",
+            s(&out),
+            "--publish",
+            s(&builder),
+        ])
+        .args(["--backend", "cpu", "-q"])
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("publish_private"), "{err}");
+    assert!(
+        !out.join("p").exists() || names_in(&out.join("p")).is_empty(),
+        "{:?}",
+        names_in(&out.join("p"))
+    );
+}
