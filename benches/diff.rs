@@ -13,6 +13,8 @@ use foundry_gpu::Backend;
 use std::hint::black_box;
 use std::time::Duration;
 
+mod support;
+
 fn sizes() -> Vec<usize> {
     std::env::var("FOUNDRY_BENCH_DIFF_MIB")
         .ok()
@@ -30,19 +32,7 @@ fn sizes() -> Vec<usize> {
 /// A and B: executable-like noise, B with a few scattered page edits and one insertion, as
 /// two states of a growing file or memory image would differ.
 fn pair(len: usize) -> (Vec<u8>, Vec<u8>) {
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let a: Vec<u8> = (0..len)
-        .map(|i| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            if (i / 4096) % 5 == 0 {
-                0
-            } else {
-                state as u8 & 0x7f
-            }
-        })
-        .collect();
+    let a = support::executable_like(len, 0x9E37_79B9_7F4A_7C15);
     let mut b = a.clone();
     for k in 1..64 {
         let at = k * (len / 64);

@@ -15,36 +15,26 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
-    (0..len)
-        .map(|i| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            // Executable-like: a fifth of the pages zero, the rest 7-bit noise.
-            if (i / 4096) % 5 == 0 {
-                0
-            } else {
-                state as u8 & 0x7f
-            }
-        })
-        .collect()
-}
+mod support;
 
 /// The `edits` case of issue 17's table.
 fn edits(len: usize) -> (Vec<u8>, Vec<u8>) {
-    let a = noise(len, 0x9E37_79B9_7F4A_7C15);
+    let a = support::executable_like(len, 0x9E37_79B9_7F4A_7C15);
     let mut b = a.clone();
     for k in 0..16 {
         let at = (2 * k + 1) * (len / 34);
-        let fresh = noise(4096, k as u64 + 7);
+        let fresh = support::executable_like(4096, k as u64 + 7);
         for (byte, new) in b[at..at + 4096].iter_mut().zip(fresh) {
             *byte = new | 0x80; // unlike every byte of A
         }
     }
     let mid = len / 2 + 1234;
-    b.splice(mid..mid, noise(12 << 10, 99).into_iter().map(|x| x | 0x80));
+    b.splice(
+        mid..mid,
+        support::executable_like(12 << 10, 99)
+            .into_iter()
+            .map(|x| x | 0x80),
+    );
     let (from, block) = (len / 8, 1 << 20);
     let moved: Vec<u8> = b.drain(from..from + block).collect();
     let to = b.len() * 7 / 8;

@@ -149,16 +149,6 @@ impl Patch {
         out
     }
 
-    /// Bytes [`write_to`](Self::write_to) writes.
-    pub fn encoded_len(&self) -> u64 {
-        self.encode().len() as u64
-    }
-
-    /// Writes [`Self::encode`].
-    pub fn write_to(&self, w: &mut dyn Write) -> std::io::Result<()> {
-        w.write_all(&self.encode())
-    }
-
     /// Parses `bytes` (from `path`, named in errors); every length and offset is checked against
     /// the file and the recorded sizes, so no patch can make `apply` read out of bounds.
     pub fn parse(path: &Path, bytes: &[u8]) -> Result<Self> {
@@ -541,9 +531,7 @@ mod tests {
                 PatchOp::Data(b"!".to_vec()),
             ],
         };
-        let mut bytes = Vec::new();
-        patch.write_to(&mut bytes).unwrap();
-        assert_eq!(patch.encoded_len(), bytes.len() as u64);
+        let bytes = patch.encode();
         let p = Path::new("x.patch");
         let back = Patch::parse(p, &bytes).unwrap();
         assert_eq!((back.a_size, back.b_size), (patch.a_size, patch.b_size));

@@ -847,7 +847,7 @@ impl Shared {
         let task = super::parse_task(original, &file.text).map_err(|e| e.to_string())?;
         let opts = self.run_options();
         // The report names the task file where it will be once done, so its `run` step finds it.
-        let done = self.path(&format!("{stem}.task.task.{ext}.done"));
+        let done = self.path(&done_name);
         let daemon_uid = rustix::process::geteuid().as_raw();
         let (ran, report_md) = match super::worker::run_as(
             file.owner_uid,
@@ -866,21 +866,20 @@ impl Shared {
                 (ran, md)
             }
             RunAs::Owner(owner) => {
-                self.run_as_owner(backend, &task, file.text, original, done, &owner)?
+                self.run_as_owner(backend, &task, file.text, original, done, &owner, opts)?
             }
         };
         let mut staged = StagedOutputs::new();
         staged
-            .write(&self.path(&format!("{stem}.report.md")), |w| {
-                w.write_all(&report_md)
-            })
+            .write(&self.path(&report_name), |w| w.write_all(&report_md))
             .and_then(|()| staged.commit().map(|_| ()))
             .map_err(|e| e.to_string())?;
         Ok(ran)
     }
 
     /// Runs `task` (whose text is `text`) in a child process with `owner`'s credentials
-    /// ([`super::worker`]); returns what it wrote and its report.
+    /// ([`super::worker`]) and the daemon's `opts`; returns what it wrote and its report.
+    #[allow(clippy::too_many_arguments)]
     fn run_as_owner(
         &self,
         backend: &Backend,
@@ -889,8 +888,8 @@ impl Shared {
         original: &Path,
         done: PathBuf,
         owner: &super::worker::Credentials,
+        opts: RunOptions,
     ) -> std::result::Result<(Ran, Vec<u8>), String> {
-        let opts = self.run_options();
         let exe = self.worker_exe.as_ref().ok_or_else(|| {
             format!(
                 "the task runs as its owner, {}, and this daemon has no worker program",
