@@ -782,7 +782,7 @@ pub fn apply_patch(
         && crate::format::detect(a_path)? == crate::format::FileKind::Raw
     {
         let patch = patch::Patch::parse(patch_path, &bytes)?;
-        let (file, _) = crate::source::open_input_file(a_path)?;
+        let (file, _) = crate::source::open_input(a_path)?;
         patch.check_a_file(a_path, &file, patch_path)?;
         let mode =
             crate::policy::output_mode_of(a_path) & crate::policy::output_mode_of(patch_path);

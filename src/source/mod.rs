@@ -88,13 +88,6 @@ pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
         .ok_or_else(|| format!("{text:?} must be at least 1 byte and at most 16 EiB"))
 }
 
-/// Opens the input `path` for reading as every reader here does (refusing a directory, a socket,
-/// and a FIFO the user did not name; judged on what was opened under confinement), for a caller
-/// that reads it piece by piece with `pread`.
-pub fn open_input_file(path: &Path) -> Result<(File, std::fs::Metadata)> {
-    open_input(path)
-}
-
 /// Reads `path` whole into memory. `/proc` and `/sys` files report size 0, so anything that is
 /// not a regular file of known size is read to EOF, never sized by `stat`; either way at most
 /// `--max-input` bytes are held before the input is refused.
@@ -139,10 +132,11 @@ fn read_bounded(path: &Path, on_piece: impl FnMut(&[u8])) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Opens `path` for reading, refusing a directory, a socket, and a FIFO the user did not name.
-/// Inputs the user did not name are opened non-blocking, so even a FIFO swapped in between the
-/// check and the open cannot make us wait for a writer.
-fn open_input(path: &Path) -> Result<(File, std::fs::Metadata)> {
+/// Opens `path` for reading, refusing a directory, a socket, and a FIFO the user did not name
+/// (under confinement, judged on what was opened). Inputs the user did not name are opened
+/// non-blocking, so even a FIFO swapped in between the check and the open cannot make us wait
+/// for a writer. Every reader here opens its input so; `patch` then reads A piece by piece.
+pub fn open_input(path: &Path) -> Result<(File, std::fs::Metadata)> {
     if confine::is_confined() {
         // Task work: open first, judge what was opened, read from that descriptor. A task
         // never reads a FIFO, and never waits on one (the open is non-blocking).
