@@ -56,6 +56,37 @@ fn xy2d(order: u32, column: u32, row: u32) -> u32 {
     return d;
 }
 
+// The loop of `xy2d` over the levels above a 16x16 tile only: the index those levels
+// give, and the tile-local x and y they leave. `d + xy2d(4, x, y)` is `xy2d`, so a fold
+// finishes it with a table of the 256 local indices (one lookup instead of four levels,
+// and these levels take the same branch for every thread of a tile). Orders under 4
+// have no such level: the plain loop is run.
+fn xy2d_coarse(order: u32, column: u32, row: u32) -> vec3<u32> {
+    var x = column;
+    var y = row;
+    var d = 0u;
+    var s = (1u << order) >> 1u;
+    loop {
+        if (s < 16u) { break; }
+        let rx = select(0u, 1u, (x & s) != 0u);
+        let ry = select(0u, 1u, (y & s) != 0u);
+        d = d + s * s * ((3u * rx) ^ ry);
+        x = x & (s - 1u);
+        y = y & (s - 1u);
+        if (ry == 0u) {
+            if (rx == 1u) {
+                x = s - 1u - x;
+                y = s - 1u - y;
+            }
+            let swapped = x;
+            x = y;
+            y = swapped;
+        }
+        s = s >> 1u;
+    }
+    return vec3<u32>(d, x, y);
+}
+
 // The parameter block of every fold/unfold kernel. Rust twin: kernels::CurveParams.
 struct CurveParams {
     order: u32,

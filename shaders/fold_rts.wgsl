@@ -1,16 +1,27 @@
 // fold_rts: linear bytes to a PixelRTS v2 texture chunk (four dense bytes per texel).
 // Rust twin: src/kernels/fold_rts.rs. Bindings: 0 params, 1 source words
-// (tail zero-padded by the host), 2 the chunk's texels, row-major.
+// (tail zero-padded by the host), 2 the tile table (see xy2d_coarse), 3 the chunk's
+// texels, row-major.
 // `valid` counts texels that hold source bytes; the rest are zero.
 
 @group(0) @binding(0) var<uniform> params: CurveParams;
 @group(0) @binding(1) var<storage, read> source: array<u32>;
-@group(0) @binding(2) var<storage, read_write> texels: array<u32>;
+@group(0) @binding(2) var<storage, read> tile_index: array<u32, 256>;
+@group(0) @binding(3) var<storage, read_write> texels: array<u32>;
 
 @compute @workgroup_size(8, 8, 1)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (gid.x >= params.block_side || gid.y >= params.block_side) { return; }
-    let d = xy2d(params.order, params.origin_x + gid.x, params.origin_y + gid.y) - params.base;
+    let column = params.origin_x + gid.x;
+    let row = params.origin_y + gid.y;
+    var whole = 0u;
+    if (params.order < 4u) {
+        whole = xy2d(params.order, column, row);
+    } else {
+        let coarse = xy2d_coarse(params.order, column, row);
+        whole = coarse.x + tile_index[(coarse.z << 4u) | coarse.y];
+    }
+    let d = whole - params.base;
     var pixel = 0u;
     if (d < params.valid) {
         pixel = source[d];

@@ -122,8 +122,10 @@ impl<'a> DistrictWriter<'a> {
         let (facts, textures) = rayon::join(
             || byte_facts(bytes),
             || -> Result<_> {
-                let brick = backend.fold(Layout::Brick, bytes, order_of_side(brick_side))?;
-                let rts = backend.fold(Layout::Rts, bytes, order_of_side(rts_side))?;
+                // Both textures read one staged input: on the GPU, one upload.
+                let input = backend.stage(bytes);
+                let brick = input.fold(Layout::Brick, 0..bytes.len(), order_of_side(brick_side))?;
+                let rts = input.fold(Layout::Rts, 0..bytes.len(), order_of_side(rts_side))?;
                 let image = rts_png::encode_texture(rts_side, &rts, compression)
                     .map_err(|e| crate::Error::io(&self.dir, "compress", e))?;
                 Ok((brick, image))

@@ -36,12 +36,42 @@ pub enum Error {
     /// The policy (`[policy]`, `--policy`) refused a path, a size or a host.
     #[error("{}: refused by policy: {rule}", path.display())]
     Policy { path: PathBuf, rule: String },
-    /// No wgpu adapter, or the device failed.
-    #[error("GPU: {0}")]
-    Gpu(String),
+    /// No wgpu adapter, or the device failed; the wgpu error, when there is one, is the source.
+    #[error("GPU: {context}{}", source.as_ref().map(|s| format!(": {s}")).unwrap_or_default())]
+    Gpu {
+        context: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// A device wait outlived its limit (`--gpu-timeout`): the GPU is hung or far too slow.
+    #[error("GPU: {adapter}: {what} did not finish within {:.3} s (raise --gpu-timeout, or use --backend cpu)", waited.as_secs_f64())]
+    GpuTimeout {
+        adapter: String,
+        what: String,
+        waited: std::time::Duration,
+    },
 }
 
 impl Error {
+    /// A GPU failure described by `context` alone.
+    pub fn gpu(context: impl Into<String>) -> Self {
+        Error::Gpu {
+            context: context.into(),
+            source: None,
+        }
+    }
+
+    /// A GPU failure whose cause is the wgpu error `source`.
+    pub fn gpu_from(
+        context: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error::Gpu {
+            context: context.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
     /// Wraps an I/O error with the path and the action that failed.
     pub fn io(path: impl AsRef<Path>, action: &'static str, source: std::io::Error) -> Self {
         Error::Io {
@@ -69,7 +99,7 @@ impl Error {
             // Any failure to read an input (missing, permission, I/O error) is the
             // input's problem; failures to write outputs are the work's.
             Error::Io { action, .. } => *action == "read",
-            Error::HashMismatch { .. } | Error::Gpu(_) => false,
+            Error::HashMismatch { .. } | Error::Gpu { .. } | Error::GpuTimeout { .. } => false,
         }
     }
 }

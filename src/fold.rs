@@ -1,7 +1,7 @@
 //! The operations the CLI exposes: fold a file into bricks, unfold any brick back, inspect, preview.
 
 use crate::analysis::{byte_facts, sha256, ByteFacts};
-use crate::backend::{AdapterDescription, Backend};
+use crate::backend::{AdapterDescription, Backend, Staged};
 use crate::curve::{order_for_cells, MAX_ORDER};
 use crate::error::{Error, Result};
 use crate::format::brick::{self, flags, Brick, BrickHeader};
@@ -336,8 +336,7 @@ struct PartOutputs {
 }
 
 fn prepare_part(
-    backend: &Backend,
-    bytes: &[u8],
+    input: &Staged,
     plan: &PartPlan,
     wanted: PartOutputs,
     compression: PngCompression,
@@ -345,10 +344,20 @@ fn prepare_part(
 ) -> Result<PreparedPart> {
     let brick = wanted
         .brick
-        .then(|| backend.fold(Layout::Brick, bytes, order_of_side(plan.brick_side)))
+        .then(|| {
+            input.fold(
+                Layout::Brick,
+                plan.range.clone(),
+                order_of_side(plan.brick_side),
+            )
+        })
         .transpose()?;
     let (rts, rts_texture) = if wanted.rts {
-        let texture = backend.fold(Layout::Rts, bytes, order_of_side(plan.rts_side))?;
+        let texture = input.fold(
+            Layout::Rts,
+            plan.range.clone(),
+            order_of_side(plan.rts_side),
+        )?;
         let image = rts_png::encode_texture(plan.rts_side, &texture, compression)
             .map_err(|e| Error::io(name, "compress", e))?;
         (Some(image), wanted.keep_rts_texture.then_some(texture))
@@ -616,6 +625,9 @@ pub fn fold_bytes_reusing(
             && k.compression == opts.compression
     });
     let keep = reusable && reuse.is_some();
+    // One input for every kernel of this fold: on the GPU it is uploaded once, and the
+    // parts, the preview and the sections outline all read that upload.
+    let staged_input = backend.stage(data);
     // A single part is folded and deflated while the analysis runs beside it.
     let ((analysis, facts_of_all), mut first_prepared) = if multi {
         (crate::analysis::local::analyze_with_facts(data), None)
@@ -626,8 +638,7 @@ pub fn fold_bytes_reusing(
             || match (kept, previous) {
                 (Some(kept), Some(previous)) => prepare_part_from(kept, previous, data, &name),
                 _ => prepare_part(
-                    backend,
-                    &data[plan.range.clone()],
+                    &staged_input,
                     plan,
                     PartOutputs {
                         brick: want_brick,
@@ -678,8 +689,7 @@ pub fn fold_bytes_reusing(
         let bytes = &data[plan.range.clone()];
         let prepare = || {
             prepare_part(
-                backend,
-                bytes,
+                &staged_input,
                 plan,
                 PartOutputs {
                     brick: want_brick,
@@ -844,9 +854,8 @@ pub fn fold_bytes_reusing(
         } else {
             order_of_side(plans[0].brick_side)
         };
-        let image = preview::render(
-            backend,
-            data,
+        let image = preview::render_staged(
+            &staged_input,
             Layout::Brick,
             order,
             opts.palette,
@@ -875,9 +884,8 @@ pub fn fold_bytes_reusing(
             let base = if opts.palette == Palette::Byteclass && !opts.legend {
                 image.clone()
             } else {
-                preview::render(
-                    backend,
-                    data,
+                preview::render_staged(
+                    &staged_input,
                     Layout::Brick,
                     order,
                     Palette::Byteclass,

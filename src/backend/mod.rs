@@ -1,17 +1,27 @@
-//! Which engine does the work: the CPU twins (rayon) or the WGSL kernels (wgpu), chosen by `--backend`.
+//! Which engine does each piece of work: the CPU twins (rayon) or the WGSL kernels (wgpu), chosen per kernel by `--backend`.
 
+pub mod bench;
+pub mod calibrate;
 pub mod gpu;
+pub mod kernel;
 
 use crate::error::{Error, Result};
-use crate::kernels::preview_stats::{preview_stats, EntropyTable, RunStats};
-use crate::kernels::{fold_brick, fold_rts, unfold_brick, unfold_rts, Layout};
-pub use gpu::{AdapterDescription, AdapterKind, GpuBackend, GpuOptions};
+use crate::kernels::preview_stats::{EntropyTable, RunStats};
+use crate::kernels::Layout;
+pub use gpu::{AdapterDescription, AdapterKind, DeviceBytes, GpuBackend, GpuOptions, Routing};
+use kernel::{
+    DiffBlocks, DiffJob, FoldBrick, FoldJob, FoldRts, Kernel, KernelId, PreviewStats, StatsJob,
+    UnfoldBrick, UnfoldJob, UnfoldRts,
+};
+use std::ops::Range;
+use std::sync::OnceLock;
 
 /// What `--backend` asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendChoice {
-    /// A hardware GPU when one exists, else the CPU (which beats a software GPU).
+    /// Each kernel where this machine's calibration (`bench --calibrate`) says it is faster
+    /// for that size; the CPU for all of them when there is no calibration or no hardware GPU.
     Auto,
     /// wgpu on whatever adapter exists, software ones included; fails without one.
     Gpu,
@@ -22,11 +32,15 @@ pub enum BackendChoice {
 /// Largest side kept on the device for a series of comparisons (two are held at once).
 pub const RESIDENT_MAX_BYTES: usize = 1 << 30;
 
+/// Largest input a fold keeps on the device for all its kernels; a larger one goes up a
+/// range at a time.
+pub const STAGE_MAX_BYTES: usize = 4 << 30;
+
 /// A series of comparisons where each B is the next A (memory snapshots taken every second):
 /// on the GPU the last B stays on the device, so each snapshot is uploaded once.
 #[derive(Default)]
 pub struct DiffSeries {
-    last: Option<gpu::ResidentBytes>,
+    last: Option<(DeviceBytes, [u8; 32])>,
 }
 
 /// What a comparison in a series cost the device.
@@ -49,25 +63,50 @@ pub enum Backend {
     Gpu(Box<GpuBackend>),
 }
 
+/// One input of a fold, uploaded at most once (on the first kernel the GPU takes) and read
+/// by every kernel of that fold: brick, `.rts.png`, preview statistics.
+pub struct Staged<'a> {
+    backend: &'a Backend,
+    bytes: &'a [u8],
+    device: OnceLock<DeviceBytes>,
+}
+
 impl Backend {
-    /// Opens the engine `choice` names.
+    /// Opens the engine `choice` names. `auto` enumerates adapters once and opens the best
+    /// only when a calibration of it on this machine exists.
     pub fn select(choice: BackendChoice, options: &GpuOptions) -> Result<Self> {
         match choice {
             BackendChoice::Cpu => Ok(Backend::Cpu),
             BackendChoice::Gpu => Ok(Backend::Gpu(Box::new(GpuBackend::open(options)?))),
-            BackendChoice::Auto if gpu::hardware_adapter_present() => {
-                Ok(Backend::Gpu(Box::new(GpuBackend::open(options)?)))
+            BackendChoice::Auto => {
+                let Some(adapter) = gpu::best_adapter() else {
+                    return Ok(Backend::Cpu);
+                };
+                let description = gpu::describe(&adapter.get_info());
+                match calibrate::load(&description)? {
+                    Some(c) if c.kernels.iter().any(|k| k.gpu_from_bytes.is_some()) => {
+                        Ok(Backend::Gpu(Box::new(GpuBackend::open_adapter(
+                            adapter,
+                            options,
+                            Routing::Calibrated(c),
+                        )?)))
+                    }
+                    _ => Ok(Backend::Cpu),
+                }
             }
-            BackendChoice::Auto => Ok(Backend::Cpu),
         }
     }
 
-    /// `cpu`, `gpu(hw)` or `gpu(sw)`: what did the work.
+    /// `cpu`, `gpu(hw)`, `gpu(sw)`, or `auto(hw)` when a calibration splits the work.
     pub fn label(&self) -> &'static str {
         match self {
             Backend::Cpu => "cpu",
-            Backend::Gpu(g) if g.adapter().kind == AdapterKind::Hardware => "gpu(hw)",
-            Backend::Gpu(_) => "gpu(sw)",
+            Backend::Gpu(g) => match (g.routing(), g.adapter().kind) {
+                (Routing::Calibrated(_), AdapterKind::Hardware) => "auto(hw)",
+                (Routing::Calibrated(_), AdapterKind::Software) => "auto(sw)",
+                (Routing::Everything, AdapterKind::Hardware) => "gpu(hw)",
+                (Routing::Everything, AdapterKind::Software) => "gpu(sw)",
+            },
         }
     }
 
@@ -79,19 +118,26 @@ impl Backend {
         }
     }
 
+    /// The device, when `kernel` on `bytes` of input goes to it.
+    fn device_for(&self, kernel: KernelId, bytes: usize) -> Option<&GpuBackend> {
+        match self {
+            Backend::Gpu(g) if g.takes(kernel, bytes) => Some(g),
+            _ => None,
+        }
+    }
+
+    /// `data` as one fold's input: uploaded once if any kernel of the fold runs on the GPU.
+    pub fn stage<'a>(&'a self, data: &'a [u8]) -> Staged<'a> {
+        Staged {
+            backend: self,
+            bytes: data,
+            device: OnceLock::new(),
+        }
+    }
+
     /// Folds `data` into a new texture of side `2^order` (row-major RGBA words).
     pub fn fold(&self, layout: Layout, data: &[u8], order: u32) -> Result<Vec<u32>> {
-        let capacity = 1u64 << (2 * order);
-        if layout.pixels_for(data.len() as u64) > capacity {
-            return Err(Error::Usage(format!(
-                "{} bytes do not fit a texture of side {}",
-                data.len(),
-                1u64 << order
-            )));
-        }
-        let mut texture = vec![0u32; capacity as usize];
-        self.fold_into(layout, data, order, &mut texture)?;
-        Ok(texture)
+        self.stage(data).fold(layout, 0..data.len(), order)
     }
 
     /// Folds into a caller-owned texture (benchmarks reuse one allocation).
@@ -102,12 +148,8 @@ impl Backend {
         order: u32,
         texture: &mut [u32],
     ) -> Result<()> {
-        match (self, layout) {
-            (Backend::Cpu, Layout::Brick) => fold_brick::fold_brick(data, order, texture),
-            (Backend::Cpu, Layout::Rts) => fold_rts::fold_rts(data, order, texture),
-            (Backend::Gpu(g), _) => g.fold(layout, data, order, texture)?,
-        }
-        Ok(())
+        self.stage(data)
+            .fold_into(layout, 0..data.len(), order, texture)
     }
 
     /// Reads `len` source bytes back from a texture of side `2^order`.
@@ -131,19 +173,37 @@ impl Backend {
         order: u32,
         out: &mut [u8],
     ) -> Result<()> {
-        if layout.pixels_for(out.len() as u64) > texture.len() as u64 {
+        if layout.pixels_for(out.len() as u64) > texture.len() as u64
+            || texture.len() as u64 != 1u64 << (2 * order)
+        {
             return Err(Error::Usage(format!(
-                "{} bytes cannot come out of a texture of {} pixels",
+                "{} bytes cannot come out of a texture of {} pixels at order {order}",
                 out.len(),
                 texture.len()
             )));
         }
-        match (self, layout) {
-            (Backend::Cpu, Layout::Brick) => unfold_brick::unfold_brick(texture, order, out),
-            (Backend::Cpu, Layout::Rts) => unfold_rts::unfold_rts(texture, order, out),
-            (Backend::Gpu(g), _) => g.unfold(layout, texture, order, out)?,
+        let job = UnfoldJob {
+            layout,
+            order,
+            texture,
+            len: out.len(),
+        };
+        let kernel = match layout {
+            Layout::Brick => KernelId::UnfoldBrick,
+            Layout::Rts => KernelId::UnfoldRts,
+        };
+        match (self.device_for(kernel, out.len()), layout) {
+            (Some(g), Layout::Brick) => g.run::<UnfoldBrick>(&job, &[], out, true),
+            (Some(g), Layout::Rts) => g.run::<UnfoldRts>(&job, &[], out, true),
+            (None, Layout::Brick) => {
+                UnfoldBrick::run_cpu(&job, &[], out);
+                Ok(())
+            }
+            (None, Layout::Rts) => {
+                UnfoldRts::run_cpu(&job, &[], out);
+                Ok(())
+            }
         }
-        Ok(())
     }
 
     /// Per `block_bytes` block of two equally long inputs: differing bytes, then differing
@@ -156,10 +216,19 @@ impl Backend {
                 b.len()
             )));
         }
-        match self {
-            Backend::Cpu => Ok(crate::kernels::diff_blocks::diff_blocks(a, b, block_bytes)),
-            Backend::Gpu(g) => g.diff_blocks(a, b, block_bytes),
+        let job = DiffJob {
+            block_bytes,
+            len: a.len(),
+        };
+        let mut counts = vec![0u32; DiffBlocks::output_len(&job)];
+        match self.device_for(KernelId::DiffBlocks, a.len() * 2) {
+            Some(g) if block_bytes <= g.shape().segment_bytes => {
+                let (x, y) = (g.upload(a)?, g.upload(b)?);
+                g.run::<DiffBlocks>(&job, &[&x, &y], &mut counts, true)?;
+            }
+            _ => DiffBlocks::run_cpu(&job, &[a, b], &mut counts),
         }
+        Ok(counts)
     }
 
     /// [`Self::diff_blocks`] of the common prefix of two sides of `series`, giving the same
@@ -173,11 +242,12 @@ impl Backend {
         series: &mut DiffSeries,
     ) -> Result<(Vec<u32>, Option<DeviceUse>)> {
         let common = a.bytes.len().min(b.bytes.len());
-        let g = match self {
-            Backend::Gpu(g)
+        let g = match self.device_for(KernelId::DiffBlocks, common * 2) {
+            Some(g)
                 if a.bytes.len().max(b.bytes.len()) <= RESIDENT_MAX_BYTES
                     && block_bytes >= 64
-                    && block_bytes.is_power_of_two() =>
+                    && block_bytes.is_power_of_two()
+                    && block_bytes <= g.shape().segment_bytes =>
             {
                 g
             }
@@ -191,14 +261,22 @@ impl Backend {
         let kept = series
             .last
             .take()
-            .filter(|r| GpuBackend::holds(r, &a.sha256, a.bytes.len(), block_bytes));
+            .filter(|(resident, sha)| *sha == a.sha256 && resident.len() == a.bytes.len());
         let a_resident = kept.is_some();
-        let a_on_device = kept.unwrap_or_else(|| g.upload_resident(a.bytes, a.sha256, block_bytes));
-        let b_on_device = g.upload_resident(b.bytes, b.sha256, block_bytes);
+        let a_on_device = match kept {
+            Some((resident, _)) => resident,
+            None => g.upload(a.bytes)?,
+        };
+        let b_on_device = g.upload(b.bytes)?;
         // The device compares whole words; a last partial word of the common prefix would
         // read bytes past it on the longer side, so those (under four) are counted here.
         let whole = common / 4 * 4;
-        let mut counts = g.diff_resident(&a_on_device, &b_on_device, whole)?;
+        let job = DiffJob {
+            block_bytes,
+            len: whole,
+        };
+        let mut counts = vec![0u32; DiffBlocks::output_len(&job)];
+        g.run::<DiffBlocks>(&job, &[&a_on_device, &b_on_device], &mut counts, true)?;
         if whole < common {
             let differing = a.bytes[whole..common]
                 .iter()
@@ -210,7 +288,7 @@ impl Backend {
             counts[block * 2] += differing;
             counts[block * 2 + 1] += u32::from(differing > 0);
         }
-        series.last = Some(b_on_device);
+        series.last = Some((b_on_device, b.sha256));
         // Counted from what this comparison sent, not from the device's running total, which
         // other threads sharing the backend also add to.
         let used = DeviceUse {
@@ -228,9 +306,131 @@ impl Backend {
         runs: usize,
         table: &EntropyTable,
     ) -> Result<Vec<RunStats>> {
-        match self {
-            Backend::Cpu => Ok(preview_stats(data, run_len, runs, table)),
-            Backend::Gpu(g) => g.preview_stats(data, run_len, runs, table),
+        self.stage(data).preview_stats(run_len, runs, table)
+    }
+}
+
+impl<'a> Staged<'a> {
+    /// The input's bytes.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    pub fn backend(&self) -> &'a Backend {
+        self.backend
+    }
+
+    /// The whole input on the device, uploaded on first use; `None` when it is too large to
+    /// keep there (each call then uploads its own range).
+    fn resident(&self, g: &GpuBackend) -> Result<Option<&DeviceBytes>> {
+        if self.bytes.len() > STAGE_MAX_BYTES {
+            return Ok(None);
         }
+        if self.device.get().is_none() {
+            let _ = self.device.set(g.upload(self.bytes)?);
+        }
+        Ok(self.device.get())
+    }
+
+    /// Runs `K` over `range` of the input: from the resident upload, or a one-off upload of
+    /// the range when the whole input is too large to keep.
+    fn on_device<K: Kernel>(
+        &self,
+        g: &GpuBackend,
+        range: Range<usize>,
+        job: impl FnOnce(usize) -> K::Job<'a>,
+        out: &mut [K::Out],
+    ) -> Result<()> {
+        match self.resident(g)? {
+            Some(all) => g.run::<K>(&job(range.start), &[all], out, true),
+            None => {
+                let part = g.upload(&self.bytes[range])?;
+                g.run::<K>(&job(0), &[&part], out, true)
+            }
+        }
+    }
+
+    /// Folds `range` of the input into a new texture of side `2^order`.
+    pub fn fold(&self, layout: Layout, range: Range<usize>, order: u32) -> Result<Vec<u32>> {
+        let capacity = 1u64 << (2 * order);
+        if layout.pixels_for(range.len() as u64) > capacity {
+            return Err(Error::Usage(format!(
+                "{} bytes do not fit a texture of side {}",
+                range.len(),
+                1u64 << order
+            )));
+        }
+        let mut texture = vec![0u32; capacity as usize];
+        self.fold_into(layout, range, order, &mut texture)?;
+        Ok(texture)
+    }
+
+    /// Folds `range` of the input into a caller-owned texture of side `2^order`.
+    pub fn fold_into(
+        &self,
+        layout: Layout,
+        range: Range<usize>,
+        order: u32,
+        texture: &mut [u32],
+    ) -> Result<()> {
+        if texture.len() as u64 != 1u64 << (2 * order)
+            || layout.pixels_for(range.len() as u64) > texture.len() as u64
+            || range.end > self.bytes.len()
+        {
+            return Err(Error::Usage(format!(
+                "bytes {range:?} of {} do not fit a texture of {} pixels at order {order}",
+                self.bytes.len(),
+                texture.len()
+            )));
+        }
+        let len = range.len();
+        let job = |offset| FoldJob {
+            layout,
+            order,
+            offset,
+            len,
+        };
+        let kernel = match layout {
+            Layout::Brick => KernelId::FoldBrick,
+            Layout::Rts => KernelId::FoldRts,
+        };
+        match (self.backend.device_for(kernel, len), layout) {
+            (Some(g), Layout::Brick) => self.on_device::<FoldBrick>(g, range, job, texture),
+            (Some(g), Layout::Rts) => self.on_device::<FoldRts>(g, range, job, texture),
+            (None, Layout::Brick) => {
+                FoldBrick::run_cpu(&job(range.start), &[self.bytes], texture);
+                Ok(())
+            }
+            (None, Layout::Rts) => {
+                FoldRts::run_cpu(&job(range.start), &[self.bytes], texture);
+                Ok(())
+            }
+        }
+    }
+
+    /// Per-run statistics of the whole input (see `kernels::preview_stats`).
+    pub fn preview_stats(
+        &self,
+        run_len: usize,
+        runs: usize,
+        table: &'a EntropyTable,
+    ) -> Result<Vec<RunStats>> {
+        let len = self.bytes.len();
+        let job = |offset| StatsJob {
+            offset,
+            len,
+            run_len,
+            runs,
+            table,
+        };
+        let mut stats = vec![RunStats::default(); runs];
+        match self.backend.device_for(KernelId::PreviewStats, len) {
+            // A chunk holds at least four runs within one segment.
+            Some(g) if run_len * 4 <= g.shape().segment_bytes => {
+                self.on_device::<PreviewStats>(g, 0..len, job, &mut stats)?
+            }
+            _ => PreviewStats::run_cpu(&job(0), &[self.bytes], &mut stats),
+        }
+        Ok(stats)
     }
 }

@@ -2,7 +2,7 @@
 //! downscaled by summarising each pixel's whole run of bytes, never by point-sampling.
 
 use super::legend;
-use crate::backend::Backend;
+use crate::backend::{Backend, Staged};
 use crate::error::{Error, Result};
 use crate::kernels::preview_stats::{EntropyTable, RunStats, CLASS_NAMES, MAX_RUN_LEN};
 use crate::kernels::Layout;
@@ -132,6 +132,18 @@ pub fn render(
     side: u32,
     legend: bool,
 ) -> Result<PreviewImage> {
+    render_staged(&backend.stage(data), layout, order, palette, side, legend)
+}
+
+/// [`render`] of a fold's staged input, so the statistics read the fold's one upload.
+pub fn render_staged(
+    input: &Staged,
+    layout: Layout,
+    order: u32,
+    palette: Palette,
+    side: u32,
+    legend: bool,
+) -> Result<PreviewImage> {
     if !side.is_power_of_two() || !PREVIEW_SIDES.contains(&side) {
         return Err(Error::Usage(format!(
             "preview side {side} must be a power of two from {} to {}",
@@ -162,7 +174,7 @@ pub fn render(
     }
     let runs = 1usize << (2 * stats_order);
     let table = EntropyTable::for_run_len(run_len as usize);
-    let stats = backend.preview_stats(data, run_len as usize, runs, &table)?;
+    let stats = input.preview_stats(run_len as usize, runs, &table)?;
     let colours: Vec<[u8; 4]> = stats
         .par_iter()
         .enumerate()

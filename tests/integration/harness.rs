@@ -67,6 +67,7 @@ pub fn gpu_small_chunks() -> &'static Backend {
     GPU.get_or_init(|| {
         open_gpu(GpuOptions {
             max_chunk_bytes: Some(16 << 10),
+            ..GpuOptions::default()
         })
     })
 }

@@ -4,7 +4,7 @@
 use crate::harness::s;
 use std::process::Command;
 
-const COMMANDS: [&str; 15] = [
+const COMMANDS: [&str; 16] = [
     "fold",
     "snapshot",
     "mem",
@@ -20,6 +20,7 @@ const COMMANDS: [&str; 15] = [
     "preview",
     "completions",
     "man",
+    "bench",
 ];
 
 /// `foundry-gpu ARGS` with the terminal `columns` wide (clap reads COLUMNS off a terminal).
@@ -103,7 +104,7 @@ fn options_stand_under_headings_and_backend_only_where_an_engine_runs() {
             "{engine}"
         );
     }
-    for no_engine in ["status", "analyze", "completions", "man"] {
+    for no_engine in ["status", "analyze", "completions", "man", "bench"] {
         let text = help_at(&[no_engine, "--help"], 100);
         assert!(!text.contains("--backend"), "{no_engine} offers --backend");
     }

@@ -4,7 +4,7 @@
 use crate::harness::{
     assert_same, compare_bytes, gpu, gpu_leg, gpu_small_chunks, reference_fold, sample_bytes,
 };
-use foundry_gpu::backend::gpu::{kernel_source, KERNELS};
+use foundry_gpu::backend::kernel::KernelId;
 use foundry_gpu::curve::order_for_cells;
 use foundry_gpu::kernels::preview_stats::EntropyTable;
 use foundry_gpu::{Backend, Layout};
@@ -259,7 +259,14 @@ fn a_series_on_the_gpu_uploads_each_snapshot_once_and_counts_like_the_cpu() {
     let gpus: Vec<Backend> = [None, Some(16 << 10)]
         .into_iter()
         .map(|max_chunk_bytes| {
-            Backend::select(BackendChoice::Gpu, &GpuOptions { max_chunk_bytes }).unwrap()
+            Backend::select(
+                BackendChoice::Gpu,
+                &GpuOptions {
+                    max_chunk_bytes,
+                    ..GpuOptions::default()
+                },
+            )
+            .unwrap()
         })
         .collect();
     // Snapshots of changing sizes: the common prefix ends mid-word (a 3-byte tail) and on a
@@ -307,9 +314,11 @@ fn a_series_on_the_gpu_uploads_each_snapshot_once_and_counts_like_the_cpu() {
 }
 
 #[test]
-fn every_shader_validates_with_naga_and_names_its_twin() {
-    for (name, wgsl) in KERNELS {
-        let source = kernel_source(wgsl);
+fn every_shader_validates_with_naga_names_its_twin_and_matches_its_params() {
+    for kernel in KernelId::ALL {
+        let name = kernel.name();
+        let wgsl = kernel.wgsl();
+        let source = kernel.source();
         let module = naga::front::wgsl::parse_str(&source)
             .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&source)));
         naga::valid::Validator::new(
@@ -330,5 +339,213 @@ fn every_shader_validates_with_naga_and_names_its_twin() {
         assert!(std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join(&twin)
             .exists());
+        // The Rust parameter struct is the shader's: same struct, size, fields and offsets.
+        let layout = kernel.params_layout();
+        let bound: Vec<_> = module
+            .global_variables
+            .iter()
+            .filter_map(|(_, g)| g.binding.as_ref().map(|b| (b.group, b.binding, g.ty)))
+            .collect();
+        let (_, _, params_ty) = *bound
+            .iter()
+            .find(|(group, binding, _)| (*group, *binding) == (0, 0))
+            .unwrap_or_else(|| panic!("{name}: no binding 0"));
+        let ty = &module.types[params_ty];
+        assert_eq!(ty.name.as_deref(), Some(layout.wgsl_struct), "{name}");
+        let naga::TypeInner::Struct { members, span } = &ty.inner else {
+            panic!("{name}: binding 0 is not a struct")
+        };
+        assert_eq!(*span as usize, layout.size, "{name}: struct size");
+        let shader_fields: Vec<(String, usize)> = members
+            .iter()
+            .map(|m| (m.name.clone().unwrap_or_default(), m.offset as usize))
+            .collect();
+        let rust_fields: Vec<(String, usize)> = layout
+            .fields
+            .iter()
+            .map(|(field, offset)| (field.trim_start_matches('_').to_string(), *offset))
+            .collect();
+        assert_eq!(shader_fields, rust_fields, "{name}: fields and offsets");
+        // Params, the declared inputs, then one output.
+        assert_eq!(bound.len(), kernel.input_bindings() + 2, "{name}: bindings");
     }
+}
+
+#[test]
+fn the_params_check_fails_when_a_field_moves() {
+    // The check above compares names and offsets; a struct with two fields swapped must
+    // not pass it.
+    let layout = KernelId::DiffBlocks.params_layout();
+    let mut swapped: Vec<_> = layout.fields.to_vec();
+    swapped.swap(0, 1);
+    let offsets: Vec<_> = swapped.iter().map(|(_, o)| *o).collect();
+    assert_ne!(swapped, layout.fields.to_vec());
+    assert!(offsets.windows(2).any(|w| w[0] > w[1]));
+}
+
+gpu_leg! {
+fn a_fold_uploads_its_input_once_for_every_kernel() {
+    use foundry_gpu::backend::{BackendChoice, GpuOptions};
+    use foundry_gpu::fold::{fold_file, FoldOptions, OutputTarget};
+    // Devices of this test's own, so their counters hold only its work; 16 KiB bindings so
+    // each kernel runs in many dispatches over ranges of the one upload.
+    for max_chunk_bytes in [None, Some(16 << 10)] {
+        let own = Backend::select(
+            BackendChoice::Gpu,
+            &GpuOptions {
+                max_chunk_bytes,
+                ..GpuOptions::default()
+            },
+        )
+        .unwrap();
+        let Backend::Gpu(device) = &own else {
+            unreachable!()
+        };
+        let data = sample_bytes(300_001, 9);
+        let before = device.counters();
+        let input = own.stage(&data);
+        let brick = input.fold(Layout::Brick, 0..data.len(), min_order(Layout::Brick, data.len())).unwrap();
+        let rts = input.fold(Layout::Rts, 0..data.len(), min_order(Layout::Rts, data.len())).unwrap();
+        let table = EntropyTable::for_run_len(4096);
+        let stats = input.preview_stats(4096, data.len().div_ceil(4096), &table).unwrap();
+        let after = device.counters();
+        assert_eq!(after.input_uploads - before.input_uploads, 1, "{max_chunk_bytes:?}");
+        assert_eq!(after.uploaded_bytes - before.uploaded_bytes, data.len() as u64);
+        assert!(after.dispatches - before.dispatches >= 3);
+        // The same bytes as the CPU twins.
+        let cpu = Backend::Cpu.stage(&data);
+        assert_eq!(brick, cpu.fold(Layout::Brick, 0..data.len(), min_order(Layout::Brick, data.len())).unwrap());
+        assert_eq!(rts, cpu.fold(Layout::Rts, 0..data.len(), min_order(Layout::Rts, data.len())).unwrap());
+        assert_eq!(stats, cpu.preview_stats(4096, data.len().div_ceil(4096), &table).unwrap());
+
+        // The whole `fold` command: brick, .rts.png, preview and sections from one upload.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("input.bin");
+        std::fs::write(&path, &data).unwrap();
+        let before = device.counters();
+        fold_file(
+            &own,
+            &path,
+            &OutputTarget::Directory(dir.path().join("out")),
+            &FoldOptions::default(),
+            &foundry_gpu::progress::Silent,
+        )
+        .unwrap();
+        let after = device.counters();
+        assert_eq!(after.input_uploads - before.input_uploads, 1, "fold of {max_chunk_bytes:?}");
+        assert_eq!(after.uploaded_bytes - before.uploaded_bytes, data.len() as u64);
+    }
+}
+}
+
+gpu_leg! {
+fn a_device_wait_past_its_limit_is_a_clear_error() {
+    use foundry_gpu::backend::{BackendChoice, GpuOptions};
+    let data = sample_bytes(8 << 20, 3);
+    let order = min_order(Layout::Brick, data.len());
+    let hasty = Backend::select(
+        BackendChoice::Gpu,
+        &GpuOptions {
+            wait_timeout: Some(std::time::Duration::from_micros(1)),
+            ..GpuOptions::default()
+        },
+    )
+    .unwrap();
+    let e = hasty.fold(Layout::Brick, &data, order).unwrap_err();
+    assert!(
+        matches!(e, foundry_gpu::Error::GpuTimeout { .. }),
+        "expected a timeout, got {e}"
+    );
+    let message = e.to_string();
+    assert!(message.contains("did not finish within") && message.contains("--gpu-timeout"), "{message}");
+    // The same work with the default limit completes: the limit is what failed it.
+    let patient = gpu();
+    assert_eq!(
+        patient.fold(Layout::Brick, &data, order).unwrap(),
+        Backend::Cpu.fold(Layout::Brick, &data, order).unwrap()
+    );
+}
+}
+
+gpu_leg! {
+fn a_calibration_sends_each_kernel_where_it_says() {
+    use foundry_gpu::backend::calibrate::{Calibration, KernelCrossover};
+    use foundry_gpu::backend::gpu::{best_adapter, describe, GpuBackend, Routing};
+    let adapter = best_adapter().expect("an adapter");
+    let calibration = Calibration {
+        adapter: describe(&adapter.get_info()),
+        measured_at: 0,
+        cpu_threads: rayon::current_num_threads(),
+        kernels: vec![KernelCrossover {
+            kernel: KernelId::FoldRts,
+            gpu_from_bytes: Some(1 << 16),
+            samples: Vec::new(),
+        }],
+    };
+    let device = GpuBackend::open_adapter(adapter, &Default::default(), Routing::Calibrated(calibration)).unwrap();
+    let backend = Backend::Gpu(Box::new(device));
+    assert_eq!(backend.label(), "auto(sw)".replace("sw", match backend.adapter().unwrap().kind {
+        foundry_gpu::backend::AdapterKind::Hardware => "hw",
+        foundry_gpu::backend::AdapterKind::Software => "sw",
+    }).as_str());
+    let Backend::Gpu(g) = &backend else { unreachable!() };
+    let big = sample_bytes(1 << 17, 4);
+    let small = sample_bytes(1 << 10, 4);
+    for (data, layout, on_gpu) in [
+        (&big, Layout::Rts, true),
+        (&small, Layout::Rts, false),
+        (&big, Layout::Brick, false),
+    ] {
+        let order = min_order(layout, data.len());
+        let before = g.counters().dispatches;
+        let texture = backend.fold(layout, data, order).unwrap();
+        assert_eq!(texture, Backend::Cpu.fold(layout, data, order).unwrap());
+        assert_eq!(g.counters().dispatches > before, on_gpu, "{layout:?} {} bytes", data.len());
+    }
+}
+}
+
+gpu_leg! {
+fn bench_measures_both_sides_and_its_calibration_steers_auto() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("calibration.json");
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_foundry-gpu"))
+            .args(args)
+            .env("FOUNDRY_GPU_CALIBRATION", &cache)
+            .output()
+            .unwrap()
+    };
+    let o = run(&["bench", "--size", "1MiB", "--repeats", "1", "--calibrate", "--calibrate-max", "64KiB", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    for wanted in ["upload", "readback", "device copy", "fold_brick kernel", "fold_rts end to end", "preview pyramid", "diff_blocks", "unfold_rts"] {
+        let row = rows
+            .iter()
+            .find(|r| r["name"].as_str().unwrap().starts_with(wanted))
+            .unwrap_or_else(|| panic!("no {wanted} row"));
+        assert!(row["gpu_seconds"].as_f64().unwrap() > 0.0, "{wanted}");
+    }
+    assert!(rows.iter().filter(|r| r["cpu_seconds"].as_f64().is_some()).count() >= 8);
+    assert_eq!(report["counters"]["input_uploads"].as_u64().map(|n| n > 0), Some(true));
+    // The calibration is stored and read back by `--backend auto`.
+    let stored: serde_json::Value = serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
+    let kernels = stored[0]["kernels"].as_array().unwrap();
+    assert_eq!(kernels.len(), KernelId::ALL.len());
+    let any_gpu = kernels.iter().any(|k| !k["gpu_from_bytes"].is_null());
+    let input = dir.path().join("x.bin");
+    std::fs::write(&input, sample_bytes(1 << 20, 2)).unwrap();
+    let out = dir.path().join("x.rts.png");
+    let o = run(&["fold", input.to_str().unwrap(), "-o", out.to_str().unwrap(), "--backend", "auto", "-v", "-q"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let said = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(said.contains("backend: auto("), any_gpu, "{said}");
+    assert_eq!(said.contains("backend: cpu"), !any_gpu, "{said}");
+    // A cache that does not parse is named, not trusted.
+    std::fs::write(&cache, b"{ not json").unwrap();
+    let o = run(&["fold", input.to_str().unwrap(), "-o", out.to_str().unwrap(), "--backend", "auto"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("calibration.json"));
+}
 }

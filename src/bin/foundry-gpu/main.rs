@@ -1,7 +1,7 @@
 //! The `foundry-gpu` command line: arguments, progress bars, output and exit codes; the work is in the library.
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
-use foundry_gpu::backend::{Backend, BackendChoice, GpuOptions};
+use foundry_gpu::backend::{bench, Backend, BackendChoice, GpuOptions};
 use foundry_gpu::fold::{
     self, human_bytes, FoldOptions, OutputTarget, SectionChoice, DEFAULT_MAX_SIDE,
     DEFAULT_PREVIEW_SIDE,
@@ -43,6 +43,9 @@ struct Global {
     /// The engine the command chose (`--backend` of the commands that run one); not an option here.
     #[arg(skip = BackendChoice::Auto)]
     backend: BackendChoice,
+    /// The command's `--gpu-timeout`; not an option here.
+    #[arg(skip)]
+    gpu_timeout: Option<std::time::Duration>,
     /// Print the result as JSON on stdout (no progress bar).
     #[arg(long, global = true)]
     json: bool,
@@ -73,9 +76,12 @@ enum StreamFormat {
 #[derive(Args, Clone, Copy)]
 #[command(next_help_heading = "Engine")]
 struct EngineArgs {
-    /// Which engine folds, unfolds and compares.
+    /// Which engine folds, unfolds and compares (auto: each kernel where `bench --calibrate` measured it faster).
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     backend: BackendChoice,
+    /// Longest any one GPU wait may take before the command fails (e.g. 30s); default 120s.
+    #[arg(long, value_name = "DURATION", value_parser = process_memory::parse_duration)]
+    gpu_timeout: Option<std::time::Duration>,
 }
 
 #[derive(Subcommand)]
@@ -381,6 +387,30 @@ Types: convert_binary, convert_directory, crystallize_system, analyze_system (lo
         #[arg(short, long, value_name = "DIR")]
         output: Option<PathBuf>,
     },
+    /// Measure the GPU against the CPU twins: GB/s per kernel, upload, readback, end to end; --calibrate stores where the auto engine runs each kernel.
+    #[command(
+        after_help = "Examples:\n  foundry-gpu bench                      # 256 MiB, table on stdout\n  foundry-gpu bench --size 1GiB --json > gpu.json\n  foundry-gpu bench --calibrate          # then the auto engine uses the GPU where it won\n\nThe calibration is cached per adapter in $FOUNDRY_GPU_CALIBRATION, else $XDG_CACHE_HOME/foundry-gpu/calibration.json (~/.cache/...)."
+    )]
+    Bench {
+        /// Input size of the kernel and end-to-end rows (e.g. 64MiB, 1GiB).
+        #[arg(long, value_name = "SIZE", value_parser = foundry_gpu::source::parse_size, default_value = "256MiB")]
+        size: u64,
+        /// Each figure is the best of this many runs.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=100))]
+        repeats: u64,
+        /// Also time every kernel at sizes from 4 KiB up to --calibrate-max and store the crossovers.
+        #[arg(long)]
+        calibrate: bool,
+        /// Largest size the calibration samples.
+        #[arg(long, value_name = "SIZE", value_parser = foundry_gpu::source::parse_size, default_value = "64MiB")]
+        calibrate_max: u64,
+        /// Longest any one GPU wait may take (e.g. 30s); default 120s.
+        #[arg(long, value_name = "DURATION", value_parser = process_memory::parse_duration)]
+        gpu_timeout: Option<std::time::Duration>,
+        /// Also write the report as JSON to this file (the table still goes to stdout).
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
+    },
     /// One daemon task, run as its owner: reads the job from stdin, prints the outcome (the daemon starts it).
     #[command(hide = true)]
     TaskWorker,
@@ -402,6 +432,25 @@ impl Command {
             | Command::Info { engine, .. }
             | Command::Preview { engine, .. } => engine.backend,
             _ => BackendChoice::Auto,
+        }
+    }
+
+    /// The `--gpu-timeout` of a command that runs an engine.
+    fn gpu_timeout(&self) -> Option<std::time::Duration> {
+        match self {
+            Command::Fold { engine, .. }
+            | Command::Snapshot { engine, .. }
+            | Command::Mem { engine, .. }
+            | Command::Run { engine, .. }
+            | Command::Daemon { engine, .. }
+            | Command::Watch { engine, .. }
+            | Command::Diff { engine, .. }
+            | Command::Patch { engine, .. }
+            | Command::Unfold { engine, .. }
+            | Command::Info { engine, .. }
+            | Command::Preview { engine, .. } => engine.gpu_timeout,
+            Command::Bench { gpu_timeout, .. } => *gpu_timeout,
+            _ => None,
         }
     }
 }
@@ -859,7 +908,11 @@ fn print_json(value: &impl serde::Serialize) {
 }
 
 fn open_backend(global: &Global) -> Result<Backend, Error> {
-    let backend = Backend::select(global.backend, &GpuOptions::default())?;
+    let options = GpuOptions {
+        wait_timeout: global.gpu_timeout,
+        ..GpuOptions::default()
+    };
+    let backend = Backend::select(global.backend, &options)?;
     if global.verbose {
         match backend.adapter() {
             Some(a) => eprintln!(
@@ -931,6 +984,41 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             drop(bar);
             foundry_gpu::task::worker::serve_one_job()
                 .map_err(|e| Error::io("stdout", "write", e))?;
+        }
+        Command::Bench {
+            size,
+            repeats,
+            calibrate,
+            calibrate_max,
+            report: report_path,
+            ..
+        } => {
+            drop(bar);
+            let options = GpuOptions {
+                wait_timeout: global.gpu_timeout,
+                ..GpuOptions::default()
+            };
+            let device = foundry_gpu::backend::GpuBackend::open(&options)?;
+            let report = bench::run(
+                &device,
+                &bench::BenchOptions {
+                    bytes: usize::try_from(size).unwrap_or(usize::MAX),
+                    repeats: repeats as usize,
+                    calibrate,
+                    calibrate_max_bytes: usize::try_from(calibrate_max).unwrap_or(usize::MAX),
+                },
+            )?;
+            if let Some(path) = &report_path {
+                let text = serde_json::to_string_pretty(&report).expect("reports serialise");
+                let mut staged = foundry_gpu::format::staged::StagedOutputs::new();
+                staged.write(path, |w| w.write_all(text.as_bytes()))?;
+                staged.commit()?;
+            }
+            if global.json {
+                print_json(&report);
+            } else {
+                print!("{}", bench::render_table(&report));
+            }
         }
         Command::Completions { shell } => {
             clap_complete::generate(
@@ -1831,6 +1919,7 @@ fn main() -> ExitCode {
         }
     }
     cli.global.backend = cli.command.engine();
+    cli.global.gpu_timeout = cli.command.gpu_timeout();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

@@ -1,0 +1,182 @@
+//! Where `--backend auto` runs each kernel: crossovers measured on this adapter by `foundry-gpu bench --calibrate`, cached per adapter.
+
+use super::gpu::AdapterDescription;
+use super::kernel::KernelId;
+use crate::error::{Error, Result};
+use std::io::Read;
+use std::path::PathBuf;
+
+/// Largest calibration cache read (a handful of adapters fit in a few KiB).
+const MAX_CACHE_BYTES: u64 = 1 << 20;
+
+/// One size measured on both sides, end to end (upload, kernel, readback on the GPU).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Sample {
+    pub bytes: u64,
+    pub cpu_seconds: f64,
+    pub gpu_seconds: f64,
+}
+
+/// Where one kernel goes, and the samples that decided it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct KernelCrossover {
+    pub kernel: KernelId,
+    /// Inputs of at least this many bytes go to the GPU; `None`: the CPU twin always wins.
+    pub gpu_from_bytes: Option<u64>,
+    pub samples: Vec<Sample>,
+}
+
+/// A calibration of one adapter.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Calibration {
+    pub adapter: AdapterDescription,
+    /// Seconds since the Unix epoch when it was measured.
+    pub measured_at: u64,
+    /// CPU threads the twins ran on (a calibration from another machine does not apply).
+    pub cpu_threads: usize,
+    pub kernels: Vec<KernelCrossover>,
+}
+
+impl Calibration {
+    /// Whether `kernel` on `bytes` of input runs faster on the GPU. A kernel never measured
+    /// stays on the CPU: `auto` never guesses the GPU is faster.
+    pub fn gpu_takes(&self, kernel: KernelId, bytes: u64) -> bool {
+        self.kernels
+            .iter()
+            .find(|k| k.kernel == kernel)
+            .and_then(|k| k.gpu_from_bytes)
+            .is_some_and(|from| bytes >= from)
+    }
+}
+
+/// The smallest sampled size from which the GPU wins at that size and every larger one.
+pub fn crossover(samples: &[Sample]) -> Option<u64> {
+    let mut sorted: Vec<&Sample> = samples.iter().collect();
+    sorted.sort_by_key(|s| s.bytes);
+    let mut from = None;
+    for s in sorted.iter().rev() {
+        if s.gpu_seconds < s.cpu_seconds {
+            from = Some(s.bytes);
+        } else {
+            break;
+        }
+    }
+    from
+}
+
+/// Where calibrations are cached: `$FOUNDRY_GPU_CALIBRATION`, else
+/// `$XDG_CACHE_HOME/foundry-gpu/calibration.json`, else `~/.cache/foundry-gpu/…`.
+pub fn cache_path() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("FOUNDRY_GPU_CALIBRATION") {
+        return Some(PathBuf::from(p));
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("foundry-gpu").join("calibration.json"))
+}
+
+fn read_cache(path: &std::path::Path) -> Result<Vec<Calibration>> {
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(path, "read", e)),
+    };
+    let mut text = String::new();
+    file.take(MAX_CACHE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| Error::io(path, "read", e))?;
+    if text.len() as u64 > MAX_CACHE_BYTES {
+        return Err(Error::Malformed {
+            path: path.to_path_buf(),
+            problem: format!("a calibration cache is at most {MAX_CACHE_BYTES} bytes"),
+        });
+    }
+    serde_json::from_str(&text).map_err(|e| Error::Malformed {
+        path: path.to_path_buf(),
+        problem: format!("not a calibration cache: {e}"),
+    })
+}
+
+/// The cached calibration of `adapter` on this machine's thread count, if any. A cache that
+/// does not parse is reported, not trusted.
+pub fn load(adapter: &AdapterDescription) -> Result<Option<Calibration>> {
+    let Some(path) = cache_path() else {
+        return Ok(None);
+    };
+    let threads = rayon::current_num_threads();
+    Ok(read_cache(&path)?
+        .into_iter()
+        .find(|c| c.adapter == *adapter && c.cpu_threads == threads))
+}
+
+/// Stores `calibration`, replacing the one of the same adapter; written to a temporary
+/// file and renamed. Returns the cache's path.
+pub fn store(calibration: &Calibration) -> Result<PathBuf> {
+    let path = cache_path().ok_or_else(|| {
+        Error::Usage("no cache folder: set FOUNDRY_GPU_CALIBRATION, XDG_CACHE_HOME or HOME".into())
+    })?;
+    let mut all = read_cache(&path).unwrap_or_default();
+    all.retain(|c| !(c.adapter == calibration.adapter && c.cpu_threads == calibration.cpu_threads));
+    all.push(calibration.clone());
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create", e))?;
+    let mut temp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, "create", e))?;
+    serde_json::to_writer_pretty(&mut temp, &all)
+        .map_err(|e| Error::io(&path, "write", e.into()))?;
+    temp.persist(&path)
+        .map_err(|e| Error::io(&path, "rename", e.error))?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(bytes: u64, cpu: f64, gpu: f64) -> Sample {
+        Sample {
+            bytes,
+            cpu_seconds: cpu,
+            gpu_seconds: gpu,
+        }
+    }
+
+    #[test]
+    fn the_crossover_is_where_the_gpu_wins_from_then_on() {
+        assert_eq!(
+            crossover(&[
+                sample(1, 1.0, 2.0),
+                sample(2, 2.0, 1.0),
+                sample(4, 4.0, 1.0)
+            ]),
+            Some(2)
+        );
+        // A win below a loss does not count: the larger size decides.
+        assert_eq!(crossover(&[sample(1, 2.0, 1.0), sample(2, 1.0, 2.0)]), None);
+        assert_eq!(crossover(&[sample(1, 1.0, 2.0)]), None);
+        assert_eq!(crossover(&[]), None);
+    }
+
+    #[test]
+    fn an_unmeasured_kernel_stays_on_the_cpu() {
+        let c = Calibration {
+            adapter: AdapterDescription {
+                name: "x".into(),
+                driver: "y".into(),
+                backend: "Vulkan".into(),
+                kind: super::super::gpu::AdapterKind::Hardware,
+            },
+            measured_at: 0,
+            cpu_threads: 2,
+            kernels: vec![KernelCrossover {
+                kernel: KernelId::FoldRts,
+                gpu_from_bytes: Some(1 << 20),
+                samples: vec![],
+            }],
+        };
+        assert!(c.gpu_takes(KernelId::FoldRts, 1 << 20));
+        assert!(!c.gpu_takes(KernelId::FoldRts, (1 << 20) - 1));
+        assert!(!c.gpu_takes(KernelId::FoldBrick, 1 << 30));
+    }
+}
