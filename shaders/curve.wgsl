@@ -87,6 +87,34 @@ fn xy2d_coarse(order: u32, column: u32, row: u32) -> vec3<u32> {
     return vec3<u32>(d, x, y);
 }
 
+// For the 16x16 tile whose top-left pixel is (column, row): the curve index of its
+// first cell, and how the levels above it turn its local coordinates. Those levels only
+// ever swap x and y or complement both (which commute), so two probes tell which:
+// bit 1 complement, bit 0 swap.
+fn tile_of(order: u32, column: u32, row: u32) -> vec2<u32> {
+    let origin = xy2d_coarse(order, column, row);
+    let probe = xy2d_coarse(order, column + 1u, row);
+    let complement = select(0u, 2u, origin.y == 15u);
+    let swap = select(0u, 1u, probe.y == origin.y);
+    return vec2<u32>(origin.x, complement | swap);
+}
+
+// Tile-local (x, y) as the levels above the tile leave them (`turn` from tile_of).
+fn turn_in_tile(turn: u32, x: u32, y: u32) -> vec2<u32> {
+    var tx = x;
+    var ty = y;
+    if ((turn & 2u) != 0u) {
+        tx = 15u - tx;
+        ty = 15u - ty;
+    }
+    if ((turn & 1u) != 0u) {
+        let swapped = tx;
+        tx = ty;
+        ty = swapped;
+    }
+    return vec2<u32>(tx, ty);
+}
+
 // The parameter block of every fold/unfold kernel. Rust twin: kernels::CurveParams.
 struct CurveParams {
     order: u32,

@@ -349,7 +349,8 @@ fn plan_fold(job: &FoldJob, shape: &DeviceShape) -> Vec<Dispatch<CurveParams>> {
             let work = if start == end {
                 Work::Fill(job.layout.padding_pixel())
             } else {
-                let groups = grid.block_side.div_ceil(8) as u32;
+                // 16x16 workgroups: one curve tile each (see `tile_of` in curve.wgsl).
+                let groups = grid.block_side.div_ceil(16) as u32;
                 Work::Run {
                     params: grid.params(
                         base,
