@@ -339,48 +339,101 @@ fn every_shader_validates_with_naga_names_its_twin_and_matches_its_params() {
         assert!(std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join(&twin)
             .exists());
-        // The Rust parameter struct is the shader's: same struct, size, fields and offsets.
-        let layout = kernel.params_layout();
-        let bound: Vec<_> = module
-            .global_variables
-            .iter()
-            .filter_map(|(_, g)| g.binding.as_ref().map(|b| (b.group, b.binding, g.ty)))
-            .collect();
-        let (_, _, params_ty) = *bound
-            .iter()
-            .find(|(group, binding, _)| (*group, *binding) == (0, 0))
-            .unwrap_or_else(|| panic!("{name}: no binding 0"));
-        let ty = &module.types[params_ty];
-        assert_eq!(ty.name.as_deref(), Some(layout.wgsl_struct), "{name}");
-        let naga::TypeInner::Struct { members, span } = &ty.inner else {
-            panic!("{name}: binding 0 is not a struct")
-        };
-        assert_eq!(*span as usize, layout.size, "{name}: struct size");
-        let shader_fields: Vec<(String, usize)> = members
-            .iter()
-            .map(|m| (m.name.clone().unwrap_or_default(), m.offset as usize))
-            .collect();
-        let rust_fields: Vec<(String, usize)> = layout
-            .fields
-            .iter()
-            .map(|(field, offset)| (field.trim_start_matches('_').to_string(), *offset))
-            .collect();
-        assert_eq!(shader_fields, rust_fields, "{name}: fields and offsets");
-        // Params, the declared inputs, then one output.
-        assert_eq!(bound.len(), kernel.input_bindings() + 2, "{name}: bindings");
+        params_match(&module, kernel.params_layout(), kernel.input_bindings())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
     }
 }
 
+/// Whether the shader's binding-0 struct is the Rust one (name, size, fields and offsets) and
+/// the shader binds params, `inputs` inputs and one output.
+fn params_match(
+    module: &naga::Module,
+    layout: foundry_gpu::backend::kernel::ParamsLayout,
+    inputs: usize,
+) -> Result<(), String> {
+    let bound: Vec<_> = module
+        .global_variables
+        .iter()
+        .filter_map(|(_, g)| g.binding.as_ref().map(|b| (b.group, b.binding, g.ty)))
+        .collect();
+    let (_, _, params_ty) = *bound
+        .iter()
+        .find(|(group, binding, _)| (*group, *binding) == (0, 0))
+        .ok_or("no binding 0")?;
+    let ty = &module.types[params_ty];
+    if ty.name.as_deref() != Some(layout.wgsl_struct) {
+        return Err(format!(
+            "binding 0 is {:?}, not {}",
+            ty.name, layout.wgsl_struct
+        ));
+    }
+    let naga::TypeInner::Struct { members, span } = &ty.inner else {
+        return Err("binding 0 is not a struct".into());
+    };
+    if *span as usize != layout.size {
+        return Err(format!(
+            "struct size {span} in WGSL, {} in Rust",
+            layout.size
+        ));
+    }
+    let shader: Vec<(String, usize)> = members
+        .iter()
+        .map(|m| (m.name.clone().unwrap_or_default(), m.offset as usize))
+        .collect();
+    let rust: Vec<(String, usize)> = layout
+        .fields
+        .iter()
+        .map(|(field, offset)| (field.trim_start_matches('_').to_string(), *offset))
+        .collect();
+    if shader != rust {
+        return Err(format!(
+            "fields and offsets differ: WGSL {shader:?}, Rust {rust:?}"
+        ));
+    }
+    if bound.len() != inputs + 2 {
+        return Err(format!("{} bindings, expected {}", bound.len(), inputs + 2));
+    }
+    Ok(())
+}
+
 #[test]
-fn the_params_check_fails_when_a_field_moves() {
-    // The check above compares names and offsets; a struct with two fields swapped must
-    // not pass it.
-    let layout = KernelId::DiffBlocks.params_layout();
-    let mut swapped: Vec<_> = layout.fields.to_vec();
-    swapped.swap(0, 1);
-    let offsets: Vec<_> = swapped.iter().map(|(_, o)| *o).collect();
-    assert_ne!(swapped, layout.fields.to_vec());
-    assert!(offsets.windows(2).any(|w| w[0] > w[1]));
+fn the_params_check_fails_when_the_rust_struct_differs() {
+    let kernel = KernelId::DiffBlocks;
+    let module = naga::front::wgsl::parse_str(&kernel.source()).unwrap();
+    let layout = kernel.params_layout();
+    assert_eq!(
+        params_match(&module, layout, kernel.input_bindings()),
+        Ok(())
+    );
+    // Two fields swapped, a field renamed, a struct one word longer, a binding missing.
+    let swapped = [
+        ("valid_bytes", 0),
+        ("block_bytes", 4),
+        ("blocks", 8),
+        ("groups_x", 12),
+    ];
+    let renamed = [
+        ("block_bytes", 0),
+        ("valid", 4),
+        ("blocks", 8),
+        ("groups_x", 12),
+    ];
+    for (fields, size) in [
+        (&swapped, 16),
+        (&renamed, 16),
+        (&layout.fields.try_into().unwrap(), 20),
+    ] {
+        let doctored = foundry_gpu::backend::kernel::ParamsLayout {
+            fields: Box::leak(Box::new(*fields)),
+            size,
+            ..layout
+        };
+        assert!(
+            params_match(&module, doctored, kernel.input_bindings()).is_err(),
+            "{fields:?} {size}"
+        );
+    }
+    assert!(params_match(&module, layout, kernel.input_bindings() + 1).is_err());
 }
 
 gpu_leg! {
