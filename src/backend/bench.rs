@@ -212,7 +212,16 @@ fn pyramid_gpu(
 
 /// Measures everything on `g` with `options`.
 pub fn run(g: &GpuBackend, options: &BenchOptions) -> Result<BenchReport> {
-    let n = options.bytes.max(4096);
+    // A brick of more than 1 GiB is past the curve's largest texture (order 15).
+    const MIN: usize = 4096;
+    const MAX: usize = 1 << 30;
+    if !(MIN..=MAX).contains(&options.bytes) {
+        return Err(Error::Usage(format!(
+            "bench --size {} must be from 4KiB to 1GiB",
+            options.bytes
+        )));
+    }
+    let n = options.bytes;
     let reps = options.repeats;
     let data = sample_input(n, 1);
     let mut other = data.clone();

@@ -78,7 +78,13 @@ pub fn cache_path() -> Option<PathBuf> {
 }
 
 fn read_cache(path: &std::path::Path) -> Result<Vec<Calibration>> {
-    let file = match std::fs::File::open(path) {
+    use std::os::unix::fs::OpenOptionsExt;
+    // Non-blocking, so a FIFO at the path cannot hang every command; judged as opened.
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+    {
         Ok(f) => f,
         // A task run as its owner cannot read the daemon's cache: that is no calibration,
         // and everything stays on the CPU.
@@ -92,32 +98,64 @@ fn read_cache(path: &std::path::Path) -> Result<Vec<Calibration>> {
         }
         Err(e) => return Err(Error::io(path, "read", e)),
     };
+    let malformed = |problem: String| Error::Malformed {
+        path: path.to_path_buf(),
+        problem,
+    };
+    let meta = file.metadata().map_err(|e| Error::io(path, "read", e))?;
+    if !meta.is_file() {
+        return Err(malformed(
+            "a calibration cache must be a regular file".into(),
+        ));
+    }
+    if meta.len() > MAX_CACHE_BYTES {
+        return Err(malformed(format!(
+            "a calibration cache is at most {MAX_CACHE_BYTES} bytes"
+        )));
+    }
     let mut text = String::new();
     file.take(MAX_CACHE_BYTES + 1)
         .read_to_string(&mut text)
         .map_err(|e| Error::io(path, "read", e))?;
     if text.len() as u64 > MAX_CACHE_BYTES {
-        return Err(Error::Malformed {
-            path: path.to_path_buf(),
-            problem: format!("a calibration cache is at most {MAX_CACHE_BYTES} bytes"),
-        });
+        return Err(malformed(format!(
+            "a calibration cache is at most {MAX_CACHE_BYTES} bytes"
+        )));
     }
-    serde_json::from_str(&text).map_err(|e| Error::Malformed {
-        path: path.to_path_buf(),
-        problem: format!("not a calibration cache: {e}"),
-    })
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&text)
+        .map_err(|e| malformed(format!("not a calibration cache: {e}")))?;
+    // Each entry, and each kernel in it, on its own: one a later version wrote (a kernel
+    // this one does not know) is skipped, not fatal.
+    Ok(entries
+        .into_iter()
+        .filter_map(|mut entry| {
+            if let Some(kernels) = entry.get_mut("kernels").and_then(|k| k.as_array_mut()) {
+                kernels.retain(|k| serde_json::from_value::<KernelCrossover>(k.clone()).is_ok());
+            }
+            serde_json::from_value(entry).ok()
+        })
+        .collect())
+}
+
+/// Every calibration in the cache (none when there is no cache).
+pub fn load_all() -> Result<Vec<Calibration>> {
+    match cache_path() {
+        Some(path) => read_cache(&path),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// The calibration of `adapter` on this machine's thread count among `all`.
+pub fn matching(all: Vec<Calibration>, adapter: &AdapterDescription) -> Option<Calibration> {
+    let threads = rayon::current_num_threads();
+    all.into_iter()
+        .find(|c| c.adapter == *adapter && c.cpu_threads == threads)
 }
 
 /// The cached calibration of `adapter` on this machine's thread count, if any. A cache that
 /// does not parse is reported, not trusted.
 pub fn load(adapter: &AdapterDescription) -> Result<Option<Calibration>> {
-    let Some(path) = cache_path() else {
-        return Ok(None);
-    };
-    let threads = rayon::current_num_threads();
-    Ok(read_cache(&path)?
-        .into_iter()
-        .find(|c| c.adapter == *adapter && c.cpu_threads == threads))
+    Ok(matching(load_all()?, adapter))
 }
 
 /// Stores `calibration`, replacing the one of the same adapter; written to a temporary
@@ -126,7 +164,8 @@ pub fn store(calibration: &Calibration) -> Result<PathBuf> {
     let path = cache_path().ok_or_else(|| {
         Error::Usage("no cache folder: set FOUNDRY_GPU_CALIBRATION, XDG_CACHE_HOME or HOME".into())
     })?;
-    let mut all = read_cache(&path).unwrap_or_default();
+    // A cache that does not parse is not replaced: it may hold other adapters' entries.
+    let mut all = read_cache(&path)?;
     all.retain(|c| !(c.adapter == calibration.adapter && c.cpu_threads == calibration.cpu_threads));
     all.push(calibration.clone());
     let dir = path.parent().unwrap_or(std::path::Path::new("."));

@@ -21,7 +21,7 @@ const STAGING_SLOTS: usize = 3;
 const STAGING_SLOT_BYTES: usize = 32 << 20;
 /// How long one device wait may take unless `--gpu-timeout` says otherwise.
 pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(120);
-/// Smallest chunk cap honoured: keeps every binding offset a multiple of 256 bytes.
+/// Smallest binding cap honoured (tests force small ones; the device's own are far larger).
 const MIN_CHUNK_BYTES: u64 = 4096;
 
 /// Whether the adapter is real silicon or a software rasteriser.
@@ -241,6 +241,9 @@ impl GpuBackend {
         options: &GpuOptions,
         routing: Routing,
     ) -> Result<Self> {
+        if options.wait_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(Error::Usage("--gpu-timeout must be more than zero".into()));
+        }
         let info = adapter.get_info();
         let limits = adapter.limits();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
@@ -271,6 +274,7 @@ impl GpuBackend {
                 segment_bytes,
                 max_output_bytes: binding as usize,
                 max_groups_per_dimension: limits.max_compute_workgroups_per_dimension,
+                binding_alignment: limits.min_storage_buffer_offset_alignment as usize,
             },
             min_offset_alignment: limits.min_storage_buffer_offset_alignment as usize,
             pipelines: Default::default(),
@@ -334,6 +338,11 @@ impl GpuBackend {
     /// How calls are cut into dispatches on this device.
     pub fn shape(&self) -> DeviceShape {
         self.shape
+    }
+
+    /// What a storage binding's offset must be a multiple of on this device.
+    pub fn binding_alignment(&self) -> usize {
+        self.min_offset_alignment.max(4)
     }
 
     fn check_uncaptured(&self) -> Result<()> {
@@ -500,6 +509,20 @@ impl GpuBackend {
                 in_flight: None,
             });
         }
+        let streamed = self.stream_through(&mut ring, bytes, destination);
+        if streamed.is_err() {
+            // A slot whose map is still pending or half filled is not reused.
+            ring.clear();
+        }
+        streamed
+    }
+
+    fn stream_through(
+        &self,
+        ring: &mut [StagingSlot],
+        bytes: &[u8],
+        destination: &wgpu::Buffer,
+    ) -> Result<()> {
         for (i, piece) in bytes.chunks(STAGING_SLOT_BYTES).enumerate() {
             let slot = &mut ring[i % STAGING_SLOTS];
             if let Some(in_flight) = slot.in_flight.take() {
@@ -528,21 +551,23 @@ impl GpuBackend {
     /// Copies `piece` (zero-padded to `padded`) into a mapped staging buffer, in parallel
     /// stripes: one thread's memcpy is slower than the link.
     fn fill_staging(&self, buffer: &wgpu::Buffer, piece: &[u8], padded: usize) -> Result<()> {
-        use rayon::prelude::*;
         const STRIPE: usize = 4 << 20;
+        let map_error = |e| Error::gpu_from(format!("{}: staging", self.adapter.name), e);
         // Mapped ranges start on 8 bytes: whole stripes in parallel, then the padded rest.
         let whole = piece.len() / STRIPE * STRIPE;
-        let map_error = |e| Error::gpu_from(format!("{}: staging", self.adapter.name), e);
-        piece[..whole].par_chunks(STRIPE).enumerate().try_for_each(
-            |(i, stripe)| -> Result<()> {
-                let at = (i * STRIPE) as u64;
-                buffer
-                    .get_mapped_range_mut(at..at + stripe.len() as u64)
-                    .map_err(map_error)?
-                    .copy_from_slice(stripe);
-                Ok(())
-            },
-        )?;
+        let stripes: Vec<(usize, &[u8])> = piece[..whole]
+            .chunks(STRIPE)
+            .enumerate()
+            .map(|(i, stripe)| (i * STRIPE, stripe))
+            .collect();
+        in_parallel(&stripes, |&(at, stripe)| -> Result<()> {
+            let at = at as u64;
+            buffer
+                .get_mapped_range_mut(at..at + stripe.len() as u64)
+                .map_err(map_error)?
+                .copy_from_slice(stripe);
+            Ok(())
+        })?;
         if padded > whole {
             let mut last = piece[whole..].to_vec();
             last.resize(padded - whole, 0);
@@ -937,28 +962,77 @@ impl ReadbackProbe<'_> {
 /// Copies a dispatch's result into its place, rows in parallel: a texture square's rows are
 /// apart in the output, and one thread's copy out of mapped memory is slower than the link.
 fn place_rows(result: &[u8], place: &Placement, out: &mut [u8]) {
-    use rayon::prelude::*;
     const STRIPE: usize = 1 << 20;
     match *place {
-        Placement::Linear { at, len } => out[at..at + len]
-            .par_chunks_mut(STRIPE)
-            .zip(result[..len].par_chunks(STRIPE))
-            .for_each(|(to, from)| to.copy_from_slice(from)),
+        Placement::Linear { at, len } => {
+            let pairs: Vec<(&mut [u8], &[u8])> = out[at..at + len]
+                .chunks_mut(STRIPE)
+                .zip(result[..len].chunks(STRIPE))
+                .collect();
+            in_parallel_mut(pairs, |(to, from)| to.copy_from_slice(from));
+        }
         Placement::Square {
             side,
             origin: (ox, oy),
             block_side,
         } => {
             let row_bytes = block_side * 4;
-            out.par_chunks_mut(side * 4)
+            let rows: Vec<(&mut [u8], &[u8])> = out
+                .chunks_mut(side * 4)
                 .skip(oy)
                 .take(block_side)
-                .zip(result.par_chunks(row_bytes))
-                .for_each(|(texture_row, row)| {
-                    texture_row[ox * 4..ox * 4 + row_bytes].copy_from_slice(row)
-                });
+                .zip(result.chunks(row_bytes))
+                .map(|(texture_row, row)| (&mut texture_row[ox * 4..ox * 4 + row_bytes], row))
+                .collect();
+            in_parallel_mut(rows, |(to, from)| to.copy_from_slice(from));
         }
     }
+}
+
+/// Threads for the host-side copies: at most the machine's cores, at most one per 4 MiB.
+fn copy_threads(bytes: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    cores.min(bytes.div_ceil(4 << 20)).max(1)
+}
+
+// The copies run on scoped threads of their own, not on rayon's pool: they happen while a
+// ring's lock is held, and a rayon worker waiting inside a parallel loop may steal another
+// fold that then blocks on that same lock, on the same thread, for ever.
+
+/// Runs `work` over `items` on a few scoped threads; the first error wins.
+fn in_parallel<T: Sync>(items: &[T], work: impl Fn(&T) -> Result<()> + Sync) -> Result<()> {
+    let threads = copy_threads(items.len() << 22);
+    if threads == 1 {
+        return items.iter().try_for_each(&work);
+    }
+    let per = items.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = items
+            .chunks(per)
+            .map(|part| scope.spawn(|| part.iter().try_for_each(&work)))
+            .collect();
+        handles
+            .into_iter()
+            .try_for_each(|h| h.join().expect("a copy thread panicked"))
+    })
+}
+
+/// Copies each `(to, from)` pair on a few scoped threads.
+fn in_parallel_mut(mut pairs: Vec<(&mut [u8], &[u8])>, copy: impl Fn((&mut [u8], &[u8])) + Sync) {
+    let bytes: usize = pairs.iter().map(|(_, from)| from.len()).sum();
+    let threads = copy_threads(bytes);
+    if threads == 1 {
+        pairs.into_iter().for_each(copy);
+        return;
+    }
+    let per = pairs.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        while !pairs.is_empty() {
+            let part: Vec<_> = pairs.drain(..per.min(pairs.len())).collect();
+            let copy = &copy;
+            scope.spawn(move || part.into_iter().for_each(copy));
+        }
+    });
 }
 
 /// Writes `word` over a placement (a chunk of padding).

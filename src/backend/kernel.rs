@@ -177,6 +177,8 @@ pub struct DeviceShape {
     pub segment_bytes: usize,
     pub max_output_bytes: usize,
     pub max_groups_per_dimension: u32,
+    /// What a storage binding's offset must be a multiple of.
+    pub binding_alignment: usize,
 }
 
 impl DeviceShape {
@@ -598,6 +600,29 @@ pub struct StatsJob<'a> {
     pub table: &'a EntropyTable,
 }
 
+/// Runs per `preview_stats` dispatch: a power of two of whole runs (at least four, so every
+/// chunk starts on a word and the channel of byte i stays i % 4) within one segment, and
+/// enough of them that every chunk after the first starts where a binding may.
+fn stats_runs_per_chunk(run_len: usize, runs: usize, shape: &DeviceShape) -> usize {
+    let mut runs_per_chunk = 4usize;
+    while runs_per_chunk < runs
+        && (runs_per_chunk * run_len < shape.binding_alignment
+            || (runs_per_chunk * 2 * run_len <= shape.segment_bytes
+                && runs_per_chunk * 2 * STATS_WORDS * 4 <= shape.max_output_bytes))
+    {
+        runs_per_chunk *= 2;
+    }
+    runs_per_chunk
+}
+
+/// Whether the device can take a `preview_stats` call of these runs: each chunk's input
+/// within one segment and its output within one binding.
+pub fn stats_fit(run_len: usize, runs: usize, shape: &DeviceShape) -> bool {
+    let per_chunk = stats_runs_per_chunk(run_len, runs, shape);
+    per_chunk * run_len <= shape.segment_bytes
+        && per_chunk.min(runs) * STATS_WORDS * 4 <= shape.max_output_bytes
+}
+
 /// `preview_stats`: byte classes, entropy and channel sums per run.
 pub struct PreviewStats;
 impl Kernel for PreviewStats {
@@ -614,15 +639,7 @@ impl Kernel for PreviewStats {
         out.copy_from_slice(&stats);
     }
     fn plan(job: &Self::Job<'_>, _: &[usize], shape: &DeviceShape) -> Vec<Dispatch<StatsParams>> {
-        // Chunks hold a power of two of whole runs (at least four, so every chunk starts on
-        // a word and the channel of byte i stays i % 4) within one segment.
-        let mut runs_per_chunk = 4usize;
-        while runs_per_chunk * 2 * job.run_len <= shape.segment_bytes
-            && runs_per_chunk * 2 * STATS_WORDS * 4 <= shape.max_output_bytes
-            && runs_per_chunk < job.runs
-        {
-            runs_per_chunk *= 2;
-        }
+        let runs_per_chunk = stats_runs_per_chunk(job.run_len, job.runs, shape);
         let mut plan = Vec::new();
         let mut first_run = 0;
         while first_run < job.runs {

@@ -69,6 +69,7 @@ pub struct Staged<'a> {
     backend: &'a Backend,
     bytes: &'a [u8],
     device: OnceLock<DeviceBytes>,
+    uploading: std::sync::Mutex<()>,
 }
 
 impl Backend {
@@ -79,11 +80,20 @@ impl Backend {
             BackendChoice::Cpu => Ok(Backend::Cpu),
             BackendChoice::Gpu => Ok(Backend::Gpu(Box::new(GpuBackend::open(options)?))),
             BackendChoice::Auto => {
+                // The cache first: with no calibration that sends anything to a GPU, no
+                // adapter is enumerated (which costs tens of milliseconds, and can wake a GPU).
+                let calibrations = calibrate::load_all()?;
+                if !calibrations
+                    .iter()
+                    .any(|c| c.kernels.iter().any(|k| k.gpu_from_bytes.is_some()))
+                {
+                    return Ok(Backend::Cpu);
+                }
                 let Some(adapter) = gpu::best_adapter() else {
                     return Ok(Backend::Cpu);
                 };
                 let description = gpu::describe(&adapter.get_info());
-                match calibrate::load(&description)? {
+                match calibrate::matching(calibrations, &description) {
                     Some(c) if c.kernels.iter().any(|k| k.gpu_from_bytes.is_some()) => {
                         Ok(Backend::Gpu(Box::new(GpuBackend::open_adapter(
                             adapter,
@@ -132,6 +142,7 @@ impl Backend {
             backend: self,
             bytes: data,
             device: OnceLock::new(),
+            uploading: std::sync::Mutex::new(()),
         }
     }
 
@@ -221,7 +232,8 @@ impl Backend {
             len: a.len(),
         };
         let mut counts = vec![0u32; DiffBlocks::output_len(&job)];
-        match self.device_for(KernelId::DiffBlocks, a.len() * 2) {
+        // Routed by the length of one side, the unit the calibration measures.
+        match self.device_for(KernelId::DiffBlocks, a.len()) {
             Some(g) if block_bytes <= g.shape().segment_bytes => {
                 let (x, y) = (g.upload(a)?, g.upload(b)?);
                 g.run::<DiffBlocks>(&job, &[&x, &y], &mut counts, true)?;
@@ -242,7 +254,7 @@ impl Backend {
         series: &mut DiffSeries,
     ) -> Result<(Vec<u32>, Option<DeviceUse>)> {
         let common = a.bytes.len().min(b.bytes.len());
-        let g = match self.device_for(KernelId::DiffBlocks, common * 2) {
+        let g = match self.device_for(KernelId::DiffBlocks, common) {
             Some(g)
                 if a.bytes.len().max(b.bytes.len()) <= RESIDENT_MAX_BYTES
                     && block_bytes >= 64
@@ -326,14 +338,18 @@ impl<'a> Staged<'a> {
         if self.bytes.len() > STAGE_MAX_BYTES {
             return Ok(None);
         }
+        // One upload even when two threads ask at once.
+        let _first = self.uploading.lock().expect("staged upload");
         if self.device.get().is_none() {
             let _ = self.device.set(g.upload(self.bytes)?);
         }
         Ok(self.device.get())
     }
 
-    /// Runs `K` over `range` of the input: from the resident upload, or a one-off upload of
-    /// the range when the whole input is too large to keep.
+    /// Runs `K` over `range` of the input: from the resident upload when the range starts
+    /// where a binding may start and ends on a word (or at the input's end: a kernel reads
+    /// whole words, and bytes past the range must read as zero), else from a one-off upload
+    /// of the range (zero-padded), as for an input too large to keep.
     fn on_device<K: Kernel>(
         &self,
         g: &GpuBackend,
@@ -341,7 +357,9 @@ impl<'a> Staged<'a> {
         job: impl FnOnce(usize) -> K::Job<'a>,
         out: &mut [K::Out],
     ) -> Result<()> {
-        match self.resident(g)? {
+        let bindable = range.start.is_multiple_of(g.binding_alignment())
+            && (range.end.is_multiple_of(4) || range.end == self.bytes.len());
+        match self.resident(g)?.filter(|_| bindable) {
             Some(all) => g.run::<K>(&job(range.start), &[all], out, true),
             None => {
                 let part = g.upload(&self.bytes[range])?;
@@ -425,8 +443,7 @@ impl<'a> Staged<'a> {
         };
         let mut stats = vec![RunStats::default(); runs];
         match self.backend.device_for(KernelId::PreviewStats, len) {
-            // A chunk holds at least four runs within one segment.
-            Some(g) if run_len * 4 <= g.shape().segment_bytes => {
+            Some(g) if kernel::stats_fit(run_len, runs, &g.shape()) => {
                 self.on_device::<PreviewStats>(g, 0..len, job, &mut stats)?
             }
             _ => PreviewStats::run_cpu(&job(0), &[self.bytes], &mut stats),

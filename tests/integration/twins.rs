@@ -595,10 +595,155 @@ fn bench_measures_both_sides_and_its_calibration_steers_auto() {
     let said = String::from_utf8_lossy(&o.stderr);
     assert_eq!(said.contains("backend: auto("), any_gpu, "{said}");
     assert_eq!(said.contains("backend: cpu"), !any_gpu, "{said}");
-    // A cache that does not parse is named, not trusted.
+    // A cache that does not parse is named, not trusted, and not replaced by a new
+    // calibration (it may hold other adapters' entries).
     std::fs::write(&cache, b"{ not json").unwrap();
     let o = run(&["fold", input.to_str().unwrap(), "-o", out.to_str().unwrap(), "--backend", "auto"]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("calibration.json"));
+    let o = run(&["bench", "--size", "64KiB", "--repeats", "1", "--calibrate", "--calibrate-max", "16KiB"]);
+    assert!(!o.status.success());
+    assert_eq!(std::fs::read(&cache).unwrap(), b"{ not json");
 }
+}
+
+gpu_leg! {
+fn folds_of_parts_at_any_offset_match_the_cpu() {
+    use foundry_gpu::fold::{fold_file, FoldOptions, OutputTarget};
+    // Parts of 16 and 64 bytes start where no binding may (the device wants 16 to 256), and
+    // an .rts.png range that ends mid-word must not see the bytes after it.
+    let data = sample_bytes(255, 21);
+    for backend in [gpu(), gpu_small_chunks()] {
+        let staged = backend.stage(&data);
+        let cpu = Backend::Cpu.stage(&data);
+        for (layout, range) in [(Layout::Rts, 16..30), (Layout::Brick, 17..33), (Layout::Rts, 3..255)] {
+            let order = min_order(layout, range.len());
+            assert_eq!(
+                staged.fold(layout, range.clone(), order).unwrap(),
+                cpu.fold(layout, range.clone(), order).unwrap(),
+                "{layout:?} {range:?}"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("f255");
+        std::fs::write(&input, &data).unwrap();
+        for max_side in [4, 8] {
+            let opts = FoldOptions {
+                max_side,
+                ..FoldOptions::default()
+            };
+            let on = |b: &Backend, name: &str| {
+                let out = dir.path().join(format!("{name}-{max_side}"));
+                fold_file(b, &input, &OutputTarget::Directory(out.clone()), &opts, &foundry_gpu::progress::Silent)
+                    .unwrap();
+                let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&out)
+                    .unwrap()
+                    .map(|e| e.unwrap())
+                    .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap()))
+                    .collect();
+                files.sort();
+                files
+            };
+            assert_eq!(on(backend, "gpu"), on(&Backend::Cpu, "cpu"), "--max-side {max_side}");
+        }
+    }
+}
+}
+
+/// `foundry-gpu ARGS` with the calibration cache at `cache`, killed after 60 s.
+fn with_cache(cache: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_foundry-gpu"))
+        .args(args)
+        .env("FOUNDRY_GPU_CALIBRATION", cache)
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let watchdog = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(60));
+        // SAFETY: kill(2) on a pid this test started; harmless if it has exited.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    });
+    let out = child.wait_with_output().unwrap();
+    drop(watchdog);
+    out
+}
+
+#[test]
+fn a_calibration_cache_that_is_a_fifo_or_from_a_later_version_neither_hangs_nor_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("x.bin");
+    std::fs::write(&input, sample_bytes(4096, 1)).unwrap();
+    let out = dir.path().join("x.rts.png");
+    let fold = |cache: &std::path::Path| {
+        with_cache(
+            cache,
+            &[
+                "fold",
+                input.to_str().unwrap(),
+                "-o",
+                out.to_str().unwrap(),
+                "-q",
+            ],
+        )
+    };
+    // A FIFO nobody writes: refused at once, by name.
+    let fifo = dir.path().join("fifo.json");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path in a temporary folder.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let start = std::time::Instant::now();
+    let o = fold(&fifo);
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(30),
+        "hung on a FIFO"
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("regular file"));
+    // A kernel this version does not know is skipped; the rest of the entry still counts.
+    let later = dir.path().join("later.json");
+    std::fs::write(
+        &later,
+        r#"[{"adapter":{"name":"x","driver":"y","backend":"Vulkan","kind":"hardware"},
+            "measured_at":0,"cpu_threads":2,
+            "kernels":[{"kernel":"fold_in_the_future","gpu_from_bytes":1,"samples":[]},
+                       {"kernel":"fold_rts","gpu_from_bytes":null,"samples":[]}]}]"#,
+    )
+    .unwrap();
+    let o = fold(&later);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Zero is no time limit at all: refused.
+    let o = with_cache(
+        &later,
+        &[
+            "fold",
+            input.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--backend",
+            "gpu",
+            "--gpu-timeout",
+            "0s",
+        ],
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = with_cache(&later, &["bench", "--size", "2GiB"]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }

@@ -392,7 +392,7 @@ Types: convert_binary, convert_directory, crystallize_system, analyze_system (lo
         after_help = "Examples:\n  foundry-gpu bench                      # 256 MiB, table on stdout\n  foundry-gpu bench --size 1GiB --json > gpu.json\n  foundry-gpu bench --calibrate          # then the auto engine uses the GPU where it won\n\nThe calibration is cached per adapter in $FOUNDRY_GPU_CALIBRATION, else $XDG_CACHE_HOME/foundry-gpu/calibration.json (~/.cache/...)."
     )]
     Bench {
-        /// Input size of the kernel and end-to-end rows (e.g. 64MiB, 1GiB).
+        /// Input size of the kernel and end-to-end rows, 4KiB to 1GiB (e.g. 64MiB).
         #[arg(long, value_name = "SIZE", value_parser = foundry_gpu::source::parse_size, default_value = "256MiB")]
         size: u64,
         /// Each figure is the best of this many runs.
@@ -994,6 +994,11 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             ..
         } => {
             drop(bar);
+            if report_path.as_deref() == Some(Path::new("-")) {
+                return Err(Error::Usage(
+                    "bench --report takes a file; --json prints the report on stdout".into(),
+                ));
+            }
             let options = GpuOptions {
                 wait_timeout: global.gpu_timeout,
                 ..GpuOptions::default()
