@@ -29,45 +29,16 @@ fn d2xy(order: u32, index: u32) -> vec2<u32> {
     return vec2<u32>(x, y);
 }
 
-// (column, row) to the curve index on a square of side 2^order.
-fn xy2d(order: u32, column: u32, row: u32) -> u32 {
+// The loop of `xy2d` over its levels from the top down to side `last` (a power of two):
+// the index those levels give, and the local x and y they leave. With `last` 1 that is the
+// whole curve index.
+fn xy2d_levels(order: u32, column: u32, row: u32, last: u32) -> vec3<u32> {
     var x = column;
     var y = row;
     var d = 0u;
     var s = (1u << order) >> 1u;
     loop {
-        if (s == 0u) { break; }
-        let rx = select(0u, 1u, (x & s) != 0u);
-        let ry = select(0u, 1u, (y & s) != 0u);
-        d = d + s * s * ((3u * rx) ^ ry);
-        x = x & (s - 1u);
-        y = y & (s - 1u);
-        if (ry == 0u) {
-            if (rx == 1u) {
-                x = s - 1u - x;
-                y = s - 1u - y;
-            }
-            let swapped = x;
-            x = y;
-            y = swapped;
-        }
-        s = s >> 1u;
-    }
-    return d;
-}
-
-// The loop of `xy2d` over the levels above a 16x16 tile only: the index those levels
-// give, and the tile-local x and y they leave. `d + xy2d(4, x, y)` is `xy2d`, so a fold
-// finishes it with a table of the 256 local indices (one lookup instead of four levels,
-// and these levels take the same branch for every thread of a tile). Orders under 4
-// have no such level: the plain loop is run.
-fn xy2d_coarse(order: u32, column: u32, row: u32) -> vec3<u32> {
-    var x = column;
-    var y = row;
-    var d = 0u;
-    var s = (1u << order) >> 1u;
-    loop {
-        if (s < 16u) { break; }
+        if (s < last) { break; }
         let rx = select(0u, 1u, (x & s) != 0u);
         let ry = select(0u, 1u, (y & s) != 0u);
         d = d + s * s * ((3u * rx) ^ ry);
@@ -85,6 +56,18 @@ fn xy2d_coarse(order: u32, column: u32, row: u32) -> vec3<u32> {
         s = s >> 1u;
     }
     return vec3<u32>(d, x, y);
+}
+
+// (column, row) to the curve index on a square of side 2^order.
+fn xy2d(order: u32, column: u32, row: u32) -> u32 {
+    return xy2d_levels(order, column, row, 1u).x;
+}
+
+// The levels above a 16x16 tile only. `d + xy2d(4, x, y)` is `xy2d`, so a fold finishes it
+// with a table of the 256 local indices (one lookup instead of four levels, and these
+// levels take the same branch for every thread of a tile).
+fn xy2d_coarse(order: u32, column: u32, row: u32) -> vec3<u32> {
+    return xy2d_levels(order, column, row, 16u);
 }
 
 // For the 16x16 tile whose top-left pixel is (column, row): the curve index of its
@@ -113,6 +96,26 @@ fn turn_in_tile(turn: u32, x: u32, y: u32) -> vec2<u32> {
         ty = swapped;
     }
     return vec2<u32>(tx, ty);
+}
+
+// The tile of a fold's workgroup: its first cell's index and turn (see tile_of).
+var<workgroup> fold_tile: vec2<u32>;
+
+// For a fold thread's pixel at (column, row), `local` in its 16x16 workgroup (one tile of
+// the curve): the tile's first index and the turned local x and y, so that the index is
+// `.x + tile_index[(.z << 4) | .y]`. The workgroup's first thread runs the levels above
+// the tile once. Orders under 4 have no tile: `.x` is then the whole index. Holds a
+// barrier: every thread of the workgroup must call it.
+fn fold_cell(order: u32, column: u32, row: u32, local: vec2<u32>) -> vec3<u32> {
+    if (order >= 4u && local.x == 0u && local.y == 0u) {
+        fold_tile = tile_of(order, column, row);
+    }
+    workgroupBarrier();
+    if (order < 4u) {
+        return vec3<u32>(xy2d(order, column, row), 0u, 0u);
+    }
+    let turned = turn_in_tile(fold_tile.y, local.x, local.y);
+    return vec3<u32>(fold_tile.x, turned.x, turned.y);
 }
 
 // The parameter block of every fold/unfold kernel. Rust twin: kernels::CurveParams.

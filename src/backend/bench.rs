@@ -156,6 +156,53 @@ fn row(
     }
 }
 
+/// The CPU twin of the fold in `layout`.
+fn fold_on_cpu(job: &FoldJob, data: &[u8], texture: &mut [u32]) {
+    match job.layout {
+        Layout::Brick => FoldBrick::run_cpu(job, &[data], texture),
+        Layout::Rts => FoldRts::run_cpu(job, &[data], texture),
+    }
+}
+
+/// The fold in `job.layout` on the device, read back into `texture`.
+fn fold_on_gpu(
+    g: &GpuBackend,
+    job: &FoldJob,
+    input: &DeviceBytes,
+    texture: &mut [u32],
+) -> Result<()> {
+    match job.layout {
+        Layout::Brick => g.run::<FoldBrick>(job, &[input], texture, true),
+        Layout::Rts => g.run::<FoldRts>(job, &[input], texture, true),
+    }
+}
+
+/// The CPU twin of the unfold in `job.layout`.
+fn unfold_on_cpu(job: &UnfoldJob, out: &mut [u8]) {
+    match job.layout {
+        Layout::Brick => UnfoldBrick::run_cpu(job, &[], out),
+        Layout::Rts => UnfoldRts::run_cpu(job, &[], out),
+    }
+}
+
+/// The unfold in `job.layout` on the device.
+fn unfold_on_gpu(g: &GpuBackend, job: &UnfoldJob, out: &mut [u8]) -> Result<()> {
+    match job.layout {
+        Layout::Brick => g.run::<UnfoldBrick>(job, &[], out, true),
+        Layout::Rts => g.run::<UnfoldRts>(job, &[], out, true),
+    }
+}
+
+/// The whole-input fold job of `len` bytes in `layout`.
+fn fold_job(layout: Layout, len: usize) -> FoldJob {
+    FoldJob {
+        layout,
+        order: order_for(layout, len),
+        offset: 0,
+        len,
+    }
+}
+
 /// A texture order that holds `len` bytes in `layout`.
 fn order_for(layout: Layout, len: usize) -> u32 {
     order_for_cells(layout.pixels_for(len as u64).max(1))
@@ -283,35 +330,22 @@ pub fn run(g: &GpuBackend, options: &BenchOptions) -> Result<BenchReport> {
     // Kernels on the resident input, results left on the device, beside the CPU twin.
     let device = Some(limits.device_memory_gb_per_s);
     for layout in [Layout::Brick, Layout::Rts] {
-        let order = order_for(layout, n);
-        let job = FoldJob {
-            layout,
-            order,
-            offset: 0,
-            len: n,
-        };
+        let job = fold_job(layout, n);
+        let order = job.order;
         let mut texture = vec![0u32; 1 << (2 * order)];
         let texture_bytes = texture.len() as u64 * 4;
-        let (kernel_name, on_device, cpu) = match layout {
-            Layout::Brick => (
-                "fold_brick",
-                best(reps, || g.run_on_device::<FoldBrick>(&job, &[&resident]))?.0,
-                best(reps, || {
-                    FoldBrick::run_cpu(&job, &[&data], &mut texture);
-                    Ok(())
-                })?
-                .0,
-            ),
-            Layout::Rts => (
-                "fold_rts",
-                best(reps, || g.run_on_device::<FoldRts>(&job, &[&resident]))?.0,
-                best(reps, || {
-                    FoldRts::run_cpu(&job, &[&data], &mut texture);
-                    Ok(())
-                })?
-                .0,
-            ),
+        let kernel_name = match layout {
+            Layout::Brick => KernelId::FoldBrick.name(),
+            Layout::Rts => KernelId::FoldRts.name(),
         };
+        let on_device = match layout {
+            Layout::Brick => best(reps, || g.run_on_device::<FoldBrick>(&job, &[&resident]))?.0,
+            Layout::Rts => best(reps, || g.run_on_device::<FoldRts>(&job, &[&resident]))?.0,
+        };
+        let (cpu, _) = best(reps, || {
+            fold_on_cpu(&job, &data, &mut texture);
+            Ok(())
+        })?;
         rows.push(row(
             format!("{kernel_name} kernel (resident)"),
             n as u64 + texture_bytes,
@@ -322,18 +356,11 @@ pub fn run(g: &GpuBackend, options: &BenchOptions) -> Result<BenchReport> {
         ));
         // End to end: upload, fold, readback straight into the texture.
         let (e2e, _) = best(reps, || {
-            let input = g.upload(&data)?;
-            match layout {
-                Layout::Brick => g.run::<FoldBrick>(&job, &[&input], &mut texture, true),
-                Layout::Rts => g.run::<FoldRts>(&job, &[&input], &mut texture, true),
-            }
+            fold_on_gpu(g, &job, &g.upload(&data)?, &mut texture)
         })?;
         // The twins agree on this device, at this size, or the figures mean nothing.
         let on_gpu = crate::analysis::sha256(bytemuck::cast_slice(&texture));
-        match layout {
-            Layout::Brick => FoldBrick::run_cpu(&job, &[&data], &mut texture),
-            Layout::Rts => FoldRts::run_cpu(&job, &[&data], &mut texture),
-        }
+        fold_on_cpu(&job, &data, &mut texture);
         if on_gpu != crate::analysis::sha256(bytemuck::cast_slice(&texture)) {
             return Err(Error::gpu(format!(
                 "{kernel_name}: the GPU texture differs from the CPU twin's"
@@ -478,51 +505,30 @@ pub fn run(g: &GpuBackend, options: &BenchOptions) -> Result<BenchReport> {
 
     // Unfold: texels go up per chunk, bytes come back.
     for layout in [Layout::Brick, Layout::Rts] {
-        let order = order_for(layout, n);
-        let texture = {
-            let mut t = vec![0u32; 1 << (2 * order)];
-            let job = FoldJob {
-                layout,
-                order,
-                offset: 0,
-                len: n,
-            };
-            match layout {
-                Layout::Brick => FoldBrick::run_cpu(&job, &[&data], &mut t),
-                Layout::Rts => FoldRts::run_cpu(&job, &[&data], &mut t),
-            }
-            t
-        };
+        let fold = fold_job(layout, n);
+        let mut texture = vec![0u32; 1 << (2 * fold.order)];
+        fold_on_cpu(&fold, &data, &mut texture);
         let job = UnfoldJob {
             layout,
-            order,
+            order: fold.order,
             texture: &texture,
             len: n,
         };
-        let mut out = vec![0u8; n];
-        let (name, gpu_s, cpu_s) = match layout {
-            Layout::Brick => (
-                "unfold_brick end to end",
-                best(reps, || g.run::<UnfoldBrick>(&job, &[], &mut out, true))?.0,
-                best(reps, || {
-                    UnfoldBrick::run_cpu(&job, &[], &mut out);
-                    Ok(())
-                })?
-                .0,
-            ),
-            Layout::Rts => (
-                "unfold_rts end to end",
-                best(reps, || g.run::<UnfoldRts>(&job, &[], &mut out, true))?.0,
-                best(reps, || {
-                    UnfoldRts::run_cpu(&job, &[], &mut out);
-                    Ok(())
-                })?
-                .0,
-            ),
+        let name = match layout {
+            Layout::Brick => "unfold_brick end to end",
+            Layout::Rts => "unfold_rts end to end",
         };
+        let mut out = vec![0u8; n];
+        let (gpu_s, _) = best(reps, || unfold_on_gpu(g, &job, &mut out))?;
         if out != data {
-            return Err(Error::gpu(format!("{name}: the bytes did not come back")));
+            return Err(Error::gpu(format!(
+                "{name}: the GPU did not give the bytes back"
+            )));
         }
+        let (cpu_s, _) = best(reps, || {
+            unfold_on_cpu(&job, &mut out);
+            Ok(())
+        })?;
         rows.push(row(
             name,
             texture.len() as u64 * 4 + n as u64,
@@ -588,27 +594,14 @@ fn sample_kernel(
                 } else {
                     Layout::Rts
                 };
-                let order = order_for(layout, size);
-                let job = FoldJob {
-                    layout,
-                    order,
-                    offset: 0,
-                    len: size,
-                };
-                let mut texture = vec![0u32; 1 << (2 * order)];
+                let job = fold_job(layout, size);
+                let mut texture = vec![0u32; 1 << (2 * job.order)];
                 let gpu = best(reps, || {
-                    let input = g.upload(&data)?;
-                    match layout {
-                        Layout::Brick => g.run::<FoldBrick>(&job, &[&input], &mut texture, true),
-                        Layout::Rts => g.run::<FoldRts>(&job, &[&input], &mut texture, true),
-                    }
+                    fold_on_gpu(g, &job, &g.upload(&data)?, &mut texture)
                 })?
                 .0;
                 let cpu = best(reps, || {
-                    match layout {
-                        Layout::Brick => FoldBrick::run_cpu(&job, &[&data], &mut texture),
-                        Layout::Rts => FoldRts::run_cpu(&job, &[&data], &mut texture),
-                    }
+                    fold_on_cpu(&job, &data, &mut texture);
                     Ok(())
                 })?
                 .0;
@@ -620,35 +613,19 @@ fn sample_kernel(
                 } else {
                     Layout::Rts
                 };
-                let order = order_for(layout, size);
-                let mut texture = vec![0u32; 1 << (2 * order)];
-                let fold = FoldJob {
-                    layout,
-                    order,
-                    offset: 0,
-                    len: size,
-                };
-                match layout {
-                    Layout::Brick => FoldBrick::run_cpu(&fold, &[&data], &mut texture),
-                    Layout::Rts => FoldRts::run_cpu(&fold, &[&data], &mut texture),
-                }
+                let fold = fold_job(layout, size);
+                let mut texture = vec![0u32; 1 << (2 * fold.order)];
+                fold_on_cpu(&fold, &data, &mut texture);
                 let job = UnfoldJob {
                     layout,
-                    order,
+                    order: fold.order,
                     texture: &texture,
                     len: size,
                 };
                 let mut out = vec![0u8; size];
-                let gpu = best(reps, || match layout {
-                    Layout::Brick => g.run::<UnfoldBrick>(&job, &[], &mut out, true),
-                    Layout::Rts => g.run::<UnfoldRts>(&job, &[], &mut out, true),
-                })?
-                .0;
+                let gpu = best(reps, || unfold_on_gpu(g, &job, &mut out))?.0;
                 let cpu = best(reps, || {
-                    match layout {
-                        Layout::Brick => UnfoldBrick::run_cpu(&job, &[], &mut out),
-                        Layout::Rts => UnfoldRts::run_cpu(&job, &[], &mut out),
-                    }
+                    unfold_on_cpu(&job, &mut out);
                     Ok(())
                 })?
                 .0;

@@ -387,49 +387,45 @@ pub fn tile_index_table() -> &'static [u32; 256] {
     })
 }
 
-/// `fold_brick`: one byte per pixel, gray, opaque.
-pub struct FoldBrick;
-impl Kernel for FoldBrick {
-    const ID: KernelId = KernelId::FoldBrick;
-    type Params = CurveParams;
-    type Job<'a> = FoldJob;
-    type Out = u32;
-    fn output_len(job: &FoldJob) -> usize {
-        1 << (2 * job.order)
-    }
-    fn run_cpu(job: &FoldJob, inputs: &[&[u8]], out: &mut [u32]) {
-        let data = &inputs[0][job.offset..job.offset + job.len];
-        kernels::fold_brick::fold_brick(data, job.order, out)
-    }
-    fn plan(job: &FoldJob, _: &[usize], shape: &DeviceShape) -> Vec<Dispatch<CurveParams>> {
-        plan_fold(job, shape)
-    }
-    fn constants(_: &FoldJob) -> Vec<&[u8]> {
-        vec![bytemuck::cast_slice(tile_index_table())]
-    }
+/// Declares a fold kernel: the two differ only in their twin and their WGSL.
+macro_rules! fold_kernel {
+    ($(#[$doc:meta])* $name:ident, $id:ident, $twin:ident) => {
+        $(#[$doc])*
+        pub struct $name;
+        impl Kernel for $name {
+            const ID: KernelId = KernelId::$id;
+            type Params = CurveParams;
+            type Job<'a> = FoldJob;
+            type Out = u32;
+            fn output_len(job: &FoldJob) -> usize {
+                1 << (2 * job.order)
+            }
+            fn run_cpu(job: &FoldJob, inputs: &[&[u8]], out: &mut [u32]) {
+                let data = &inputs[0][job.offset..job.offset + job.len];
+                kernels::$twin::$twin(data, job.order, out)
+            }
+            fn plan(job: &FoldJob, _: &[usize], shape: &DeviceShape) -> Vec<Dispatch<CurveParams>> {
+                plan_fold(job, shape)
+            }
+            fn constants(_: &FoldJob) -> Vec<&[u8]> {
+                vec![bytemuck::cast_slice(tile_index_table())]
+            }
+        }
+    };
 }
 
-/// `fold_rts`: four dense bytes per pixel.
-pub struct FoldRts;
-impl Kernel for FoldRts {
-    const ID: KernelId = KernelId::FoldRts;
-    type Params = CurveParams;
-    type Job<'a> = FoldJob;
-    type Out = u32;
-    fn output_len(job: &FoldJob) -> usize {
-        1 << (2 * job.order)
-    }
-    fn run_cpu(job: &FoldJob, inputs: &[&[u8]], out: &mut [u32]) {
-        let data = &inputs[0][job.offset..job.offset + job.len];
-        kernels::fold_rts::fold_rts(data, job.order, out)
-    }
-    fn plan(job: &FoldJob, _: &[usize], shape: &DeviceShape) -> Vec<Dispatch<CurveParams>> {
-        plan_fold(job, shape)
-    }
-    fn constants(_: &FoldJob) -> Vec<&[u8]> {
-        vec![bytemuck::cast_slice(tile_index_table())]
-    }
-}
+fold_kernel!(
+    /// `fold_brick`: one byte per pixel, gray, opaque.
+    FoldBrick,
+    FoldBrick,
+    fold_brick
+);
+fold_kernel!(
+    /// `fold_rts`: four dense bytes per pixel.
+    FoldRts,
+    FoldRts,
+    fold_rts
+);
 
 /// An unfold of `len` bytes out of a texture of `order` held on the host.
 #[derive(Clone, Copy, Debug)]
@@ -485,47 +481,44 @@ fn gather_square(job: &UnfoldJob, dispatch: &Dispatch<CurveParams>) -> Vec<u8> {
     texels
 }
 
-/// `unfold_brick`: the red channel of each pixel.
-pub struct UnfoldBrick;
-impl Kernel for UnfoldBrick {
-    const ID: KernelId = KernelId::UnfoldBrick;
-    type Params = CurveParams;
-    type Job<'a> = UnfoldJob<'a>;
-    type Out = u8;
-    fn output_len(job: &Self::Job<'_>) -> usize {
-        job.len
-    }
-    fn run_cpu(job: &Self::Job<'_>, _: &[&[u8]], out: &mut [u8]) {
-        kernels::unfold_brick::unfold_brick(job.texture, job.order, out)
-    }
-    fn plan(job: &Self::Job<'_>, _: &[usize], shape: &DeviceShape) -> Vec<Dispatch<CurveParams>> {
-        plan_unfold(job, shape)
-    }
-    fn host_input(job: &Self::Job<'_>, dispatch: &Dispatch<CurveParams>) -> Vec<u8> {
-        gather_square(job, dispatch)
-    }
+/// Declares an unfold kernel: the two differ only in their twin and their WGSL.
+macro_rules! unfold_kernel {
+    ($(#[$doc:meta])* $name:ident, $id:ident, $twin:ident) => {
+        $(#[$doc])*
+        pub struct $name;
+        impl Kernel for $name {
+            const ID: KernelId = KernelId::$id;
+            type Params = CurveParams;
+            type Job<'a> = UnfoldJob<'a>;
+            type Out = u8;
+            fn output_len(job: &Self::Job<'_>) -> usize {
+                job.len
+            }
+            fn run_cpu(job: &Self::Job<'_>, _: &[&[u8]], out: &mut [u8]) {
+                kernels::$twin::$twin(job.texture, job.order, out)
+            }
+            fn plan(job: &Self::Job<'_>, _: &[usize], shape: &DeviceShape) -> Vec<Dispatch<CurveParams>> {
+                plan_unfold(job, shape)
+            }
+            fn host_input(job: &Self::Job<'_>, dispatch: &Dispatch<CurveParams>) -> Vec<u8> {
+                gather_square(job, dispatch)
+            }
+        }
+    };
 }
 
-/// `unfold_rts`: the four bytes of each pixel.
-pub struct UnfoldRts;
-impl Kernel for UnfoldRts {
-    const ID: KernelId = KernelId::UnfoldRts;
-    type Params = CurveParams;
-    type Job<'a> = UnfoldJob<'a>;
-    type Out = u8;
-    fn output_len(job: &Self::Job<'_>) -> usize {
-        job.len
-    }
-    fn run_cpu(job: &Self::Job<'_>, _: &[&[u8]], out: &mut [u8]) {
-        kernels::unfold_rts::unfold_rts(job.texture, job.order, out)
-    }
-    fn plan(job: &Self::Job<'_>, _: &[usize], shape: &DeviceShape) -> Vec<Dispatch<CurveParams>> {
-        plan_unfold(job, shape)
-    }
-    fn host_input(job: &Self::Job<'_>, dispatch: &Dispatch<CurveParams>) -> Vec<u8> {
-        gather_square(job, dispatch)
-    }
-}
+unfold_kernel!(
+    /// `unfold_brick`: the red channel of each pixel.
+    UnfoldBrick,
+    UnfoldBrick,
+    unfold_brick
+);
+unfold_kernel!(
+    /// `unfold_rts`: the four bytes of each pixel.
+    UnfoldRts,
+    UnfoldRts,
+    unfold_rts
+);
 
 /// Per-block comparison of the first `len` bytes of two resident inputs.
 #[derive(Clone, Copy, Debug)]

@@ -417,8 +417,8 @@ Types: convert_binary, convert_directory, crystallize_system, analyze_system (lo
 }
 
 impl Command {
-    /// The `--backend` of a command that runs an engine; `auto` for the others.
-    fn engine(&self) -> BackendChoice {
+    /// The engine options of a command that runs an engine.
+    fn engine_args(&self) -> Option<&EngineArgs> {
         match self {
             Command::Fold { engine, .. }
             | Command::Snapshot { engine, .. }
@@ -430,27 +430,22 @@ impl Command {
             | Command::Patch { engine, .. }
             | Command::Unfold { engine, .. }
             | Command::Info { engine, .. }
-            | Command::Preview { engine, .. } => engine.backend,
-            _ => BackendChoice::Auto,
+            | Command::Preview { engine, .. } => Some(engine),
+            _ => None,
         }
     }
 
-    /// The `--gpu-timeout` of a command that runs an engine.
+    /// The `--backend` of a command that runs an engine; `auto` for the others.
+    fn engine(&self) -> BackendChoice {
+        self.engine_args()
+            .map_or(BackendChoice::Auto, |engine| engine.backend)
+    }
+
+    /// The `--gpu-timeout` of a command that runs an engine (or measures one).
     fn gpu_timeout(&self) -> Option<std::time::Duration> {
         match self {
-            Command::Fold { engine, .. }
-            | Command::Snapshot { engine, .. }
-            | Command::Mem { engine, .. }
-            | Command::Run { engine, .. }
-            | Command::Daemon { engine, .. }
-            | Command::Watch { engine, .. }
-            | Command::Diff { engine, .. }
-            | Command::Patch { engine, .. }
-            | Command::Unfold { engine, .. }
-            | Command::Info { engine, .. }
-            | Command::Preview { engine, .. } => engine.gpu_timeout,
             Command::Bench { gpu_timeout, .. } => *gpu_timeout,
-            _ => None,
+            _ => self.engine_args().and_then(|engine| engine.gpu_timeout),
         }
     }
 }
