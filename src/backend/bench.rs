@@ -286,6 +286,8 @@ pub fn run(g: &GpuBackend, options: &BenchOptions) -> Result<BenchReport> {
         Ok(())
     })?;
     drop(copy);
+    // One warm-up upload: the staging ring is made once per device, not per figure.
+    drop(g.upload(&data[..MIN])?);
     let (upload, resident) = best(reps, || {
         let r = g.upload(&data)?;
         g.finish()?;
