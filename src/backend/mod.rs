@@ -21,7 +21,7 @@ use std::sync::OnceLock;
 #[serde(rename_all = "lowercase")]
 pub enum BackendChoice {
     /// Each kernel where this machine's calibration (`bench --calibrate`) says it is faster
-    /// for that size; the CPU for all of them when there is no calibration or no hardware GPU.
+    /// for that size; the CPU for all of them without a calibration of the best adapter.
     Auto,
     /// wgpu on whatever adapter exists, software ones included; fails without one.
     Gpu,
@@ -73,8 +73,9 @@ pub struct Staged<'a> {
 }
 
 impl Backend {
-    /// Opens the engine `choice` names. `auto` enumerates adapters once and opens the best
-    /// only when a calibration of it on this machine exists.
+    /// Opens the engine `choice` names. `auto` reads the calibration cache first, and only
+    /// when it sends some kernel to a GPU enumerates adapters (once) and opens the best one
+    /// if it is the calibrated one.
     pub fn select(choice: BackendChoice, options: &GpuOptions) -> Result<Self> {
         match choice {
             BackendChoice::Cpu => Ok(Backend::Cpu),
