@@ -19,7 +19,7 @@ pub const CLASS_NAMES: [&str; 5] = ["0x00", "low", "ascii", "high", "0xFF"];
 
 /// Index into [`CLASS_NAMES`] of a byte.
 #[inline(always)]
-pub fn byte_class(byte: u8) -> usize {
+pub const fn byte_class(byte: u8) -> usize {
     match byte {
         0x00 => 0,
         0x09 | 0x0A | 0x0D | 0x20..=0x7E => 2,
@@ -28,6 +28,17 @@ pub fn byte_class(byte: u8) -> usize {
         0xFF => 4,
     }
 }
+
+/// [`byte_class`] of every byte, looked up rather than branched on in the hot loop.
+const CLASS_OF: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut value = 0;
+    while value < 256 {
+        table[value] = byte_class(value as u8) as u8;
+        value += 1;
+    }
+    table
+};
 
 /// What one preview pixel knows about its run of bytes.
 #[repr(C)]
@@ -111,14 +122,28 @@ fn run_stats(
     histogram: &mut [u32; 256],
 ) -> RunStats {
     let mut stats = RunStats::default();
-    for (i, &b) in run.iter().enumerate() {
+    // Sums by position within each word of the run, then turned to absolute channels: the
+    // byte at run index i has channel (start + i) % 4.
+    let mut by_position = [0u32; 4];
+    let words = run.chunks_exact(4);
+    let tail = words.remainder();
+    for word in words {
+        for (k, &b) in word.iter().enumerate() {
+            histogram[b as usize] += 1;
+            by_position[k] += u32::from(b);
+        }
+    }
+    for (k, &b) in tail.iter().enumerate() {
         histogram[b as usize] += 1;
-        stats.channel_sums[(start + i) & 3] += u32::from(b);
+        by_position[k] += u32::from(b);
+    }
+    for (k, sum) in by_position.into_iter().enumerate() {
+        stats.channel_sums[(start + k) & 3] += sum;
     }
     let mut sum_nlogn = 0u32;
     let mut take = |value: usize, stats: &mut RunStats| {
         let count = std::mem::take(&mut histogram[value]);
-        stats.classes[byte_class(value as u8)] += count;
+        stats.classes[CLASS_OF[value] as usize] += count;
         // Wrapping addition is order-free, so any visiting order gives the same sum.
         sum_nlogn = sum_nlogn.wrapping_add(table.nlogn[count as usize]);
     };
