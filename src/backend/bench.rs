@@ -193,6 +193,14 @@ fn unfold_on_gpu(g: &GpuBackend, job: &UnfoldJob, out: &mut [u8]) -> Result<()> 
     }
 }
 
+/// The CPU fold of all of `data` in `layout`, with its job (the unfolds' input).
+fn folded(layout: Layout, data: &[u8]) -> (FoldJob, Vec<u32>) {
+    let job = fold_job(layout, data.len());
+    let mut texture = vec![0u32; 1 << (2 * job.order)];
+    fold_on_cpu(&job, data, &mut texture);
+    (job, texture)
+}
+
 /// The whole-input fold job of `len` bytes in `layout`.
 fn fold_job(layout: Layout, len: usize) -> FoldJob {
     FoldJob {
@@ -507,9 +515,7 @@ pub fn run(g: &GpuBackend, options: &BenchOptions) -> Result<BenchReport> {
 
     // Unfold: texels go up per chunk, bytes come back.
     for layout in [Layout::Brick, Layout::Rts] {
-        let fold = fold_job(layout, n);
-        let mut texture = vec![0u32; 1 << (2 * fold.order)];
-        fold_on_cpu(&fold, &data, &mut texture);
+        let (fold, texture) = folded(layout, &data);
         let job = UnfoldJob {
             layout,
             order: fold.order,
@@ -615,9 +621,7 @@ fn sample_kernel(
                 } else {
                     Layout::Rts
                 };
-                let fold = fold_job(layout, size);
-                let mut texture = vec![0u32; 1 << (2 * fold.order)];
-                fold_on_cpu(&fold, &data, &mut texture);
+                let (fold, texture) = folded(layout, &data);
                 let job = UnfoldJob {
                     layout,
                     order: fold.order,

@@ -152,12 +152,6 @@ pub fn matching(all: Vec<Calibration>, adapter: &AdapterDescription) -> Option<C
         .find(|c| c.adapter == *adapter && c.cpu_threads == threads)
 }
 
-/// The cached calibration of `adapter` on this machine's thread count, if any. A cache that
-/// does not parse is reported, not trusted.
-pub fn load(adapter: &AdapterDescription) -> Result<Option<Calibration>> {
-    Ok(matching(load_all()?, adapter))
-}
-
 /// Stores `calibration`, replacing the one of the same adapter; written to a temporary
 /// file and renamed. Returns the cache's path.
 pub fn store(calibration: &Calibration) -> Result<PathBuf> {

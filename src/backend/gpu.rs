@@ -320,21 +320,6 @@ impl GpuBackend {
         }
     }
 
-    /// Compute dispatches submitted so far (proof that wgpu ran the work).
-    pub fn dispatch_count(&self) -> u64 {
-        self.counters().dispatches
-    }
-
-    /// Bytes uploaded so far (proof that a resident input was not sent again).
-    pub fn uploaded_bytes(&self) -> u64 {
-        self.counters().uploaded_bytes
-    }
-
-    /// Largest buffer one dispatch may bind.
-    pub fn max_chunk_bytes(&self) -> u64 {
-        self.shape.max_output_bytes as u64
-    }
-
     /// How calls are cut into dispatches on this device.
     pub fn shape(&self) -> DeviceShape {
         self.shape

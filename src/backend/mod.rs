@@ -324,15 +324,6 @@ impl Backend {
 }
 
 impl<'a> Staged<'a> {
-    /// The input's bytes.
-    pub fn bytes(&self) -> &'a [u8] {
-        self.bytes
-    }
-
-    pub fn backend(&self) -> &'a Backend {
-        self.backend
-    }
-
     /// The whole input on the device, uploaded on first use; `None` when it is too large to
     /// keep there (each call then uploads its own range).
     fn resident(&self, g: &GpuBackend) -> Result<Option<&DeviceBytes>> {

@@ -79,14 +79,14 @@ fn gpu_streams_inputs_larger_than_one_chunk() {
     let Backend::Gpu(device) = gpu else {
         panic!("gpu() must be a GPU backend")
     };
-    assert_eq!(device.max_chunk_bytes(), 16 << 10);
+    assert_eq!(device.shape().max_output_bytes, 16 << 10);
     let data = sample_bytes((1 << 20) + 3, 7);
     for layout in [Layout::Brick, Layout::Rts] {
         let order = min_order(layout, data.len());
         let cpu = Backend::Cpu.fold(layout, &data, order).unwrap();
-        let before = device.dispatch_count();
+        let before = device.counters().dispatches;
         check_backend(gpu, layout, &data, order, &cpu);
-        let dispatches = device.dispatch_count() - before;
+        let dispatches = device.counters().dispatches - before;
         assert!(
             dispatches > 2 * 16,
             "{layout:?}: expected many chunks, got {dispatches} dispatches"
@@ -116,10 +116,10 @@ fn gpu_leg_really_runs_on_wgpu() {
         adapter.driver,
         gpu.label()
     );
-    let before = device.dispatch_count();
+    let before = device.counters().dispatches;
     gpu.fold(Layout::Brick, b"prove it", 2).unwrap();
     assert_eq!(
-        device.dispatch_count(),
+        device.counters().dispatches,
         before + 1,
         "one fold of one chunk is one dispatch"
     );
@@ -284,7 +284,7 @@ fn a_series_on_the_gpu_uploads_each_snapshot_once_and_counts_like_the_cpu() {
         let mut series = DiffSeries::default();
         for (step, &(a, b, chained)) in pairs.iter().enumerate() {
             let (x, y) = (&snapshots[a][..], &snapshots[b][..]);
-            let before = device.uploaded_bytes();
+            let before = device.counters().uploaded_bytes;
             let (counts, used) = g
                 .diff_blocks_in_series(side(x), side(y), 4096, &mut series)
                 .unwrap();
@@ -302,7 +302,7 @@ fn a_series_on_the_gpu_uploads_each_snapshot_once_and_counts_like_the_cpu() {
             assert_eq!(used.a_resident, a_resident, "step {step}");
             let expected = y.len() + if a_resident { 0 } else { x.len() };
             assert_eq!(used.uploaded_bytes as usize, expected, "step {step}");
-            assert_eq!(device.uploaded_bytes() - before, used.uploaded_bytes);
+            assert_eq!(device.counters().uploaded_bytes - before, used.uploaded_bytes);
         }
         // A different A of the same length is not mistaken for the resident one.
         let (_, used) = g
@@ -650,9 +650,10 @@ fn folds_of_parts_at_any_offset_match_the_cpu() {
 }
 }
 
-/// `foundry-gpu ARGS` with the calibration cache at `cache`, killed after 60 s.
+/// `foundry-gpu ARGS` with the calibration cache at `cache`; a run past 60 s fails the test.
 fn with_cache(cache: &std::path::Path, args: &[&str]) -> std::process::Output {
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_foundry-gpu"))
+    use std::io::Read;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_foundry-gpu"))
         .args(args)
         .env("FOUNDRY_GPU_CALIBRATION", cache)
         .env("XDG_RUNTIME_DIR", std::env::temp_dir())
@@ -660,15 +661,26 @@ fn with_cache(cache: &std::path::Path, args: &[&str]) -> std::process::Output {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let pid = child.id();
-    let watchdog = std::thread::spawn(move || {
-        std::thread::sleep(std::time::Duration::from_secs(60));
-        // SAFETY: kill(2) on a pid this test started; harmless if it has exited.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-    });
-    let out = child.wait_with_output().unwrap();
-    drop(watchdog);
-    out
+    // Its output is a few lines, well within a pipe's buffer, so it is read after the exit.
+    let status = crate::harness::wait_exit(&mut child, std::time::Duration::from_secs(60));
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_end(&mut stdout)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_end(&mut stderr)
+        .unwrap();
+    std::process::Output {
+        status,
+        stdout,
+        stderr,
+    }
 }
 
 #[test]
