@@ -221,6 +221,20 @@ pub const REFOLD_MAX_BYTES: usize = 64 << 20;
 #[derive(Default)]
 pub struct FoldReuse {
     kept: Option<KeptTextures>,
+    /// The previews of the fold that left `kept`, repainted where pages changed.
+    previews: Vec<preview::KeptPreview>,
+    /// The last analysis's per-block histograms and strings pieces.
+    analysis: crate::analysis::local::KeptAnalysis,
+}
+
+impl FoldReuse {
+    /// The last fold's byte-class preview (no legend) of a side-`2^order` brick, `side` pixels
+    /// wide, when it kept one: the base of a watch's `delta.png`.
+    pub fn byteclass_preview(&self, order: u32, side: u32) -> Option<&preview::PreviewImage> {
+        self.previews
+            .iter()
+            .find_map(|k| k.image_for(Layout::Brick, order, Palette::Byteclass, side))
+    }
 }
 
 struct KeptTextures {
@@ -377,15 +391,14 @@ fn prepare_part(
 /// twins give the same bytes) and only their deflate bands re-deflated.
 fn prepare_part_from(
     mut kept: KeptTextures,
-    previous: &[u8],
+    changed: &[std::ops::Range<usize>],
     data: &[u8],
     name: &str,
 ) -> Result<PreparedPart> {
-    let changed = changed_pages(previous, data, REFOLD_PAGE);
     let brick_order = order_of_side(kept.brick_side);
     let rts_order = order_of_side(kept.rts_side);
-    crate::kernels::refold_ranges(Layout::Brick, data, brick_order, &mut kept.brick, &changed);
-    let rows = crate::kernels::refold_ranges(Layout::Rts, data, rts_order, &mut kept.rts, &changed);
+    crate::kernels::refold_ranges(Layout::Brick, data, brick_order, &mut kept.brick, changed);
+    let rows = crate::kernels::refold_ranges(Layout::Rts, data, rts_order, &mut kept.rts, changed);
     let bands = kept
         .rts_png
         .redeflate_rows(bytemuck::cast_slice(&kept.rts), &rows)
@@ -625,6 +638,21 @@ pub fn fold_bytes_reusing(
             && k.compression == opts.compression
     });
     let keep = reusable && reuse.is_some();
+    // What changed since the fold that left the kept textures: only those pages are
+    // re-folded, re-deflated and repainted in the previews.
+    let changed: Option<Vec<std::ops::Range<usize>>> = match (&kept, previous) {
+        (Some(_), Some(previous)) => Some(changed_pages(previous, data, REFOLD_PAGE)),
+        _ => None,
+    };
+    let mut kept_analysis = reuse.as_mut().map(|r| std::mem::take(&mut r.analysis));
+    // A kept preview is a whole image whatever the input's size, so only inputs at least as
+    // large keep theirs: a watched tree of small files holds no image per file, and a small
+    // preview is quick to summarise afresh.
+    let keep_previews = keep && data.len() as u64 >= 4 * u64::from(opts.preview_side).pow(2);
+    let mut kept_previews = match reuse.as_mut() {
+        Some(r) if changed.is_some() => std::mem::take(&mut r.previews),
+        _ => Vec::new(),
+    };
     // One input for every kernel of this fold: on the GPU it is uploaded once, and the
     // parts, the preview and the sections outline all read that upload.
     let staged_input = backend.stage(data);
@@ -634,9 +662,12 @@ pub fn fold_bytes_reusing(
     } else {
         let plan = &plans[0];
         let (analysis, prepared) = rayon::join(
-            || crate::analysis::local::analyze_with_facts(data),
-            || match (kept, previous) {
-                (Some(kept), Some(previous)) => prepare_part_from(kept, previous, data, &name),
+            || match kept_analysis.as_mut() {
+                Some(k) => crate::analysis::local::analyze_reusing(data, changed.as_deref(), k),
+                None => crate::analysis::local::analyze_with_facts(data),
+            },
+            || match (kept, &changed) {
+                (Some(kept), Some(changed)) => prepare_part_from(kept, changed, data, &name),
                 _ => prepare_part(
                     &staged_input,
                     plan,
@@ -854,14 +885,31 @@ pub fn fold_bytes_reusing(
         } else {
             order_of_side(plans[0].brick_side)
         };
-        let image = preview::render_staged(
-            &staged_input,
-            Layout::Brick,
-            order,
-            opts.palette,
-            opts.preview_side,
-            opts.legend,
-        )?;
+        // A watched file's previews are kept and repainted where its pages changed.
+        let render = |palette, legend, kept: &mut Vec<preview::KeptPreview>| {
+            if keep_previews {
+                preview::render_staged_reusing(
+                    &staged_input,
+                    Layout::Brick,
+                    order,
+                    palette,
+                    opts.preview_side,
+                    legend,
+                    changed.as_deref(),
+                    kept,
+                )
+            } else {
+                preview::render_staged(
+                    &staged_input,
+                    Layout::Brick,
+                    order,
+                    palette,
+                    opts.preview_side,
+                    legend,
+                )
+            }
+        };
+        let image = render(opts.palette, opts.legend, &mut kept_previews)?;
         let path = match target {
             OutputTarget::Preview(p) => p.clone(),
             _ => dir.join(format!("{name}.preview.png")),
@@ -884,14 +932,7 @@ pub fn fold_bytes_reusing(
             let base = if opts.palette == Palette::Byteclass && !opts.legend {
                 image.clone()
             } else {
-                preview::render_staged(
-                    &staged_input,
-                    Layout::Brick,
-                    order,
-                    Palette::Byteclass,
-                    opts.preview_side,
-                    false,
-                )?
+                render(Palette::Byteclass, false, &mut kept_previews)?
             };
             let overlay = preview::outline(base, Layout::Brick, order, &ranges);
             staged.write(&dir.join(format!("{name}.sections.png")), |w| {
@@ -900,6 +941,14 @@ pub fn fold_bytes_reusing(
             records.push(("sections_preview", Some(opts.preview_side)));
         }
         progress.advance(1);
+    }
+    if let Some(r) = reuse.as_mut() {
+        r.previews = if keep_previews {
+            kept_previews
+        } else {
+            Vec::new()
+        };
+        r.analysis = kept_analysis.filter(|_| keep).unwrap_or_default();
     }
     progress.stage("writing", records.len() as u64);
     let written = staged.commit()?;

@@ -486,6 +486,7 @@ pub fn snapshot_series(
                 },
                 compared_at,
                 Some(&mut on_device),
+                None,
             )?;
             step.device = d.device;
             if let Some(m) = &d.members {

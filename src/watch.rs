@@ -159,8 +159,11 @@ impl WatchEvent {
         a: &crate::diff::Side,
         b: &crate::diff::Side,
         dir: PathBuf,
+        bases: Option<[&crate::format::preview::PreviewImage; 2]>,
     ) {
-        match crate::diff::write_diff(backend, a, b, &dir, &Default::default(), Instant::now()) {
+        let opts = crate::diff::DiffOptions::default();
+        let started = Instant::now();
+        match crate::diff::write_diff_in_series(backend, a, b, &dir, &opts, started, None, bases) {
             Ok(d) => {
                 self.percent_different = Some(d.difference.percent);
                 self.diff = Some(dir);
@@ -681,7 +684,13 @@ fn rebuild_district(
             std::mem::take(&mut district.members),
         );
         let b = side(stream, sha, regions, members);
-        event.record_diff(backend, &a, &b, opts.output.join(format!("{name}.diff")));
+        event.record_diff(
+            backend,
+            &a,
+            &b,
+            opts.output.join(format!("{name}.diff")),
+            None,
+        );
         (stream, regions, members) = (b.bytes, b.regions, b.members.unwrap_or_default());
     }
     event.republish(&report, opts, version);
@@ -755,8 +764,13 @@ fn refold(
     folded.present = true;
     folded.stamp = before;
     folded.mode = crate::policy::output_mode_of(path);
-    let sha = crate::analysis::sha256(&bytes);
-    if folded.sha256 == Some(sha) {
+    // With the last state at hand, comparing is cheaper than hashing, and the fold hashes
+    // the new bytes once anyway.
+    let unchanged = match &folded.bytes {
+        Some(previous) => *previous == bytes,
+        None => folded.sha256 == Some(crate::analysis::sha256(&bytes)),
+    };
+    if unchanged {
         return None;
     }
     let (dir, base) = destination(opts, targets, path);
@@ -770,6 +784,15 @@ fn refold(
         name: Some(name.clone()),
         ..opts.fold.clone()
     };
+    // The diff's A side starts from the last fold's byte-class preview when it kept one at
+    // the delta's order and side (B's is this fold's), rather than summarising both again.
+    let delta_side = crate::diff::DiffOptions::default().preview_side;
+    let delta_order = folded
+        .bytes
+        .as_ref()
+        .map(|previous| crate::diff::preview::delta_order(previous.len(), bytes.len()));
+    let base_a =
+        delta_order.and_then(|order| folded.reuse.byteclass_preview(order, delta_side).cloned());
     // The fold gets the exact bytes read and hashed above, so a write racing the fold cannot
     // tear what lands (no torn reads).
     let result = fold::fold_bytes_reusing(
@@ -784,19 +807,25 @@ fn refold(
     let report = match result {
         Ok(r) => r,
         Err(e) => {
+            // What the failed fold kept may describe bytes other than the last ones folded.
+            folded.reuse = fold::FoldReuse::default();
             event.kind = "failed";
             event.error = Some(e.to_string());
             event.latency_seconds = since.elapsed().as_secs_f64();
             return Some(event);
         }
     };
+    let sha = report.source.sha256;
     event.outputs = report.outputs.iter().map(|o| o.path.clone()).collect();
     event.refolded = report.refolded;
     let mut bytes = bytes;
     if let Some(previous) = folded.bytes.take() {
         let a = crate::diff::Side::from_bytes(path, "file", previous, folded.sha256);
         let b = crate::diff::Side::from_bytes(path, "file", bytes, Some(sha));
-        event.record_diff(backend, &a, &b, dir.join(format!("{name}.diff")));
+        let base_b =
+            delta_order.and_then(|order| folded.reuse.byteclass_preview(order, delta_side));
+        let bases = base_a.as_ref().zip(base_b).map(|(a, b)| [a, b]);
+        event.record_diff(backend, &a, &b, dir.join(format!("{name}.diff")), bases);
         bytes = b.bytes;
     }
     event.republish(&report, opts, version);

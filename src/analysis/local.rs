@@ -98,14 +98,29 @@ fn class_of(entropy: f64) -> &'static str {
     }
 }
 
+/// Byte histogram of one block (at most [`ENTROPY_BLOCK`] bytes, so each count fits 16 bits).
+fn block_histogram(block: &[u8]) -> [u16; 256] {
+    let mut h = [0u16; 256];
+    block.iter().for_each(|&b| h[b as usize] += 1);
+    h
+}
+
 /// Entropy per block, merged into runs of one class: each boundary is an abrupt change.
 pub fn entropy_regions(data: &[u8]) -> Vec<EntropyRegion> {
-    let per_block: Vec<(f64, usize)> = data
+    let blocks: Vec<[u16; 256]> = data
         .par_chunks(ENTROPY_BLOCK)
-        .map(|block| {
-            let mut h = [0u32; 256];
-            block.iter().for_each(|&b| h[b as usize] += 1);
-            (entropy_of(&h.map(u64::from)), block.len())
+        .map(block_histogram)
+        .collect();
+    regions_of_blocks(&blocks)
+}
+
+/// [`entropy_regions`] from each block's histogram.
+fn regions_of_blocks(blocks: &[[u16; 256]]) -> Vec<EntropyRegion> {
+    let per_block: Vec<(f64, usize)> = blocks
+        .par_iter()
+        .map(|h| {
+            let len = h.iter().map(|&c| usize::from(c)).sum();
+            (entropy_of(&h.map(u64::from)), len)
         })
         .collect();
     let mut regions: Vec<(EntropyRegion, f64)> = Vec::new();
@@ -158,6 +173,16 @@ fn printable(b: u8) -> bool {
 /// string is split) are scanned in parallel and merged in order, so the result is the same
 /// as one pass.
 pub fn strings_summary(data: &[u8]) -> StringsSummary {
+    let pieces: Vec<StringsSummary> = string_pieces(data)
+        .par_windows(2)
+        .map(|w| strings_in(&data[w[0]..w[1]]))
+        .collect();
+    merge_strings(pieces)
+}
+
+/// Where [`strings_summary`] cuts `data` into pieces: about every [`STRINGS_PIECE`] bytes, at
+/// a non-printable byte. Starts with 0 and ends with the length.
+fn string_pieces(data: &[u8]) -> Vec<usize> {
     let mut cuts = vec![0];
     while let Some(&last) = cuts.last() {
         let target = last + STRINGS_PIECE;
@@ -171,10 +196,11 @@ pub fn strings_summary(data: &[u8]) -> StringsSummary {
         cuts.push(cut);
     }
     cuts.push(data.len());
-    let pieces: Vec<StringsSummary> = cuts
-        .par_windows(2)
-        .map(|w| strings_in(&data[w[0]..w[1]]))
-        .collect();
+    cuts
+}
+
+/// The pieces' summaries merged in order: the same as one pass over their bytes.
+fn merge_strings(pieces: impl IntoIterator<Item = StringsSummary>) -> StringsSummary {
     let mut summary = StringsSummary::default();
     for piece in pieces {
         summary.count += piece.count;
@@ -280,9 +306,154 @@ pub fn analyze_with_facts(data: &[u8]) -> (LocalAnalysis, crate::analysis::ByteF
     (analysis, facts)
 }
 
+/// What an analysis keeps so that the analysis of an edited version redoes only the blocks and
+/// strings pieces that hold changed bytes (watch mode): each block's byte histogram (512 bytes
+/// per 4 KiB) and each strings piece's summary.
+#[derive(Default)]
+pub struct KeptAnalysis {
+    blocks: Vec<[u16; 256]>,
+    pieces: Vec<(std::ops::Range<usize>, StringsSummary)>,
+}
+
+/// [`analyze_with_facts`], reusing `kept` from the analysis of an earlier version when
+/// `changed` gives the byte ranges that differ from it (as [`crate::fold::changed_pages`]
+/// finds them, the stretch past the shorter version included). The result is the same as a
+/// fresh analysis; `kept` is refilled for the next call.
+pub fn analyze_reusing(
+    data: &[u8],
+    changed: Option<&[std::ops::Range<usize>]>,
+    kept: &mut KeptAnalysis,
+) -> (LocalAnalysis, crate::analysis::ByteFacts) {
+    // A range ending where a change starts counts as touched: a version that shrank has its
+    // tail change start at its new end, inside its last (now shorter) block.
+    let touches = |range: &std::ops::Range<usize>| {
+        changed.is_none_or(|c| {
+            c.iter()
+                .any(|d| d.start <= range.end && range.start < d.end)
+        })
+    };
+    let block_count = data.len().div_ceil(ENTROPY_BLOCK);
+    kept.blocks.resize(block_count, [0; 256]);
+    kept.blocks
+        .par_iter_mut()
+        .enumerate()
+        .for_each(|(i, histogram)| {
+            let range = i * ENTROPY_BLOCK..((i + 1) * ENTROPY_BLOCK).min(data.len());
+            if touches(&range) {
+                *histogram = block_histogram(&data[range]);
+            }
+        });
+    let cuts = string_pieces(data);
+    let previous = std::mem::take(&mut kept.pieces);
+    kept.pieces = cuts
+        .par_windows(2)
+        .map(|w| {
+            let range = w[0]..w[1];
+            let unchanged = (!touches(&range))
+                .then(|| previous.iter().find(|(r, _)| *r == range))
+                .flatten();
+            let summary = match unchanged {
+                Some((_, summary)) => summary.clone(),
+                None => strings_in(&data[range.clone()]),
+            };
+            (range, summary)
+        })
+        .collect();
+    let mut whole = [0u64; 256];
+    for block in &kept.blocks {
+        whole
+            .iter_mut()
+            .zip(block)
+            .for_each(|(w, &c)| *w += u64::from(c));
+    }
+    let (sha256, utf8_text) = rayon::join(
+        || crate::analysis::sha256(data),
+        || crate::analysis::is_utf8_text(data),
+    );
+    let facts = crate::analysis::ByteFacts {
+        size: data.len() as u64,
+        sha256,
+        entropy: entropy_of(&whole),
+        utf8_text,
+        elf: crate::analysis::is_elf(data),
+    };
+    let analysis = LocalAnalysis {
+        size: facts.size,
+        sha256: facts.sha256_hex(),
+        entropy: (facts.entropy * 1000.0).round() / 1000.0,
+        file_type: file_type(data, facts.utf8_text),
+        entropy_regions: regions_of_blocks(&kept.blocks),
+        elf: facts.elf.then(|| elf_facts(data)).flatten(),
+        strings: merge_strings(kept.pieces.iter().map(|(_, s)| s.clone())),
+    };
+    (analysis, facts)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One edit of a test's bytes.
+    type Edit = dyn Fn(&mut Vec<u8>);
+
+    #[test]
+    fn an_analysis_reusing_the_last_one_matches_a_fresh_one() {
+        // 3 MiB: three strings pieces, 768 blocks; text with random and zero stretches.
+        let mut x = 1u32;
+        let text = b"see http://example.org/a and /usr/lib/x at 10.0.0.1 ok ";
+        let mut data: Vec<u8> = (0..3usize << 20)
+            .map(|i| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                match (i / 70_000) % 3 {
+                    0 => (x >> 16) as u8,
+                    1 => text[i % text.len()],
+                    _ => 0,
+                }
+            })
+            .collect();
+        let as_json = |(a, f): (LocalAnalysis, crate::analysis::ByteFacts)| {
+            (
+                serde_json::to_value(a).unwrap(),
+                f.sha256,
+                f.entropy.to_bits(),
+                f.utf8_text,
+            )
+        };
+        let mut kept = KeptAnalysis::default();
+        assert_eq!(
+            as_json(analyze_reusing(&data, None, &mut kept)),
+            as_json(analyze_with_facts(&data))
+        );
+        let edits: [&Edit; 6] = [
+            // A non-printable byte inside text: one string becomes two.
+            &|d| d[70_000 + 500] = 0,
+            // Text written over random bytes, across a piece's usual cut.
+            &|d| d[(1 << 20) - 100..(1 << 20) + 4000].fill(b'z'),
+            &|d| d[2_000_000..2_004_096].fill(0xFF),
+            &|d| d.truncate(3_000_001),
+            &|d| d.extend(b"grown by a tail of text /etc/passwd".repeat(300)),
+            &|d| d.truncate((1 << 20) + 3),
+        ];
+        for (i, edit) in edits.iter().enumerate() {
+            let previous = data.clone();
+            edit(&mut data);
+            let changed = crate::fold::changed_pages(&previous, &data, 4096);
+            assert_eq!(
+                as_json(analyze_reusing(&data, Some(&changed), &mut kept)),
+                as_json(analyze_with_facts(&data)),
+                "edit {i}"
+            );
+        }
+        // The comparison can fail: told nothing changed, a reused analysis is stale.
+        let previous = data.clone();
+        data[5000..9096].fill(b'q');
+        let mut stale = KeptAnalysis::default();
+        analyze_reusing(&previous, None, &mut stale);
+        assert_ne!(
+            as_json(analyze_reusing(&data, Some(&[]), &mut stale)).0,
+            as_json(analyze_with_facts(&data)).0
+        );
+    }
 
     #[test]
     fn regions_find_abrupt_changes() {

@@ -324,6 +324,11 @@ impl Backend {
 }
 
 impl<'a> Staged<'a> {
+    /// The input's bytes, for work that reads them on the host.
+    pub fn data(&self) -> &'a [u8] {
+        self.bytes
+    }
+
     /// The whole input on the device, uploaded on first use; `None` when it is too large to
     /// keep there (each call then uploads its own range).
     fn resident(&self, g: &GpuBackend) -> Result<Option<&DeviceBytes>> {

@@ -654,10 +654,13 @@ pub fn write_diff(
     opts: &DiffOptions,
     started: Instant,
 ) -> Result<DiffReport> {
-    write_diff_in_series(backend, a, b, out, opts, started, None)
+    write_diff_in_series(backend, a, b, out, opts, started, None, None)
 }
 
-/// [`write_diff`] as one step of a series whose B is the next step's A (see [`compare`]).
+/// [`write_diff`] as one step of a series whose B is the next step's A (see [`compare`]),
+/// with the byte-class previews of both sides when the caller has them (see
+/// [`preview::render_delta`]).
+#[allow(clippy::too_many_arguments)]
 pub fn write_diff_in_series(
     backend: &Backend,
     a: &Side,
@@ -666,6 +669,7 @@ pub fn write_diff_in_series(
     opts: &DiffOptions,
     started: Instant,
     series: Option<&mut crate::backend::DiffSeries>,
+    bases: Option<[&crate::format::preview::PreviewImage; 2]>,
 ) -> Result<DiffReport> {
     let (mut report, alignment) = compare(backend, a, b, opts, series)?;
     let image = preview::render_delta(
@@ -675,6 +679,7 @@ pub fn write_diff_in_series(
         &alignment.ranges,
         &b.regions,
         opts.preview_side,
+        bases,
     )?;
     let patch = patch::Patch {
         a_size: a.bytes.len() as u64,

@@ -52,7 +52,9 @@ fn tint(px: &mut [u8], colour: [u8; 3], amount: u16) {
 /// Renders `delta.png`: A on the left, with what was deleted (and moved or changed) marked at
 /// its A offsets, and B on the right, with what was changed, inserted and moved marked at its
 /// B offsets; a legend below. A change smaller than a few pixels also gets a ring around it, so
-/// a 4-byte edit is visible at any preview size.
+/// a 4-byte edit is visible at any preview size. `bases`, when a caller has them, are the
+/// byte-class previews of A and B (no legend) at [`delta_order`] and `side`, so neither side is
+/// summarised again.
 pub fn render_delta(
     backend: &Backend,
     a: &[u8],
@@ -60,11 +62,12 @@ pub fn render_delta(
     ranges: &[DeltaRange],
     regions: &[NamedRange],
     side: u32,
+    bases: Option<[&PreviewImage; 2]>,
 ) -> Result<PreviewImage> {
-    // One curve order for both, so a byte range has the same size on each side.
-    let order = order_for_cells(a.len().max(b.len()) as u64);
-    let left = render_side(backend, a, order, ranges, |r| r.a, &[], side)?;
-    let right = render_side(backend, b, order, ranges, |r| r.b, regions, side)?;
+    let order = delta_order(a.len(), b.len());
+    let [base_a, base_b] = bases.map_or([None, None], |[a, b]| [Some(a), Some(b)]);
+    let left = render_side(backend, a, order, ranges, |r| r.a, &[], side, base_a)?;
+    let right = render_side(backend, b, order, ranges, |r| r.b, regions, side, base_b)?;
     let height = left.height.max(right.height) as usize;
     let (lw, rw) = (left.width as usize, right.width as usize);
     let width = lw + GAP + rw;
@@ -88,8 +91,15 @@ pub fn render_delta(
     Ok(image)
 }
 
+/// The curve order both sides of a delta are drawn at: one order, so a byte range has the same
+/// size on each side.
+pub fn delta_order(a_len: usize, b_len: usize) -> u32 {
+    order_for_cells(a_len.max(b_len) as u64)
+}
+
 /// One side of the delta: its bytes dimmed, the ranges' cells at `span(range)` tinted by kind,
 /// rings around small changes, and `regions` outlined.
+#[allow(clippy::too_many_arguments)]
 fn render_side(
     backend: &Backend,
     bytes: &[u8],
@@ -98,16 +108,20 @@ fn render_side(
     span: impl Fn(&DeltaRange) -> Option<(u64, u64)>,
     regions: &[NamedRange],
     side: u32,
+    base: Option<&PreviewImage>,
 ) -> Result<PreviewImage> {
-    let mut image = preview::render(
-        backend,
-        bytes,
-        Layout::Brick,
-        order,
-        Palette::Byteclass,
-        side,
-        false,
-    )?;
+    let mut image = match base {
+        Some(image) => image.clone(),
+        None => preview::render(
+            backend,
+            bytes,
+            Layout::Brick,
+            order,
+            Palette::Byteclass,
+            side,
+            false,
+        )?,
+    };
     let preview_order = side.trailing_zeros();
     let stats_order = order.min(preview_order);
     let run_len = 1u64 << (2 * (order - stats_order));

@@ -135,15 +135,17 @@ pub fn render(
     render_staged(&backend.stage(data), layout, order, palette, side, legend)
 }
 
-/// [`render`] of a fold's staged input, so the statistics read the fold's one upload.
-pub fn render_staged(
-    input: &Staged,
-    layout: Layout,
-    order: u32,
-    palette: Palette,
-    side: u32,
-    legend: bool,
-) -> Result<PreviewImage> {
+/// How a preview summarises: each cell of a side-`2^stats_order` grid is one run of
+/// `run_len` bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Geometry {
+    stats_order: u32,
+    run_len: usize,
+}
+
+/// The summary geometry of a `side`-pixel preview of a texture of `order`, refusing sides out
+/// of range and runs too long to summarise.
+fn geometry(layout: Layout, order: u32, palette: Palette, side: u32) -> Result<Geometry> {
     if !side.is_power_of_two() || !PREVIEW_SIDES.contains(&side) {
         return Err(Error::Usage(format!(
             "preview side {side} must be a power of two from {} to {}",
@@ -172,13 +174,32 @@ pub fn render_staged(
             1u64 << order
         )));
     }
+    Ok(Geometry {
+        stats_order,
+        run_len: run_len as usize,
+    })
+}
+
+/// [`render`] of a fold's staged input, so the statistics read the fold's one upload.
+pub fn render_staged(
+    input: &Staged,
+    layout: Layout,
+    order: u32,
+    palette: Palette,
+    side: u32,
+    legend: bool,
+) -> Result<PreviewImage> {
+    let Geometry {
+        stats_order,
+        run_len,
+    } = geometry(layout, order, palette, side)?;
     let runs = 1usize << (2 * stats_order);
-    let table = EntropyTable::for_run_len(run_len as usize);
-    let stats = input.preview_stats(run_len as usize, runs, &table)?;
+    let table = EntropyTable::for_run_len(run_len);
+    let stats = input.preview_stats(run_len, runs, &table)?;
     let colours: Vec<[u8; 4]> = stats
         .par_iter()
         .enumerate()
-        .map(|(run, s)| colour(s, run as u64 * run_len, palette, layout, &table))
+        .map(|(run, s)| colour(s, (run * run_len) as u64, palette, layout, &table))
         .collect();
     let mut image = PreviewImage {
         width: side,
@@ -188,6 +209,112 @@ pub fn render_staged(
     for_each_cell(&mut image, stats_order, |run, px| {
         px.copy_from_slice(&colours[run])
     });
+    if legend {
+        add_legend(&mut image, palette, layout);
+    }
+    Ok(image)
+}
+
+/// A preview kept from the last fold of an input, so the fold of its next version repaints
+/// only the cells whose runs hold changed bytes (watch mode).
+#[derive(Clone)]
+pub struct KeptPreview {
+    layout: Layout,
+    order: u32,
+    palette: Palette,
+    side: u32,
+    geometry: Geometry,
+    /// Without its legend.
+    image: PreviewImage,
+}
+
+impl KeptPreview {
+    fn is_for(&self, layout: Layout, order: u32, palette: Palette, side: u32) -> bool {
+        (self.layout, self.order, self.palette, self.side) == (layout, order, palette, side)
+    }
+
+    /// The kept image (no legend) when it is the preview of `order`, `palette` and `side`.
+    pub fn image_for(
+        &self,
+        layout: Layout,
+        order: u32,
+        palette: Palette,
+        side: u32,
+    ) -> Option<&PreviewImage> {
+        self.is_for(layout, order, palette, side)
+            .then_some(&self.image)
+    }
+
+    /// Repaints the cells of the runs that hold `changed` byte ranges of `data`.
+    fn repaint(&mut self, data: &[u8], changed: &[std::ops::Range<usize>]) {
+        let Geometry {
+            stats_order,
+            run_len,
+        } = self.geometry;
+        let runs = 1usize << (2 * stats_order);
+        let table = EntropyTable::for_run_len(run_len);
+        let width = self.image.width as usize;
+        let scale = width >> stats_order;
+        for range in changed {
+            let first = (range.start / run_len).min(runs);
+            let last = range.end.div_ceil(run_len).min(runs);
+            let stats =
+                crate::kernels::preview_stats::stats_of_runs(data, run_len, first, last, &table);
+            for (run, s) in (first..last).zip(&stats) {
+                let px = colour(s, (run * run_len) as u64, self.palette, self.layout, &table);
+                let (x, y) = crate::curve::d2xy(stats_order, run as u64);
+                let (x0, y0) = (x as usize * scale, y as usize * scale);
+                for row in y0..y0 + scale {
+                    let line = &mut self.image.rgba[(row * width + x0) * 4..][..scale * 4];
+                    for dst in line.chunks_exact_mut(4) {
+                        dst.copy_from_slice(&px);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`render_staged`], reusing what `kept` holds from the fold of an earlier version of the
+/// input: given the byte ranges that changed since (`changed`), a kept preview of the same
+/// texture, palette and side has only those runs' cells repainted. The image is byte for byte
+/// what a fresh render gives. Without `changed` (or a matching kept preview) it renders afresh
+/// and keeps the result for next time.
+#[allow(clippy::too_many_arguments)]
+pub fn render_staged_reusing(
+    input: &Staged,
+    layout: Layout,
+    order: u32,
+    palette: Palette,
+    side: u32,
+    legend: bool,
+    changed: Option<&[std::ops::Range<usize>]>,
+    kept: &mut Vec<KeptPreview>,
+) -> Result<PreviewImage> {
+    let geometry = geometry(layout, order, palette, side)?;
+    let reused = changed.and_then(|changed| {
+        let k = kept
+            .iter_mut()
+            .find(|k| k.is_for(layout, order, palette, side))?;
+        k.repaint(input.data(), changed);
+        Some(k.image.clone())
+    });
+    let mut image = match reused {
+        Some(image) => image,
+        None => {
+            let image = render_staged(input, layout, order, palette, side, false)?;
+            kept.retain(|k| !k.is_for(layout, order, palette, side));
+            kept.push(KeptPreview {
+                layout,
+                order,
+                palette,
+                side,
+                geometry,
+                image: image.clone(),
+            });
+            image
+        }
+    };
     if legend {
         add_legend(&mut image, palette, layout);
     }
@@ -545,6 +672,78 @@ pub fn write_png(out: &mut dyn Write, image: &PreviewImage) -> std::io::Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One edit of a test's bytes.
+    type Edit = dyn Fn(&mut Vec<u8>);
+
+    /// Bytes that are text in some stretches and pseudo-random in others.
+    fn mixed_bytes(len: usize, seed: u32) -> Vec<u8> {
+        let mut x = seed;
+        (0..len)
+            .map(|i| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                match (i / 20_000) % 3 {
+                    0 => (x >> 16) as u8,
+                    1 => b"text /usr/lib line\n"[i % 19],
+                    _ => 0,
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_kept_preview_repainted_where_bytes_changed_matches_a_fresh_render() {
+        let backend = Backend::Cpu;
+        for (layout, palette) in [
+            (Layout::Brick, Palette::Byteclass),
+            (Layout::Brick, Palette::Entropy),
+            (Layout::Rts, Palette::Rgba),
+            (Layout::Rts, Palette::Gray),
+        ] {
+            let mut data = mixed_bytes(300_001, 7);
+            let cells = data.len().div_ceil(layout.bytes_per_pixel()) as u64;
+            let order = crate::curve::order_for_cells(cells);
+            let mut kept = Vec::new();
+            let render = |data: &[u8],
+                          changed: Option<&[std::ops::Range<usize>]>,
+                          kept: &mut Vec<KeptPreview>| {
+                let stage = backend.stage(data);
+                render_staged_reusing(&stage, layout, order, palette, 256, true, changed, kept)
+                    .unwrap()
+            };
+            render(&data, None, &mut kept);
+            let edits: [&Edit; 4] = [
+                // 64 bytes in a stretch of zeros, at an odd offset.
+                &|d| {
+                    for (i, b) in d[50_001..50_065].iter_mut().enumerate() {
+                        *b = (i * 37) as u8;
+                    }
+                },
+                &|d| d[40_000..44_096].fill(0xFF),
+                &|d| d.truncate(280_000),
+                &|d| d.extend(std::iter::repeat_n(b'A', 9_000)),
+            ];
+            for (i, edit) in edits.iter().enumerate() {
+                let previous = data.clone();
+                edit(&mut data);
+                let changed = crate::fold::changed_pages(&previous, &data, 4096);
+                // The check can fail: told nothing changed, the kept image is stale.
+                let mut stale = kept.clone();
+                let fresh = render_staged(&backend.stage(&data), layout, order, palette, 256, true)
+                    .unwrap();
+                assert!(
+                    render(&data, Some(&[]), &mut stale).rgba != fresh.rgba,
+                    "{layout:?} {palette:?} edit {i} must show"
+                );
+                let reused = render(&data, Some(&changed), &mut kept);
+                assert_eq!((reused.width, reused.height), (fresh.width, fresh.height));
+                assert!(
+                    reused.rgba == fresh.rgba,
+                    "{layout:?} {palette:?}: edit {i} repainted differs from a fresh render"
+                );
+            }
+        }
+    }
 
     #[test]
     fn entropy_colours_follow_binvis_curve() {

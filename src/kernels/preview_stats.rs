@@ -187,6 +187,25 @@ pub fn preview_stats(
         .collect()
 }
 
+/// Stats of the runs `first..last` alone, each as [`preview_stats`] computes it: what an
+/// incremental preview recomputes where bytes changed.
+pub fn stats_of_runs(
+    data: &[u8],
+    run_len: usize,
+    first: usize,
+    last: usize,
+    table: &EntropyTable,
+) -> Vec<RunStats> {
+    let mut histogram = [0u32; 256];
+    (first..last)
+        .map(|r| {
+            let start = r.saturating_mul(run_len).min(data.len());
+            let end = start.saturating_add(run_len).min(data.len());
+            run_stats(&data[start..end], start, table, &mut histogram)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -194,6 +194,34 @@ fn assert_outputs_match_a_fresh_fold_of(bytes: &[u8], name: &str, out: &Path) {
     }
 }
 
+/// The watch's `out/NAME.diff/` shows what a fresh `diff` of the two states shows: the same
+/// `delta.png` (the watch starts it from its kept previews) and the same patch.
+fn assert_diff_matches_a_fresh_diff(before: &[u8], after: &[u8], name: &str, out: &Path) {
+    let fresh = tempfile::tempdir().unwrap();
+    let (a, b) = (fresh.path().join("a"), fresh.path().join("b"));
+    std::fs::write(&a, before).unwrap();
+    std::fs::write(&b, after).unwrap();
+    let fresh_out = fresh.path().join("d");
+    let o = crate::harness::foundry(&[
+        "diff",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        "-o",
+        fresh_out.to_str().unwrap(),
+        "--backend",
+        "cpu",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let watched = out.join(format!("{name}.diff"));
+    for file in ["delta.png", "a-to-b.patch"] {
+        crate::harness::assert_same(
+            file,
+            &std::fs::read(fresh_out.join(file)).unwrap(),
+            &std::fs::read(watched.join(file)).unwrap(),
+        );
+    }
+}
+
 /// Edits a watched file three ways on `backend` ("cpu" or "gpu"): each re-fold redoes only the
 /// changed pages and bands, and the outputs equal a fresh fold's.
 fn check_page_level_refold(backend: &str) {
@@ -214,6 +242,7 @@ fn check_page_level_refold(backend: &str) {
     // One byte rewritten in place, the way an editor patching a block does.
     use std::io::{Seek, SeekFrom, Write};
     let at = 2_500_000;
+    let before = log.clone();
     log[at] = b'#';
     let mut handle = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
     handle.seek(SeekFrom::Start(at as u64)).unwrap();
@@ -226,8 +255,10 @@ fn check_page_level_refold(backend: &str) {
     assert_eq!(refolded["bands"], 1);
     assert_eq!(refolded["of_bands"], 16);
     assert_outputs_match_a_fresh_fold(&file, &out);
+    assert_diff_matches_a_fresh_diff(&before, &log, "app.log", &out);
 
     // Truncated by 10,000 bytes: only the tail's pages, which become padding.
+    let before = log.clone();
     log.truncate(log.len() - 10_000);
     std::fs::OpenOptions::new()
         .write(true)
@@ -238,6 +269,7 @@ fn check_page_level_refold(backend: &str) {
     let e = w.refold_of(&sha(&log), 60);
     assert_eq!(e["refolded"]["pages"], 3, "{backend}: {e}");
     assert_outputs_match_a_fresh_fold(&file, &out);
+    assert_diff_matches_a_fresh_diff(&before, &log, "app.log", &out);
 
     // Cut to 1 MiB, which needs smaller textures: folded whole again.
     log.truncate(1 << 20);
