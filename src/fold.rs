@@ -887,27 +887,16 @@ pub fn fold_bytes_reusing(
         };
         // A watched file's previews are kept and repainted where its pages changed.
         let render = |palette, legend, kept: &mut Vec<preview::KeptPreview>| {
-            if keep_previews {
-                preview::render_staged_reusing(
-                    &staged_input,
-                    Layout::Brick,
-                    order,
-                    palette,
-                    opts.preview_side,
-                    legend,
-                    changed.as_deref(),
-                    kept,
-                )
-            } else {
-                preview::render_staged(
-                    &staged_input,
-                    Layout::Brick,
-                    order,
-                    palette,
-                    opts.preview_side,
-                    legend,
-                )
-            }
+            preview::render_staged_reusing(
+                &staged_input,
+                Layout::Brick,
+                order,
+                palette,
+                opts.preview_side,
+                legend,
+                changed.as_deref(),
+                keep_previews.then_some(kept),
+            )
         };
         let image = render(opts.palette, opts.legend, &mut kept_previews)?;
         let path = match target {

@@ -107,22 +107,21 @@ fn block_histogram(block: &[u8]) -> [u16; 256] {
 
 /// Entropy per block, merged into runs of one class: each boundary is an abrupt change.
 pub fn entropy_regions(data: &[u8]) -> Vec<EntropyRegion> {
-    let blocks: Vec<[u16; 256]> = data
+    let per_block: Vec<(f64, usize)> = data
         .par_chunks(ENTROPY_BLOCK)
-        .map(block_histogram)
+        .map(|block| block_entropy(&block_histogram(block)))
         .collect();
-    regions_of_blocks(&blocks)
+    regions_of_blocks(&per_block)
 }
 
-/// [`entropy_regions`] from each block's histogram.
-fn regions_of_blocks(blocks: &[[u16; 256]]) -> Vec<EntropyRegion> {
-    let per_block: Vec<(f64, usize)> = blocks
-        .par_iter()
-        .map(|h| {
-            let len = h.iter().map(|&c| usize::from(c)).sum();
-            (entropy_of(&h.map(u64::from)), len)
-        })
-        .collect();
+/// A block's entropy and byte count, from its histogram.
+fn block_entropy(histogram: &[u16; 256]) -> (f64, usize) {
+    let len = histogram.iter().map(|&c| usize::from(c)).sum();
+    (entropy_of(&histogram.map(u64::from)), len)
+}
+
+/// [`entropy_regions`] from each block's (entropy, byte count).
+fn regions_of_blocks(per_block: &[(f64, usize)]) -> Vec<EntropyRegion> {
     let mut regions: Vec<(EntropyRegion, f64)> = Vec::new();
     for (i, &(e, len)) in per_block.iter().enumerate() {
         let start = (i * ENTROPY_BLOCK) as u64;
@@ -312,6 +311,8 @@ pub fn analyze_with_facts(data: &[u8]) -> (LocalAnalysis, crate::analysis::ByteF
 #[derive(Default)]
 pub struct KeptAnalysis {
     blocks: Vec<[u16; 256]>,
+    /// Each block's (entropy, byte count).
+    entropies: Vec<(f64, usize)>,
     pieces: Vec<(std::ops::Range<usize>, StringsSummary)>,
 }
 
@@ -334,13 +335,16 @@ pub fn analyze_reusing(
     };
     let block_count = data.len().div_ceil(ENTROPY_BLOCK);
     kept.blocks.resize(block_count, [0; 256]);
+    kept.entropies.resize(block_count, (0.0, 0));
     kept.blocks
         .par_iter_mut()
+        .zip(kept.entropies.par_iter_mut())
         .enumerate()
-        .for_each(|(i, histogram)| {
+        .for_each(|(i, (histogram, entropy))| {
             let range = i * ENTROPY_BLOCK..((i + 1) * ENTROPY_BLOCK).min(data.len());
             if touches(&range) {
                 *histogram = block_histogram(&data[range]);
+                *entropy = block_entropy(histogram);
             }
         });
     let cuts = string_pieces(data);
@@ -382,7 +386,7 @@ pub fn analyze_reusing(
         sha256: facts.sha256_hex(),
         entropy: (facts.entropy * 1000.0).round() / 1000.0,
         file_type: file_type(data, facts.utf8_text),
-        entropy_regions: regions_of_blocks(&kept.blocks),
+        entropy_regions: regions_of_blocks(&kept.entropies),
         elf: facts.elf.then(|| elf_facts(data)).flatten(),
         strings: merge_strings(kept.pieces.iter().map(|(_, s)| s.clone())),
     };

@@ -279,7 +279,7 @@ impl KeptPreview {
 /// input: given the byte ranges that changed since (`changed`), a kept preview of the same
 /// texture, palette and side has only those runs' cells repainted. The image is byte for byte
 /// what a fresh render gives. Without `changed` (or a matching kept preview) it renders afresh
-/// and keeps the result for next time.
+/// and keeps the result for next time; without `kept` it is [`render_staged`].
 #[allow(clippy::too_many_arguments)]
 pub fn render_staged_reusing(
     input: &Staged,
@@ -289,8 +289,11 @@ pub fn render_staged_reusing(
     side: u32,
     legend: bool,
     changed: Option<&[std::ops::Range<usize>]>,
-    kept: &mut Vec<KeptPreview>,
+    kept: Option<&mut Vec<KeptPreview>>,
 ) -> Result<PreviewImage> {
+    let Some(kept) = kept else {
+        return render_staged(input, layout, order, palette, side, legend);
+    };
     let geometry = geometry(layout, order, palette, side)?;
     let reused = changed.and_then(|changed| {
         let k = kept
@@ -323,14 +326,26 @@ pub fn render_staged_reusing(
 
 /// For each cell of a side-`2^order` grid, row-major: the curve index of the cell there. Built
 /// with the tiled CPU fold of the identity sequence, so placing a whole preview costs one fold
-/// instead of a `d2xy` walk per cell.
-pub fn curve_index_grid(order: u32) -> Vec<u32> {
-    let cells = 1usize << (2 * order);
-    let identity: Vec<u8> = (0..cells as u32).flat_map(u32::to_le_bytes).collect();
-    let mut grid = vec![0u32; cells];
-    crate::kernels::fold_rts::fold_rts(&identity, order, &mut grid);
-    grid
+/// instead of a `d2xy` walk per cell. Grids up to [`KEPT_GRID_ORDER`] (4 MiB) are built once
+/// per process: every preview and both sides of every delta place their cells with them.
+pub fn curve_index_grid(order: u32) -> std::borrow::Cow<'static, [u32]> {
+    static GRIDS: [std::sync::OnceLock<Vec<u32>>; KEPT_GRID_ORDER as usize + 1] =
+        [const { std::sync::OnceLock::new() }; KEPT_GRID_ORDER as usize + 1];
+    let build = || {
+        let cells = 1usize << (2 * order);
+        let identity: Vec<u8> = (0..cells as u32).flat_map(u32::to_le_bytes).collect();
+        let mut grid = vec![0u32; cells];
+        crate::kernels::fold_rts::fold_rts(&identity, order, &mut grid);
+        grid
+    };
+    match GRIDS.get(order as usize) {
+        Some(kept) => std::borrow::Cow::Borrowed(kept.get_or_init(build)),
+        None => std::borrow::Cow::Owned(build()),
+    }
 }
+
+/// Largest order whose cell grid [`curve_index_grid`] keeps.
+const KEPT_GRID_ORDER: u32 = 10;
 
 /// Calls `paint(cell, pixel)` for every RGBA pixel of the square part of `image` (side
 /// `2^k`), where `cell` is the curve index at `order` (at most k) of the cell covering it.
@@ -708,8 +723,17 @@ mod tests {
                           changed: Option<&[std::ops::Range<usize>]>,
                           kept: &mut Vec<KeptPreview>| {
                 let stage = backend.stage(data);
-                render_staged_reusing(&stage, layout, order, palette, 256, true, changed, kept)
-                    .unwrap()
+                render_staged_reusing(
+                    &stage,
+                    layout,
+                    order,
+                    palette,
+                    256,
+                    true,
+                    changed,
+                    Some(kept),
+                )
+                .unwrap()
             };
             render(&data, None, &mut kept);
             let edits: [&Edit; 4] = [
