@@ -236,6 +236,10 @@ impl TreeDistrict {
     }
 }
 
+/// Largest district whose textures are kept between builds, so that a change re-folds only
+/// its pages.
+pub const DISTRICT_REFOLD_MAX_BYTES: usize = 8 << 20;
+
 /// Largest watched tree whose district is kept: its files' bytes are held in memory to build
 /// it (and the last state for the diff).
 pub const DISTRICT_MAX_BYTES: usize = 256 << 20;
@@ -638,6 +642,9 @@ fn rebuild_district(
         output_mode: Some(mode),
         ..opts.fold.clone()
     };
+    if stream.len() > DISTRICT_REFOLD_MAX_BYTES {
+        district.reuse = fold::FoldReuse::default();
+    }
     let folded = fold::fold_bytes_reusing(
         backend,
         root,
@@ -645,11 +652,19 @@ fn rebuild_district(
         &OutputTarget::Directory(opts.output.clone()),
         &fold_opts,
         &crate::progress::Silent,
-        Some((district.stream.as_deref(), &mut district.reuse)),
+        // Kept textures are up to 13 times the stream (a 26 MiB tree keeps a 256 MiB brick
+        // texture), so only small districts keep theirs; a larger one is folded afresh each
+        // time it is rebuilt, which happens once its tree has gone quiet.
+        (stream.len() <= DISTRICT_REFOLD_MAX_BYTES)
+            .then_some((district.stream.as_deref(), &mut district.reuse)),
     );
     let report = match folded {
         Ok(r) => r,
-        Err(e) => return fail(&mut event, format!("district: {e}")),
+        Err(e) => {
+            // What the failed fold kept may describe a stream other than the last one built.
+            district.reuse = fold::FoldReuse::default();
+            return fail(&mut event, format!("district: {e}"));
+        }
     };
     let index = serde_json::json!({"format": "foundry-gpu-watched-district", "version": 1,
         "root": root, "size": stream.len(), "sha256": report.source.sha256_hex(), "files": files});
@@ -802,7 +817,12 @@ fn refold(
         &OutputTarget::Directory(dir.clone()),
         &fold_opts,
         &crate::progress::Silent,
-        Some((folded.bytes.as_deref(), &mut folded.reuse)),
+        // A file of a watched tree keeps no textures: they are several times its size, a
+        // tree's files are many and mostly small, and a small file folds afresh quickly.
+        // Memory then grows with the tree's file count and bytes, not with texture sizes.
+        tree_of(targets, path)
+            .is_none()
+            .then_some((folded.bytes.as_deref(), &mut folded.reuse)),
     );
     let report = match result {
         Ok(r) => r,

@@ -423,6 +423,26 @@ impl<'a> Staged<'a> {
         }
     }
 
+    /// Per-run byte-class counts of the whole input, all the byte-class palette needs: from
+    /// the statistics kernel where it runs on a GPU, else counted alone on the host (the other
+    /// fields are then zero).
+    pub fn byte_classes(
+        &self,
+        run_len: usize,
+        runs: usize,
+        table: &'a EntropyTable,
+    ) -> Result<Vec<RunStats>> {
+        match self
+            .backend
+            .device_for(KernelId::PreviewStats, self.bytes.len())
+        {
+            Some(_) => self.preview_stats(run_len, runs, table),
+            None => Ok(crate::kernels::preview_stats::class_counts(
+                self.bytes, run_len, runs,
+            )),
+        }
+    }
+
     /// Per-run statistics of the whole input (see `kernels::preview_stats`).
     pub fn preview_stats(
         &self,

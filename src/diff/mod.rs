@@ -671,7 +671,34 @@ pub fn write_diff_in_series(
     series: Option<&mut crate::backend::DiffSeries>,
     bases: Option<[&crate::format::preview::PreviewImage; 2]>,
 ) -> Result<DiffReport> {
-    let (mut report, alignment) = compare(backend, a, b, opts, series)?;
+    // On the CPU, both sides' previews are summarised while the sides are compared: the
+    // alignment has stretches that keep one core busy, and the previews need none of it.
+    let (compared, own_bases) = match (backend, bases) {
+        (Backend::Cpu, None) => {
+            let order = preview::delta_order(a.bytes.len(), b.bytes.len());
+            let side_preview = |side: &Side| {
+                crate::format::preview::render(
+                    backend,
+                    &side.bytes,
+                    crate::kernels::Layout::Brick,
+                    order,
+                    crate::format::preview::Palette::Byteclass,
+                    opts.preview_side,
+                    false,
+                )
+            };
+            let (compared, previews) = rayon::join(
+                || compare(backend, a, b, opts, series),
+                || rayon::join(|| side_preview(a), || side_preview(b)),
+            );
+            // The comparison's error, if any, is the one to report.
+            let compared = compared?;
+            (compared, Some((previews.0?, previews.1?)))
+        }
+        _ => (compare(backend, a, b, opts, series)?, None),
+    };
+    let (mut report, alignment) = compared;
+    let bases = bases.or(own_bases.as_ref().map(|(a, b)| [a, b]));
     let image = preview::render_delta(
         backend,
         &a.bytes,

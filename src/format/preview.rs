@@ -195,7 +195,11 @@ pub fn render_staged(
     } = geometry(layout, order, palette, side)?;
     let runs = 1usize << (2 * stats_order);
     let table = EntropyTable::for_run_len(run_len);
-    let stats = input.preview_stats(run_len, runs, &table)?;
+    let stats = if palette == Palette::Byteclass {
+        input.byte_classes(run_len, runs, &table)?
+    } else {
+        input.preview_stats(run_len, runs, &table)?
+    };
     let colours: Vec<[u8; 4]> = stats
         .par_iter()
         .enumerate()

@@ -187,6 +187,50 @@ pub fn preview_stats(
         .collect()
 }
 
+/// The byte-class counts of `run`, in [`CLASS_NAMES`] order. Each class is a comparison
+/// summed into byte-wide counters over stretches of at most 255 bytes, which the compiler turns
+/// into vector code: several times faster than a table lookup a byte.
+fn classes_of(run: &[u8]) -> [u32; 5] {
+    let (mut zero, mut low, mut ascii, mut full) = (0u32, 0u32, 0u32, 0u32);
+    for stretch in run.chunks(255) {
+        let (mut z, mut l, mut a, mut f) = (0u8, 0u8, 0u8, 0u8);
+        for &b in stretch {
+            let space = (b == b'\t') | (b == b'\n') | (b == b'\r');
+            z += u8::from(b == 0);
+            f += u8::from(b == 0xFF);
+            a += u8::from(b.wrapping_sub(0x20) < 0x5F) | u8::from(space);
+            l += u8::from(b.wrapping_sub(1) < 0x1F) & u8::from(!space);
+        }
+        (zero, low, ascii, full) = (
+            zero + u32::from(z),
+            low + u32::from(l),
+            ascii + u32::from(a),
+            full + u32::from(f),
+        );
+    }
+    let high = run.len() as u32 - zero - low - ascii - full;
+    [zero, low, ascii, high, full]
+}
+
+/// Only the byte-class counts of each run, the rest of each [`RunStats`] left zero: all the
+/// byte-class palette reads, in one table lookup a byte (a third of [`preview_stats`]'s work).
+/// The counts are [`preview_stats`]'s.
+pub fn class_counts(data: &[u8], run_len: usize, runs: usize) -> Vec<RunStats> {
+    (0..runs)
+        .into_par_iter()
+        .with_min_len(64)
+        .map(|r| {
+            let start = r.saturating_mul(run_len).min(data.len());
+            let end = start.saturating_add(run_len).min(data.len());
+            let classes = classes_of(&data[start..end]);
+            RunStats {
+                classes,
+                ..RunStats::default()
+            }
+        })
+        .collect()
+}
+
 /// Stats of the runs `first..last` alone, each as [`preview_stats`] computes it: what an
 /// incremental preview recomputes where bytes changed.
 pub fn stats_of_runs(
@@ -219,6 +263,27 @@ mod tests {
         assert_eq!(byte_class(0x7F), 3);
         assert_eq!(byte_class(0xFE), 3);
         assert_eq!(byte_class(0xFF), 4);
+    }
+
+    #[test]
+    fn class_counts_are_the_full_stats_classes() {
+        // Every byte value, then a mix with runs of zeros and of 0xFF.
+        let mut data: Vec<u8> = (0..=255).collect();
+        data.extend((0..100_003u32).map(|i| match i % 7 {
+            0 => 0,
+            1 => 0xFF,
+            _ => (i.wrapping_mul(2_654_435_761) >> 11) as u8,
+        }));
+        for run_len in [1, 3, 64, 4096] {
+            let runs = data.len().div_ceil(run_len) + 5;
+            let table = EntropyTable::for_run_len(run_len);
+            let full = preview_stats(&data, run_len, runs, &table);
+            let classes = class_counts(&data, run_len, runs);
+            assert_eq!(full.len(), classes.len());
+            for (f, c) in full.iter().zip(&classes) {
+                assert_eq!(f.classes, c.classes, "run length {run_len}");
+            }
+        }
     }
 
     #[test]
