@@ -127,7 +127,10 @@ fn patch_benches(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("apply/foundry-gpu", name), |bench| {
             bench.iter(|| apply_patch(&Backend::Cpu, &a, &ours, &rebuilt).unwrap())
         });
-        assert!(std::fs::read(&rebuilt).unwrap() == *b_bytes);
+        // A criterion filter may have skipped this case: then there is nothing to check.
+        if let Ok(rebuilt) = std::fs::read(&rebuilt) {
+            assert!(rebuilt == *b_bytes, "{name}: the patch rebuilt other bytes");
+        }
         let mut row = serde_json::Map::new();
         row.insert("foundry-gpu".into(), size(&ours).into());
         let xd: PathBuf = case.join("b.xdelta3");
