@@ -929,6 +929,17 @@ pub fn fold_bytes_reusing(
             })?;
             records.push(("sections_preview", Some(opts.preview_side)));
         }
+        // Only what this fold rendered describes its bytes: a byte-class image kept for an
+        // earlier version's sections outline, not rendered now, would be stale.
+        let sections_rendered = elf.is_some() && matches!(target, OutputTarget::Directory(_));
+        kept_previews.retain(|k| {
+            let side = opts.preview_side;
+            k.image_for(Layout::Brick, order, opts.palette, side)
+                .is_some()
+                || (sections_rendered
+                    && k.image_for(Layout::Brick, order, Palette::Byteclass, side)
+                        .is_some())
+        });
         progress.advance(1);
     }
     if let Some(r) = reuse.as_mut() {

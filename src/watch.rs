@@ -676,6 +676,8 @@ fn rebuild_district(
         })
         .and_then(|_| staged.commit());
     if let Err(e) = written {
+        // The stream stays the last one built, which the kept state no longer describes.
+        district.reuse = fold::FoldReuse::default();
         return fail(&mut event, format!("district index: {e}"));
     }
     event.outputs = report.outputs.iter().map(|o| o.path.clone()).collect();

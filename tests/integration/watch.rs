@@ -21,8 +21,18 @@ impl Watch {
     }
 
     fn start_on(backend: &str, paths: &[&Path], out: &Path, extra: &[&str]) -> Watch {
+        Watch::spawn("watch", backend, paths, out, extra)
+    }
+
+    /// `fold PATH --watch`, which takes the fold's options.
+    fn fold_watch(path: &Path, out: &Path, extra: &[&str]) -> Watch {
+        let extra: Vec<&str> = extra.iter().copied().chain(["--watch"]).collect();
+        Watch::spawn("fold", "cpu", &[path], out, &extra)
+    }
+
+    fn spawn(command: &str, backend: &str, paths: &[&Path], out: &Path, extra: &[&str]) -> Watch {
         let mut child = Command::new(env!("CARGO_BIN_EXE_foundry-gpu"))
-            .arg("watch")
+            .arg(command)
             .args(paths)
             .arg("-o")
             .arg(out)
@@ -277,6 +287,38 @@ fn check_page_level_refold(backend: &str) {
     let e = w.refold_of(&sha(&log), 60);
     assert!(e["refolded"].is_null(), "{backend}: {e}");
     assert_outputs_match_a_fresh_fold(&file, &out);
+}
+
+/// A watched ELF folded with the entropy palette also keeps a byte-class preview (for its
+/// sections outline). When an edit makes it plain bytes, that image is not rendered again, so
+/// it must not be kept as the next diff's picture of B.
+#[test]
+fn a_preview_the_last_fold_did_not_render_is_not_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("prog");
+    // A real ELF padded to 5 MiB: large enough to keep its previews.
+    let mut bytes =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/sample-elf")).unwrap();
+    bytes.resize(5 << 20, 0);
+    std::fs::write(&file, &bytes).unwrap();
+    let out = dir.path().join("out");
+    let w = Watch::fold_watch(&file, &out, &["--palette", "entropy"]);
+    w.refold_of(&sha(&bytes), 60);
+    assert!(
+        out.join("prog.sections.png").exists(),
+        "folded as ELF first"
+    );
+    // Two edits that leave it plain bytes: the second's diff compares two non-ELF states.
+    for (at, value) in [(0, 0u8), (3_000_000, 0xAB)] {
+        let before = bytes.clone();
+        bytes[at] = value;
+        use std::os::unix::fs::FileExt;
+        let handle = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+        handle.write_all_at(&[value], at as u64).unwrap();
+        drop(handle);
+        w.refold_of(&sha(&bytes), 60);
+        assert_diff_matches_a_fresh_diff(&before, &bytes, "prog", &out);
+    }
 }
 
 #[test]
