@@ -293,16 +293,26 @@ pub fn analyze(data: &[u8]) -> LocalAnalysis {
 /// need not hash the same bytes twice.
 pub fn analyze_with_facts(data: &[u8]) -> (LocalAnalysis, crate::analysis::ByteFacts) {
     let facts = byte_facts(data);
-    let analysis = LocalAnalysis {
+    let analysis = assemble(data, &facts, entropy_regions(data), strings_summary(data));
+    (analysis, facts)
+}
+
+/// The analysis of `data` from its byte facts, entropy regions and strings summary.
+fn assemble(
+    data: &[u8],
+    facts: &crate::analysis::ByteFacts,
+    entropy_regions: Vec<EntropyRegion>,
+    strings: StringsSummary,
+) -> LocalAnalysis {
+    LocalAnalysis {
         size: facts.size,
         sha256: facts.sha256_hex(),
         entropy: (facts.entropy * 1000.0).round() / 1000.0,
         file_type: file_type(data, facts.utf8_text),
-        entropy_regions: entropy_regions(data),
+        entropy_regions,
         elf: facts.elf.then(|| elf_facts(data)).flatten(),
-        strings: strings_summary(data),
-    };
-    (analysis, facts)
+        strings,
+    }
 }
 
 /// What an analysis keeps so that the analysis of an edited version redoes only the blocks and
@@ -381,15 +391,12 @@ pub fn analyze_reusing(
         utf8_text,
         elf: crate::analysis::is_elf(data),
     };
-    let analysis = LocalAnalysis {
-        size: facts.size,
-        sha256: facts.sha256_hex(),
-        entropy: (facts.entropy * 1000.0).round() / 1000.0,
-        file_type: file_type(data, facts.utf8_text),
-        entropy_regions: regions_of_blocks(&kept.entropies),
-        elf: facts.elf.then(|| elf_facts(data)).flatten(),
-        strings: merge_strings(kept.pieces.iter().map(|(_, s)| s.clone())),
-    };
+    let analysis = assemble(
+        data,
+        &facts,
+        regions_of_blocks(&kept.entropies),
+        merge_strings(kept.pieces.iter().map(|(_, s)| s.clone())),
+    );
     (analysis, facts)
 }
 

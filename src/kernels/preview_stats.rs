@@ -161,6 +161,12 @@ fn run_stats(
     stats
 }
 
+/// Where run `r` of `run_len` bytes lies in `len` bytes: empty past the end.
+fn run_bounds(len: usize, run_len: usize, r: usize) -> (usize, usize) {
+    let start = r.saturating_mul(run_len).min(len);
+    (start, start.saturating_add(run_len).min(len))
+}
+
 /// Stats of `runs` consecutive runs of `run_len` bytes of `data` (runs past
 /// the end of `data` are all zero: no bytes behind them).
 pub fn preview_stats(
@@ -179,8 +185,7 @@ pub fn preview_stats(
         .map_init(
             || [0u32; 256],
             |histogram, r| {
-                let start = r.saturating_mul(run_len).min(data.len());
-                let end = start.saturating_add(run_len).min(data.len());
+                let (start, end) = run_bounds(data.len(), run_len, r);
                 run_stats(&data[start..end], start, table, histogram)
             },
         )
@@ -220,8 +225,7 @@ pub fn class_counts(data: &[u8], run_len: usize, runs: usize) -> Vec<RunStats> {
         .into_par_iter()
         .with_min_len(64)
         .map(|r| {
-            let start = r.saturating_mul(run_len).min(data.len());
-            let end = start.saturating_add(run_len).min(data.len());
+            let (start, end) = run_bounds(data.len(), run_len, r);
             let classes = classes_of(&data[start..end]);
             RunStats {
                 classes,
@@ -243,8 +247,7 @@ pub fn stats_of_runs(
     let mut histogram = [0u32; 256];
     (first..last)
         .map(|r| {
-            let start = r.saturating_mul(run_len).min(data.len());
-            let end = start.saturating_add(run_len).min(data.len());
+            let (start, end) = run_bounds(data.len(), run_len, r);
             run_stats(&data[start..end], start, table, &mut histogram)
         })
         .collect()

@@ -20,26 +20,13 @@ fn refused(args: &[&str]) -> String {
 /// `run TASK`, killed (failing the test) if it has not ended within 30 s: a task that waits
 /// forever on an overflowed duration must fail the test, not hang it.
 fn run_task(task: &Path, out: &Path) -> std::process::Output {
-    use std::io::Read;
-    let mut child = foundry_cmd()
+    let child = foundry_cmd()
         .args(["run", s(task), "--output-root", s(out), "--backend", "cpu"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let status = wait_exit(&mut child, Duration::from_secs(30));
-    let mut stderr = Vec::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_end(&mut stderr)
-        .unwrap();
-    std::process::Output {
-        status,
-        stdout: Vec::new(),
-        stderr,
-    }
+    crate::harness::output_within(child, Duration::from_secs(30))
 }
 
 #[test]

@@ -231,6 +231,25 @@ pub fn wait_exit(child: &mut std::process::Child, limit: Duration) -> std::proce
     }
 }
 
+/// [`wait_exit`], then what the child wrote to its piped stdout and stderr (an unpiped one
+/// reads as empty). For children whose output is small enough to sit in the pipes until exit.
+pub fn output_within(mut child: std::process::Child, limit: Duration) -> std::process::Output {
+    use std::io::Read;
+    let status = wait_exit(&mut child, limit);
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    if let Some(pipe) = child.stdout.as_mut() {
+        pipe.read_to_end(&mut stdout).unwrap();
+    }
+    if let Some(pipe) = child.stderr.as_mut() {
+        pipe.read_to_end(&mut stderr).unwrap();
+    }
+    std::process::Output {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
 /// Runs the `foundry-gpu` binary with `args`.
 pub fn foundry(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_foundry-gpu"))

@@ -652,8 +652,7 @@ fn folds_of_parts_at_any_offset_match_the_cpu() {
 
 /// `foundry-gpu ARGS` with the calibration cache at `cache`; a run past 60 s fails the test.
 fn with_cache(cache: &std::path::Path, args: &[&str]) -> std::process::Output {
-    use std::io::Read;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_foundry-gpu"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_foundry-gpu"))
         .args(args)
         .env("FOUNDRY_GPU_CALIBRATION", cache)
         .env("XDG_RUNTIME_DIR", std::env::temp_dir())
@@ -662,25 +661,7 @@ fn with_cache(cache: &std::path::Path, args: &[&str]) -> std::process::Output {
         .spawn()
         .unwrap();
     // Its output is a few lines, well within a pipe's buffer, so it is read after the exit.
-    let status = crate::harness::wait_exit(&mut child, std::time::Duration::from_secs(60));
-    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_end(&mut stdout)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_end(&mut stderr)
-        .unwrap();
-    std::process::Output {
-        status,
-        stdout,
-        stderr,
-    }
+    crate::harness::output_within(child, std::time::Duration::from_secs(60))
 }
 
 #[test]
