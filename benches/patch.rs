@@ -5,8 +5,9 @@
 //!
 //! Cases: `edits` is A (executable-like, `FOUNDRY_BENCH_PATCH_MIB`, default 64) and B with 16
 //! scattered 4 KiB overwrites, a 12 KiB insertion in the middle and a 1 MiB block moved from
-//! 1/8 to 7/8; `ls4` is `/usr/bin/ls` with 4 bytes changed. A missing peer is installed with
-//! apt-get when the bench runs as root, else left out of the table with a note.
+//! 1/8 to 7/8; `ls4` is `/usr/bin/ls` with 4 bytes changed; `libLLVM-14-to-15` is two
+//! releases of Debian's LLVM library, when both are installed. A missing peer is installed
+//! with apt-get when the bench runs as root, else left out of the table with a note.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use foundry_gpu::diff::{apply_patch, diff, DiffOptions};
@@ -80,8 +81,11 @@ fn run(program: &str, args: &[&Path]) {
     assert!(status.success(), "{program} {args:?}");
 }
 
-fn size(path: &Path) -> u64 {
-    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+/// Records the size of `path` under `tool`, unless a criterion filter skipped making it.
+fn record_size(row: &mut serde_json::Map<String, serde_json::Value>, tool: &str, path: &Path) {
+    if let Ok(meta) = std::fs::metadata(path) {
+        row.insert(tool.into(), meta.len().into());
+    }
 }
 
 fn patch_benches(c: &mut Criterion) {
@@ -100,6 +104,13 @@ fn patch_benches(c: &mut Criterion) {
             *byte = !*byte;
         }
         cases.push(("ls4".into(), ls, b));
+    }
+    // Two releases of one library, where code moved everywhere (Debian's libllvm14 and
+    // libllvm15): only when both are installed, since each xdelta3 run takes about 14 s.
+    let llvm = |v: u32| std::fs::read(format!("/usr/lib/x86_64-linux-gnu/libLLVM-{v}.so.1"));
+    match (llvm(14), llvm(15)) {
+        (Ok(a), Ok(b)) => cases.push(("libLLVM-14-to-15".into(), a, b)),
+        _ => eprintln!("libLLVM-14-to-15 left out: install libllvm14 and libllvm15 to run it"),
     }
     let (xdelta3, zstd, bsdiff) = (
         peer("xdelta3", "xdelta3"),
@@ -132,7 +143,7 @@ fn patch_benches(c: &mut Criterion) {
             assert!(rebuilt == *b_bytes, "{name}: the patch rebuilt other bytes");
         }
         let mut row = serde_json::Map::new();
-        row.insert("foundry-gpu".into(), size(&ours).into());
+        record_size(&mut row, "foundry-gpu", &ours);
         let xd: PathBuf = case.join("b.xdelta3");
         if xdelta3 {
             let encode = [
@@ -157,7 +168,7 @@ fn patch_benches(c: &mut Criterion) {
             group.bench_function(BenchmarkId::new("apply/xdelta3", name), |bench| {
                 bench.iter(|| run("xdelta3", &decode))
             });
-            row.insert("xdelta3".into(), size(&xd).into());
+            record_size(&mut row, "xdelta3", &xd);
         }
         if zstd {
             let zs = case.join("b.zst");
@@ -187,7 +198,7 @@ fn patch_benches(c: &mut Criterion) {
                     assert!(status.success());
                 })
             });
-            row.insert("zstd --patch-from".into(), size(&zs).into());
+            record_size(&mut row, "zstd --patch-from", &zs);
         }
         // bsdiff needs about 17 times the input in memory and minutes per 64 MiB: one run, and
         // only up to 64 MiB.
@@ -199,7 +210,7 @@ fn patch_benches(c: &mut Criterion) {
                 "bsdiff {name}: {:.2} s (one run)",
                 started.elapsed().as_secs_f64()
             );
-            row.insert("bsdiff".into(), size(&bs).into());
+            record_size(&mut row, "bsdiff", &bs);
         }
         sizes.insert(name.clone(), row.into());
     }

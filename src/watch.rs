@@ -161,7 +161,11 @@ impl WatchEvent {
         dir: PathBuf,
         bases: Option<[&crate::format::preview::PreviewImage; 2]>,
     ) {
-        let opts = crate::diff::DiffOptions::default();
+        // A watch writes its next state soon: its patches never spend seconds on literals.
+        let opts = crate::diff::DiffOptions {
+            literal_effort: crate::diff::patch::LiteralEffort::Fast,
+            ..Default::default()
+        };
         let started = Instant::now();
         match crate::diff::write_diff_in_series(backend, a, b, &dir, &opts, started, None, bases) {
             Ok(d) => {

@@ -255,6 +255,8 @@ pub struct DiffOptions {
     pub preview_side: u32,
     /// Also write `a-to-b.vcdiff` (RFC 3284), for `xdelta3 -d` and other VCDIFF readers.
     pub vcdiff: bool,
+    /// How hard the patch's large literal volumes are compressed.
+    pub literal_effort: patch::LiteralEffort,
 }
 
 impl Default for DiffOptions {
@@ -263,6 +265,7 @@ impl Default for DiffOptions {
             block: DEFAULT_BLOCK,
             preview_side: 1024,
             vcdiff: false,
+            literal_effort: patch::LiteralEffort::AgainstA,
         }
     }
 }
@@ -725,7 +728,7 @@ pub fn write_diff_in_series(
     ];
     staged.write(&paths[0], |w| crate::format::preview::write_png(w, &image))?;
     // Encoded once: the data section's zstd (level 19) is the costly part.
-    let encoded = patch.encode();
+    let encoded = patch.encode(&a.bytes, opts.literal_effort);
     staged.write(&paths[1], |w| w.write_all(&encoded))?;
     report.outputs = paths.to_vec();
     if opts.vcdiff {
@@ -809,11 +812,14 @@ pub fn apply_patch(
     let bytes = crate::source::read_input(patch_path)?;
     // A plain file is read piece by piece while B streams out: memory stays bounded whatever
     // A's size. Bricks, images and snapshots are decoded whole, as `diff` read them.
+    // A data section compressed against A needs all of A at once, so such a patch takes the
+    // in-memory path below.
     if !a_path.is_dir()
         && !vcdiff::is_vcdiff(&bytes)
+        && !patch::refers_to_a(patch_path, &bytes)
         && crate::format::detect(a_path)? == crate::format::FileKind::Raw
     {
-        let patch = patch::Patch::parse(patch_path, &bytes)?;
+        let patch = patch::Patch::parse(patch_path, &bytes, None)?;
         let (file, _) = crate::source::open_input(a_path)?;
         patch.check_a_file(a_path, &file, patch_path)?;
         let mode =
@@ -826,8 +832,13 @@ pub fn apply_patch(
     if vcdiff::is_vcdiff(&bytes) {
         return apply_vcdiff(&a, a_path, patch_path, &bytes, output);
     }
-    let patch = patch::Patch::parse(patch_path, &bytes)?;
-    patch.check_a(a_path, &a.bytes, patch_path)?;
+    let given = patch::GivenA {
+        path: a_path,
+        bytes: &a.bytes,
+        sha256: a.sha256,
+    };
+    let patch = patch::Patch::parse(patch_path, &bytes, Some(&given))?;
+    patch.check_given_a(&given, patch_path)?;
     // B holds A's bytes and the patch's: as private as the more private of them.
     let mode = a.output_mode & crate::policy::output_mode_of(patch_path);
     write_patched(output, mode, &patch, patch_path, a_path, |w| {

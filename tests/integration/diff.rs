@@ -254,6 +254,54 @@ fn a_patch_meets_only_its_own_a_and_a_broken_patch_is_refused() {
 }
 
 #[test]
+fn a_patch_of_code_that_moved_everywhere_is_compressed_against_a_and_applies() {
+    // A is noise; B is A's 1 KiB blocks in reverse order, then 4 bytes changed: no
+    // content-defined chunk lines up, so 9 MiB go over as literals, each of them somewhere in A.
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, other) = (
+        dir.path().join("a"),
+        dir.path().join("b"),
+        dir.path().join("other"),
+    );
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let a_bytes: Vec<u8> = (0..9 << 20)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    let mut b_bytes: Vec<u8> = a_bytes.rchunks(1024).flatten().copied().collect();
+    b_bytes[4 << 20..(4 << 20) + 4].copy_from_slice(b"EDIT");
+    std::fs::write(&a, &a_bytes).unwrap();
+    std::fs::write(&b, &b_bytes).unwrap();
+    let out = dir.path().join("d");
+    let report = diff_and_patch(&a, &b, &out, &b_bytes, "cpu");
+    let patch_bytes = report["patch_bytes"].as_u64().unwrap();
+    assert!(
+        patch_bytes < (b_bytes.len() / 20) as u64,
+        "{patch_bytes} bytes for 9 MiB of reordered A"
+    );
+    // The data section needs this very A: another of the same size is named, nothing written.
+    let mut other_bytes = a_bytes.clone();
+    other_bytes[100] ^= 1;
+    std::fs::write(&other, &other_bytes).unwrap();
+    let never = dir.path().join("never");
+    let o = foundry(&[
+        "patch",
+        s(&other),
+        s(&out.join("a-to-b.patch")),
+        "-o",
+        s(&never),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let message = String::from_utf8_lossy(&o.stderr);
+    assert!(message.contains("is not the A"), "{message}");
+    assert!(!never.exists());
+}
+
+#[test]
 fn a_diff_of_snapshots_is_as_private_as_their_district_files() {
     use std::os::unix::fs::PermissionsExt;
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;

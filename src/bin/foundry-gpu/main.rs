@@ -1519,6 +1519,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 block,
                 preview_side,
                 vcdiff,
+                ..Default::default()
             };
             let report = foundry_gpu::diff::diff(&backend, &a, &b, &output, &opts)?;
             drop(bar);
