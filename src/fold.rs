@@ -206,6 +206,9 @@ pub struct Refolded {
     /// `.rts.png` deflate bands re-deflated, and the bands in the image.
     pub bands: u64,
     pub of_bands: u64,
+    /// Bytes of the `.brick` written: only its header and changed rows when it began as a
+    /// clone of the last one (XFS, btrfs), else all of it.
+    pub brick_bytes_written: u64,
 }
 
 /// Page size of an incremental fold: what differs is found and re-folded page by page.
@@ -225,6 +228,15 @@ pub struct FoldReuse {
     previews: Vec<preview::KeptPreview>,
     /// The last analysis's per-block histograms and strings pieces.
     analysis: crate::analysis::local::KeptAnalysis,
+    /// A descriptor of the `.brick` the fold that left `kept` wrote: the next brick starts as
+    /// a clone of it where the file system shares blocks.
+    brick_file: Option<KeptFile>,
+}
+
+/// An output this process wrote, held open, with the path it was written to.
+struct KeptFile {
+    path: PathBuf,
+    file: std::fs::File,
 }
 
 impl FoldReuse {
@@ -339,6 +351,8 @@ struct PreparedPart {
     /// The `.rts.png` texture itself, kept when the fold is to be reused.
     rts_texture: Option<Vec<u32>>,
     refolded: Option<Refolded>,
+    /// The brick rows re-folded since the kept brick, when it was re-folded from one.
+    brick_rows: Option<Vec<std::ops::Range<usize>>>,
 }
 
 /// Which textures a part needs, and whether the `.rts.png` one is kept for reuse.
@@ -383,6 +397,7 @@ fn prepare_part(
         rts,
         rts_texture,
         refolded: None,
+        brick_rows: None,
     })
 }
 
@@ -397,7 +412,8 @@ fn prepare_part_from(
 ) -> Result<PreparedPart> {
     let brick_order = order_of_side(kept.brick_side);
     let rts_order = order_of_side(kept.rts_side);
-    crate::kernels::refold_ranges(Layout::Brick, data, brick_order, &mut kept.brick, changed);
+    let brick_rows =
+        crate::kernels::refold_ranges(Layout::Brick, data, brick_order, &mut kept.brick, changed);
     let rows = crate::kernels::refold_ranges(Layout::Rts, data, rts_order, &mut kept.rts, changed);
     let bands = kept
         .rts_png
@@ -414,9 +430,12 @@ fn prepare_part_from(
             of_pages: data.len().div_ceil(REFOLD_PAGE) as u64,
             bands: bands as u64,
             of_bands: kept.rts_png.band_count() as u64,
+            // Known once the brick is written.
+            brick_bytes_written: 0,
         }),
         rts: Some(kept.rts_png),
         rts_texture: Some(kept.rts),
+        brick_rows: Some(brick_rows),
     })
 }
 
@@ -736,7 +755,7 @@ pub fn fold_bytes_reusing(
             // Hashing runs on one core while folding and deflating use the rest.
             None => rayon::join(|| byte_facts(bytes), prepare),
         };
-        let prepared = prepared?;
+        let mut prepared = prepared?;
         let part_name = if multi {
             parts::part_file_name(&name, i, plans.len(), "")
                 .trim_end_matches('.')
@@ -788,7 +807,34 @@ pub fn fold_bytes_reusing(
                 records.push(("brick_sidecar", None));
             }
             let header = BrickHeader::new(plan.brick_side, &part_facts, header_flags);
-            staged.write(&path, |w| brick::write_brick(w, &header, texture))?;
+            // A re-folded brick starts as a clone of the last one written to the same path,
+            // where the file system can: then only the header and the changed rows are written.
+            let base = reuse
+                .as_mut()
+                .and_then(|r| r.brick_file.take())
+                .filter(|k| k.path == path && prepared.brick_rows.is_some());
+            let rows = prepared.brick_rows.as_deref().unwrap_or_default();
+            let whole = (brick::HEADER_LEN + texture.len() * 4) as u64;
+            let mut patched = None;
+            let written = staged.write_from_base(
+                &path,
+                base.as_ref().map(|k| &k.file),
+                whole,
+                |file| {
+                    patched = Some(brick::patch_brick(file, &header, texture, rows)?);
+                    Ok(())
+                },
+                |w| brick::write_brick(w, &header, texture),
+            )?;
+            if let Some(r) = prepared.refolded.as_mut() {
+                r.brick_bytes_written = patched.unwrap_or(whole);
+            }
+            if let (true, Some(r), Some(file)) = (keep, reuse.as_mut(), written) {
+                r.brick_file = Some(KeptFile {
+                    path: path.clone(),
+                    file,
+                });
+            }
             records.push(("brick", Some(plan.brick_side)));
             entry.brick = path.file_name().map(|n| n.to_string_lossy().into_owned());
         }

@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Collapses bursts of events per path: a path is due once it has been quiet for `quiet`, or
@@ -217,6 +218,9 @@ struct Folded {
     sha256: Option<[u8; 32]>,
     /// The bytes last folded, for the diff against the next state.
     bytes: Option<Vec<u8>>,
+    /// Those bytes cut into the diff's chunks, once a diff has cut them: the next diff
+    /// re-cuts only around what changed.
+    chunking: Option<std::sync::Arc<crate::diff::align::Chunking>>,
     /// (size, modified) seen by the last read, to notice a write that raced the read.
     stamp: Option<(u64, std::time::SystemTime)>,
     version: u64,
@@ -697,6 +701,7 @@ fn rebuild_district(
             regions,
             members: Some(members),
             output_mode: mode,
+            chunking: None,
         };
         let a = side(
             previous,
@@ -846,8 +851,24 @@ fn refold(
     event.refolded = report.refolded;
     let mut bytes = bytes;
     if let Some(previous) = folded.bytes.take() {
-        let a = crate::diff::Side::from_bytes(path, "file", previous, folded.sha256);
-        let b = crate::diff::Side::from_bytes(path, "file", bytes, Some(sha));
+        // The last state's chunks, re-cut where this one differs: the diff then cuts nothing.
+        let block = crate::diff::DiffOptions::default().block;
+        let a_chunking = folded
+            .chunking
+            .take()
+            .filter(|c| c.block() == block)
+            .unwrap_or_else(|| Arc::new(crate::diff::align::Chunking::of(&previous, block)));
+        let changed = fold::changed_pages(&previous, &bytes, fold::REFOLD_PAGE);
+        let b_chunking = Arc::new(a_chunking.recut(&bytes, &changed));
+        folded.chunking = Some(Arc::clone(&b_chunking));
+        let a = crate::diff::Side {
+            chunking: Some(a_chunking),
+            ..crate::diff::Side::from_bytes(path, "file", previous, folded.sha256)
+        };
+        let b = crate::diff::Side {
+            chunking: Some(b_chunking),
+            ..crate::diff::Side::from_bytes(path, "file", bytes, Some(sha))
+        };
         let base_b =
             delta_order.and_then(|order| folded.reuse.byteclass_preview(order, delta_side));
         let bases = base_a.as_ref().zip(base_b).map(|(a, b)| [a, b]);
@@ -863,6 +884,9 @@ fn refold(
     // The previous state is kept for the next diff; very large files are diffed against
     // nothing rather than held twice in memory.
     folded.bytes = (bytes.len() <= KEEP_FOR_DIFF).then_some(bytes);
+    if folded.bytes.is_none() {
+        folded.chunking = None;
+    }
     event.latency_seconds = since.elapsed().as_secs_f64();
     Some(event)
 }

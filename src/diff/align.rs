@@ -68,20 +68,24 @@ pub struct Alignment {
     pub ops: Vec<PatchOp>,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Chunk {
     offset: usize,
     len: usize,
     hash: u128,
 }
 
-/// FastCDC sizes for a comparison block: chunks average one block.
-fn cut(data: &[u8], block: usize) -> Vec<Chunk> {
+/// FastCDC sizes (min, average, max) for a comparison block: chunks average one block.
+fn cdc_sizes(block: usize) -> (u32, u32, u32) {
     let avg = (block as u32).clamp(256, 1 << 20);
-    let min = (avg / 4).max(64);
-    let max = (avg * 4).max(1024);
-    let spans: Vec<(usize, usize)> = fastcdc::v2020::FastCDC::new(data, min, avg, max)
-        .map(|c| (c.offset, c.length))
+    ((avg / 4).max(64), avg, (avg * 4).max(1024))
+}
+
+/// Chunks of `data[start..]`, hashed, with offsets in `data`.
+fn cut_from(data: &[u8], start: usize, block: usize) -> Vec<Chunk> {
+    let (min, avg, max) = cdc_sizes(block);
+    let spans: Vec<(usize, usize)> = fastcdc::v2020::FastCDC::new(&data[start..], min, avg, max)
+        .map(|c| (start + c.offset, c.length))
         .collect();
     spans
         .par_iter()
@@ -93,9 +97,117 @@ fn cut(data: &[u8], block: usize) -> Vec<Chunk> {
         .collect()
 }
 
+/// One side cut into content-defined chunks for a given block: what [`align_chunked`] matches.
+/// A watch keeps the last state's, so that each event cuts only around what changed.
+#[derive(Clone, Debug)]
+pub struct Chunking {
+    block: usize,
+    chunks: Vec<Chunk>,
+}
+
+impl Chunking {
+    /// `data` cut afresh.
+    pub fn of(data: &[u8], block: usize) -> Self {
+        Chunking {
+            block,
+            chunks: cut_from(data, 0, block),
+        }
+    }
+
+    /// The block the chunks average.
+    pub fn block(&self) -> usize {
+        self.block
+    }
+
+    /// The chunking of `now`, given this one of an earlier version that differs from `now`
+    /// only in `changed` (sorted byte ranges of `now`, past its end for a version that
+    /// shrank). A chunk's cut depends only on the bytes from its start to its cut, so old
+    /// chunks before a change are kept; the cutting restarts at the start of the chunk a
+    /// change falls in, and stops once a cut past the change lands on an old boundary. The
+    /// result is exactly [`Chunking::of`] `now`.
+    pub fn recut(&self, now: &[u8], changed: &[std::ops::Range<usize>]) -> Self {
+        let old = &self.chunks;
+        let old_len = old.last().map_or(0, |c| c.offset + c.len);
+        // An old chunk holds in `now` when its bytes are unchanged and its cut was made by its
+        // content: the last one was cut by the end of the data, which moved if the length did.
+        let holds = |c: &Chunk| {
+            let end = c.offset + c.len;
+            end <= now.len() && (end < old_len || now.len() == old_len)
+        };
+        let (min, avg, max) = cdc_sizes(self.block);
+        let mut chunks = Vec::with_capacity(old.len());
+        // `old[next]` is the first old chunk not yet kept or passed.
+        let mut next = 0;
+        let mut ranges = changed.iter().filter(|r| !r.is_empty()).peekable();
+        while let Some(change) = ranges.next() {
+            // Old chunks wholly before the change stay, while they start where the last ended.
+            let done = chunks.last().map_or(0, |c: &Chunk| c.offset + c.len);
+            while next < old.len()
+                && old[next].offset + old[next].len <= change.start
+                && holds(&old[next])
+            {
+                if old[next].offset >= done {
+                    chunks.push(old[next]);
+                }
+                next += 1;
+            }
+            let start = chunks.last().map_or(0, |c| c.offset + c.len);
+            let mut resynced = false;
+            let mut until = change.end;
+            for c in fastcdc::v2020::FastCDC::new(&now[start..], min, avg, max) {
+                let (offset, len) = (start + c.offset, c.length);
+                chunks.push(Chunk {
+                    offset,
+                    len,
+                    hash: xxh3_128(&now[offset..offset + len]),
+                });
+                let end = offset + len;
+                // Changes this cut has reached are part of this one.
+                while let Some(r) = ranges.next_if(|r| r.start < end) {
+                    until = until.max(r.end);
+                }
+                if end < until {
+                    continue;
+                }
+                while next < old.len() && old[next].offset < end {
+                    next += 1;
+                }
+                if next < old.len() && old[next].offset == end {
+                    resynced = true;
+                    break;
+                }
+            }
+            if !resynced {
+                // Cut to the end of `now`: nothing old is left to keep.
+                return Chunking {
+                    block: self.block,
+                    chunks,
+                };
+            }
+        }
+        let done = chunks.last().map_or(0, |c: &Chunk| c.offset + c.len);
+        chunks.extend(old[next..].iter().filter(|c| c.offset >= done && holds(c)));
+        // Ranges that missed part of a change would leave the end uncovered: cut it afresh.
+        let covered = chunks.last().map_or(0, |c: &Chunk| c.offset + c.len);
+        if covered < now.len() {
+            chunks.extend(cut_from(now, covered, self.block));
+        }
+        Chunking {
+            block: self.block,
+            chunks,
+        }
+    }
+}
+
 /// Aligns `a` and `b` at about `block`-byte granularity.
 pub fn align(a: &[u8], b: &[u8], block: usize) -> Alignment {
-    let (ca, cb) = rayon::join(|| cut(a, block), || cut(b, block));
+    let (ca, cb) = rayon::join(|| Chunking::of(a, block), || Chunking::of(b, block));
+    align_chunked(a, &ca, b, &cb)
+}
+
+/// [`align`] of sides already cut (both with the same block).
+pub fn align_chunked(a: &[u8], a_chunks: &Chunking, b: &[u8], b_chunks: &Chunking) -> Alignment {
+    let (ca, cb) = (&a_chunks.chunks, &b_chunks.chunks);
     let mut where_in_a: HashMap<u128, Vec<usize>> = HashMap::new();
     for (i, c) in ca.iter().enumerate() {
         where_in_a.entry(c.hash).or_default().push(i);
@@ -522,6 +634,53 @@ mod tests {
                 s as u8
             })
             .collect()
+    }
+
+    #[test]
+    fn a_recut_around_changes_is_a_fresh_cut() {
+        // Noise, zero stretches (cut at the maximum size) and text, 3 MiB.
+        let mut base = noise(3 << 20, 5);
+        base[1 << 20..(1 << 20) + 300_000].fill(0);
+        for (i, byte) in base[2 << 20..(2 << 20) + 200_000].iter_mut().enumerate() {
+            *byte = b"a line of text\n"[i % 15];
+        }
+        type Edit = Box<dyn Fn(&mut Vec<u8>)>;
+        let edits: Vec<(&str, Edit)> = vec![
+            ("one byte", Box::new(|d| d[500_000] ^= 1)),
+            ("in the zeros", Box::new(|d| d[(1 << 20) + 5000] = 7)),
+            (
+                "two far apart",
+                Box::new(|d| {
+                    d[10] ^= 1;
+                    d[3_000_000] ^= 1;
+                }),
+            ),
+            (
+                "a fill of 40 KiB",
+                Box::new(|d| d[700_000..741_000].fill(3)),
+            ),
+            ("the last byte", Box::new(|d| *d.last_mut().unwrap() ^= 1)),
+            ("truncated", Box::new(|d| d.truncate(2_000_001))),
+            (
+                "grown",
+                Box::new(|d| d.extend_from_slice(&noise(70_000, 9))),
+            ),
+            ("shrunk to 100 bytes", Box::new(|d| d.truncate(100))),
+            ("emptied", Box::new(|d| d.clear())),
+        ];
+        let block = 4096;
+        for (what, edit) in &edits {
+            let mut now = base.clone();
+            edit(&mut now);
+            let changed = crate::fold::changed_pages(&base, &now, 4096);
+            let recut = Chunking::of(&base, block).recut(&now, &changed);
+            assert_eq!(recut.chunks, Chunking::of(&now, block).chunks, "{what}");
+        }
+        // Told nothing changed, a recut keeps the old cuts: the comparison above can fail.
+        let mut now = base.clone();
+        now[700_000..741_000].fill(3);
+        let stale = Chunking::of(&base, block).recut(&now, &[]);
+        assert_ne!(stale.chunks, Chunking::of(&now, block).chunks);
     }
 
     fn total(al: &Alignment, kind: Change) -> u64 {

@@ -45,6 +45,9 @@ pub struct Side {
     /// files the bytes were decoded from: a snapshot's `district.json` and parts index, not
     /// the folder holding them. Process memory is always `0600`.
     pub output_mode: u32,
+    /// The bytes already cut into content-defined chunks, when the caller kept them (a watch
+    /// keeps the last state's and re-cuts only around an edit); cut here otherwise.
+    pub chunking: Option<std::sync::Arc<align::Chunking>>,
 }
 
 impl Side {
@@ -73,6 +76,7 @@ impl Side {
             sha256,
             members: None,
             output_mode,
+            chunking: None,
         }
     }
 }
@@ -246,6 +250,16 @@ fn load_memory(backend: &Backend, dir: &Path) -> Result<Side> {
         members: Some(members),
         ..Side::from_bytes(dir, "memory", bytes, Some(sha))
     })
+}
+
+/// [`align::align`] of two sides, with the chunkings they carry for `block`.
+fn align_sides(a: &Side, b: &Side, block: usize) -> align::Alignment {
+    let chunking = |side: &Side| match side.chunking.as_ref().filter(|c| c.block() == block) {
+        Some(kept) => std::sync::Arc::clone(kept),
+        None => std::sync::Arc::new(align::Chunking::of(&side.bytes, block)),
+    };
+    let (ca, cb) = rayon::join(|| chunking(a), || chunking(b));
+    align::align_chunked(&a.bytes, &ca, &b.bytes, &cb)
 }
 
 /// `--block` and the preview.
@@ -521,7 +535,7 @@ pub fn compare(
                 )),
             }
         },
-        || align::align(&a.bytes, &b.bytes, opts.block),
+        || align_sides(a, b, opts.block),
     );
     let (aligned, device) = aligned?;
     let difference = ByteDifference::of(&aligned, a.bytes.len() as u64, b.bytes.len() as u64);

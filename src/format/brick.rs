@@ -251,6 +251,48 @@ pub fn write_brick(
     out.write_all(bytemuck::cast_slice(texture))
 }
 
+/// Brings `file`, a whole `.brick` of an earlier version of the same texture (a clone of it),
+/// to `header` and `texture`, writing only the header and the texture rows in `rows` (ranges
+/// of rows, in any order, overlapping or not): the rows [`crate::kernels::refold_ranges`]
+/// re-folded since that version. Returns the bytes written.
+pub fn patch_brick(
+    file: &std::fs::File,
+    header: &BrickHeader,
+    texture: &[u32],
+    rows: &[std::ops::Range<usize>],
+) -> std::io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let side = header.width as usize;
+    assert_eq!(
+        texture.len(),
+        side * side,
+        "the texture is the header's square"
+    );
+    let mut merged: Vec<std::ops::Range<usize>> = rows
+        .iter()
+        .map(|r| r.start.min(side)..r.end.min(side))
+        .filter(|r| !r.is_empty())
+        .collect();
+    merged.sort_unstable_by_key(|r| r.start);
+    merged.dedup_by(|next, kept| {
+        let joins = next.start <= kept.end;
+        if joins {
+            kept.end = kept.end.max(next.end);
+        }
+        joins
+    });
+    file.write_all_at(&header.to_bytes(), 0)?;
+    let bytes: &[u8] = bytemuck::cast_slice(texture);
+    let row_bytes = side * 4;
+    let mut written = HEADER_LEN as u64;
+    for r in merged {
+        let span = &bytes[r.start * row_bytes..r.end * row_bytes];
+        file.write_all_at(span, (HEADER_LEN + r.start * row_bytes) as u64)?;
+        written += span.len() as u64;
+    }
+    Ok(written)
+}
+
 /// A `.brick` read from disk.
 pub struct Brick {
     pub header: BrickHeader,

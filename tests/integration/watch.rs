@@ -234,8 +234,13 @@ fn assert_diff_matches_a_fresh_diff(before: &[u8], after: &[u8], name: &str, out
 
 /// Edits a watched file three ways on `backend` ("cpu" or "gpu"): each re-fold redoes only the
 /// changed pages and bands, and the outputs equal a fresh fold's.
-fn check_page_level_refold(backend: &str) {
-    let dir = tempfile::tempdir().unwrap();
+fn check_page_level_refold(backend: &str, root: Option<&Path>) {
+    let dir = match root {
+        Some(root) => tempfile::tempdir_in(root),
+        None => tempfile::tempdir(),
+    }
+    .unwrap();
+    let shares_blocks = shares_blocks(dir.path());
     let file = dir.path().join("app.log");
     // 5 MiB: a side-4096 brick and a side-2048 .rts.png, whose IDAT is 16 deflate bands.
     let mut log: Vec<u8> = (0..)
@@ -264,6 +269,15 @@ fn check_page_level_refold(backend: &str) {
     assert_eq!(refolded["of_pages"], 1280);
     assert_eq!(refolded["bands"], 1);
     assert_eq!(refolded["of_bands"], 16);
+    // The page is one 64x64 tile of the brick: 64 rows of 16 KiB and the header, where the
+    // new brick began as a clone of the last; else all of it.
+    let whole = 132 + 4096 * 4096 * 4;
+    let expected = if shares_blocks {
+        132 + 64 * 16384
+    } else {
+        whole
+    };
+    assert_eq!(refolded["brick_bytes_written"], expected, "{backend}: {e}");
     assert_outputs_match_a_fresh_fold(&file, &out);
     assert_diff_matches_a_fresh_diff(&before, &log, "app.log", &out);
 
@@ -323,13 +337,43 @@ fn a_preview_the_last_fold_did_not_render_is_not_reused() {
 
 #[test]
 fn an_edit_refolds_only_its_pages_and_the_outputs_match_a_fresh_fold() {
-    check_page_level_refold("cpu");
+    check_page_level_refold("cpu", None);
 }
 
 crate::harness::gpu_leg! {
     fn gpu_an_edit_refolds_only_its_pages_and_the_outputs_match_a_fresh_fold() {
-        check_page_level_refold("gpu");
+        check_page_level_refold("gpu", None);
     }
+}
+
+/// Whether files in `dir` can share blocks (FICLONE works there: XFS, btrfs; not ext4).
+fn shares_blocks(dir: &Path) -> bool {
+    let (a, b) = (dir.join(".clone-probe-a"), dir.join(".clone-probe-b"));
+    std::fs::write(&a, [1u8; 4096]).unwrap();
+    let source = std::fs::File::open(&a).unwrap();
+    let target = std::fs::File::create(&b).unwrap();
+    let cloned = rustix::fs::ioctl_ficlone(&target, &source).is_ok();
+    std::fs::remove_file(&a).unwrap();
+    std::fs::remove_file(&b).unwrap();
+    cloned
+}
+
+/// The same edits where the new brick can begin as a clone of the last one: `.ci/run` mounts
+/// an XFS image and names it in `FOUNDRY_TEST_REFLINK_DIR`. Only the changed rows are written,
+/// and every output still equals a fresh fold's.
+#[test]
+fn where_files_share_blocks_an_edit_writes_only_the_changed_brick_rows() {
+    let Some(root) = std::env::var_os("FOUNDRY_TEST_REFLINK_DIR") else {
+        eprintln!("skipped: FOUNDRY_TEST_REFLINK_DIR names no file system that shares blocks");
+        return;
+    };
+    let root = Path::new(&root);
+    assert!(
+        shares_blocks(root),
+        "FOUNDRY_TEST_REFLINK_DIR={} cannot clone files",
+        root.display()
+    );
+    check_page_level_refold("cpu", Some(root));
 }
 
 #[test]
