@@ -121,10 +121,12 @@ impl Chunking {
 
     /// The chunking of `now`, given this one of an earlier version that differs from `now`
     /// only in `changed` (sorted byte ranges of `now`, past its end for a version that
-    /// shrank). A chunk's cut depends only on the bytes from its start to its cut, so old
-    /// chunks before a change are kept; the cutting restarts at the start of the chunk a
-    /// change falls in, and stops once a cut past the change lands on an old boundary. The
-    /// result is exactly [`Chunking::of`] `now`.
+    /// shrank). FastCDC's cut at `e` reads the bytes from the chunk's start through byte `e`
+    /// itself, and it scans pairs of bytes, so the last byte of the data is never a cut: an
+    /// old chunk is kept while its end is at least two bytes before the next change (which,
+    /// for a version of another length, is at most where the shorter one ends). The cutting
+    /// restarts at the start of the first chunk not kept, and stops once a cut past the
+    /// change lands on an old boundary. The result is exactly [`Chunking::of`] `now`.
     pub fn recut(&self, now: &[u8], changed: &[std::ops::Range<usize>]) -> Self {
         let old = &self.chunks;
         let old_len = old.last().map_or(0, |c| c.offset + c.len);
@@ -143,7 +145,7 @@ impl Chunking {
             // Old chunks wholly before the change stay, while they start where the last ended.
             let done = chunks.last().map_or(0, |c: &Chunk| c.offset + c.len);
             while next < old.len()
-                && old[next].offset + old[next].len <= change.start
+                && old[next].offset + old[next].len + 1 < change.start
                 && holds(&old[next])
             {
                 if old[next].offset >= done {
@@ -674,13 +676,32 @@ mod tests {
             edit(&mut now);
             let changed = crate::fold::changed_pages(&base, &now, 4096);
             let recut = Chunking::of(&base, block).recut(&now, &changed);
-            assert_eq!(recut.chunks, Chunking::of(&now, block).chunks, "{what}");
+            assert!(recut.chunks == Chunking::of(&now, block).chunks, "{what}");
+        }
+        // The byte at a cut, and a version cut off one byte past a cut: both decide that cut.
+        let fresh = Chunking::of(&base, block);
+        for c in &fresh.chunks[1..40] {
+            let mut now = base.clone();
+            now[c.offset] ^= 0x5a;
+            let recut = fresh.recut(&now, std::slice::from_ref(&(c.offset..c.offset + 1)));
+            assert!(
+                recut.chunks == Chunking::of(&now, block).chunks,
+                "byte at {}",
+                c.offset
+            );
+            let shorter = &base[..c.offset + 1];
+            let recut = fresh.recut(shorter, std::slice::from_ref(&(shorter.len()..base.len())));
+            assert!(
+                recut.chunks == Chunking::of(shorter, block).chunks,
+                "cut at {}",
+                c.offset
+            );
         }
         // Told nothing changed, a recut keeps the old cuts: the comparison above can fail.
         let mut now = base.clone();
         now[700_000..741_000].fill(3);
         let stale = Chunking::of(&base, block).recut(&now, &[]);
-        assert_ne!(stale.chunks, Chunking::of(&now, block).chunks);
+        assert!(stale.chunks != Chunking::of(&now, block).chunks);
     }
 
     fn total(al: &Alignment, kind: Change) -> u64 {

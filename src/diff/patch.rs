@@ -68,6 +68,10 @@ fn compress_against(a: &[u8], literals: &[u8]) -> Option<Vec<u8>> {
     use zstd::stream::raw::{CParameter, Encoder, InBuffer, Operation, OutBuffer};
     let window_log = window_log_over(a.len(), literals.len())?;
     let mut encoder = Encoder::with_ref_prefix(ZSTD_LEVEL_A_PREFIX, a).ok()?;
+    // Told the size, zstd sizes its buffers to the literals, not to the whole window.
+    encoder
+        .set_pledged_src_size(Some(literals.len() as u64))
+        .ok()?;
     encoder
         .set_parameter(CParameter::WindowLog(window_log))
         .ok()?;
@@ -96,8 +100,11 @@ fn decompress_against(a: &[u8], packed: &[u8], expected: u64) -> std::io::Result
         .map_err(error)?;
     context.ref_prefix(a).map_err(error)?;
     // One-shot decoding into a buffer of the expected size: a frame claiming more fails
-    // ("destination buffer too small") instead of growing it.
-    let mut out = Vec::with_capacity(usize::try_from(expected).map_err(std::io::Error::other)?);
+    // ("destination buffer too small") instead of growing it. A size the machine cannot
+    // give is an error, not an abort.
+    let mut out = Vec::new();
+    out.try_reserve_exact(usize::try_from(expected).map_err(std::io::Error::other)?)
+        .map_err(std::io::Error::other)?;
     context.decompress(&mut out, packed).map_err(error)?;
     Ok(out)
 }

@@ -661,6 +661,7 @@ fn a_watched_tree_keeps_its_district_in_step() {
     assert_eq!(mode & 0o777, 0o600);
 
     // One byte of one file, same size: one page of the district is re-folded.
+    let b_before = b.clone();
     b[10_000] = b'#';
     std::fs::write(tree.join("sub/b.txt"), &b).unwrap();
     let e = district_of(&w, &stream(&[&a, &b, &c]));
@@ -670,6 +671,27 @@ fn a_watched_tree_keeps_its_district_in_step() {
     )
     .unwrap();
     assert_eq!(diff["members"]["changed"][0], "sub/b.txt");
+    // The file's own diff, made from its last state read back from disk.
+    assert_diff_matches_a_fresh_diff(&b_before, &b, "b.txt", &out.join("files/tree/sub"));
+    // The last states (three files and the district's stream) are in the watch's private
+    // folder in OUT, not in memory.
+    let state_folders = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(".foundry-watch-state.")
+            })
+            .collect()
+    };
+    let folders = state_folders();
+    assert_eq!(folders.len(), 1, "{folders:?}");
+    let folder_mode = std::fs::metadata(&folders[0]).unwrap().permissions().mode();
+    assert_eq!(folder_mode & 0o777, 0o700);
+    assert_eq!(std::fs::read_dir(&folders[0]).unwrap().count(), 4);
 
     // A file added, then one removed: reported by path.
     std::fs::write(tree.join("sub/d.txt"), "new file").unwrap();
@@ -686,4 +708,7 @@ fn a_watched_tree_keeps_its_district_in_step() {
     )
     .unwrap();
     assert_eq!(diff["members"]["removed"][0], "a.txt");
+    // A watch that ends removes what it kept.
+    drop(w);
+    assert!(state_folders().is_empty(), "{:?}", state_folders());
 }

@@ -3,6 +3,8 @@
 //! which inotify cannot see, are polled. A change re-folds only what changed, atomically, writes
 //! a diff against the previous state, and republishes when asked.
 
+mod spill;
+
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::fold::{self, FoldOptions, OutputTarget};
@@ -216,8 +218,10 @@ enum Target {
 #[derive(Default)]
 struct Folded {
     sha256: Option<[u8; 32]>,
-    /// The bytes last folded, for the diff against the next state.
+    /// The bytes last folded, for the diff against the next state: in memory for a watched
+    /// file, in the watch's state folder for a file of a watched tree.
     bytes: Option<Vec<u8>>,
+    spilled: Option<spill::Spilled>,
     /// Those bytes cut into the diff's chunks, once a diff has cut them: the next diff
     /// re-cuts only around what changed.
     chunking: Option<std::sync::Arc<crate::diff::align::Chunking>>,
@@ -263,9 +267,10 @@ struct TreeDistrict {
     /// When the first of those changes was seen, and the last.
     since: Option<Instant>,
     last_change: Option<Instant>,
-    /// The stream last folded, its SHA-256, its files (path -> SHA-256) and their ranges, for
-    /// the diff.
+    /// The stream last folded (in the watch's state folder, or in memory if that failed), its
+    /// SHA-256, its files (path -> SHA-256) and their ranges, for the diff.
     stream: Option<Vec<u8>>,
+    stream_spilled: Option<spill::Spilled>,
     sha256: [u8; 32],
     members: BTreeMap<String, String>,
     regions: Vec<crate::diff::NamedRange>,
@@ -331,6 +336,49 @@ fn destination(opts: &WatchOptions, targets: &[Target], source: &Path) -> (PathB
         .file_name()
         .map_or("input".into(), |n| n.to_string_lossy().into_owned());
     (opts.output.clone(), name)
+}
+
+/// The watch's state folder ([`spill::Spill`]), made on first use in the output folder.
+struct KeptStates {
+    output: PathBuf,
+    spill: Option<spill::Spill>,
+}
+
+impl KeptStates {
+    fn new(output: &Path) -> Self {
+        KeptStates {
+            output: output.to_path_buf(),
+            spill: None,
+        }
+    }
+
+    fn store(&mut self, bytes: &[u8]) -> Result<spill::Spilled> {
+        let spill = match &mut self.spill {
+            Some(spill) => spill,
+            empty => empty.insert(spill::Spill::create(&self.output)?),
+        };
+        spill.store(bytes)
+    }
+
+    fn spill(&mut self) -> Result<&mut spill::Spill> {
+        self.spill.as_mut().ok_or_else(|| {
+            Error::malformed(&self.output, "holds no watch state folder to read from")
+        })
+    }
+
+    fn take(&mut self, kept: spill::Spilled) -> Result<Vec<u8>> {
+        self.spill()?.take(kept)
+    }
+
+    fn read(&mut self, kept: &spill::Spilled) -> Result<Vec<u8>> {
+        self.spill()?.read(kept)
+    }
+
+    fn remove(&mut self, kept: spill::Spilled) {
+        if let Some(spill) = &mut self.spill {
+            spill.remove(kept);
+        }
+    }
 }
 
 /// Largest file whose last state is kept in memory for the diff against the next one.
@@ -400,6 +448,8 @@ pub fn watch(
 
     let mut state: BTreeMap<PathBuf, Folded> = BTreeMap::new();
     let mut districts: HashMap<PathBuf, TreeDistrict> = HashMap::new();
+    // Made when a tree file is first kept: single files keep their last state in memory.
+    let mut kept_states = KeptStates::new(&opts.output);
     let mut debouncer = Debouncer::new(opts.debounce, opts.max_delay);
     let mut first_seen: HashMap<PathBuf, Instant> = HashMap::new();
     let mut summary = WatchSummary::default();
@@ -507,7 +557,15 @@ pub fn watch(
         for path in debouncer.due(Instant::now()) {
             let since = first_seen.remove(&path).unwrap_or_else(Instant::now);
             let folded = state.entry(path.clone()).or_default();
-            if let Some(event) = refold(backend, &path, opts, &targets, folded, since) {
+            if let Some(event) = refold(
+                backend,
+                &path,
+                opts,
+                &targets,
+                folded,
+                &mut kept_states,
+                since,
+            ) {
                 match event.kind {
                     "refolded" => summary.refolds += 1,
                     "failed" => summary.failures += 1,
@@ -535,7 +593,8 @@ pub fn watch(
         for (root, district) in districts.iter_mut() {
             let due = district.due_at(opts).is_some_and(|at| at <= now);
             if due && !debouncer.is_pending_under(root) {
-                let event = rebuild_district(backend, root, opts, &state, district);
+                let event =
+                    rebuild_district(backend, root, opts, &state, district, &mut kept_states);
                 if event.kind == "district" {
                     summary.districts += 1;
                 } else {
@@ -567,6 +626,7 @@ fn rebuild_district(
     opts: &WatchOptions,
     state: &BTreeMap<PathBuf, Folded>,
     district: &mut TreeDistrict,
+    kept_states: &mut KeptStates,
 ) -> WatchEvent {
     let since = district.since.take().unwrap_or_else(Instant::now);
     district.stale = false;
@@ -594,15 +654,26 @@ fn rebuild_district(
         let Some(sha) = folded.sha256 else {
             continue;
         };
-        let Some(bytes) = &folded.bytes else {
-            return fail(
-                &mut event,
-                format!(
-                    "district not rebuilt: {} is too big to hold for it (over {} bytes)",
-                    path.display(),
-                    KEEP_FOR_DIFF
-                ),
-            );
+        let read;
+        let bytes = match (&folded.bytes, &folded.spilled) {
+            (Some(bytes), _) => bytes,
+            (None, Some(kept)) => match kept_states.read(kept) {
+                Ok(bytes) => {
+                    read = bytes;
+                    &read
+                }
+                Err(e) => return fail(&mut event, format!("district not rebuilt: {e}")),
+            },
+            _ => {
+                return fail(
+                    &mut event,
+                    format!(
+                        "district not rebuilt: {} is too big to hold for it (over {} bytes)",
+                        path.display(),
+                        KEEP_FOR_DIFF
+                    ),
+                )
+            }
         };
         if stream.len() + bytes.len() > DISTRICT_MAX_BYTES {
             return fail(
@@ -653,6 +724,14 @@ fn rebuild_district(
     if stream.len() > DISTRICT_REFOLD_MAX_BYTES {
         district.reuse = fold::FoldReuse::default();
     }
+    let spilled_previous = match &district.stream_spilled {
+        Some(kept) => match kept_states.read(kept) {
+            Ok(previous) => Some(previous),
+            Err(e) => return fail(&mut event, format!("district not rebuilt: {e}")),
+        },
+        None => None,
+    };
+    let previous_stream = district.stream.as_deref().or(spilled_previous.as_deref());
     let folded = fold::fold_bytes_reusing(
         backend,
         root,
@@ -664,7 +743,7 @@ fn rebuild_district(
         // texture), so only small districts keep theirs; a larger one is folded afresh each
         // time it is rebuilt, which happens once its tree has gone quiet.
         (stream.len() <= DISTRICT_REFOLD_MAX_BYTES)
-            .then_some((district.stream.as_deref(), &mut district.reuse)),
+            .then_some((previous_stream, &mut district.reuse)),
     );
     let report = match folded {
         Ok(r) => r,
@@ -692,7 +771,7 @@ fn rebuild_district(
     event.outputs.push(index_path);
     event.refolded = report.refolded;
     let sha = report.source.sha256;
-    if let Some(previous) = district.stream.take() {
+    if let Some(previous) = district.stream.take().or(spilled_previous) {
         let side = |bytes, sha256, regions, members| crate::diff::Side {
             path: root.to_path_buf(),
             kind: "district",
@@ -725,7 +804,13 @@ fn rebuild_district(
     event.version = version;
     district.version = version;
     district.sha256 = sha;
-    district.stream = Some(stream);
+    if let Some(old) = district.stream_spilled.take() {
+        kept_states.remove(old);
+    }
+    match kept_states.store(&stream) {
+        Ok(kept) => district.stream_spilled = Some(kept),
+        Err(_) => district.stream = Some(stream),
+    }
     district.regions = regions;
     district.members = members;
     event.latency_seconds = since.elapsed().as_secs_f64();
@@ -749,6 +834,7 @@ fn refold(
     opts: &WatchOptions,
     targets: &[Target],
     folded: &mut Folded,
+    kept_states: &mut KeptStates,
     since: Instant,
 ) -> Option<WatchEvent> {
     let mut event = WatchEvent::new(path, "refolded", folded.version);
@@ -796,6 +882,7 @@ fn refold(
         Some(previous) => *previous == bytes,
         None => folded.sha256 == Some(crate::analysis::sha256(&bytes)),
     };
+    let in_tree = tree_of(targets, path).is_some();
     if unchanged {
         return None;
     }
@@ -813,10 +900,12 @@ fn refold(
     // The diff's A side starts from the last fold's byte-class preview when it kept one at
     // the delta's order and side (B's is this fold's), rather than summarising both again.
     let delta_side = crate::diff::DiffOptions::default().preview_side;
-    let delta_order = folded
-        .bytes
-        .as_ref()
-        .map(|previous| crate::diff::preview::delta_order(previous.len(), bytes.len()));
+    let previous_len = match (&folded.bytes, &folded.spilled) {
+        (Some(previous), _) => Some(previous.len()),
+        (None, Some(kept)) => Some(kept.len() as usize),
+        _ => None,
+    };
+    let delta_order = previous_len.map(|len| crate::diff::preview::delta_order(len, bytes.len()));
     let base_a =
         delta_order.and_then(|order| folded.reuse.byteclass_preview(order, delta_side).cloned());
     // The fold gets the exact bytes read and hashed above, so a write racing the fold cannot
@@ -831,9 +920,7 @@ fn refold(
         // A file of a watched tree keeps no textures: they are several times its size, a
         // tree's files are many and mostly small, and a small file folds afresh quickly.
         // Memory then grows with the tree's file count and bytes, not with texture sizes.
-        tree_of(targets, path)
-            .is_none()
-            .then_some((folded.bytes.as_deref(), &mut folded.reuse)),
+        (!in_tree).then_some((folded.bytes.as_deref(), &mut folded.reuse)),
     );
     let report = match result {
         Ok(r) => r,
@@ -850,7 +937,18 @@ fn refold(
     event.outputs = report.outputs.iter().map(|o| o.path.clone()).collect();
     event.refolded = report.refolded;
     let mut bytes = bytes;
-    if let Some(previous) = folded.bytes.take() {
+    let previous = match (folded.bytes.take(), folded.spilled.take()) {
+        (Some(previous), _) => Some(previous),
+        (None, Some(kept)) => match kept_states.take(kept) {
+            Ok(previous) => Some(previous),
+            Err(e) => {
+                event.error = Some(format!("outputs written, no diff: {e}"));
+                None
+            }
+        },
+        _ => None,
+    };
+    if let Some(previous) = previous {
         // The last state's chunks, re-cut where this one differs: the diff then cuts nothing.
         let block = crate::diff::DiffOptions::default().block;
         let a_chunking = folded
@@ -883,9 +981,20 @@ fn refold(
     event.size = Some(bytes.len() as u64);
     // The previous state is kept for the next diff; very large files are diffed against
     // nothing rather than held twice in memory.
-    folded.bytes = (bytes.len() <= KEEP_FOR_DIFF).then_some(bytes);
-    if folded.bytes.is_none() {
+    if bytes.len() > KEEP_FOR_DIFF {
         folded.chunking = None;
+    } else if in_tree {
+        // A tree's files are many: their states go to disk, and no chunks are kept for them.
+        folded.chunking = None;
+        match kept_states.store(&bytes) {
+            Ok(kept) => folded.spilled = Some(kept),
+            Err(e) => {
+                event.error = Some(format!("outputs written, state kept in memory: {e}"));
+                folded.bytes = Some(bytes);
+            }
+        }
+    } else {
+        folded.bytes = Some(bytes);
     }
     event.latency_seconds = since.elapsed().as_secs_f64();
     Some(event)
