@@ -623,10 +623,11 @@ pub fn apply(a: &[u8], ops: &[PatchOp]) -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn noise(n: usize, seed: u64) -> Vec<u8> {
+    /// Deterministic bytes no compressor shrinks alone.
+    pub(crate) fn noise(n: usize, seed: u64) -> Vec<u8> {
         let mut s = seed | 1;
         (0..n)
             .map(|_| {

@@ -767,18 +767,7 @@ mod tests {
             .contains("past the end"));
     }
 
-    /// Deterministic bytes no compressor shrinks alone.
-    fn noise(len: usize, seed: u64) -> Vec<u8> {
-        let mut state = seed | 1;
-        (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect()
-    }
+    use crate::diff::align::tests::noise;
 
     #[test]
     fn a_large_data_section_is_compressed_against_a_and_needs_that_a() {
