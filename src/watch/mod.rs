@@ -338,6 +338,24 @@ fn destination(opts: &WatchOptions, targets: &[Target], source: &Path) -> (PathB
     (opts.output.clone(), name)
 }
 
+/// Raises the soft limit on open descriptors to the hard one: each watched file holds its last
+/// brick open (the next one's clone source), and the soft limit is often 1024. A watch that
+/// may not raise it keeps the limit it has.
+fn raise_open_file_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    // None is unlimited.
+    let below = match (limit.current, limit.maximum) {
+        (Some(current), Some(maximum)) => current < maximum,
+        (Some(_), None) => true,
+        (None, _) => false,
+    };
+    if below {
+        limit.current = limit.maximum;
+        let _ = setrlimit(Resource::Nofile, limit);
+    }
+}
+
 /// The watch's state folder ([`spill::Spill`]), made on first use in the output folder.
 struct KeptStates {
     output: PathBuf,
@@ -402,6 +420,7 @@ pub fn watch(
             "--interval must be more than 0 (it paces /proc and /sys polling)".into(),
         ));
     }
+    raise_open_file_limit();
     // Every path must exist before OUT is made: a mistyped path leaves nothing behind.
     for p in paths {
         std::fs::symlink_metadata(p).map_err(|e| Error::io(p, "read", e))?;

@@ -376,6 +376,45 @@ fn where_files_share_blocks_an_edit_writes_only_the_changed_brick_rows() {
     check_page_level_refold("cpu", Some(root));
 }
 
+/// Each watched file holds its last brick open, so a watch of more files than the soft limit on
+/// descriptors raises that limit instead of failing with EMFILE.
+#[test]
+fn more_watched_files_than_the_soft_descriptor_limit_all_fold() {
+    let dir = tempfile::tempdir().unwrap();
+    let files: Vec<std::path::PathBuf> = (0..60)
+        .map(|i| {
+            let path = dir.path().join(format!("f{i:02}.txt"));
+            std::fs::write(&path, format!("file {i}\n").repeat(200)).unwrap();
+            path
+        })
+        .collect();
+    let out = dir.path().join("out");
+    let mut script = format!(
+        "ulimit -S -n 40 && exec {} watch -o {} --json --backend cpu --max-refolds 60 --duration 60s",
+        env!("CARGO_BIN_EXE_foundry-gpu"),
+        out.display()
+    );
+    for f in &files {
+        script.push(' ');
+        script.push_str(&f.display().to_string());
+    }
+    let child = Command::new("bash")
+        .args(["-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let output = crate::harness::output_within(child, Duration::from_secs(120));
+    let events: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let failed: Vec<&Value> = events.iter().filter(|e| e["kind"] == "failed").collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    let refolded = events.iter().filter(|e| e["kind"] == "refolded").count();
+    assert_eq!(refolded, 60, "{}", String::from_utf8_lossy(&output.stderr));
+}
+
 #[test]
 fn own_outputs_never_trigger_a_refold() {
     let dir = tempfile::tempdir().unwrap();
