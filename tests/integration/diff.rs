@@ -283,6 +283,19 @@ fn a_patch_of_code_that_moved_everywhere_is_compressed_against_a_and_applies() {
         patch_bytes < (b_bytes.len() / 20) as u64,
         "{patch_bytes} bytes for 9 MiB of reordered A"
     );
+    // --fast-patch (what a watch writes) compresses the literals alone: noise stays its size.
+    let fast = dir.path().join("fast");
+    let report = ok_json(&["diff", s(&a), s(&b), "-o", s(&fast), "--fast-patch"]);
+    assert!(report["patch_bytes"].as_u64().unwrap() > b_bytes.len() as u64);
+    let rebuilt = fast.join("rebuilt");
+    ok_json(&[
+        "patch",
+        s(&a),
+        s(&fast.join("a-to-b.patch")),
+        "-o",
+        s(&rebuilt),
+    ]);
+    assert!(std::fs::read(&rebuilt).unwrap() == b_bytes);
     // The data section needs this very A: another of the same size is named, nothing written.
     let mut other_bytes = a_bytes.clone();
     other_bytes[100] ^= 1;

@@ -314,6 +314,10 @@ Types: convert_binary, convert_directory, crystallize_system, analyze_system (lo
         /// Also write a-to-b.vcdiff (RFC 3284 VCDIFF), which `xdelta3 -d -s A` applies.
         #[arg(long)]
         vcdiff: bool,
+        /// Compress more than 8 MiB of literal bytes alone (zstd level 3) instead of against A:
+        /// seconds faster on a big change, a larger patch (what `watch` writes)
+        #[arg(long)]
+        fast_patch: bool,
         #[command(flatten)]
         engine: EngineArgs,
     },
@@ -1512,6 +1516,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             block,
             preview_side,
             vcdiff,
+            fast_patch,
             ..
         } => {
             let backend = open_backend(global)?;
@@ -1519,7 +1524,11 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 block,
                 preview_side,
                 vcdiff,
-                ..Default::default()
+                literal_effort: if fast_patch {
+                    foundry_gpu::diff::patch::LiteralEffort::Fast
+                } else {
+                    foundry_gpu::diff::patch::LiteralEffort::AgainstA
+                },
             };
             let report = foundry_gpu::diff::diff(&backend, &a, &b, &output, &opts)?;
             drop(bar);
