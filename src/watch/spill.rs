@@ -115,14 +115,18 @@ impl Spill {
     /// Reads kept bytes back; they stay kept.
     pub fn read(&self, kept: &Spilled) -> Result<Vec<u8>> {
         let path = self.shown.join(kept.id.to_string());
+        // Non-blocking, and only a regular file: nothing put in its place can make us wait.
         let fd = rustix::fs::openat(
             &self.folder,
             kept.id.to_string(),
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
             Mode::empty(),
         )
         .map_err(|e| Error::io(&path, "read", e.into()))?;
         let file = File::from(fd);
+        if !file.metadata().is_ok_and(|m| m.is_file()) {
+            return Err(Error::malformed(&path, "is no longer a regular file"));
+        }
         let len = usize::try_from(kept.len)
             .map_err(|e| Error::io(&path, "read", std::io::Error::other(e)))?;
         let mut bytes = Vec::with_capacity(len);
@@ -196,6 +200,16 @@ mod tests {
         std::fs::write(moved.join("0"), b"first").unwrap();
         let err = spill.read(&a).unwrap_err().to_string();
         assert!(err.contains("were kept there"), "{err}");
+        // One swapped for a FIFO is refused without waiting for a writer.
+        std::fs::remove_file(moved.join("0")).unwrap();
+        assert!(std::process::Command::new("mkfifo")
+            .arg(moved.join("0"))
+            .status()
+            .unwrap()
+            .success());
+        let err = spill.read(&a).unwrap_err().to_string();
+        assert!(err.contains("no longer a regular file"), "{err}");
+        std::fs::remove_file(moved.join("0")).unwrap();
         drop(spill);
         // The link that took the name stays; the folder itself is emptied.
         assert!(shown.symlink_metadata().unwrap().file_type().is_symlink());
