@@ -569,9 +569,10 @@ pub fn fold_bytes(
     fold_bytes_reusing(backend, input, data, target, opts, progress, None)
 }
 
-/// [`fold_bytes`], given what the last fold of an earlier version left: `(previous bytes,
-/// reuse)`. When the new version still fits the same single textures, only its changed pages
-/// are re-folded; the outputs are byte for byte what a fresh fold writes. The reuse is
+/// [`fold_bytes`], given what the last fold of an earlier version left: `(changed, reuse)`,
+/// where `changed` is [`changed_pages`] (at [`REFOLD_PAGE`]) from the bytes that fold folded
+/// to `data`. When the new version still fits the same single textures, only its changed
+/// pages are re-folded; the outputs are byte for byte what a fresh fold writes. The reuse is
 /// refilled for the next call (emptied when the source outgrows [`REFOLD_MAX_BYTES`] or needs
 /// parts). Watch mode hands over the exact bytes it read and hashed.
 pub fn fold_bytes_reusing(
@@ -581,7 +582,7 @@ pub fn fold_bytes_reusing(
     target: &OutputTarget,
     opts: &FoldOptions,
     progress: &dyn Progress,
-    reuse: Option<(Option<&[u8]>, &mut FoldReuse)>,
+    reuse: Option<(Option<&[std::ops::Range<usize>]>, &mut FoldReuse)>,
 ) -> Result<FoldReport> {
     let started = Instant::now();
     check_fold_options(opts)?;
@@ -646,8 +647,8 @@ pub fn fold_bytes_reusing(
     progress.stage("analysing", data.len() as u64);
     // Textures are kept for the next fold only when this one makes both in one part.
     let reusable = !multi && want_brick && want_rts && data.len() <= REFOLD_MAX_BYTES;
-    let (previous, mut reuse) = match reuse {
-        Some((previous, reuse)) => (previous, Some(reuse)),
+    let (changed_since_kept, mut reuse) = match reuse {
+        Some((changed, reuse)) => (changed, Some(reuse)),
         None => (None, None),
     };
     let kept = reuse.as_mut().and_then(|r| r.kept.take()).filter(|k| {
@@ -659,10 +660,7 @@ pub fn fold_bytes_reusing(
     let keep = reusable && reuse.is_some();
     // What changed since the fold that left the kept textures: only those pages are
     // re-folded, re-deflated and repainted in the previews.
-    let changed: Option<Vec<std::ops::Range<usize>>> = match (&kept, previous) {
-        (Some(_), Some(previous)) => Some(changed_pages(previous, data, REFOLD_PAGE)),
-        _ => None,
-    };
+    let changed: Option<&[std::ops::Range<usize>]> = kept.as_ref().and(changed_since_kept);
     let mut kept_analysis = reuse.as_mut().map(|r| std::mem::take(&mut r.analysis));
     // A kept preview is a whole image whatever the input's size, so only inputs at least as
     // large keep theirs: a watched tree of small files holds no image per file, and a small
@@ -682,7 +680,7 @@ pub fn fold_bytes_reusing(
         let plan = &plans[0];
         let (analysis, prepared) = rayon::join(
             || match kept_analysis.as_mut() {
-                Some(k) => crate::analysis::local::analyze_reusing(data, changed.as_deref(), k),
+                Some(k) => crate::analysis::local::analyze_reusing(data, changed, k),
                 None => crate::analysis::local::analyze_with_facts(data),
             },
             || match (kept, &changed) {
@@ -940,7 +938,7 @@ pub fn fold_bytes_reusing(
                 palette,
                 opts.preview_side,
                 legend,
-                changed.as_deref(),
+                changed,
                 keep_previews.then_some(kept),
             )
         };

@@ -218,10 +218,8 @@ enum Target {
 #[derive(Default)]
 struct Folded {
     sha256: Option<[u8; 32]>,
-    /// The bytes last folded, for the diff against the next state: in memory for a watched
-    /// file, in the watch's state folder for a file of a watched tree.
-    bytes: Option<Vec<u8>>,
-    spilled: Option<spill::Spilled>,
+    /// The bytes last folded, for the diff against the next state.
+    last: Option<LastBytes>,
     /// Those bytes cut into the diff's chunks, once a diff has cut them: the next diff
     /// re-cuts only around what changed.
     chunking: Option<std::sync::Arc<crate::diff::align::Chunking>>,
@@ -267,10 +265,9 @@ struct TreeDistrict {
     /// When the first of those changes was seen, and the last.
     since: Option<Instant>,
     last_change: Option<Instant>,
-    /// The stream last folded (in the watch's state folder, or in memory if that failed), its
-    /// SHA-256, its files (path -> SHA-256) and their ranges, for the diff.
-    stream: Option<Vec<u8>>,
-    stream_spilled: Option<spill::Spilled>,
+    /// The stream last folded, its SHA-256, its files (path -> SHA-256) and their ranges, for
+    /// the diff.
+    stream: Option<LastBytes>,
     sha256: [u8; 32],
     members: BTreeMap<String, String>,
     regions: Vec<crate::diff::NamedRange>,
@@ -356,6 +353,29 @@ fn raise_open_file_limit() {
     }
 }
 
+/// Bytes last folded, kept for the next diff: in memory (a watched file, or when the state
+/// folder failed), or in the watch's state folder (a file of a watched tree, a district).
+enum LastBytes {
+    Memory(Vec<u8>),
+    Spilled(spill::Spilled),
+}
+
+impl LastBytes {
+    fn len(&self) -> usize {
+        match self {
+            LastBytes::Memory(bytes) => bytes.len(),
+            LastBytes::Spilled(kept) => kept.len() as usize,
+        }
+    }
+
+    fn in_memory(&self) -> Option<&[u8]> {
+        match self {
+            LastBytes::Memory(bytes) => Some(bytes),
+            LastBytes::Spilled(_) => None,
+        }
+    }
+}
+
 /// The watch's state folder ([`spill::Spill`]), made on first use in the output folder.
 struct KeptStates {
     output: PathBuf,
@@ -370,12 +390,21 @@ impl KeptStates {
         }
     }
 
-    fn store(&mut self, bytes: &[u8]) -> Result<spill::Spilled> {
-        let spill = match &mut self.spill {
-            Some(spill) => spill,
-            empty => empty.insert(spill::Spill::create(&self.output)?),
+    /// Keeps `bytes` in the state folder when `on_disk`, else in memory; a folder that fails
+    /// keeps them in memory and says why.
+    fn keep(&mut self, bytes: Vec<u8>, on_disk: bool) -> (LastBytes, Option<Error>) {
+        if !on_disk {
+            return (LastBytes::Memory(bytes), None);
+        }
+        let stored = match &mut self.spill {
+            Some(spill) => spill.store(&bytes),
+            empty => spill::Spill::create(&self.output)
+                .and_then(|spill| empty.insert(spill).store(&bytes)),
         };
-        spill.store(bytes)
+        match stored {
+            Ok(kept) => (LastBytes::Spilled(kept), None),
+            Err(e) => (LastBytes::Memory(bytes), Some(e)),
+        }
     }
 
     fn spill(&mut self) -> Result<&mut spill::Spill> {
@@ -384,16 +413,25 @@ impl KeptStates {
         })
     }
 
-    fn take(&mut self, kept: spill::Spilled) -> Result<Vec<u8>> {
-        self.spill()?.take(kept)
+    /// The kept bytes, which stay kept.
+    fn read<'a>(&mut self, last: &'a LastBytes) -> Result<std::borrow::Cow<'a, [u8]>> {
+        match last {
+            LastBytes::Memory(bytes) => Ok(std::borrow::Cow::Borrowed(bytes)),
+            LastBytes::Spilled(kept) => Ok(std::borrow::Cow::Owned(self.spill()?.read(kept)?)),
+        }
     }
 
-    fn read(&mut self, kept: &spill::Spilled) -> Result<Vec<u8>> {
-        self.spill()?.read(kept)
+    /// The kept bytes, forgotten.
+    fn take(&mut self, last: LastBytes) -> Result<Vec<u8>> {
+        match last {
+            LastBytes::Memory(bytes) => Ok(bytes),
+            LastBytes::Spilled(kept) => self.spill()?.take(kept),
+        }
     }
 
-    fn remove(&mut self, kept: spill::Spilled) {
-        if let Some(spill) = &mut self.spill {
+    /// Forgets kept bytes unread.
+    fn forget(&mut self, last: LastBytes) {
+        if let (LastBytes::Spilled(kept), Some(spill)) = (last, &mut self.spill) {
             spill.remove(kept);
         }
     }
@@ -673,17 +711,10 @@ fn rebuild_district(
         let Some(sha) = folded.sha256 else {
             continue;
         };
-        let read;
-        let bytes = match (&folded.bytes, &folded.spilled) {
-            (Some(bytes), _) => bytes,
-            (None, Some(kept)) => match kept_states.read(kept) {
-                Ok(bytes) => {
-                    read = bytes;
-                    &read
-                }
-                Err(e) => return fail(&mut event, format!("district not rebuilt: {e}")),
-            },
-            _ => {
+        let bytes = match folded.last.as_ref().map(|last| kept_states.read(last)) {
+            Some(Ok(bytes)) => bytes,
+            Some(Err(e)) => return fail(&mut event, format!("district not rebuilt: {e}")),
+            None => {
                 return fail(
                     &mut event,
                     format!(
@@ -709,7 +740,7 @@ fn rebuild_district(
             .to_string_lossy()
             .into_owned();
         let start = stream.len() as u64;
-        stream.extend_from_slice(bytes);
+        stream.extend_from_slice(&bytes);
         let end = stream.len() as u64;
         files.push(
             serde_json::json!({"path": rel, "offset": start, "size": end - start,
@@ -743,14 +774,18 @@ fn rebuild_district(
     if stream.len() > DISTRICT_REFOLD_MAX_BYTES {
         district.reuse = fold::FoldReuse::default();
     }
-    let spilled_previous = match &district.stream_spilled {
-        Some(kept) => match kept_states.read(kept) {
-            Ok(previous) => Some(previous),
-            Err(e) => return fail(&mut event, format!("district not rebuilt: {e}")),
-        },
+    // Read, not taken: a build that fails keeps the last one's stream for the next diff.
+    let previous = match district.stream.as_ref().map(|last| kept_states.read(last)) {
+        Some(Ok(previous)) => Some(previous),
+        Some(Err(e)) => return fail(&mut event, format!("district not rebuilt: {e}")),
         None => None,
     };
-    let previous_stream = district.stream.as_deref().or(spilled_previous.as_deref());
+    // A small district re-folds only the pages that changed since the last build.
+    let refold = stream.len() <= DISTRICT_REFOLD_MAX_BYTES;
+    let changed = previous
+        .as_deref()
+        .filter(|_| refold)
+        .map(|previous| fold::changed_pages(previous, &stream, fold::REFOLD_PAGE));
     let folded = fold::fold_bytes_reusing(
         backend,
         root,
@@ -761,8 +796,7 @@ fn rebuild_district(
         // Kept textures are up to 13 times the stream (a 26 MiB tree keeps a 256 MiB brick
         // texture), so only small districts keep theirs; a larger one is folded afresh each
         // time it is rebuilt, which happens once its tree has gone quiet.
-        (stream.len() <= DISTRICT_REFOLD_MAX_BYTES)
-            .then_some((previous_stream, &mut district.reuse)),
+        refold.then_some((changed.as_deref(), &mut district.reuse)),
     );
     let report = match folded {
         Ok(r) => r,
@@ -790,7 +824,7 @@ fn rebuild_district(
     event.outputs.push(index_path);
     event.refolded = report.refolded;
     let sha = report.source.sha256;
-    if let Some(previous) = district.stream.take().or(spilled_previous) {
+    if let Some(previous) = previous {
         let side = |bytes, sha256, regions, members| crate::diff::Side {
             path: root.to_path_buf(),
             kind: "district",
@@ -802,7 +836,7 @@ fn rebuild_district(
             chunking: None,
         };
         let a = side(
-            previous,
+            previous.into_owned(),
             district.sha256,
             std::mem::take(&mut district.regions),
             std::mem::take(&mut district.members),
@@ -823,13 +857,10 @@ fn rebuild_district(
     event.version = version;
     district.version = version;
     district.sha256 = sha;
-    if let Some(old) = district.stream_spilled.take() {
-        kept_states.remove(old);
+    if let Some(old) = district.stream.take() {
+        kept_states.forget(old);
     }
-    match kept_states.store(&stream) {
-        Ok(kept) => district.stream_spilled = Some(kept),
-        Err(_) => district.stream = Some(stream),
-    }
+    district.stream = Some(kept_states.keep(stream, true).0);
     district.regions = regions;
     district.members = members;
     event.latency_seconds = since.elapsed().as_secs_f64();
@@ -897,8 +928,15 @@ fn refold(
     folded.mode = crate::policy::output_mode_of(path);
     // With the last state at hand, comparing is cheaper than hashing, and the fold hashes
     // the new bytes once anyway.
-    let unchanged = match &folded.bytes {
-        Some(previous) => *previous == bytes,
+    // The pages that changed, found once: they say whether anything did, and the fold and the
+    // diff's chunks redo only them.
+    let changed = folded
+        .last
+        .as_ref()
+        .and_then(LastBytes::in_memory)
+        .map(|previous| fold::changed_pages(previous, &bytes, fold::REFOLD_PAGE));
+    let unchanged = match &changed {
+        Some(changed) => changed.is_empty(),
         None => folded.sha256 == Some(crate::analysis::sha256(&bytes)),
     };
     let in_tree = tree_of(targets, path).is_some();
@@ -919,12 +957,10 @@ fn refold(
     // The diff's A side starts from the last fold's byte-class preview when it kept one at
     // the delta's order and side (B's is this fold's), rather than summarising both again.
     let delta_side = crate::diff::DiffOptions::default().preview_side;
-    let previous_len = match (&folded.bytes, &folded.spilled) {
-        (Some(previous), _) => Some(previous.len()),
-        (None, Some(kept)) => Some(kept.len() as usize),
-        _ => None,
-    };
-    let delta_order = previous_len.map(|len| crate::diff::preview::delta_order(len, bytes.len()));
+    let delta_order = folded
+        .last
+        .as_ref()
+        .map(|last| crate::diff::preview::delta_order(last.len(), bytes.len()));
     let base_a =
         delta_order.and_then(|order| folded.reuse.byteclass_preview(order, delta_side).cloned());
     // The fold gets the exact bytes read and hashed above, so a write racing the fold cannot
@@ -939,7 +975,7 @@ fn refold(
         // A file of a watched tree keeps no textures: they are several times its size, a
         // tree's files are many and mostly small, and a small file folds afresh quickly.
         // Memory then grows with the tree's file count and bytes, not with texture sizes.
-        (!in_tree).then_some((folded.bytes.as_deref(), &mut folded.reuse)),
+        (!in_tree).then_some((changed.as_deref(), &mut folded.reuse)),
     );
     let report = match result {
         Ok(r) => r,
@@ -956,16 +992,13 @@ fn refold(
     event.outputs = report.outputs.iter().map(|o| o.path.clone()).collect();
     event.refolded = report.refolded;
     let mut bytes = bytes;
-    let previous = match (folded.bytes.take(), folded.spilled.take()) {
-        (Some(previous), _) => Some(previous),
-        (None, Some(kept)) => match kept_states.take(kept) {
-            Ok(previous) => Some(previous),
-            Err(e) => {
-                event.error = Some(format!("outputs written, no diff: {e}"));
-                None
-            }
-        },
-        _ => None,
+    let previous = match folded.last.take().map(|last| kept_states.take(last)) {
+        Some(Ok(previous)) => Some(previous),
+        Some(Err(e)) => {
+            event.error = Some(format!("outputs written, no diff: {e}"));
+            None
+        }
+        None => None,
     };
     if let Some(previous) = previous {
         // The last state's chunks, re-cut where this one differs: the diff then cuts nothing.
@@ -975,7 +1008,8 @@ fn refold(
             .take()
             .filter(|c| c.block() == block)
             .unwrap_or_else(|| Arc::new(crate::diff::align::Chunking::of(&previous, block)));
-        let changed = fold::changed_pages(&previous, &bytes, fold::REFOLD_PAGE);
+        let changed =
+            changed.unwrap_or_else(|| fold::changed_pages(&previous, &bytes, fold::REFOLD_PAGE));
         let b_chunking = Arc::new(a_chunking.recut(&bytes, &changed));
         folded.chunking = Some(Arc::clone(&b_chunking));
         let a = crate::diff::Side {
@@ -1000,20 +1034,16 @@ fn refold(
     event.size = Some(bytes.len() as u64);
     // The previous state is kept for the next diff; very large files are diffed against
     // nothing rather than held twice in memory.
-    if bytes.len() > KEEP_FOR_DIFF {
+    // A tree's files are many: their states go to disk, and no chunks are kept for them.
+    if bytes.len() > KEEP_FOR_DIFF || in_tree {
         folded.chunking = None;
-    } else if in_tree {
-        // A tree's files are many: their states go to disk, and no chunks are kept for them.
-        folded.chunking = None;
-        match kept_states.store(&bytes) {
-            Ok(kept) => folded.spilled = Some(kept),
-            Err(e) => {
-                event.error = Some(format!("outputs written, state kept in memory: {e}"));
-                folded.bytes = Some(bytes);
-            }
+    }
+    if bytes.len() <= KEEP_FOR_DIFF {
+        let (last, failed) = kept_states.keep(bytes, in_tree);
+        if let Some(e) = failed {
+            event.error = Some(format!("outputs written, state kept in memory: {e}"));
         }
-    } else {
-        folded.bytes = Some(bytes);
+        folded.last = Some(last);
     }
     event.latency_seconds = since.elapsed().as_secs_f64();
     Some(event)
