@@ -423,22 +423,31 @@ impl<'a> Staged<'a> {
         }
     }
 
-    /// Per-run byte-class counts of the whole input, all the byte-class palette needs: from
-    /// the statistics kernel where it runs on a GPU, else counted alone on the host (the other
-    /// fields are then zero).
-    pub fn byte_classes(
+    /// `each(stats, run)` of every run's byte-class counts, all the byte-class palette needs:
+    /// from the statistics kernel where it runs on a GPU, else counted alone on the host (the
+    /// other fields then zero), without holding all the counts at once.
+    pub fn map_byte_classes<T: Send>(
         &self,
         run_len: usize,
         runs: usize,
         table: &'a EntropyTable,
-    ) -> Result<Vec<RunStats>> {
+        each: impl Fn(RunStats, usize) -> T + Sync,
+    ) -> Result<Vec<T>> {
         match self
             .backend
             .device_for(KernelId::PreviewStats, self.bytes.len())
         {
-            Some(_) => self.preview_stats(run_len, runs, table),
-            None => Ok(crate::kernels::preview_stats::class_counts(
-                self.bytes, run_len, runs,
+            Some(_) => {
+                use rayon::prelude::*;
+                let stats = self.preview_stats(run_len, runs, table)?;
+                Ok(stats
+                    .into_par_iter()
+                    .enumerate()
+                    .map(|(run, s)| each(s, run))
+                    .collect())
+            }
+            None => Ok(crate::kernels::preview_stats::map_class_counts(
+                self.bytes, run_len, runs, each,
             )),
         }
     }

@@ -690,17 +690,18 @@ pub fn write_diff_in_series(
 ) -> Result<DiffReport> {
     // On the CPU, both sides' previews are summarised while the sides are compared: the
     // alignment has stretches that keep one core busy, and the previews need none of it.
+    let order = preview::delta_order(a.bytes.len(), b.bytes.len());
+    let side = preview::delta_side(opts.preview_side, order);
     let (compared, own_bases) = match (backend, bases) {
         (Backend::Cpu, None) => {
-            let order = preview::delta_order(a.bytes.len(), b.bytes.len());
-            let side_preview = |side: &Side| {
+            let side_preview = |of: &Side| {
                 crate::format::preview::render(
                     backend,
-                    &side.bytes,
+                    &of.bytes,
                     crate::kernels::Layout::Brick,
                     order,
                     crate::format::preview::Palette::Byteclass,
-                    opts.preview_side,
+                    side,
                     false,
                 )
             };
@@ -722,7 +723,7 @@ pub fn write_diff_in_series(
         &b.bytes,
         &alignment.ranges,
         &b.regions,
-        opts.preview_side,
+        side,
         bases,
     )?;
     let patch = patch::Patch {

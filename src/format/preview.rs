@@ -195,16 +195,18 @@ pub fn render_staged(
     } = geometry(layout, order, palette, side)?;
     let runs = 1usize << (2 * stats_order);
     let table = EntropyTable::for_run_len(run_len);
-    let stats = if palette == Palette::Byteclass {
-        input.byte_classes(run_len, runs, &table)?
+    let colours: Vec<[u8; 4]> = if palette == Palette::Byteclass {
+        input.map_byte_classes(run_len, runs, &table, |s, run| {
+            colour(&s, (run * run_len) as u64, palette, layout, &table)
+        })?
     } else {
-        input.preview_stats(run_len, runs, &table)?
+        input
+            .preview_stats(run_len, runs, &table)?
+            .par_iter()
+            .enumerate()
+            .map(|(run, s)| colour(s, (run * run_len) as u64, palette, layout, &table))
+            .collect()
     };
-    let colours: Vec<[u8; 4]> = stats
-        .par_iter()
-        .enumerate()
-        .map(|(run, s)| colour(s, (run * run_len) as u64, palette, layout, &table))
-        .collect();
     let mut image = PreviewImage {
         width: side,
         height: side,
@@ -576,10 +578,15 @@ pub fn outline(
             .map(|(i, _)| i)
     };
     let width = side as usize;
-    let owners: Vec<Option<usize>> = (0..1u64 << (2 * cell_order)).map(owner).collect();
+    // Range indexes as u32, NONE for no range: a quarter of Option<usize>'s memory, which
+    // at one byte a pixel is most of what outlining touches.
+    const NONE: u32 = u32::MAX;
+    let owners: Vec<u32> = (0..1u64 << (2 * cell_order))
+        .map(|cell| owner(cell).map_or(NONE, |i| i as u32))
+        .collect();
     let grid = curve_index_grid(cell_order);
     let (cells_side, pixels_per_cell) = (1usize << cell_order, scale as usize);
-    let mut labels = vec![None; width * width];
+    let mut labels = vec![NONE; width * width];
     for (y, row) in labels.chunks_exact_mut(width).enumerate() {
         let cells = &grid[y / pixels_per_cell * cells_side..][..cells_side];
         for (x, label) in row.iter_mut().enumerate() {
@@ -588,9 +595,10 @@ pub fn outline(
     }
     for y in 0..width {
         for x in 0..width {
-            let Some(id) = labels[y * width + x] else {
+            let id = labels[y * width + x];
+            if id == NONE {
                 continue;
-            };
+            }
             let edge = [(0isize, -1isize), (0, 1), (-1, 0), (1, 0)]
                 .iter()
                 .any(|(dx, dy)| {
@@ -599,10 +607,10 @@ pub fn outline(
                         || ny < 0
                         || nx >= width as isize
                         || ny >= width as isize
-                        || labels[ny as usize * width + nx as usize] != Some(id)
+                        || labels[ny as usize * width + nx as usize] != id
                 });
             if edge {
-                let [r, g, b] = REGION_COLOURS[colours[id] % REGION_COLOURS.len()];
+                let [r, g, b] = REGION_COLOURS[colours[id as usize] % REGION_COLOURS.len()];
                 image.rgba[(y * width + x) * 4..][..4].copy_from_slice(&[r, g, b, 255]);
             }
         }

@@ -221,16 +221,29 @@ fn classes_of(run: &[u8]) -> [u32; 5] {
 /// byte-class palette reads, counted as [`classes_of`] does, at a fraction of
 /// [`preview_stats`]'s work. The counts are [`preview_stats`]'s.
 pub fn class_counts(data: &[u8], run_len: usize, runs: usize) -> Vec<RunStats> {
+    map_class_counts(data, run_len, runs, |stats, _| stats)
+}
+
+/// `each(stats, run)` of every run's [`class_counts`] entry, without holding the counts: a
+/// preview maps them straight to colours, and for a small input at one byte a cell the
+/// 40-byte counts would otherwise be most of the memory (and page faults) a diff touches.
+pub fn map_class_counts<T: Send>(
+    data: &[u8],
+    run_len: usize,
+    runs: usize,
+    each: impl Fn(RunStats, usize) -> T + Sync,
+) -> Vec<T> {
     (0..runs)
         .into_par_iter()
         .with_min_len(64)
         .map(|r| {
             let (start, end) = run_bounds(data.len(), run_len, r);
             let classes = classes_of(&data[start..end]);
-            RunStats {
+            let stats = RunStats {
                 classes,
                 ..RunStats::default()
-            }
+            };
+            each(stats, r)
         })
         .collect()
 }

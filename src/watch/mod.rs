@@ -956,13 +956,19 @@ fn refold(
     };
     // The diff's A side starts from the last fold's byte-class preview when it kept one at
     // the delta's order and side (B's is this fold's), rather than summarising both again.
-    let delta_side = crate::diff::DiffOptions::default().preview_side;
     let delta_order = folded
         .last
         .as_ref()
         .map(|last| crate::diff::preview::delta_order(last.len(), bytes.len()));
-    let base_a =
-        delta_order.and_then(|order| folded.reuse.byteclass_preview(order, delta_side).cloned());
+    let delta_side = |order| {
+        crate::diff::preview::delta_side(crate::diff::DiffOptions::default().preview_side, order)
+    };
+    let base_a = delta_order.and_then(|order| {
+        folded
+            .reuse
+            .byteclass_preview(order, delta_side(order))
+            .cloned()
+    });
     // The fold gets the exact bytes read and hashed above, so a write racing the fold cannot
     // tear what lands (no torn reads).
     let result = fold::fold_bytes_reusing(
@@ -1021,7 +1027,7 @@ fn refold(
             ..crate::diff::Side::from_bytes(path, "file", bytes, Some(sha))
         };
         let base_b =
-            delta_order.and_then(|order| folded.reuse.byteclass_preview(order, delta_side));
+            delta_order.and_then(|order| folded.reuse.byteclass_preview(order, delta_side(order)));
         let bases = base_a.as_ref().zip(base_b).map(|(a, b)| [a, b]);
         event.record_diff(backend, &a, &b, dir.join(format!("{name}.diff")), bases);
         bytes = b.bytes;

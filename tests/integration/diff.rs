@@ -632,3 +632,44 @@ fn delta_png_rings_a_four_byte_edit_and_shows_deletions_on_a() {
         0
     );
 }
+
+#[test]
+fn delta_png_of_a_small_file_is_one_pixel_a_byte_not_the_default_side() {
+    let dir = tempfile::tempdir().unwrap();
+    // 10,000 bytes: a 128x128 curve holds them one byte a cell, so each side is 128 pixels
+    // (not the default 1024, which would only repeat each pixel 8x8 times).
+    let a_bytes = sample_bytes(10_000, 5);
+    let mut b_bytes = a_bytes.clone();
+    for k in 0..4 {
+        b_bytes[6_000 + k] = !a_bytes[6_000 + k];
+    }
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::write(&a, &a_bytes).unwrap();
+    std::fs::write(&b, &b_bytes).unwrap();
+    let out = dir.path().join("d");
+    ok_json(&["diff", s(&a), s(&b), "-o", s(&out), "--backend", "cpu"]);
+    let (rgba, width) = pixels(&out.join("delta.png"));
+    assert_eq!(width, 128 + 8 + 128);
+    // The edit still shows: its ring on B.
+    let ring = count_colour(
+        &rgba,
+        width,
+        136..264,
+        foundry_gpu::diff::preview::CHANGED_COLOUR,
+    );
+    assert!(ring >= 16, "the edit's ring on B: {ring} pixels");
+    // A side asked for that is smaller than the curve is kept.
+    let small = dir.path().join("d64");
+    ok_json(&[
+        "diff",
+        s(&a),
+        s(&b),
+        "-o",
+        s(&small),
+        "--backend",
+        "cpu",
+        "--preview-side",
+        "64",
+    ]);
+    assert_eq!(pixels(&small.join("delta.png")).1, 64 + 8 + 64);
+}
