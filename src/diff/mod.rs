@@ -834,13 +834,23 @@ pub fn apply_patch(
         && !patch::refers_to_a(patch_path, &bytes)
         && crate::format::detect(a_path)? == crate::format::FileKind::Raw
     {
-        let patch = patch::Patch::parse(patch_path, &bytes, None)?;
         let (file, _) = crate::source::open_input(a_path)?;
-        patch.check_a_file(a_path, &file, patch_path)?;
         let mode =
             crate::policy::output_mode_of(a_path) & crate::policy::output_mode_of(patch_path);
+        // A version 2 patch streams its data section too: its literals, however many a small
+        // patch decompresses to, pass through one piece of memory on their way to B.
+        if let Some(streaming) = patch::StreamingPatch::read(patch_path, &bytes)? {
+            streaming.header.check_a_file(a_path, &file, patch_path)?;
+            return write_patched(output, mode, &streaming.header, patch_path, a_path, |w| {
+                streaming.write_b_from_file(a_path, &file, output, w)
+            });
+        }
+        let patch = patch::Patch::parse(patch_path, &bytes, None)?;
+        patch.check_a_file(a_path, &file, patch_path)?;
         return write_patched(output, mode, &patch, patch_path, a_path, |w| {
-            patch.write_b_from_file(&file, w)
+            patch
+                .write_b_from_file(&file, w)
+                .map_err(|e| Error::io(output, "write", e))
         });
     }
     let a = load_side(backend, a_path)?;
@@ -857,7 +867,9 @@ pub fn apply_patch(
     // B holds A's bytes and the patch's: as private as the more private of them.
     let mode = a.output_mode & crate::policy::output_mode_of(patch_path);
     write_patched(output, mode, &patch, patch_path, a_path, |w| {
-        patch.write_b(&a.bytes, w)
+        patch
+            .write_b(&a.bytes, w)
+            .map_err(|e| Error::io(output, "write", e))
     })
 }
 
@@ -869,15 +881,29 @@ fn write_patched(
     patch: &patch::Patch,
     patch_path: &Path,
     a_path: &Path,
-    write_b: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<[u8; 32]>,
+    write_b: impl FnOnce(&mut dyn std::io::Write) -> Result<[u8; 32]>,
 ) -> Result<PatchReport> {
     let mut staged = StagedOutputs::new().with_mode(mode);
     let mut b_sha = [0u8; 32];
     let mut write_b = Some(write_b);
-    staged.write(output, |w| {
-        b_sha = (write_b.take().expect("written once"))(w)?;
+    // `write_b` names what failed (the patch, A or the output); that error is the one told,
+    // not the staging's "could not write".
+    let mut failure = None;
+    let staged_write = staged.write(output, |w| {
+        match (write_b.take().expect("written once"))(w) {
+            Ok(sha) => b_sha = sha,
+            Err(e) => {
+                let told = std::io::Error::other(e.to_string());
+                failure = Some(e);
+                return Err(told);
+            }
+        }
         Ok(())
-    })?;
+    });
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    staged_write?;
     patch.check_b(patch_path, b_sha)?;
     staged.commit()?;
     Ok(PatchReport {

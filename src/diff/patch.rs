@@ -331,7 +331,6 @@ impl Patch {
     /// Parses a version 2 patch, every claimed size checked against the file, A and B before
     /// anything that size is allocated; the data section grows only as it really decompresses.
     fn parse_v2(path: &Path, bytes: &[u8], a: Option<&GivenA>) -> Result<Self> {
-        use std::io::Read;
         let bad = |what: String| Error::malformed(path, what);
         let V2Layout {
             a_size,
@@ -344,17 +343,21 @@ impl Patch {
             data_at,
         } = V2Layout::read(path, bytes)?;
         let section = &bytes[data_at..];
-        let literals = match codec {
-            DATA_RAW => section.to_vec(),
+        let data_lens = || {
+            pending.iter().filter_map(|op| match op {
+                Pending::Data(len) => Some(*len),
+                Pending::Copy { .. } => None,
+            })
+        };
+        // Each data operation's bytes are decoded into their own buffer, never into one
+        // buffer of all of them first: the literals are held once (a 120 KB patch may
+        // decompress to gigabytes, up to B's size).
+        let mut pieces = match codec {
+            DATA_RAW => read_pieces(path, section, data_lens(), literal_total)?,
             DATA_ZSTD => {
-                let mut out = Vec::new();
                 let decoder = zstd::stream::read::Decoder::with_buffer(section)
                     .map_err(|e| bad(format!("its data section: {e}")))?;
-                decoder
-                    .take(literal_total.saturating_add(1))
-                    .read_to_end(&mut out)
-                    .map_err(|e| bad(format!("its data section does not decompress: {e}")))?;
-                out
+                read_pieces(path, decoder, data_lens(), literal_total)?
             }
             DATA_ZSTD_A_PREFIX => {
                 let a = a.ok_or_else(|| {
@@ -362,30 +365,28 @@ impl Patch {
                 })?;
                 // Decoding against another A would give other literals: say which A is wrong.
                 check_a_is(a_size, &a_sha256, a, path)?;
-                decompress_against(a.bytes, section, literal_total).map_err(|e| {
-                    bad(format!(
-                        "its data section does not decompress against this A: {e}"
-                    ))
-                })?
+                let literals =
+                    decompress_against(a.bytes, section, literal_total).map_err(|e| {
+                        bad(format!(
+                            "its data section does not decompress against this A: {e}"
+                        ))
+                    })?;
+                if literals.len() as u64 != literal_total {
+                    return Err(bad(format!(
+                        "its data section holds {} bytes, the operations take {literal_total}",
+                        literals.len()
+                    )));
+                }
+                split_pieces(literals, data_lens())
             }
             other => return Err(bad(format!("its data section has unknown codec {other}"))),
-        };
-        if literals.len() as u64 != literal_total {
-            return Err(bad(format!(
-                "its data section holds {} bytes, the operations take {literal_total}",
-                literals.len()
-            )));
         }
-        let mut from = 0usize;
+        .into_iter();
         let ops = pending
             .into_iter()
             .map(|op| match op {
                 Pending::Copy { offset, len } => PatchOp::Copy { offset, len },
-                Pending::Data(len) => {
-                    let piece = literals[from..from + len as usize].to_vec();
-                    from += len as usize;
-                    PatchOp::Data(piece)
-                }
+                Pending::Data(_) => PatchOp::Data(pieces.next().expect("one piece a data op")),
             })
             .collect();
         Ok(Patch {
@@ -575,6 +576,68 @@ fn check_a_is(a_size: u64, a_sha256: &[u8], a: &GivenA, patch_path: &Path) -> Re
     Ok(())
 }
 
+/// The data operations' bytes, `lens` of them in turn, read from a data section (`reader`,
+/// decompressing where it is compressed) that must hold exactly `total` bytes. A piece's
+/// buffer is reserved fallibly and filled only as the section really yields bytes.
+fn read_pieces(
+    path: &Path,
+    mut reader: impl std::io::Read,
+    lens: impl Iterator<Item = u64>,
+    total: u64,
+) -> Result<Vec<Vec<u8>>> {
+    use std::io::Read;
+    let bad = |what: String| Error::malformed(path, what);
+    let broken = |e: std::io::Error| bad(format!("its data section does not decompress: {e}"));
+    let mut pieces = Vec::new();
+    let mut held = 0u64;
+    for len in lens {
+        let mut piece = Vec::new();
+        piece
+            .try_reserve_exact(usize::try_from(len).unwrap_or(usize::MAX))
+            .map_err(|e| bad(format!("a data operation of {len} bytes: {e}")))?;
+        (&mut reader)
+            .take(len)
+            .read_to_end(&mut piece)
+            .map_err(broken)?;
+        held += piece.len() as u64;
+        if (piece.len() as u64) < len {
+            return Err(bad(format!(
+                "its data section holds {held} bytes, the operations take {total}"
+            )));
+        }
+        pieces.push(piece);
+    }
+    let mut beyond = Vec::new();
+    reader.take(1).read_to_end(&mut beyond).map_err(broken)?;
+    if !beyond.is_empty() {
+        return Err(bad(format!(
+            "its data section holds more than the {total} bytes the operations take"
+        )));
+    }
+    Ok(pieces)
+}
+
+/// `literals` cut into the data operations' pieces (`lens`, which sum to its length). Cut from
+/// the end, and the buffer shrunk every [`SHRINK_STEP`] bytes (the allocator returns the tail
+/// of a large buffer without copying), so the literals are held about once, not twice.
+fn split_pieces(mut literals: Vec<u8>, lens: impl DoubleEndedIterator<Item = u64>) -> Vec<Vec<u8>> {
+    const SHRINK_STEP: usize = 8 << 20;
+    let mut pieces: Vec<Vec<u8>> = lens
+        .rev()
+        .map(|len| {
+            let at = literals.len() - len as usize;
+            let piece = literals[at..].to_vec();
+            literals.truncate(at);
+            if literals.capacity() - literals.len() >= SHRINK_STEP {
+                literals.shrink_to_fit();
+            }
+            piece
+        })
+        .collect();
+    pieces.reverse();
+    pieces
+}
+
 /// An operation before the data section is read: data operations hold only their lengths.
 enum Pending {
     Copy { offset: u64, len: u64 },
@@ -675,9 +738,176 @@ pub fn refers_to_a(path: &Path, bytes: &[u8]) -> bool {
         && V2Layout::read(path, bytes).is_ok_and(|layout| layout.codec == DATA_ZSTD_A_PREFIX)
 }
 
+/// A version 2 patch whose data section is stored plain or compressed alone, applied as it is
+/// read: each data operation's bytes are decompressed straight into B, so memory stays at
+/// one piece, zstd's window and the patch file, whatever the literals add up to.
+pub struct StreamingPatch<'a> {
+    /// Sizes and SHA-256 prefixes, no operations: what [`Patch::check_a_file`] and
+    /// [`Patch::check_b`] read.
+    pub header: Patch,
+    path: &'a Path,
+    pending: Vec<Pending>,
+    literal_total: u64,
+    codec: u8,
+    section: &'a [u8],
+}
+
+impl<'a> StreamingPatch<'a> {
+    /// The patch in `bytes` (from `path`), checked up to its data section; `None` when it
+    /// must be read whole instead ([`Patch::parse`]): a version 1 patch, a data section
+    /// compressed against A, or an unknown codec (which `parse` names).
+    pub fn read(path: &'a Path, bytes: &'a [u8]) -> Result<Option<Self>> {
+        if !bytes.starts_with(MAGIC) {
+            return Ok(None);
+        }
+        let layout = V2Layout::read(path, bytes)?;
+        if !matches!(layout.codec, DATA_RAW | DATA_ZSTD) {
+            return Ok(None);
+        }
+        Ok(Some(StreamingPatch {
+            header: Patch {
+                a_size: layout.a_size,
+                b_size: layout.b_size,
+                a_sha256: layout.a_sha256,
+                b_sha256: layout.b_sha256,
+                ops: Vec::new(),
+            },
+            path,
+            pending: layout.pending,
+            literal_total: layout.literal_total,
+            codec: layout.codec,
+            section: &bytes[layout.data_at..],
+        }))
+    }
+
+    /// Writes B to `out` (named `out_path` in errors), copies read from the file `a` (of
+    /// `a_path`) with `pread` and data decompressed as it is needed; returns B's SHA-256 for
+    /// the caller to check before keeping the output. A data section shorter or longer than
+    /// the operations take, or one that does not decompress, is the patch's error.
+    pub fn write_b_from_file(
+        &self,
+        a_path: &Path,
+        a: &std::fs::File,
+        out_path: &Path,
+        out: &mut dyn Write,
+    ) -> Result<[u8; 32]> {
+        use sha2::Digest;
+        use std::io::Read;
+        use std::os::unix::fs::FileExt;
+        let bad = |what: String| Error::malformed(self.path, what);
+        let broken = |e: std::io::Error| bad(format!("its data section does not decompress: {e}"));
+        let mut data: Box<dyn Read> = match self.codec {
+            DATA_ZSTD => Box::new(
+                zstd::stream::read::Decoder::with_buffer(self.section)
+                    .map_err(|e| bad(format!("its data section: {e}")))?,
+            ),
+            _ => Box::new(self.section),
+        };
+        let mut hasher = sha2::Sha256::new();
+        let mut buffer = vec![0u8; PIECE];
+        let mut held = 0u64;
+        for op in &self.pending {
+            match *op {
+                Pending::Copy { offset, len } => {
+                    let (mut at, end) = (offset, offset + len);
+                    while at < end {
+                        let n = PIECE.min((end - at) as usize);
+                        a.read_exact_at(&mut buffer[..n], at)
+                            .map_err(|e| Error::io(a_path, "read", e))?;
+                        hasher.update(&buffer[..n]);
+                        out.write_all(&buffer[..n])
+                            .map_err(|e| Error::io(out_path, "write", e))?;
+                        at += n as u64;
+                    }
+                }
+                Pending::Data(len) => {
+                    let mut left = len;
+                    while left > 0 {
+                        let want = PIECE.min(left as usize);
+                        let got = (&mut data)
+                            .take(want as u64)
+                            .read(&mut buffer[..want])
+                            .map_err(broken)?;
+                        if got == 0 {
+                            return Err(bad(format!(
+                                "its data section holds {held} bytes, the operations take {}",
+                                self.literal_total
+                            )));
+                        }
+                        held += got as u64;
+                        hasher.update(&buffer[..got]);
+                        out.write_all(&buffer[..got])
+                            .map_err(|e| Error::io(out_path, "write", e))?;
+                        left -= got as u64;
+                    }
+                }
+            }
+        }
+        let mut beyond = Vec::new();
+        data.take(1).read_to_end(&mut beyond).map_err(broken)?;
+        if !beyond.is_empty() {
+            return Err(bad(format!(
+                "its data section holds more than the {} bytes the operations take",
+                self.literal_total
+            )));
+        }
+        Ok(hasher.finalize().into())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn streaming_applies_what_parse_applies_and_refuses_what_it_refuses() {
+        let p = Path::new("p.patch");
+        let a: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut b = a[..8_000].to_vec();
+        b.extend(std::iter::repeat_n(b'x', 5_000));
+        b.extend_from_slice(&a[9_000..]);
+        b.extend_from_slice(b"tail");
+        let patch = Patch {
+            a_size: a.len() as u64,
+            b_size: b.len() as u64,
+            a_sha256: crate::analysis::sha256(&a).to_vec(),
+            b_sha256: crate::analysis::sha256(&b).to_vec(),
+            ops: vec![
+                PatchOp::Copy {
+                    offset: 0,
+                    len: 8_000,
+                },
+                PatchOp::Data(vec![b'x'; 5_000]),
+                PatchOp::Copy {
+                    offset: 9_000,
+                    len: 11_000,
+                },
+                PatchOp::Data(b"tail".to_vec()),
+            ],
+        };
+        let bytes = patch.encode(&a, LiteralEffort::AgainstA);
+        assert_eq!(V2Layout::read(p, &bytes).unwrap().codec, DATA_ZSTD);
+        let dir = tempfile::tempdir().unwrap();
+        let a_path = dir.path().join("a");
+        std::fs::write(&a_path, &a).unwrap();
+        let a_file = std::fs::File::open(&a_path).unwrap();
+        let streamed = |bytes: &[u8]| -> Result<Vec<u8>> {
+            let streaming = StreamingPatch::read(p, bytes)?
+                .ok_or_else(|| Error::malformed(p, "not a streamable patch"))?;
+            let mut out = Vec::new();
+            let sha = streaming.write_b_from_file(&a_path, &a_file, Path::new("b"), &mut out)?;
+            streaming.header.check_b(p, sha)?;
+            Ok(out)
+        };
+        assert_eq!(streamed(&bytes).unwrap(), b);
+        // Every cut is refused by both readers: by the layout check, or once the data section
+        // runs short or its frame breaks.
+        for cut in 0..bytes.len() {
+            let short = &bytes[..cut];
+            assert!(Patch::parse(p, short, None).is_err(), "cut at {cut}");
+            assert!(streamed(short).is_err(), "cut at {cut}");
+        }
+    }
 
     #[test]
     fn round_trip_and_every_truncation_fails_cleanly() {
@@ -730,7 +960,10 @@ mod tests {
         bytes.push(DATA_ZSTD);
         bytes.extend_from_slice(&packed);
         let err = Patch::parse(p, &bytes, None).unwrap_err().to_string();
-        assert!(err.contains("data section holds 20 bytes"), "{err}");
+        assert!(
+            err.contains("data section holds more than the 19 bytes"),
+            "{err}"
+        );
         // A data section shorter than the operations take.
         let mut short = header;
         short.push(DATA_RAW);

@@ -673,3 +673,109 @@ fn delta_png_of_a_small_file_is_one_pixel_a_byte_not_the_default_side() {
     ]);
     assert_eq!(pixels(&small.join("delta.png")).1, 64 + 8 + 64);
 }
+
+/// `value` as an FGP2 varint.
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push(value as u8 | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// An FGP2 patch against `a` whose one data operation is `literal_len` bytes, its data section
+/// a zstd frame of `section` (which need not match), recording `b_sha256` as B's.
+fn one_data_op_patch(a: &[u8], literal_len: u64, section: &[u8], b_sha256: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    let mut bytes = b"FGP2".to_vec();
+    put_varint(&mut bytes, a.len() as u64);
+    put_varint(&mut bytes, literal_len);
+    bytes.extend_from_slice(&sha2::Sha256::digest(a)[..4]);
+    bytes.extend_from_slice(&b_sha256[..16]);
+    put_varint(&mut bytes, (literal_len << 1) | 1);
+    bytes.push(1); // zstd alone
+    bytes.extend_from_slice(&zstd::bulk::compress(section, 19).unwrap());
+    bytes
+}
+
+#[test]
+fn a_small_patch_of_much_literal_data_streams_it_through_bounded_memory() {
+    use sha2::Digest;
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let a_bytes = sample_bytes(1000, 8);
+    let a = dir.path().join("a");
+    std::fs::write(&a, &a_bytes).unwrap();
+    // 512 MiB of literals in a patch of a few kilobytes. Under a 256 MiB address-space limit
+    // it applies only if the literals pass through rather than being held.
+    let literals = vec![0u8; 512 << 20];
+    let patch_bytes = one_data_op_patch(
+        &a_bytes,
+        literals.len() as u64,
+        &literals,
+        &sha2::Sha256::digest(&literals),
+    );
+    assert!(patch_bytes.len() < 100_000, "{}", patch_bytes.len());
+    let patch = dir.path().join("zeros.patch");
+    std::fs::write(&patch, &patch_bytes).unwrap();
+    drop(literals);
+    let out = dir.path().join("b");
+    let mut command = crate::harness::foundry_cmd();
+    command.args(["patch", s(&a), s(&patch), "-o", s(&out)]);
+    // SAFETY: setrlimit is async-signal-safe; the child sets its own limit before exec.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 256 << 20,
+                rlim_max: 256 << 20,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let o = command.output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::metadata(&out).unwrap().len(), 512 << 20);
+
+    // Streamed, a data section that holds more or less than the operations take, or does not
+    // decompress, is still the patch's error, and nothing is written.
+    let b_sha = [0u8; 32];
+    let cases: [(&str, Vec<u8>, &str); 3] = [
+        (
+            "long.patch",
+            one_data_op_patch(&a_bytes, 100, &[7u8; 110], &b_sha),
+            "holds more than the 100 bytes",
+        ),
+        (
+            "short.patch",
+            one_data_op_patch(&a_bytes, 100, &[7u8; 90], &b_sha),
+            "holds 90 bytes, the operations take 100",
+        ),
+        (
+            "garbled.patch",
+            {
+                let mut p = one_data_op_patch(&a_bytes, 100, &[7u8; 100], &b_sha);
+                let last = p.len() - 1;
+                p[last] ^= 0xff;
+                p.truncate(last - 2);
+                p
+            },
+            "does not decompress",
+        ),
+    ];
+    for (name, bytes, expected) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let never = dir.path().join("never");
+        let o = foundry(&["patch", s(&a), s(&path), "-o", s(&never)]);
+        let message = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{name}: {message}");
+        assert!(
+            message.contains(name) && message.contains(expected),
+            "{name}: {message}"
+        );
+        assert!(!never.exists(), "{name}: nothing is written");
+    }
+}
