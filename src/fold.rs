@@ -231,6 +231,13 @@ pub struct FoldReuse {
     /// A descriptor of the `.brick` the fold that left `kept` wrote: the next brick starts as
     /// a clone of it where the file system shares blocks.
     brick_file: Option<KeptFile>,
+    /// Where it cannot, the brick before that one, exchanged out of place, and the texture
+    /// rows it lacks (those the last fold re-folded): the next brick is that file brought up
+    /// to date (see [`crate::format::staged::SpareFile`]).
+    brick_spare: Option<(
+        crate::format::staged::SpareFile,
+        Vec<std::ops::Range<usize>>,
+    )>,
 }
 
 /// An output this process wrote, held open, with the path it was written to.
@@ -732,6 +739,8 @@ pub fn fold_bytes_reusing(
     let mut records: Vec<(&'static str, Option<u32>)> = Vec::new();
     let mut index_parts = Vec::new();
     let mut refolded = None;
+    // The brick rows this fold re-folded, which a brick exchanged out of place lacks.
+    let mut kept_brick_rows = None;
     progress.stage("folding", data.len() as u64);
     for (i, plan) in plans.iter().enumerate() {
         let bytes = &data[plan.range.clone()];
@@ -812,14 +821,29 @@ pub fn fold_bytes_reusing(
                 .and_then(|r| r.brick_file.take())
                 .filter(|k| k.path == path && prepared.brick_rows.is_some());
             let rows = prepared.brick_rows.as_deref().unwrap_or_default();
+            // A spare goes with the last brick; without one it is stale, and dropped (removed).
+            let spare = reuse
+                .as_mut()
+                .and_then(|r| r.brick_spare.take())
+                .filter(|_| base.is_some());
+            let (spare, rows_behind) = spare.unzip();
             let whole = (brick::HEADER_LEN + texture.len() * 4) as u64;
             let mut patched = None;
+            let earlier = crate::format::staged::Earlier {
+                last: base.as_ref().map(|k| &k.file),
+                spare,
+                keep_spare: keep && prepared.brick_rows.is_some(),
+            };
             let written = staged.write_from_base(
                 &path,
-                base.as_ref().map(|k| &k.file),
+                earlier,
                 whole,
-                |file| {
-                    patched = Some(brick::patch_brick(file, &header, texture, rows)?);
+                |file, basis| {
+                    let mut rows = rows.to_vec();
+                    if basis == crate::format::staged::Basis::Spare {
+                        rows.extend(rows_behind.unwrap_or_default());
+                    }
+                    patched = Some(brick::patch_brick(file, &header, texture, &rows)?);
                     Ok(())
                 },
                 |w| brick::write_brick(w, &header, texture),
@@ -832,6 +856,7 @@ pub fn fold_bytes_reusing(
                     path: path.clone(),
                     file,
                 });
+                kept_brick_rows = prepared.brick_rows.clone();
             }
             records.push(("brick", Some(plan.brick_side)));
             entry.brick = path.file_name().map(|n| n.to_string_lossy().into_owned());
@@ -995,7 +1020,11 @@ pub fn fold_bytes_reusing(
         r.analysis = kept_analysis.filter(|_| keep).unwrap_or_default();
     }
     progress.stage("writing", records.len() as u64);
-    let written = staged.commit()?;
+    let (written, spares) = staged.commit_keeping_spares()?;
+    // A brick exchanged out of place lacks what this fold re-folded: kept for the next one.
+    if let Some(r) = reuse.as_mut() {
+        r.brick_spare = kept_brick_rows.and_then(|rows| Some((spares.into_iter().next()?, rows)));
+    }
     let outputs = written
         .into_iter()
         .zip(records)

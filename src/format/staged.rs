@@ -27,10 +27,43 @@ pub struct StagedOutputs {
     group: Option<u32>,
 }
 
+/// What earlier versions of an output left this process: see [`StagedOutputs::write_from_base`].
+#[derive(Default)]
+pub struct Earlier<'a> {
+    /// The last version, as this process wrote it, held open since.
+    pub last: Option<&'a File>,
+    /// The version before it, exchanged out of place by the last commit.
+    pub spare: Option<SpareFile>,
+    /// Whether a version written whole should be exchanged with `last` at commit, which
+    /// then stays as the next call's spare.
+    pub keep_spare: bool,
+}
+
+/// What a staged file began as, when not written whole.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Basis {
+    /// A clone of the last version (it lacks what changed since that version).
+    Clone,
+    /// The spare: the version before the last (it lacks what changed in the last two).
+    Spare,
+}
+
+/// The folder an output path is written into.
+fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
 /// One output waiting for [`StagedOutputs::commit`].
 enum Staged {
     /// A temporary sibling of the file it will be renamed to.
     File(DirTemporary, PathBuf),
+    /// A temporary that is exchanged with the file at its final name when that is still
+    /// `.2` (a file this process wrote), which then stays under the temporary's name as the
+    /// next event's [`SpareFile`]; else renamed over it like [`Staged::File`].
+    Exchange(DirTemporary, PathBuf, File),
     /// An unnamed temporary file copied to standard output at commit.
     Stdout(File),
 }
@@ -327,6 +360,42 @@ impl DirTemporary {
         ))
     }
 
+    /// Exchanges the temporary with the file at its final name when that is `partner` (the
+    /// same inode): the temporary's name then holds `partner`, returned as a [`SpareFile`].
+    /// When the final name holds anything else, or the file system cannot exchange, the
+    /// temporary is renamed over it as [`Self::rename_into_place`] does.
+    fn exchange_into_place(
+        mut self,
+        partner: File,
+    ) -> std::io::Result<(Option<OwnedFd>, Option<SpareFile>)> {
+        let at_final =
+            rustix::fs::statat(&self.folder, &self.final_name, AtFlags::SYMLINK_NOFOLLOW);
+        if at_final.is_ok_and(|st| same_inode(&st, &partner)) {
+            match rustix::fs::renameat_with(
+                &self.folder,
+                &self.temp_name,
+                &self.folder,
+                &self.final_name,
+                rustix::fs::RenameFlags::EXCHANGE,
+            ) {
+                Ok(()) => {
+                    self.file = partner;
+                    return Ok((None, Some(SpareFile { temp: self })));
+                }
+                // Not on this file system: replace it as usual.
+                Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.rename_into_place().map(|replaced| (replaced, None))
+    }
+
+    /// Whether the temporary's name still holds the file this value holds open.
+    fn name_holds_file(&self) -> bool {
+        rustix::fs::statat(&self.folder, &self.temp_name, AtFlags::SYMLINK_NOFOLLOW)
+            .is_ok_and(|st| same_inode(&st, &self.file))
+    }
+
     /// Renames the temporary over its final name. Returns a descriptor of the file it
     /// replaced, if any: its blocks are freed when the last descriptor closes, which the caller
     /// may leave to another thread (see [`release_replaced`]).
@@ -372,8 +441,79 @@ fn release_replaced(replaced: Vec<OwnedFd>) {
 
 impl Drop for DirTemporary {
     fn drop(&mut self) {
-        if !self.renamed {
+        // Only while the name still holds our file: whoever can write the folder may have put
+        // something else there, which is not ours to remove.
+        if !self.renamed && self.name_holds_file() {
             let _ = rustix::fs::unlinkat(&self.folder, &self.temp_name, AtFlags::empty());
+        }
+    }
+}
+
+/// Whether `st` (from `statat`) is the inode `file` holds open.
+fn same_inode(st: &rustix::fs::Stat, file: &File) -> bool {
+    rustix::fs::fstat(file).is_ok_and(|own| own.st_dev == st.st_dev && own.st_ino == st.st_ino)
+}
+
+/// An output this process wrote and later exchanged out of place: the version before the
+/// last, kept open under a temporary name beside the output it alternates with. Where the file
+/// system cannot clone (ext4, tmpfs), a watch brings it up to date in place, writing only what
+/// changed in the last two events, and exchanges it back: a 64 MiB brick then costs a few
+/// rows instead of a whole rewrite. It is removed when dropped (a watch that ends), unless
+/// its name now holds something else.
+pub struct SpareFile {
+    temp: DirTemporary,
+}
+
+impl SpareFile {
+    /// The output it alternates with.
+    pub fn final_name(&self) -> &std::ffi::OsStr {
+        &self.temp.final_name
+    }
+
+    /// Whether it may be rewritten in place: its name still holds it, it is `len` bytes, and no
+    /// other open file (a reader that opened the output before the exchange, or mapped it)
+    /// refers to it, which the kernel tells by granting a write lease only then. `None` when
+    /// it may not, else the lease, released when dropped: an open of the spare while it is
+    /// patched waits for that.
+    fn lease_if_unshared(&self, len: u64) -> Option<WriteLease> {
+        let file = &self.temp.file;
+        let sized = file.metadata().is_ok_and(|m| m.is_file() && m.len() == len);
+        if !sized || !self.temp.name_holds_file() {
+            return None;
+        }
+        WriteLease::take(file)
+    }
+}
+
+/// A write lease on a file this process holds open (see [`SpareFile`]), released when dropped.
+/// It holds the descriptor's number only: the file it was taken on outlives it.
+struct WriteLease {
+    fd: std::os::fd::RawFd,
+}
+
+/// `F_SETSIG` from Linux's `fcntl.h`, which the libc crate does not export for this target.
+const F_SETSIG: libc::c_int = 10;
+
+impl WriteLease {
+    fn take(file: &File) -> Option<Self> {
+        use std::os::fd::AsRawFd;
+        let fd = file.as_raw_fd();
+        // SAFETY: fcntl on a descriptor this process owns; F_SETSIG and F_SETLEASE change only
+        // how this open file is signalled and leased. An opener during the lease makes the
+        // kernel signal us: SIGURG, ignored by default (SIGIO, the default, ends a process).
+        let leased = unsafe {
+            libc::fcntl(fd, F_SETSIG, libc::SIGURG) == 0
+                && libc::fcntl(fd, libc::F_SETLEASE, libc::F_WRLCK) == 0
+        };
+        leased.then_some(WriteLease { fd })
+    }
+}
+
+impl Drop for WriteLease {
+    fn drop(&mut self) {
+        // SAFETY: as in `take`; releasing a lease this process holds.
+        unsafe {
+            libc::fcntl(self.fd, libc::F_SETLEASE, libc::F_UNLCK);
         }
     }
 }
@@ -487,19 +627,28 @@ impl StagedOutputs {
         Ok(())
     }
 
-    /// [`Self::write`] of content that differs from `base`'s only where `patch` writes it:
-    /// `base` is a descriptor this process kept of a file it wrote before (never a path
-    /// opened now), and `len` the new content's length. Where the file system shares blocks
-    /// between files (XFS, btrfs), the temporary starts as a clone of `base` and only the
-    /// changed bytes are written: a watch's 64 MiB brick costs a few row writes. Elsewhere
-    /// (ext4, tmpfs), or when `base` is not `len` bytes long, `write` writes it whole. Returns
-    /// a descriptor of the staged file, the next call's `base` (none for standard output).
+    /// [`Self::write`] of content that differs from an earlier version's only where `patch`
+    /// writes it. `earlier.last` is a descriptor this process kept of the version it wrote
+    /// last (never a path opened now), and `len` the new content's length.
+    ///
+    /// - Where the file system shares blocks between files (XFS, btrfs), the temporary starts
+    ///   as a clone of `last` and `patch(file, Basis::Clone)` writes the changed bytes: a
+    ///   watch's 64 MiB brick costs a few row writes.
+    /// - Elsewhere (ext4, tmpfs), `earlier.spare`, the version before the last (see
+    ///   [`SpareFile`]), is brought up to date in place by `patch(file, Basis::Spare)` (which
+    ///   must then write what changed since that version) when no one else has it open, and
+    ///   exchanged with the output at commit.
+    /// - Otherwise `write` writes it whole; with `earlier.keep_spare`, the commit then
+    ///   exchanges it with `last` rather than replacing it, so the next call has a spare.
+    ///
+    /// Returns a descriptor of the staged file, the next call's `last` (none for standard
+    /// output).
     pub fn write_from_base(
         &mut self,
         path: &Path,
-        base: Option<&File>,
+        earlier: Earlier<'_>,
         len: u64,
-        patch: impl FnOnce(&File) -> std::io::Result<()>,
+        patch: impl FnOnce(&File, Basis) -> std::io::Result<()>,
         write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
     ) -> Result<Option<File>> {
         check_output_file(path)?;
@@ -507,20 +656,53 @@ impl StagedOutputs {
             self.write_stdout(write)?;
             return Ok(None);
         }
+        let keep = |file: &File| {
+            file.try_clone()
+                .map_err(|e| Error::io(path, "keep a descriptor of", e))
+        };
+        if let (Some(spare), Some(last)) = (earlier.spare, earlier.last) {
+            let dir = parent_of(path);
+            let same_folder = open_confined_dir(dir).is_ok_and(|folder| {
+                rustix::fs::fstat(&folder).is_ok_and(|now| {
+                    rustix::fs::fstat(&spare.temp.folder)
+                        .is_ok_and(|then| (now.st_dev, now.st_ino) == (then.st_dev, then.st_ino))
+                })
+            });
+            let leased = (same_folder && Some(spare.final_name()) == path.file_name())
+                .then(|| spare.lease_if_unshared(len))
+                .flatten();
+            if let Some(lease) = leased {
+                let patched = patch(&spare.temp.file, Basis::Spare);
+                drop(lease);
+                patched.map_err(|e| Error::io(path, "write", e))?;
+                let (file, partner) = (keep(&spare.temp.file)?, keep(last)?);
+                self.staged
+                    .push(Staged::Exchange(spare.temp, path.to_path_buf(), partner));
+                return Ok(Some(file));
+            }
+            // Not usable (someone has it open, or it is not what we left): it is removed here,
+            // and this version is written whole.
+        }
+        let mut cloned = false;
         let file = self.stage_file(path, |file| {
-            let cloned = base.is_some_and(|base| {
-                base.metadata().is_ok_and(|m| m.is_file() && m.len() == len)
-                    && rustix::fs::ioctl_ficlone(file, base).is_ok()
+            cloned = earlier.last.is_some_and(|last| {
+                last.metadata().is_ok_and(|m| m.is_file() && m.len() == len)
+                    && rustix::fs::ioctl_ficlone(file, last).is_ok()
             });
             if cloned {
-                patch(file)
+                patch(file, Basis::Clone)
             } else {
                 write_buffered(file, write)
             }
         })?;
-        file.try_clone()
-            .map(Some)
-            .map_err(|e| Error::io(path, "keep a descriptor of", e))
+        let file = keep(file)?;
+        if let (false, true, Some(last)) = (cloned, earlier.keep_spare, earlier.last) {
+            let partner = keep(last)?;
+            if let Some(Staged::File(temp, path)) = self.staged.pop() {
+                self.staged.push(Staged::Exchange(temp, path, partner));
+            }
+        }
+        Ok(Some(file))
     }
 
     /// Creates the temporary for `path`, fills it with `fill` and stages it; returns it.
@@ -529,10 +711,7 @@ impl StagedOutputs {
         path: &Path,
         fill: impl FnOnce(&File) -> std::io::Result<()>,
     ) -> Result<&File> {
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
+        let dir = parent_of(path);
         create_dir_all(dir)?;
         let name = path.file_name().map(OsString::from).unwrap_or_default();
         let folder = open_confined_dir(dir)?;
@@ -577,13 +756,21 @@ impl StagedOutputs {
     /// Paths staged so far, in order (`-` for standard output).
     pub fn paths(&self) -> impl Iterator<Item = &Path> {
         self.staged.iter().map(|s| match s {
-            Staged::File(_, p) => p.as_path(),
+            Staged::File(_, p) | Staged::Exchange(_, p, _) => p.as_path(),
             Staged::Stdout(_) => Path::new(STDOUT),
         })
     }
 
     /// Renames every staged file into place, in the order they were written.
     pub fn commit(self) -> Result<Vec<WrittenFile>> {
+        // Spares nobody asked to keep are removed as they drop.
+        self.commit_keeping_spares().map(|(written, _)| written)
+    }
+
+    /// [`Self::commit`], returning the [`SpareFile`]s the exchanges left (see
+    /// [`Self::write_from_base`]).
+    pub fn commit_keeping_spares(self) -> Result<(Vec<WrittenFile>, Vec<SpareFile>)> {
+        let mut spares = Vec::new();
         let mut written = Vec::with_capacity(self.staged.len());
         // A target may have been swapped for a device since the work began: check them all
         // before the first rename, so the set lands whole or not at all.
@@ -592,8 +779,9 @@ impl StagedOutputs {
         }
         let mut replaced = Vec::new();
         for staged in self.staged {
-            let (temp, path) = match staged {
-                Staged::File(temp, path) => (temp, path),
+            let (temp, path, partner) = match staged {
+                Staged::File(temp, path) => (temp, path, None),
+                Staged::Exchange(temp, path, partner) => (temp, path, Some(partner)),
                 Staged::Stdout(file) => {
                     written.push(copy_to_stdout(file)?);
                     continue;
@@ -604,14 +792,17 @@ impl StagedOutputs {
                 .metadata()
                 .map_err(|e| Error::io(&path, "stat", e))?
                 .len();
-            replaced.extend(
-                temp.rename_into_place()
-                    .map_err(|e| Error::io(&path, "rename into place", e))?,
-            );
+            let placed = match partner {
+                Some(partner) => temp.exchange_into_place(partner),
+                None => temp.rename_into_place().map(|replaced| (replaced, None)),
+            };
+            let (old, spare) = placed.map_err(|e| Error::io(&path, "rename into place", e))?;
+            replaced.extend(old);
+            spares.extend(spare);
             written.push(WrittenFile { path, bytes });
         }
         release_replaced(replaced);
-        Ok(written)
+        Ok((written, spares))
     }
 }
 

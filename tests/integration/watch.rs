@@ -292,6 +292,10 @@ fn check_page_level_refold(backend: &str, root: Option<&Path>) {
         .unwrap();
     let e = w.refold_of(&sha(&log), 60);
     assert_eq!(e["refolded"]["pages"], 3, "{backend}: {e}");
+    // Without shared blocks, the brick before the last (kept under a temporary name) was
+    // brought up to date: the rows of both edits, not the whole brick.
+    let written = e["refolded"]["brick_bytes_written"].as_u64().unwrap();
+    assert!(written < whole / 8, "{backend}: {written} bytes: {e}");
     assert_outputs_match_a_fresh_fold(&file, &out);
     assert_diff_matches_a_fresh_diff(&before, &log, "app.log", &out);
 
@@ -344,6 +348,75 @@ crate::harness::gpu_leg! {
     fn gpu_an_edit_refolds_only_its_pages_and_the_outputs_match_a_fresh_fold() {
         check_page_level_refold("gpu", None);
     }
+}
+
+/// Temporaries (`.NAME.XXXXXX.tmp`) in `dir`: a watch's spare brick among them.
+fn temporaries_in(dir: &Path) -> Vec<String> {
+    crate::harness::names_in(dir)
+        .into_iter()
+        .filter(|n| n.starts_with('.') && n.ends_with(".tmp"))
+        .collect()
+}
+
+/// Where files cannot share blocks (ext4, tmpfs), each brick a watch writes is the one before
+/// the last, brought up to date in place and exchanged with the output. Not while a reader
+/// holds that file open: then the brick is written whole, and the reader's copy never changes.
+#[test]
+fn without_shared_blocks_a_watch_patches_the_brick_before_the_last_unless_it_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    if shares_blocks(dir.path()) {
+        eprintln!("skipped: the temporary folder shares blocks, so bricks are cloned instead");
+        return;
+    }
+    let file = dir.path().join("app.log");
+    let mut log: Vec<u8> = (0..)
+        .flat_map(|i| format!("line {i} of the watched log\n").into_bytes())
+        .take(5 << 20)
+        .collect();
+    std::fs::write(&file, &log).unwrap();
+    let out = dir.path().join("out");
+    let brick = out.join("app.log.brick");
+    let w = Watch::start_on("cpu", &[&file], &out, &[]);
+    w.refold_of(&sha(&log), 60);
+    let whole = 132 + 4096 * 4096 * 4;
+    let mut edit = |at: usize| {
+        use std::os::unix::fs::FileExt;
+        log[at] ^= 0x20;
+        let handle = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+        handle.write_all_at(&log[at..at + 1], at as u64).unwrap();
+        drop(handle);
+        let e = w.refold_of(&sha(&log), 60);
+        assert_outputs_match_a_fresh_fold(&file, &out);
+        e["refolded"]["brick_bytes_written"].as_u64().unwrap()
+    };
+    // The first edit has no spare yet: whole. The old brick stays as the spare.
+    assert_eq!(edit(2_500_000), whole);
+    assert_eq!(temporaries_in(&out).len(), 1, "{:?}", temporaries_in(&out));
+    // The second brings the spare up to date: the header and the two edited 64-row tiles.
+    let second = edit(1_000_000);
+    assert!(
+        (132 + 64 * 16384..=132 + 2 * 64 * 16384).contains(&second),
+        "{second}"
+    );
+    // A reader opens the brick now and holds it. The next edit patches the other file; the
+    // one after would patch the reader's, so it is written whole instead.
+    let mut reader = std::fs::File::open(&brick).unwrap();
+    let read_then = std::fs::read(&brick).unwrap();
+    assert!(edit(4_000_000) < whole / 8);
+    assert_eq!(edit(100_000), whole, "the reader's file is not rewritten");
+    use std::io::Read;
+    let mut read_now = Vec::new();
+    reader.read_to_end(&mut read_now).unwrap();
+    assert!(read_now == read_then, "the reader's brick changed under it");
+    drop(reader);
+    // Free again: patched.
+    assert!(edit(3_000_000) < whole / 8);
+    drop(w);
+    assert_eq!(
+        temporaries_in(&out),
+        Vec::<String>::new(),
+        "the spare is removed"
+    );
 }
 
 /// Whether files in `dir` can share blocks (FICLONE works there: XFS, btrfs; not ext4).
