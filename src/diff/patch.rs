@@ -812,8 +812,16 @@ impl<'a> StreamingPatch<'a> {
                     let (mut at, end) = (offset, offset + len);
                     while at < end {
                         let n = PIECE.min((end - at) as usize);
-                        a.read_exact_at(&mut buffer[..n], at)
-                            .map_err(|e| Error::io(a_path, "read", e))?;
+                        a.read_exact_at(&mut buffer[..n], at).map_err(|e| {
+                            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                                Error::malformed(
+                                    a_path,
+                                    format!("changed while the patch was applied: it ended before byte {}", at + n as u64),
+                                )
+                            } else {
+                                Error::io(a_path, "read", e)
+                            }
+                        })?;
                         hasher.update(&buffer[..n]);
                         out.write_all(&buffer[..n])
                             .map_err(|e| Error::io(out_path, "write", e))?;

@@ -100,12 +100,17 @@ pub fn delta_order(a_len: usize, b_len: usize) -> u32 {
 /// The side of each half of `delta.png`: the side asked for, but never more pixels than the
 /// curve has cells at `order` (one byte each), since a larger picture only repeats pixels:
 /// a 150 KB `ls` is drawn 512 pixels a side, not 1024, and its diff takes half the time.
+/// Tiny inputs still get [`MIN_CAPPED_SIDE`], where the legend reads.
 pub fn delta_side(requested: u32, order: u32) -> u32 {
     let cells_side = 1u32 << order.min(31);
     requested
-        .min(cells_side)
+        .min(cells_side.max(MIN_CAPPED_SIDE))
         .max(*preview::PREVIEW_SIDES.start())
 }
+
+/// The smallest side [`delta_side`] lowers a requested side to: the legend wraps to the
+/// picture's width and reads from 128 pixels up.
+const MIN_CAPPED_SIDE: u32 = 128;
 
 /// One side of the delta: its bytes dimmed, the ranges' cells at `span(range)` tinted by kind,
 /// rings around small changes, and `regions` outlined.

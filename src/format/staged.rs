@@ -470,18 +470,23 @@ impl SpareFile {
         &self.temp.final_name
     }
 
-    /// Whether it may be rewritten in place: its name still holds it, it is `len` bytes, and no
-    /// other open file (a reader that opened the output before the exchange, or mapped it)
-    /// refers to it, which the kernel tells by granting a write lease only then. `None` when
-    /// it may not, else the lease, released when dropped: an open of the spare while it is
-    /// patched waits for that.
+    /// Whether it may be rewritten in place: its name still holds it, it is `len` bytes, no
+    /// other name links to it (a backup made with `ln` or `cp -al` must keep the version it
+    /// linked), and no other open file (a reader that opened the output before the exchange,
+    /// or mapped it) refers to it, which the kernel tells by granting a write lease only
+    /// then. `None` when it may not, else the lease, released when dropped: an open of the
+    /// spare while it is patched waits for that. A link made after the check can only be to
+    /// the temporary name, while the file is ours alone.
     fn lease_if_unshared(&self, len: u64) -> Option<WriteLease> {
+        use std::os::unix::fs::MetadataExt;
         let file = &self.temp.file;
-        let sized = file.metadata().is_ok_and(|m| m.is_file() && m.len() == len);
-        if !sized || !self.temp.name_holds_file() {
+        let alone = |m: &std::fs::Metadata| m.is_file() && m.len() == len && m.nlink() == 1;
+        if !file.metadata().is_ok_and(|m| alone(&m)) || !self.temp.name_holds_file() {
             return None;
         }
-        WriteLease::take(file)
+        let lease = WriteLease::take(file)?;
+        // Checked again under the lease: a link made before it was taken counts too.
+        file.metadata().is_ok_and(|m| alone(&m)).then_some(lease)
     }
 }
 

@@ -672,6 +672,21 @@ fn delta_png_of_a_small_file_is_one_pixel_a_byte_not_the_default_side() {
         "64",
     ]);
     assert_eq!(pixels(&small.join("delta.png")).1, 64 + 8 + 64);
+    // A few bytes still get 128 pixels a side, where the legend reads.
+    let (tiny_a, tiny_b) = (dir.path().join("tiny_a"), dir.path().join("tiny_b"));
+    std::fs::write(&tiny_a, b"seventeen bytes!!").unwrap();
+    std::fs::write(&tiny_b, b"").unwrap();
+    let tiny = dir.path().join("tiny");
+    ok_json(&[
+        "diff",
+        s(&tiny_a),
+        s(&tiny_b),
+        "-o",
+        s(&tiny),
+        "--backend",
+        "cpu",
+    ]);
+    assert_eq!(pixels(&tiny.join("delta.png")).1, 128 + 8 + 128);
 }
 
 /// `value` as an FGP2 varint.

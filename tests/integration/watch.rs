@@ -411,6 +411,17 @@ fn without_shared_blocks_a_watch_patches_the_brick_before_the_last_unless_it_is_
     drop(reader);
     // Free again: patched.
     assert!(edit(3_000_000) < whole / 8);
+    // A hard link (a backup made with `ln`) keeps the version it linked: that file is not
+    // patched as the spare, so the brick after next is written whole.
+    let linked = dir.path().join("backup.brick");
+    std::fs::hard_link(&brick, &linked).unwrap();
+    let linked_then = std::fs::read(&linked).unwrap();
+    assert!(edit(1_500_000) < whole / 8);
+    assert_eq!(edit(2_000_000), whole, "the linked file is not rewritten");
+    assert!(
+        std::fs::read(&linked).unwrap() == linked_then,
+        "the backup changed"
+    );
     drop(w);
     assert_eq!(
         temporaries_in(&out),
