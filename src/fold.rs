@@ -488,6 +488,21 @@ fn plan_parts(len: u64, opts: &FoldOptions, notes: &mut Vec<String>) -> Vec<Part
         .collect()
 }
 
+/// The textures `fold` makes of `len` bytes with `opts`: each part's byte range, with the sides
+/// of its `.brick` and its `.rts.png` (what `locate` maps offsets on for an input not folded yet).
+pub fn planned_parts(len: u64, opts: &FoldOptions) -> Vec<(std::ops::Range<u64>, u32, u32)> {
+    plan_parts(len, opts, &mut Vec::new())
+        .into_iter()
+        .map(|p| {
+            (
+                p.range.start as u64..p.range.end as u64,
+                p.brick_side,
+                p.rts_side,
+            )
+        })
+        .collect()
+}
+
 /// Folds the file at `input` into the outputs `target` names.
 pub fn fold_file(
     backend: &Backend,

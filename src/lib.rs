@@ -31,6 +31,7 @@ pub mod fold;
 pub mod format;
 pub mod kernels;
 pub mod llm;
+pub mod locate;
 pub mod map;
 pub mod policy;
 pub mod process_memory;

@@ -128,7 +128,7 @@ fn decode_verified(backend: &Backend, path: &Path) -> Result<(Vec<u8>, [u8; 32])
     Ok((bytes, sha))
 }
 
-fn elf_sections(bytes: &[u8]) -> Vec<NamedRange> {
+pub(crate) fn elf_sections(bytes: &[u8]) -> Vec<NamedRange> {
     use object::{Object, ObjectSection};
     let Ok(file) = object::File::parse(bytes) else {
         return Vec::new();
@@ -162,92 +162,137 @@ fn read_json(path: &Path) -> Result<Value> {
     serde_json::from_slice(&text).map_err(|e| Error::malformed(path, format!("not JSON: {e}")))
 }
 
-fn load_district(backend: &Backend, dir: &Path) -> Result<Side> {
-    let index_path = dir.join("district.json");
-    let index = read_json(&index_path)?;
-    let parts = index["parts_index"]
-        .as_str()
-        .ok_or_else(|| Error::malformed(&index_path, "has no parts_index"))?;
-    let parts_path = dir.join(parts);
-    let (bytes, sha) = decode_verified(backend, &parts_path)?;
-    let mut regions = Vec::new();
-    let mut members = BTreeMap::new();
-    for f in index["files"].as_array().into_iter().flatten() {
-        let (Some(name), Some(start), Some(size)) =
-            (f["path"].as_str(), f["offset"].as_u64(), f["size"].as_u64())
-        else {
-            return Err(Error::malformed(
-                &index_path,
-                format!("file entry without path/offset/size: {f}"),
-            ));
-        };
-        let end = start.checked_add(size).ok_or_else(|| {
-            Error::malformed(
-                &index_path,
-                format!("file entry {name:?} ends past 2^64 (offset {start}, size {size})"),
-            )
-        })?;
-        regions.push(NamedRange {
-            name: name.into(),
-            start,
-            end,
-        });
-        members.insert(
-            name.to_string(),
-            f["sha256"].as_str().unwrap_or_default().to_string(),
-        );
+/// A tree snapshot's table (`DIR/district.json`): the file holding its bytes (a parts
+/// index), where each file lies in them, and each file's SHA-256 by path.
+pub(crate) struct DistrictTable {
+    pub index_path: PathBuf,
+    pub parts_path: PathBuf,
+    pub files: Vec<NamedRange>,
+    pub members: BTreeMap<String, String>,
+}
+
+impl DistrictTable {
+    pub(crate) fn read(dir: &Path) -> Result<Self> {
+        let index_path = dir.join("district.json");
+        let index = read_json(&index_path)?;
+        let parts = index["parts_index"]
+            .as_str()
+            .ok_or_else(|| Error::malformed(&index_path, "has no parts_index"))?;
+        let parts_path = dir.join(parts);
+        let mut files = Vec::new();
+        let mut members = BTreeMap::new();
+        for f in index["files"].as_array().into_iter().flatten() {
+            let (Some(name), Some(start), Some(size)) =
+                (f["path"].as_str(), f["offset"].as_u64(), f["size"].as_u64())
+            else {
+                return Err(Error::malformed(
+                    &index_path,
+                    format!("file entry without path/offset/size: {f}"),
+                ));
+            };
+            let end = start.checked_add(size).ok_or_else(|| {
+                Error::malformed(
+                    &index_path,
+                    format!("file entry {name:?} ends past 2^64 (offset {start}, size {size})"),
+                )
+            })?;
+            files.push(NamedRange {
+                name: name.into(),
+                start,
+                end,
+            });
+            members.insert(
+                name.to_string(),
+                f["sha256"].as_str().unwrap_or_default().to_string(),
+            );
+        }
+        Ok(DistrictTable {
+            index_path,
+            parts_path,
+            files,
+            members,
+        })
     }
+}
+
+fn load_district(backend: &Backend, dir: &Path) -> Result<Side> {
+    let table = DistrictTable::read(dir)?;
+    let (bytes, sha) = decode_verified(backend, &table.parts_path)?;
     Ok(Side {
-        regions,
-        members: Some(members),
-        output_mode: crate::policy::output_mode_of(&index_path)
-            & crate::policy::output_mode_of(&parts_path),
+        regions: table.files,
+        members: Some(table.members),
+        output_mode: crate::policy::output_mode_of(&table.index_path)
+            & crate::policy::output_mode_of(&table.parts_path),
         ..Side::from_bytes(dir, "district", bytes, Some(sha))
     })
 }
 
-fn load_memory(backend: &Backend, dir: &Path) -> Result<Side> {
-    let table_path = dir.join("regions.json");
-    let table = read_json(&table_path)?;
-    let district = table["district"]
-        .as_str()
-        .ok_or_else(|| Error::malformed(&table_path, "has no district"))?;
-    let (bytes, sha) = decode_verified(backend, &dir.join(district))?;
-    let mut regions = Vec::new();
-    let mut members = BTreeMap::new();
-    for r in table["regions"].as_array().into_iter().flatten() {
-        let key = format!(
-            "{:x}-{:x} {} {}",
-            r["start"].as_u64().unwrap_or(0),
-            r["end"].as_u64().unwrap_or(0),
-            r["perms"].as_str().unwrap_or(""),
-            r["path"].as_str().unwrap_or("")
-        );
-        if let (Some(offset), Some(start), Some(end)) = (
-            r["district_offset"].as_u64(),
-            r["start"].as_u64(),
-            r["end"].as_u64(),
-        ) {
-            let region_end = end
-                .checked_sub(start)
-                .and_then(|len| offset.checked_add(len))
-                .ok_or_else(|| {
-                    Error::malformed(
-                        &table_path,
-                        format!("region {key} has start past end or ends past 2^64"),
-                    )
-                })?;
-            regions.push(NamedRange {
-                name: key.clone(),
-                start: offset,
-                end: region_end,
-            });
+/// A memory snapshot's table (`DIR/regions.json`): the file holding the read pages, and
+/// each mapping: where its pages lie in that file and the address they were read at.
+pub(crate) struct MemoryTable {
+    pub district_path: PathBuf,
+    /// Each read mapping as `START-END PERMS PATH` over its bytes in the district, with the
+    /// virtual address of its first byte.
+    pub mappings: Vec<(NamedRange, u64)>,
+    pub members: BTreeMap<String, String>,
+}
+
+impl MemoryTable {
+    pub(crate) fn read(dir: &Path) -> Result<Self> {
+        let table_path = dir.join("regions.json");
+        let table = read_json(&table_path)?;
+        let district = table["district"]
+            .as_str()
+            .ok_or_else(|| Error::malformed(&table_path, "has no district"))?;
+        let mut mappings = Vec::new();
+        let mut members = BTreeMap::new();
+        for r in table["regions"].as_array().into_iter().flatten() {
+            let key = format!(
+                "{:x}-{:x} {} {}",
+                r["start"].as_u64().unwrap_or(0),
+                r["end"].as_u64().unwrap_or(0),
+                r["perms"].as_str().unwrap_or(""),
+                r["path"].as_str().unwrap_or("")
+            );
+            if let (Some(offset), Some(start), Some(end)) = (
+                r["district_offset"].as_u64(),
+                r["start"].as_u64(),
+                r["end"].as_u64(),
+            ) {
+                let region_end = end
+                    .checked_sub(start)
+                    .and_then(|len| offset.checked_add(len))
+                    .ok_or_else(|| {
+                        Error::malformed(
+                            &table_path,
+                            format!("region {key} has start past end or ends past 2^64"),
+                        )
+                    })?;
+                mappings.push((
+                    NamedRange {
+                        name: key.clone(),
+                        start: offset,
+                        end: region_end,
+                    },
+                    start,
+                ));
+            }
+            members.insert(key, r["sha256"].as_str().unwrap_or_default().to_string());
         }
-        members.insert(key, r["sha256"].as_str().unwrap_or_default().to_string());
+        Ok(MemoryTable {
+            district_path: dir.join(district),
+            mappings,
+            members,
+        })
     }
+}
+
+fn load_memory(backend: &Backend, dir: &Path) -> Result<Side> {
+    let table = MemoryTable::read(dir)?;
+    let (bytes, sha) = decode_verified(backend, &table.district_path)?;
     Ok(Side {
-        regions,
-        members: Some(members),
+        regions: table.mappings.into_iter().map(|(range, _)| range).collect(),
+        members: Some(table.members),
         ..Side::from_bytes(dir, "memory", bytes, Some(sha))
     })
 }

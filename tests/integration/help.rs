@@ -4,7 +4,7 @@
 use crate::harness::s;
 use std::process::Command;
 
-const COMMANDS: [&str; 16] = [
+const COMMANDS: [&str; 17] = [
     "fold",
     "snapshot",
     "mem",
@@ -15,6 +15,7 @@ const COMMANDS: [&str; 16] = [
     "watch",
     "diff",
     "patch",
+    "locate",
     "unfold",
     "info",
     "preview",

@@ -19,6 +19,7 @@ mod least_privilege;
 mod llm_real;
 mod llm_security;
 mod llm_standin;
+mod locate;
 mod map;
 mod memory;
 mod policy;

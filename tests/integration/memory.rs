@@ -79,6 +79,20 @@ fn a_known_pattern_is_found_at_the_reported_place_on(backend: &Backend) {
     fold::unfold_file(&Backend::Cpu, &report.parts_index, &whole, &Silent).unwrap();
     let bytes = std::fs::read(&whole).unwrap();
     assert_eq!(&bytes[at..at + PATTERN.len()], PATTERN);
+    // `locate` names the mapping and the address of that district byte.
+    let located = foundry_gpu::locate::locate(
+        report.regions.parent().unwrap(),
+        foundry_gpu::locate::Query::Offset(at as u64),
+    )
+    .unwrap();
+    assert_eq!(located.kind, "memory");
+    let mapping = located
+        .holders
+        .iter()
+        .find(|h| h.kind == "mapping")
+        .expect("a mapping holds the byte");
+    assert_eq!(mapping.address, Some(address));
+    assert_eq!(mapping.offset_inside, inside as u64);
     // In the mapping's own brick, at address - start.
     let brick = fold::decode(&Backend::Cpu, &out.join(region["brick"].as_str().unwrap())).unwrap();
     assert_eq!(&brick.bytes[inside..inside + PATTERN.len()], PATTERN);

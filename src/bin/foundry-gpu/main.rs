@@ -63,6 +63,33 @@ struct Global {
     publish_private: bool,
 }
 
+/// Which texture `locate --pixel` reads.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LocateLayout {
+    Brick,
+    #[value(name = "rts-png")]
+    RtsPng,
+}
+
+/// `--offset`: decimal, or hexadecimal after `0x`.
+fn parse_offset(text: &str) -> Result<u64, String> {
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|e| format!("{text:?} is not an offset (decimal, or hex with 0x): {e}"))
+}
+
+/// `--pixel X,Y`.
+fn parse_pixel(text: &str) -> Result<(u32, u32), String> {
+    let bad = || format!("{text:?} is not a pixel: give X,Y (e.g. 100,37)");
+    let (x, y) = text.split_once(',').ok_or_else(bad)?;
+    Ok((
+        x.trim().parse().map_err(|_| bad())?,
+        y.trim().parse().map_err(|_| bad())?,
+    ))
+}
+
 /// What `fold X -o -` writes to standard output.
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum StreamFormat {
@@ -292,6 +319,26 @@ Types: convert_binary, convert_directory, crystallize_system, analyze_system (lo
         live: LiveArgs,
         #[command(flatten)]
         engine: EngineArgs,
+    },
+    /// Where a byte of an input lands in its textures, or which bytes a pixel holds, and what holds them.
+    #[command(
+        after_help = "Examples:\n  foundry-gpu locate /usr/bin/ls --offset 0x4020\n  foundry-gpu locate out/ls.brick --pixel 100,37\n  foundry-gpu locate out/big.parts.json --offset 300000000 --json\n  foundry-gpu locate snap/ --offset 123456        # which file holds this byte of the district\n  foundry-gpu locate mem/000/ --pixel 5,9 --layout rts-png\n\nA plain file is mapped as `fold` with default options would fold it, and its ELF sections are named. A .brick pixel holds one byte; a .rts.png pixel four (channels R, G, B, A in order)."
+    )]
+    Locate {
+        /// A file, .brick, .rts.png, parts index, tree snapshot folder or memory snapshot folder.
+        input: PathBuf,
+        /// A byte offset of the input: decimal, or hex with 0x.
+        #[arg(long, value_parser = parse_offset, conflicts_with = "pixel", required_unless_present = "pixel")]
+        offset: Option<u64>,
+        /// A pixel X,Y of one texture (see --layout and --part).
+        #[arg(long, value_parser = parse_pixel)]
+        pixel: Option<(u32, u32)>,
+        /// With --pixel, which texture: the .brick's (the default where there is one) or the .rts.png's.
+        #[arg(long, value_enum)]
+        layout: Option<LocateLayout>,
+        /// With --pixel, the part of an input split into parts.
+        #[arg(long, default_value_t = 0)]
+        part: usize,
     },
     /// Compare two states: files, bricks/.rts.png, tree snapshots or memory snapshots.
     #[command(
@@ -1538,6 +1585,34 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 print_diff(&report);
             }
         }
+        Command::Locate {
+            input,
+            offset,
+            pixel,
+            layout,
+            part,
+        } => {
+            let query = match (offset, pixel) {
+                (Some(offset), _) => foundry_gpu::locate::Query::Offset(offset),
+                (None, Some((x, y))) => foundry_gpu::locate::Query::Pixel {
+                    x,
+                    y,
+                    layout: layout.map(|l| match l {
+                        LocateLayout::Brick => foundry_gpu::kernels::Layout::Brick,
+                        LocateLayout::RtsPng => foundry_gpu::kernels::Layout::Rts,
+                    }),
+                    part,
+                },
+                (None, None) => unreachable!("clap requires --offset or --pixel"),
+            };
+            let report = foundry_gpu::locate::locate(&input, query)?;
+            drop(bar);
+            if global.json {
+                print_json(&report);
+            } else {
+                print_locate(&report);
+            }
+        }
         Command::Patch {
             a, patch, output, ..
         } => {
@@ -1780,6 +1855,58 @@ fn print_semantic(semantic: &serde_json::Value) {
             "  llm        {status}: {}",
             llm["reason"].as_str().unwrap_or("no reason given")
         ),
+    }
+}
+
+fn print_locate(r: &foundry_gpu::locate::LocateReport) {
+    let what = if r.end == r.start + 1 {
+        format!("byte {} (0x{:x})", r.start, r.start)
+    } else if r.end > r.start {
+        format!(
+            "bytes {}..{} (0x{:x}..0x{:x})",
+            r.start, r.end, r.start, r.end
+        )
+    } else {
+        "padding (no byte of the input)".to_string()
+    };
+    println!(
+        "{} ({}, {}): {what}",
+        r.input.display(),
+        r.kind,
+        human_bytes(r.size)
+    );
+    for p in &r.placements {
+        let t = &p.texture;
+        let name = t.file.as_ref().map_or_else(
+            || match t.layout {
+                foundry_gpu::kernels::Layout::Brick => "the .brick fold writes".to_string(),
+                foundry_gpu::kernels::Layout::Rts => "the .rts.png fold writes".to_string(),
+            },
+            |f| f.display().to_string(),
+        );
+        let channel = match t.layout {
+            foundry_gpu::kernels::Layout::Rts => {
+                format!(", channel {}", ["R", "G", "B", "A"][usize::from(p.channel)])
+            }
+            foundry_gpu::kernels::Layout::Brick => String::new(),
+        };
+        println!(
+            "  {name} (part {}, {}x{}): pixel {},{}{channel}",
+            t.part, t.side, t.side, p.x, p.y
+        );
+    }
+    for h in &r.holders {
+        let address = h
+            .address
+            .map_or(String::new(), |a| format!(", address 0x{a:x}"));
+        println!(
+            "  in {} {} [0x{:x}, 0x{:x}), {} bytes in{address}",
+            h.kind.replace('_', " "),
+            h.name,
+            h.start,
+            h.end,
+            h.offset_inside
+        );
     }
 }
 

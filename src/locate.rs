@@ -1,0 +1,417 @@
+//! `foundry-gpu locate`: where a byte of an input lands in its textures (part, pixel, channel),
+//! which bytes a pixel holds, and what holds them (the file of a tree snapshot, the mapping of
+//! a memory snapshot, the ELF section of a binary).
+
+use crate::curve::{d2xy, xy2d};
+use crate::diff::{DistrictTable, MemoryTable, NamedRange};
+use crate::error::{Error, Result};
+use crate::format::{brick, parts::PartsIndex, rts_png, FileKind};
+use crate::kernels::Layout;
+use serde::Serialize;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// What to look up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Query {
+    /// A byte offset of the input (the whole input, across parts).
+    Offset(u64),
+    /// A pixel of one texture: of `part` (0 for a single texture), in `layout` (by default
+    /// the `.brick`'s where the input has one, else the `.rts.png`'s).
+    Pixel {
+        x: u32,
+        y: u32,
+        layout: Option<Layout>,
+        part: usize,
+    },
+}
+
+/// One texture of an input: a `.brick` or `.rts.png`, existing or as `fold` would make it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Texture {
+    /// The file, or `None` for a texture `fold` would write (a plain input).
+    pub file: Option<PathBuf>,
+    #[serde(serialize_with = "layout_name")]
+    pub layout: Layout,
+    /// Index among the input's parts.
+    pub part: usize,
+    /// Input bytes `[start, end)` this texture holds.
+    pub start: u64,
+    pub end: u64,
+    /// Side in pixels.
+    pub side: u32,
+}
+
+fn layout_name<S: serde::Serializer>(
+    layout: &Layout,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(match layout {
+        Layout::Brick => "brick",
+        Layout::Rts => "rts_png",
+    })
+}
+
+/// Where a byte lies in one texture.
+#[derive(Clone, Debug, Serialize)]
+pub struct Placement {
+    #[serde(flatten)]
+    pub texture: Texture,
+    pub x: u32,
+    pub y: u32,
+    /// The colour channel holding the byte (0 red .. 3 alpha): a `.rts.png` pixel holds four
+    /// bytes, a `.brick` pixel one (in all four channels).
+    pub channel: u8,
+}
+
+/// Something the input is made of that holds the byte.
+#[derive(Clone, Debug, Serialize)]
+pub struct Holder {
+    /// `file` (tree snapshot), `mapping` (memory snapshot) or `elf_section`.
+    pub kind: &'static str,
+    pub name: String,
+    /// Its bytes in the input.
+    pub start: u64,
+    pub end: u64,
+    /// For a mapping: the virtual address of the byte looked up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<u64>,
+    /// The byte's offset inside it.
+    pub offset_inside: u64,
+}
+
+/// `foundry-gpu locate`'s answer.
+#[derive(Clone, Debug, Serialize)]
+pub struct LocateReport {
+    pub input: PathBuf,
+    /// `file`, `brick`, `rts_png`, `parts`, `snapshot` or `memory`.
+    pub kind: &'static str,
+    /// Bytes of the input.
+    pub size: u64,
+    /// The input bytes `[start, end)` the query names: one byte for an offset, a pixel's
+    /// bytes for a pixel (fewer where the pixel is partly padding, none where it is all).
+    pub start: u64,
+    pub end: u64,
+    /// Where the first of those bytes lies in each texture that holds it.
+    pub placements: Vec<Placement>,
+    /// What holds the first of them, outermost first.
+    pub holders: Vec<Holder>,
+}
+
+/// An input's textures and the named ranges of its bytes.
+struct Layouts {
+    kind: &'static str,
+    size: u64,
+    textures: Vec<Texture>,
+    holders: Vec<(NamedRange, &'static str, Option<u64>)>,
+}
+
+/// Answers `query` for `path`: a plain file (mapped as `fold` with default options would
+/// fold it), a `.brick`, a `.rts.png`, a parts index, a tree snapshot folder (`district.json`)
+/// or a memory snapshot folder (`regions.json`).
+pub fn locate(path: &Path, query: Query) -> Result<LocateReport> {
+    let layouts = layouts_of(path)?;
+    let (start, end) = match query {
+        Query::Offset(offset) => {
+            if offset >= layouts.size {
+                return Err(Error::Usage(format!(
+                    "offset {offset} is past the end of {} ({} bytes)",
+                    path.display(),
+                    layouts.size
+                )));
+            }
+            (offset, offset + 1)
+        }
+        Query::Pixel { x, y, layout, part } => pixel_bytes(path, &layouts, x, y, layout, part)?,
+    };
+    let placements = if start < end {
+        layouts
+            .textures
+            .iter()
+            .filter(|t| (t.start..t.end).contains(&start))
+            .map(|t| place(t, start))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let holders = if start < end {
+        holders_of(&layouts, start)
+    } else {
+        Vec::new()
+    };
+    Ok(LocateReport {
+        input: path.to_path_buf(),
+        kind: layouts.kind,
+        size: layouts.size,
+        start,
+        end,
+        placements,
+        holders,
+    })
+}
+
+/// The pixel `(x, y)` of `offset`, a byte inside `texture`.
+fn place(texture: &Texture, offset: u64) -> Placement {
+    let local = offset - texture.start;
+    let bpp = texture.layout.bytes_per_pixel() as u64;
+    let (x, y) = d2xy(texture.side.trailing_zeros(), local / bpp);
+    Placement {
+        texture: texture.clone(),
+        x,
+        y,
+        channel: (local % bpp) as u8,
+    }
+}
+
+/// The input bytes the pixel `(x, y)` of one texture holds.
+fn pixel_bytes(
+    path: &Path,
+    layouts: &Layouts,
+    x: u32,
+    y: u32,
+    layout: Option<Layout>,
+    part: usize,
+) -> Result<(u64, u64)> {
+    let has_brick = layouts.textures.iter().any(|t| t.layout == Layout::Brick);
+    let layout = layout.unwrap_or(if has_brick {
+        Layout::Brick
+    } else {
+        Layout::Rts
+    });
+    let texture = layouts
+        .textures
+        .iter()
+        .find(|t| t.layout == layout && t.part == part)
+        .ok_or_else(|| {
+            let parts = layouts
+                .textures
+                .iter()
+                .filter(|t| t.layout == layout)
+                .count();
+            Error::Usage(format!(
+                "{} has no {} of part {part} ({parts} of them)",
+                path.display(),
+                match layout {
+                    Layout::Brick => ".brick",
+                    Layout::Rts => ".rts.png",
+                }
+            ))
+        })?;
+    if x >= texture.side || y >= texture.side {
+        return Err(Error::Usage(format!(
+            "pixel {x},{y} is outside the {side}x{side} texture",
+            side = texture.side
+        )));
+    }
+    let bpp = layout.bytes_per_pixel() as u64;
+    let first = texture.start + xy2d(texture.side.trailing_zeros(), x, y) * bpp;
+    Ok((first.min(texture.end), (first + bpp).min(texture.end)))
+}
+
+/// What holds `offset`: every named range containing it, outermost (longest) first.
+fn holders_of(layouts: &Layouts, offset: u64) -> Vec<Holder> {
+    let mut found: Vec<Holder> = layouts
+        .holders
+        .iter()
+        .filter(|(range, _, _)| (range.start..range.end).contains(&offset))
+        .map(|(range, kind, address)| Holder {
+            kind,
+            name: range.name.clone(),
+            start: range.start,
+            end: range.end,
+            address: address.map(|a| a + (offset - range.start)),
+            offset_inside: offset - range.start,
+        })
+        .collect();
+    found.sort_by_key(|h| std::cmp::Reverse(h.end - h.start));
+    found
+}
+
+fn layouts_of(path: &Path) -> Result<Layouts> {
+    if path.is_dir() {
+        if path.join("district.json").is_file() {
+            let table = DistrictTable::read(path)?;
+            let (size, textures) = textures_of_output(&table.parts_path)?;
+            let holders = table.files.into_iter().map(|f| (f, "file", None)).collect();
+            return Ok(Layouts {
+                kind: "snapshot",
+                size,
+                textures,
+                holders,
+            });
+        }
+        if path.join("regions.json").is_file() {
+            let table = MemoryTable::read(path)?;
+            let (size, textures) = textures_of_output(&table.district_path)?;
+            let holders = table
+                .mappings
+                .into_iter()
+                .map(|(range, address)| (range, "mapping", Some(address)))
+                .collect();
+            return Ok(Layouts {
+                kind: "memory",
+                size,
+                textures,
+                holders,
+            });
+        }
+        return Err(Error::malformed(
+            path,
+            "is a directory without district.json or regions.json, so neither a tree snapshot nor a memory snapshot",
+        ));
+    }
+    match crate::format::detect(path)? {
+        FileKind::Raw => {
+            let bytes = crate::source::read_input(path)?;
+            let size = bytes.len() as u64;
+            let planned = crate::fold::planned_parts(size, &crate::fold::FoldOptions::default());
+            let mut textures = Vec::new();
+            for (part, (range, brick_side, rts_side)) in planned.into_iter().enumerate() {
+                for (layout, side) in [(Layout::Brick, brick_side), (Layout::Rts, rts_side)] {
+                    textures.push(Texture {
+                        file: None,
+                        layout,
+                        part,
+                        start: range.start,
+                        end: range.end,
+                        side,
+                    });
+                }
+            }
+            let holders = crate::diff::elf_sections(&bytes)
+                .into_iter()
+                .map(|s| (s, "elf_section", None))
+                .collect();
+            Ok(Layouts {
+                kind: "file",
+                size,
+                textures,
+                holders,
+            })
+        }
+        kind => {
+            let (size, textures) = textures_of_output(path)?;
+            Ok(Layouts {
+                kind: match kind {
+                    FileKind::Brick => "brick",
+                    FileKind::RtsPng => "rts_png",
+                    _ => "parts",
+                },
+                size,
+                textures,
+                holders: Vec::new(),
+            })
+        }
+    }
+}
+
+/// The input size and textures of a `.brick`, a `.rts.png` or a parts index (whose parts'
+/// headers are read, never their pixels).
+fn textures_of_output(path: &Path) -> Result<(u64, Vec<Texture>)> {
+    let one = |layout: Layout, part: usize, start: u64, file: &Path| -> Result<Texture> {
+        let (size, side) = match layout {
+            Layout::Brick => brick_size_and_side(file)?,
+            Layout::Rts => rts_size_and_side(file)?,
+        };
+        Ok(Texture {
+            file: Some(file.to_path_buf()),
+            layout,
+            part,
+            start,
+            end: start + size,
+            side,
+        })
+    };
+    match crate::format::detect(path)? {
+        FileKind::Brick => {
+            let t = one(Layout::Brick, 0, 0, path)?;
+            Ok((t.end, vec![t]))
+        }
+        FileKind::RtsPng => {
+            let t = one(Layout::Rts, 0, 0, path)?;
+            Ok((t.end, vec![t]))
+        }
+        FileKind::PartsIndex => {
+            let index = PartsIndex::read(path)?;
+            let dir = path.parent().unwrap_or(Path::new("."));
+            let mut textures = Vec::new();
+            for entry in &index.parts {
+                let files = [
+                    (Layout::Brick, entry.brick.as_ref()),
+                    (Layout::Rts, entry.rts_png.as_ref()),
+                ];
+                for (layout, name) in files {
+                    let Some(name) = name else { continue };
+                    let texture = one(layout, entry.index, entry.offset, &dir.join(name))?;
+                    if texture.end - texture.start != entry.size {
+                        return Err(Error::malformed(
+                            path,
+                            format!(
+                                "part {} is {} bytes, and its {name} holds {}",
+                                entry.index,
+                                entry.size,
+                                texture.end - texture.start
+                            ),
+                        ));
+                    }
+                    textures.push(texture);
+                }
+            }
+            Ok((index.size, textures))
+        }
+        FileKind::Raw => Err(Error::malformed(
+            path,
+            "is not a .brick, .rts.png or parts index",
+        )),
+    }
+}
+
+/// A `.brick`'s source size and side, from its header alone.
+fn brick_size_and_side(path: &Path) -> Result<(u64, u32)> {
+    let (file, _) = crate::source::open_input(path)?;
+    let mut head = Vec::with_capacity(brick::HEADER_LEN);
+    file.take(brick::HEADER_LEN as u64)
+        .read_to_end(&mut head)
+        .map_err(|e| Error::io(path, "read", e))?;
+    let header = brick::BrickHeader::parse(path, &head)?;
+    if let Some(problem) = header.fatal_problems().into_iter().next() {
+        return Err(Error::malformed(path, problem));
+    }
+    Ok((header.original_size, header.width))
+}
+
+/// A `.rts.png`'s source size (its `PixelRTS` metadata's `data_size`) and side, read from the
+/// chunks before its pixels.
+fn rts_size_and_side(path: &Path) -> Result<(u64, u32)> {
+    let (file, _) = crate::source::open_input(path)?;
+    let bad = |what: String| Error::malformed(path, what);
+    let decoder = png::Decoder::new(std::io::BufReader::new(file));
+    let reader = decoder
+        .read_info()
+        .map_err(|e| bad(format!("not a readable PNG: {e}")))?;
+    let info = reader.info();
+    if info.width != info.height || !info.width.is_power_of_two() {
+        return Err(bad(format!(
+            "is {}x{}, not a square of a power of two",
+            info.width, info.height
+        )));
+    }
+    let text = info
+        .uncompressed_latin1_text
+        .iter()
+        .find(|t| t.keyword == rts_png::TEXT_KEY)
+        .and_then(|t| t.text.strip_prefix(rts_png::TEXT_KEY))
+        .ok_or_else(|| bad(format!("has no {} metadata", rts_png::TEXT_KEY)))?;
+    let metadata: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| bad(format!("{} metadata is not JSON: {e}", rts_png::TEXT_KEY)))?;
+    let size = metadata["data_size"]
+        .as_u64()
+        .ok_or_else(|| bad("its metadata has no data_size".into()))?;
+    let capacity = u64::from(info.width).pow(2) * 4;
+    if size > capacity {
+        return Err(bad(format!(
+            "claims {size} bytes, more than its {capacity} bytes of pixels hold"
+        )));
+    }
+    Ok((size, info.width))
+}
