@@ -867,6 +867,17 @@ impl<'a> StreamingPatch<'a> {
 mod tests {
     use super::*;
 
+    /// The patch of `ops` from `a` to `b`, with both whole hashes.
+    fn patch_of(a: &[u8], b: &[u8], ops: Vec<PatchOp>) -> Patch {
+        Patch {
+            a_size: a.len() as u64,
+            b_size: b.len() as u64,
+            a_sha256: crate::analysis::sha256(a).to_vec(),
+            b_sha256: crate::analysis::sha256(b).to_vec(),
+            ops,
+        }
+    }
+
     #[test]
     fn streaming_applies_what_parse_applies_and_refuses_what_it_refuses() {
         let p = Path::new("p.patch");
@@ -875,12 +886,10 @@ mod tests {
         b.extend(std::iter::repeat_n(b'x', 5_000));
         b.extend_from_slice(&a[9_000..]);
         b.extend_from_slice(b"tail");
-        let patch = Patch {
-            a_size: a.len() as u64,
-            b_size: b.len() as u64,
-            a_sha256: crate::analysis::sha256(&a).to_vec(),
-            b_sha256: crate::analysis::sha256(&b).to_vec(),
-            ops: vec![
+        let patch = patch_of(
+            &a,
+            &b,
+            vec![
                 PatchOp::Copy {
                     offset: 0,
                     len: 8_000,
@@ -892,7 +901,7 @@ mod tests {
                 },
                 PatchOp::Data(b"tail".to_vec()),
             ],
-        };
+        );
         let bytes = patch.encode(&a, LiteralEffort::AgainstA);
         assert_eq!(V2Layout::read(p, &bytes).unwrap().codec, DATA_ZSTD);
         let dir = tempfile::tempdir().unwrap();
@@ -921,18 +930,16 @@ mod tests {
     fn round_trip_and_every_truncation_fails_cleanly() {
         let a = b"hello, world".to_vec();
         let b = b"hello there, world!".to_vec();
-        let patch = Patch {
-            a_size: a.len() as u64,
-            b_size: b.len() as u64,
-            a_sha256: crate::analysis::sha256(&a).to_vec(),
-            b_sha256: crate::analysis::sha256(&b).to_vec(),
-            ops: vec![
+        let patch = patch_of(
+            &a,
+            &b,
+            vec![
                 PatchOp::Copy { offset: 0, len: 5 },
                 PatchOp::Data(b" there".to_vec()),
                 PatchOp::Copy { offset: 5, len: 7 },
                 PatchOp::Data(b"!".to_vec()),
             ],
-        };
+        );
         let bytes = patch.encode(&a, LiteralEffort::AgainstA);
         let p = Path::new("x.patch");
         let back = Patch::parse(p, &bytes, None).unwrap();
@@ -1016,13 +1023,7 @@ mod tests {
         // the alignment would hand all of B over as literals; each one is somewhere in A.
         let a = noise(9 << 20, 7);
         let b: Vec<u8> = a.rchunks(1024).flatten().copied().collect();
-        let patch = Patch {
-            a_size: a.len() as u64,
-            b_size: b.len() as u64,
-            a_sha256: crate::analysis::sha256(&a).to_vec(),
-            b_sha256: crate::analysis::sha256(&b).to_vec(),
-            ops: vec![PatchOp::Data(b.clone())],
-        };
+        let patch = patch_of(&a, &b, vec![PatchOp::Data(b.clone())]);
         let p = Path::new("big.patch");
         let against_a = patch.encode(&a, LiteralEffort::AgainstA);
         let fast = patch.encode(&a, LiteralEffort::Fast);

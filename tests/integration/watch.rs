@@ -232,6 +232,18 @@ fn assert_diff_matches_a_fresh_diff(before: &[u8], after: &[u8], name: &str, out
     }
 }
 
+/// `DIR/app.log`, 5 MiB of numbered lines: a side-4096 brick and a side-2048 .rts.png, whose
+/// IDAT is 16 deflate bands.
+fn write_watched_log(dir: &Path) -> (std::path::PathBuf, Vec<u8>) {
+    let file = dir.join("app.log");
+    let log: Vec<u8> = (0..)
+        .flat_map(|i| format!("line {i} of the watched log\n").into_bytes())
+        .take(5 << 20)
+        .collect();
+    std::fs::write(&file, &log).unwrap();
+    (file, log)
+}
+
 /// Edits a watched file three ways on `backend` ("cpu" or "gpu"): each re-fold redoes only the
 /// changed pages and bands, and the outputs equal a fresh fold's.
 fn check_page_level_refold(backend: &str, root: Option<&Path>) {
@@ -241,13 +253,7 @@ fn check_page_level_refold(backend: &str, root: Option<&Path>) {
     }
     .unwrap();
     let shares_blocks = shares_blocks(dir.path());
-    let file = dir.path().join("app.log");
-    // 5 MiB: a side-4096 brick and a side-2048 .rts.png, whose IDAT is 16 deflate bands.
-    let mut log: Vec<u8> = (0..)
-        .flat_map(|i| format!("line {i} of the watched log\n").into_bytes())
-        .take(5 << 20)
-        .collect();
-    std::fs::write(&file, &log).unwrap();
+    let (file, mut log) = write_watched_log(dir.path());
     let out = dir.path().join("out");
     let w = Watch::start_on(backend, &[&file], &out, &[]);
     let first = w.refold_of(&sha(&log), 60);
@@ -368,12 +374,7 @@ fn without_shared_blocks_a_watch_patches_the_brick_before_the_last_unless_it_is_
         eprintln!("skipped: the temporary folder shares blocks, so bricks are cloned instead");
         return;
     }
-    let file = dir.path().join("app.log");
-    let mut log: Vec<u8> = (0..)
-        .flat_map(|i| format!("line {i} of the watched log\n").into_bytes())
-        .take(5 << 20)
-        .collect();
-    std::fs::write(&file, &log).unwrap();
+    let (file, mut log) = write_watched_log(dir.path());
     let out = dir.path().join("out");
     let brick = out.join("app.log.brick");
     let w = Watch::start_on("cpu", &[&file], &out, &[]);
