@@ -12,10 +12,16 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// What to look up.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Query {
     /// A byte offset of the input (the whole input, across parts).
     Offset(u64),
+    /// A virtual address of a memory snapshot: the byte read from it.
+    Address(u64),
+    /// Everything one named part of the input holds: an ELF section (`.text`), a file of a
+    /// tree snapshot (its path, or the end of it after a `/`), a mapping of a memory
+    /// snapshot (its `START-END PERMS PATH`, or its path when only one mapping has it).
+    Region(String),
     /// A pixel of one texture: of `part` (0 for a single texture), in `layout` (by default
     /// the `.brick`'s where the input has one, else the `.rts.png`'s).
     Pixel {
@@ -62,6 +68,11 @@ pub struct Placement {
     /// The colour channel holding the byte (0 red .. 3 alpha): a `.rts.png` pixel holds four
     /// bytes, a `.brick` pixel one (in all four channels).
     pub channel: u8,
+    /// For a region: the aligned squares `[x, y, width, height]` its bytes cover in this
+    /// texture, in curve order, each as large as alignment allows (a few dozen describe a
+    /// section).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub squares: Vec<[u32; 4]>,
 }
 
 /// Something the input is made of that holds the byte.
@@ -88,11 +99,13 @@ pub struct LocateReport {
     pub kind: &'static str,
     /// Bytes of the input.
     pub size: u64,
-    /// The input bytes `[start, end)` the query names: one byte for an offset, a pixel's
-    /// bytes for a pixel (fewer where the pixel is partly padding, none where it is all).
+    /// The input bytes `[start, end)` the query names: one byte for an offset or address, a
+    /// pixel's bytes for a pixel (fewer where the pixel is partly padding, none where it is
+    /// all), a region's bytes for a region.
     pub start: u64,
     pub end: u64,
-    /// Where the first of those bytes lies in each texture that holds it.
+    /// Where the first of those bytes lies in each texture that holds any of them (and, for
+    /// a region, the squares they cover there).
     pub placements: Vec<Placement>,
     /// What holds the first of them, outermost first.
     pub holders: Vec<Holder>,
@@ -111,6 +124,7 @@ struct Layouts {
 /// or a memory snapshot folder (`regions.json`).
 pub fn locate(path: &Path, query: Query) -> Result<LocateReport> {
     let layouts = layouts_of(path)?;
+    let region = matches!(query, Query::Region(_));
     let (start, end) = match query {
         Query::Offset(offset) => {
             if offset >= layouts.size {
@@ -122,18 +136,49 @@ pub fn locate(path: &Path, query: Query) -> Result<LocateReport> {
             }
             (offset, offset + 1)
         }
+        Query::Address(address) => {
+            let (range, base) = layouts
+                .holders
+                .iter()
+                .filter_map(|(range, _, base)| Some((range, (*base)?)))
+                .find(|(range, base)| {
+                    (*base..base.saturating_add(range.end - range.start)).contains(&address)
+                })
+                .ok_or_else(|| {
+                    Error::Usage(format!(
+                        "no mapping read into {} holds address 0x{address:x}",
+                        path.display()
+                    ))
+                })?;
+            let offset = range.start + (address - base);
+            (offset, offset + 1)
+        }
+        Query::Region(ref name) => {
+            let range = region_named(path, &layouts, name)?;
+            (range.start, range.end)
+        }
         Query::Pixel { x, y, layout, part } => pixel_bytes(path, &layouts, x, y, layout, part)?,
     };
-    let placements = if start < end {
-        layouts
-            .textures
-            .iter()
-            .filter(|t| (t.start..t.end).contains(&start))
-            .map(|t| place(t, start))
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let placements = layouts
+        .textures
+        .iter()
+        .filter(|t| start < end && t.start < end && start < t.end)
+        .filter(|t| region || (t.start..t.end).contains(&start))
+        .map(|t| {
+            let first = start.max(t.start);
+            let mut placed = place(t, first);
+            if region {
+                let bpp = t.layout.bytes_per_pixel() as u64;
+                let last = end.min(t.end) - t.start;
+                placed.squares = crate::curve::range_squares(
+                    t.side.trailing_zeros(),
+                    (first - t.start) / bpp,
+                    last.div_ceil(bpp),
+                );
+            }
+            placed
+        })
+        .collect();
     let holders = if start < end {
         holders_of(&layouts, start)
     } else {
@@ -160,6 +205,39 @@ fn place(texture: &Texture, offset: u64) -> Placement {
         x,
         y,
         channel: (local % bpp) as u8,
+        squares: Vec::new(),
+    }
+}
+
+/// The one named range `name` names (see [`Query::Region`]).
+fn region_named(path: &Path, layouts: &Layouts, name: &str) -> Result<NamedRange> {
+    let matches = |full: &str, kind: &str| {
+        full == name
+            || (kind == "file" && full.ends_with(&format!("/{name}")))
+            || (kind == "mapping" && full.split(' ').nth(2) == Some(name))
+    };
+    let found: Vec<&NamedRange> = layouts
+        .holders
+        .iter()
+        .filter(|(range, kind, _)| matches(&range.name, kind))
+        .map(|(range, _, _)| range)
+        .collect();
+    match found.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => Err(Error::Usage(format!(
+            "{} has no section, file or mapping named {name:?}",
+            path.display()
+        ))),
+        many => Err(Error::Usage(format!(
+            "{name:?} names {} regions of {}: {}; give the whole name",
+            many.len(),
+            path.display(),
+            many.iter()
+                .take(5)
+                .map(|r| r.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
     }
 }
 

@@ -168,6 +168,38 @@ fn an_elf_byte_is_named_by_its_section_and_a_snapshot_byte_by_its_file() {
     assert_eq!(section.name, ".text");
     assert_eq!((section.start, section.end), (start, start + len));
     assert_eq!(section.offset_inside, len / 2);
+    // The whole section, as squares: on the .brick (a byte a pixel) they cover exactly its
+    // bytes, each pixel once, and every one of those pixels holds a byte of it.
+    let region = locate(&elf, Query::Region(".text".into())).unwrap();
+    assert_eq!((region.start, region.end), (start, start + len));
+    let brick = region
+        .placements
+        .iter()
+        .find(|p| p.texture.layout == Layout::Brick)
+        .unwrap();
+    let side = brick.texture.side;
+    let mut covered = std::collections::HashSet::new();
+    for &[x0, y0, w, h] in &brick.squares {
+        for y in y0..y0 + h {
+            for x in x0..x0 + w {
+                let d = foundry_gpu::curve::xy2d(side.trailing_zeros(), x, y);
+                assert!(
+                    (start..start + len).contains(&d),
+                    "pixel {x},{y} holds byte {d}"
+                );
+                assert!(covered.insert(d), "pixel {x},{y} twice");
+            }
+        }
+    }
+    assert_eq!(covered.len() as u64, len);
+    assert!(
+        brick.squares.len() < 64,
+        "a handful of squares: {}",
+        brick.squares.len()
+    );
+    let o = foundry(&["locate", s(&elf), "--region", ".nonesuch"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no section, file or mapping"));
 
     let dir = tempfile::tempdir().unwrap();
     let tree = dir.path().join("tree");
@@ -205,6 +237,11 @@ fn an_elf_byte_is_named_by_its_section_and_a_snapshot_byte_by_its_file() {
         .partition(|f| f.to_string_lossy().ends_with(".brick"));
     assert!(!report.placements.is_empty());
     assert_placed(&report, b_bytes[1234], &bricks, &images);
+    // A file by the end of its path: its bytes in the district.
+    let whole = locate(&snap, Query::Region("b.bin".into())).unwrap();
+    assert_eq!(whole.start, entry["offset"].as_u64().unwrap());
+    assert_eq!(whole.end - whole.start, 20_000);
+    assert!(whole.placements.iter().all(|p| !p.squares.is_empty()));
     // The command's own words.
     let o = foundry(&["locate", s(&snap), "--offset", &at.to_string()]);
     let text = String::from_utf8_lossy(&o.stdout);

@@ -93,6 +93,13 @@ fn a_known_pattern_is_found_at_the_reported_place_on(backend: &Backend) {
         .expect("a mapping holds the byte");
     assert_eq!(mapping.address, Some(address));
     assert_eq!(mapping.offset_inside, inside as u64);
+    // And that address is that byte.
+    let by_address = foundry_gpu::locate::locate(
+        report.regions.parent().unwrap(),
+        foundry_gpu::locate::Query::Address(address),
+    )
+    .unwrap();
+    assert_eq!(by_address.start, at as u64);
     // In the mapping's own brick, at address - start.
     let brick = fold::decode(&Backend::Cpu, &out.join(region["brick"].as_str().unwrap())).unwrap();
     assert_eq!(&brick.bytes[inside..inside + PATTERN.len()], PATTERN);

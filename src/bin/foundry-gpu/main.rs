@@ -322,16 +322,26 @@ Types: convert_binary, convert_directory, crystallize_system, analyze_system (lo
     },
     /// Where a byte of an input lands in its textures, or which bytes a pixel holds, and what holds them.
     #[command(
-        after_help = "Examples:\n  foundry-gpu locate /usr/bin/ls --offset 0x4020\n  foundry-gpu locate out/ls.brick --pixel 100,37\n  foundry-gpu locate out/big.parts.json --offset 300000000 --json\n  foundry-gpu locate snap/ --offset 123456        # which file holds this byte of the district\n  foundry-gpu locate mem/000/ --pixel 5,9 --layout rts-png\n\nA plain file is mapped as `fold` with default options would fold it, and its ELF sections are named. A .brick pixel holds one byte; a .rts.png pixel four (channels R, G, B, A in order)."
+        after_help = "Examples:\n  foundry-gpu locate /usr/bin/ls --offset 0x4020\n  foundry-gpu locate out/ls.brick --pixel 100,37\n  foundry-gpu locate out/big.parts.json --offset 300000000 --json\n  foundry-gpu locate snap/ --offset 123456        # which file holds this byte of the district\n  foundry-gpu locate mem/000/ --pixel 5,9 --layout rts-png\n  foundry-gpu locate /usr/bin/ls --region .text    # the squares .text covers in each texture\n  foundry-gpu locate mem/000/ --address 0x7f3a12345678\n\nA plain file is mapped as `fold` with default options would fold it, and its ELF sections are named. A .brick pixel holds one byte; a .rts.png pixel four (channels R, G, B, A in order)."
+    )]
+    #[command(
+        group(clap::ArgGroup::new("what").required(true)),
+        override_usage = "foundry-gpu locate [OPTIONS] <INPUT> <WHAT>\n       WHAT: --offset N | --address A | --region NAME | --pixel X,Y"
     )]
     Locate {
         /// A file, .brick, .rts.png, parts index, tree snapshot folder or memory snapshot folder.
         input: PathBuf,
         /// A byte offset of the input: decimal, or hex with 0x.
-        #[arg(long, value_parser = parse_offset, conflicts_with = "pixel", required_unless_present = "pixel")]
+        #[arg(long, value_parser = parse_offset, group = "what")]
         offset: Option<u64>,
+        /// A virtual address of a memory snapshot (decimal, or hex with 0x).
+        #[arg(long, value_parser = parse_offset, group = "what")]
+        address: Option<u64>,
+        /// A named region: an ELF section (.text), a snapshot's file (its path, or its end after a /), a mapping's path; prints the squares it covers.
+        #[arg(long, group = "what")]
+        region: Option<String>,
         /// A pixel X,Y of one texture (see --layout and --part).
-        #[arg(long, value_parser = parse_pixel)]
+        #[arg(long, value_parser = parse_pixel, group = "what")]
         pixel: Option<(u32, u32)>,
         /// With --pixel, which texture: the .brick's (the default where there is one) or the .rts.png's.
         #[arg(long, value_enum)]
@@ -1588,13 +1598,18 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::Locate {
             input,
             offset,
+            address,
+            region,
             pixel,
             layout,
             part,
         } => {
-            let query = match (offset, pixel) {
-                (Some(offset), _) => foundry_gpu::locate::Query::Offset(offset),
-                (None, Some((x, y))) => foundry_gpu::locate::Query::Pixel {
+            use foundry_gpu::locate::Query;
+            let query = match (offset, address, region, pixel) {
+                (Some(offset), ..) => Query::Offset(offset),
+                (_, Some(address), ..) => Query::Address(address),
+                (_, _, Some(name), _) => Query::Region(name),
+                (.., Some((x, y))) => Query::Pixel {
                     x,
                     y,
                     layout: layout.map(|l| match l {
@@ -1603,7 +1618,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                     }),
                     part,
                 },
-                (None, None) => unreachable!("clap requires --offset or --pixel"),
+                _ => unreachable!("clap requires one of --offset, --address, --region, --pixel"),
             };
             let report = foundry_gpu::locate::locate(&input, query)?;
             drop(bar);
@@ -1894,6 +1909,21 @@ fn print_locate(r: &foundry_gpu::locate::LocateReport) {
             "  {name} (part {}, {}x{}): pixel {},{}{channel}",
             t.part, t.side, t.side, p.x, p.y
         );
+        if !p.squares.is_empty() {
+            let shown: Vec<String> = p
+                .squares
+                .iter()
+                .take(8)
+                .map(|[x, y, w, h]| format!("{w}x{h} at {x},{y}"))
+                .collect();
+            let more = p.squares.len().saturating_sub(shown.len());
+            let more = if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            };
+            println!("    covers {}{more}", shown.join(", "));
+        }
     }
     for h in &r.holders {
         let address = h
