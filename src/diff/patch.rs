@@ -341,7 +341,8 @@ impl Patch {
             literal_total,
             codec,
             data_at,
-        } = V2Layout::read(path, bytes)?;
+            ..
+        } = V2Layout::read_keeping_ops(path, bytes)?;
         let section = &bytes[data_at..];
         let data_lens = || {
             pending.iter().filter_map(|op| match op {
@@ -650,15 +651,82 @@ struct V2Layout {
     b_size: u64,
     a_sha256: Vec<u8>,
     b_sha256: Vec<u8>,
+    /// The operations, when asked for ([`V2Layout::read_keeping_ops`]).
     pending: Vec<Pending>,
+    /// Where the operations start.
+    ops_at: usize,
     literal_total: u64,
     codec: u8,
     /// Where the data section starts; it runs to the end of the file.
     data_at: usize,
 }
 
+/// The operations of a version 2 patch, read one at a time and each checked: against A's size
+/// (copies), B's size (what they produce) and the file (every varint). Read once to check
+/// the patch and again, from the same bytes, to apply it: nothing holds them all.
+struct OpReader<'a> {
+    cursor: Cursor<'a>,
+    a_size: u64,
+    b_size: u64,
+    produced: u64,
+    copy_end: u64,
+    count: u64,
+}
+
+impl OpReader<'_> {
+    /// The next operation, or `None` once they make B's size. Each produces at least one byte
+    /// and takes at least one byte of the file, so the count cannot run away.
+    fn next_op(&mut self) -> Result<Option<Pending>> {
+        let path = self.cursor.path;
+        let bad = |what: String| Error::malformed(path, what);
+        if self.produced >= self.b_size {
+            return Ok(None);
+        }
+        let head = self.cursor.varint("an operation")?;
+        let len = head >> 1;
+        if len == 0 {
+            return Err(bad(format!("operation {} is empty", self.count)));
+        }
+        self.count += 1;
+        self.produced = self.produced.saturating_add(len);
+        if self.produced > self.b_size {
+            return Err(bad(format!(
+                "operations produce more than B's {} bytes",
+                self.b_size
+            )));
+        }
+        if head & 1 == 1 {
+            return Ok(Some(Pending::Data(len)));
+        }
+        let delta = unzigzag(self.cursor.varint("a copy")?);
+        let offset = i128::from(self.copy_end) + i128::from(delta);
+        let end = offset + i128::from(len);
+        if offset < 0 || end > i128::from(self.a_size) {
+            return Err(bad(format!(
+                "operation {} copies {len} bytes at {offset}, past the end of A ({} bytes)",
+                self.count, self.a_size
+            )));
+        }
+        self.copy_end = end as u64;
+        Ok(Some(Pending::Copy {
+            offset: offset as u64,
+            len,
+        }))
+    }
+}
+
 impl V2Layout {
+    /// The layout, its operations checked but not kept.
     fn read(path: &Path, bytes: &[u8]) -> Result<Self> {
+        Self::read_ops(path, bytes, false)
+    }
+
+    /// The layout with its operations.
+    fn read_keeping_ops(path: &Path, bytes: &[u8]) -> Result<Self> {
+        Self::read_ops(path, bytes, true)
+    }
+
+    fn read_ops(path: &Path, bytes: &[u8], keep_ops: bool) -> Result<Self> {
         let bad = |what: String| Error::malformed(path, what);
         let mut reader = Cursor {
             bytes,
@@ -675,48 +743,25 @@ impl V2Layout {
         }
         let a_sha256 = reader.take(A_CHECK_BYTES, "the header")?.to_vec();
         let b_sha256 = reader.take(B_CHECK_BYTES, "the header")?.to_vec();
-        let mut pending = Vec::new();
-        let (mut produced, mut literal_total, mut copy_end) = (0u64, 0u64, 0u64);
-        // Operations follow until they produce B's size; each produces at least one byte and
-        // takes at least one byte of the file, so neither count can run away.
-        let mut n = 0u64;
-        while produced < b_size {
-            let head = reader.varint("an operation")?;
-            let len = head >> 1;
-            if len == 0 {
-                return Err(bad(format!("operation {n} is empty")));
-            }
-            n += 1;
-            produced = produced.saturating_add(len);
-            if produced > b_size {
-                return Err(bad(format!(
-                    "operations produce more than B's {b_size} bytes"
-                )));
-            }
-            if head & 1 == 1 {
+        let ops_at = reader.at;
+        let mut ops = OpReader {
+            cursor: reader,
+            a_size,
+            b_size,
+            produced: 0,
+            copy_end: 0,
+            count: 0,
+        };
+        let (mut pending, mut literal_total) = (Vec::new(), 0u64);
+        while let Some(op) = ops.next_op()? {
+            if let Pending::Data(len) = op {
                 literal_total += len;
-                pending.push(Pending::Data(len));
-                continue;
             }
-            let delta = unzigzag(reader.varint("a copy")?);
-            let offset = i128::from(copy_end) + i128::from(delta);
-            let end = offset + i128::from(len);
-            if offset < 0 || end > i128::from(a_size) {
-                return Err(bad(format!(
-                    "operation {n} copies {len} bytes at {offset}, past the end of A ({a_size} bytes)"
-                )));
+            if keep_ops {
+                pending.push(op);
             }
-            copy_end = end as u64;
-            pending.push(Pending::Copy {
-                offset: offset as u64,
-                len,
-            });
         }
-        if produced != b_size {
-            return Err(bad(format!(
-                "operations produce {produced} bytes, B has {b_size}"
-            )));
-        }
+        let mut reader = ops.cursor;
         let codec = reader.take(1, "the data section")?[0];
         Ok(V2Layout {
             a_size,
@@ -724,10 +769,27 @@ impl V2Layout {
             a_sha256,
             b_sha256,
             pending,
+            ops_at,
             literal_total,
             codec,
             data_at: reader.at,
         })
+    }
+
+    /// The operations again, from `bytes` (the same patch), one at a time.
+    fn ops<'a>(&self, path: &'a Path, bytes: &'a [u8]) -> OpReader<'a> {
+        OpReader {
+            cursor: Cursor {
+                bytes,
+                at: self.ops_at,
+                path,
+            },
+            a_size: self.a_size,
+            b_size: self.b_size,
+            produced: 0,
+            copy_end: 0,
+            count: 0,
+        }
     }
 }
 
@@ -746,10 +808,9 @@ pub struct StreamingPatch<'a> {
     /// [`Patch::check_b`] read.
     pub header: Patch,
     path: &'a Path,
-    pending: Vec<Pending>,
-    literal_total: u64,
-    codec: u8,
-    section: &'a [u8],
+    /// The whole patch: its operations are read again from it as B is written.
+    bytes: &'a [u8],
+    layout: V2Layout,
 }
 
 impl<'a> StreamingPatch<'a> {
@@ -768,15 +829,13 @@ impl<'a> StreamingPatch<'a> {
             header: Patch {
                 a_size: layout.a_size,
                 b_size: layout.b_size,
-                a_sha256: layout.a_sha256,
-                b_sha256: layout.b_sha256,
+                a_sha256: layout.a_sha256.clone(),
+                b_sha256: layout.b_sha256.clone(),
                 ops: Vec::new(),
             },
             path,
-            pending: layout.pending,
-            literal_total: layout.literal_total,
-            codec: layout.codec,
-            section: &bytes[layout.data_at..],
+            bytes,
+            layout,
         }))
     }
 
@@ -796,18 +855,21 @@ impl<'a> StreamingPatch<'a> {
         use std::os::unix::fs::FileExt;
         let bad = |what: String| Error::malformed(self.path, what);
         let broken = |e: std::io::Error| bad(format!("its data section does not decompress: {e}"));
-        let mut data: Box<dyn Read> = match self.codec {
+        let section = &self.bytes[self.layout.data_at..];
+        let literal_total = self.layout.literal_total;
+        let mut data: Box<dyn Read> = match self.layout.codec {
             DATA_ZSTD => Box::new(
-                zstd::stream::read::Decoder::with_buffer(self.section)
+                zstd::stream::read::Decoder::with_buffer(section)
                     .map_err(|e| bad(format!("its data section: {e}")))?,
             ),
-            _ => Box::new(self.section),
+            _ => Box::new(section),
         };
         let mut hasher = sha2::Sha256::new();
         let mut buffer = vec![0u8; PIECE];
         let mut held = 0u64;
-        for op in &self.pending {
-            match *op {
+        let mut ops = self.layout.ops(self.path, self.bytes);
+        while let Some(op) = ops.next_op()? {
+            match op {
                 Pending::Copy { offset, len } => {
                     let (mut at, end) = (offset, offset + len);
                     while at < end {
@@ -838,8 +900,7 @@ impl<'a> StreamingPatch<'a> {
                             .map_err(broken)?;
                         if got == 0 {
                             return Err(bad(format!(
-                                "its data section holds {held} bytes, the operations take {}",
-                                self.literal_total
+                                "its data section holds {held} bytes, the operations take {literal_total}"
                             )));
                         }
                         held += got as u64;
@@ -855,8 +916,7 @@ impl<'a> StreamingPatch<'a> {
         data.take(1).read_to_end(&mut beyond).map_err(broken)?;
         if !beyond.is_empty() {
             return Err(bad(format!(
-                "its data section holds more than the {} bytes the operations take",
-                self.literal_total
+                "its data section holds more than the {literal_total} bytes the operations take"
             )));
         }
         Ok(hasher.finalize().into())
