@@ -1,6 +1,6 @@
 //! `foundry-gpu locate`: where a byte of an input lands in its textures (part, pixel, channel),
 //! which bytes a pixel holds, and what holds them (the file of a tree snapshot, the mapping of
-//! a memory snapshot, the ELF section of a binary).
+//! a memory snapshot, the ELF section and symbol of a binary).
 
 use crate::curve::{d2xy, xy2d};
 use crate::diff::{DistrictTable, MemoryTable, NamedRange};
@@ -18,8 +18,8 @@ pub enum Query {
     Offset(u64),
     /// A virtual address of a memory snapshot: the byte read from it.
     Address(u64),
-    /// Everything one named part of the input holds: an ELF section (`.text`), a file of a
-    /// tree snapshot (its path, or the end of it after a `/`), a mapping of a memory
+    /// Everything one named part of the input holds: an ELF section (`.text`) or symbol
+    /// (`main`, a function or initialised data), a file of a tree snapshot (its path, or the end of it after a `/`), a mapping of a memory
     /// snapshot (its `START-END PERMS PATH`, or its path when only one mapping has it).
     Region(String),
     /// A pixel of one texture: of `part` (0 for a single texture), in `layout` (by default
@@ -78,7 +78,7 @@ pub struct Placement {
 /// Something the input is made of that holds the byte.
 #[derive(Clone, Debug, Serialize)]
 pub struct Holder {
-    /// `file` (tree snapshot), `mapping` (memory snapshot) or `elf_section`.
+    /// `file` (tree snapshot), `mapping` (memory snapshot), `elf_section` or `elf_symbol`.
     pub kind: &'static str,
     pub name: String,
     /// Its bytes in the input.
@@ -225,7 +225,7 @@ fn region_named(path: &Path, layouts: &Layouts, name: &str) -> Result<NamedRange
     match found.as_slice() {
         [one] => Ok((*one).clone()),
         [] => Err(Error::Usage(format!(
-            "{} has no section, file or mapping named {name:?}",
+            "{} has no section, symbol, file or mapping named {name:?}",
             path.display()
         ))),
         many => Err(Error::Usage(format!(
@@ -359,6 +359,11 @@ fn layouts_of(path: &Path) -> Result<Layouts> {
             let holders = crate::diff::elf_sections(&bytes)
                 .into_iter()
                 .map(|s| (s, "elf_section", None))
+                .chain(
+                    elf_symbols(&bytes)
+                        .into_iter()
+                        .map(|s| (s, "elf_symbol", None)),
+                )
                 .collect();
             Ok(Layouts {
                 kind: "file",
@@ -381,6 +386,42 @@ fn layouts_of(path: &Path) -> Result<Layouts> {
             })
         }
     }
+}
+
+/// The defined symbols of an ELF file that have a size and bytes in the file (functions,
+/// initialised data), as file ranges: each through the section that holds it. Symbols of
+/// both tables, each name and place once.
+fn elf_symbols(bytes: &[u8]) -> Vec<NamedRange> {
+    use object::{Object, ObjectSection, ObjectSymbol, SymbolSection};
+    let Ok(file) = object::File::parse(bytes) else {
+        return Vec::new();
+    };
+    let mut seen = std::collections::HashSet::new();
+    file.symbols()
+        .chain(file.dynamic_symbols())
+        .filter_map(|symbol| {
+            if symbol.size() == 0 || !symbol.is_definition() {
+                return None;
+            }
+            let SymbolSection::Section(index) = symbol.section() else {
+                return None;
+            };
+            let section = file.section_by_index(index).ok()?;
+            // None for sections without file bytes (.bss).
+            let (file_start, file_len) = section.file_range()?;
+            let inside = symbol.address().checked_sub(section.address())?;
+            if inside.checked_add(symbol.size())? > file_len {
+                return None;
+            }
+            let range = NamedRange {
+                name: symbol.name().ok()?.to_string(),
+                start: file_start + inside,
+                end: file_start + inside + symbol.size(),
+            };
+            seen.insert((range.name.clone(), range.start))
+                .then_some(range)
+        })
+        .collect()
 }
 
 /// The input size and textures of a `.brick`, a `.rts.png` or a parts index (whose parts'

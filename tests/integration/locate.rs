@@ -199,7 +199,21 @@ fn an_elf_byte_is_named_by_its_section_and_a_snapshot_byte_by_its_file() {
     );
     let o = foundry(&["locate", s(&elf), "--region", ".nonesuch"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("no section, file or mapping"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no section, symbol, file or mapping"));
+    // A symbol: `main`'s bytes, through the section that holds it; a byte inside it names
+    // both, the section first.
+    use object::ObjectSymbol;
+    let main = file.symbols().find(|s| s.name() == Ok("main")).unwrap();
+    let at = start + (main.address() - text.address());
+    let region = locate(&elf, Query::Region("main".into())).unwrap();
+    assert_eq!((region.start, region.end), (at, at + main.size()));
+    let inside = locate(&elf, Query::Offset(at + 5)).unwrap();
+    let names: Vec<(&str, &str)> = inside
+        .holders
+        .iter()
+        .map(|h| (h.kind, h.name.as_str()))
+        .collect();
+    assert_eq!(names, [("elf_section", ".text"), ("elf_symbol", "main")]);
 
     let dir = tempfile::tempdir().unwrap();
     let tree = dir.path().join("tree");

@@ -337,7 +337,7 @@ Types: convert_binary, convert_directory, crystallize_system, analyze_system (lo
         /// A virtual address of a memory snapshot (decimal, or hex with 0x).
         #[arg(long, value_parser = parse_offset, group = "what")]
         address: Option<u64>,
-        /// A named region: an ELF section (.text), a snapshot's file (its path, or its end after a /), a mapping's path; prints the squares it covers.
+        /// A named region: an ELF section (.text) or symbol (main), a snapshot's file (its path, or its end after a /), a mapping's path; prints the squares it covers.
         #[arg(long, group = "what")]
         region: Option<String>,
         /// A pixel X,Y of one texture (see --layout and --part).
