@@ -60,9 +60,10 @@ fn parent_of(path: &Path) -> &Path {
 enum Staged {
     /// A temporary sibling of the file it will be renamed to.
     File(DirTemporary, PathBuf),
-    /// A temporary that is exchanged with the file at its final name when that is still
-    /// `.2` (a file this process wrote), which then stays under the temporary's name as the
-    /// next event's [`SpareFile`]; else renamed over it like [`Staged::File`].
+    /// A temporary that is exchanged with the file at its final name when that is still the
+    /// file held open in the third field (one this process wrote), which then stays under
+    /// the temporary's name as the next event's [`SpareFile`]; else renamed over it like
+    /// [`Staged::File`].
     Exchange(DirTemporary, PathBuf, File),
     /// An unnamed temporary file copied to standard output at commit.
     Stdout(File),
@@ -449,6 +450,14 @@ impl Drop for DirTemporary {
     }
 }
 
+/// This process's umask, from `/proc/self/status` (asking `umask(2)` would change it for a
+/// moment, under every other thread).
+fn process_umask() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+    u32::from_str_radix(line.trim(), 8).ok()
+}
+
 /// Whether `st` (from `statat`) is the inode `file` holds open.
 fn same_inode(st: &rustix::fs::Stat, file: &File) -> bool {
     rustix::fs::fstat(file).is_ok_and(|own| own.st_dev == st.st_dev && own.st_ino == st.st_ino)
@@ -673,13 +682,22 @@ impl StagedOutputs {
                         .is_ok_and(|then| (now.st_dev, now.st_ino) == (then.st_dev, then.st_ino))
                 })
             });
+            let fresh_mode = process_umask().map(|umask| self.mode & !umask);
             let leased = (same_folder && Some(spare.final_name()) == path.file_name())
                 .then(|| spare.lease_if_unshared(len))
                 .flatten();
-            if let Some(lease) = leased {
+            if let (Some(lease), Some(fresh_mode)) = (leased, fresh_mode) {
                 let patched = patch(&spare.temp.file, Basis::Spare);
                 drop(lease);
                 patched.map_err(|e| Error::io(path, "write", e))?;
+                // The mode and group this version is due, as a new temporary gets them (its
+                // mode under the umask): the source's may have changed since the spare was made.
+                rustix::fs::fchmod(&spare.temp.file, Mode::from_raw_mode(fresh_mode))
+                    .map_err(|e| Error::io(path, "set the mode of", e.into()))?;
+                if let Some(gid) = self.group {
+                    // EPERM (not root, not in the group) leaves the process's group: ignored.
+                    let _ = std::os::unix::fs::fchown(&spare.temp.file, None, Some(gid));
+                }
                 let (file, partner) = (keep(&spare.temp.file)?, keep(last)?);
                 self.staged
                     .push(Staged::Exchange(spare.temp, path.to_path_buf(), partner));

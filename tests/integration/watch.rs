@@ -423,6 +423,14 @@ fn without_shared_blocks_a_watch_patches_the_brick_before_the_last_unless_it_is_
         std::fs::read(&linked).unwrap() == linked_then,
         "the backup changed"
     );
+    // A patched spare gets the mode a fresh output gets (the .rts.png is always fresh): the
+    // source made private since makes both private.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(edit(2_200_000) < whole / 8);
+    assert_eq!(mode(&out.join("app.log.rts.png")), 0o600);
+    assert_eq!(mode(&brick), 0o600);
     drop(w);
     assert_eq!(
         temporaries_in(&out),
