@@ -37,6 +37,8 @@ pub struct DistrictWriter<'a> {
     source_mode: u32,
     part_mode: u32,
     overall_mode: u32,
+    /// Where the bytes written are added up, if anywhere.
+    tally: Option<crate::format::staged::WriteTally>,
 }
 
 /// A finished district.
@@ -80,6 +82,7 @@ impl<'a> DistrictWriter<'a> {
             source_mode: 0o644,
             part_mode: 0o644,
             overall_mode: 0o644,
+            tally: None,
         }
     }
 
@@ -137,7 +140,7 @@ impl<'a> DistrictWriter<'a> {
         let offset = self.flushed;
         let part_info =
             json!({"index": index, "offset": offset, "size": bytes.len(), "district": self.name});
-        let mut staged = StagedOutputs::new().with_mode(self.part_mode);
+        let mut staged = self.staged(self.part_mode);
         let brick_name = format!("{stem}.brick");
         let header = BrickHeader::new(
             brick_side,
@@ -176,6 +179,21 @@ impl<'a> DistrictWriter<'a> {
         Ok(())
     }
 
+    /// The bytes the district writes are added to `tally` too.
+    pub fn with_tally(mut self, tally: &crate::format::staged::WriteTally) -> Self {
+        self.tally = Some(std::sync::Arc::clone(tally));
+        self
+    }
+
+    /// A set of outputs of `mode`, counted in the tally.
+    fn staged(&self, mode: u32) -> StagedOutputs {
+        let staged = StagedOutputs::new().with_mode(mode);
+        match &self.tally {
+            Some(tally) => staged.with_tally(tally),
+            None => staged,
+        }
+    }
+
     /// Writes the last part and the parts index.
     pub fn finish(mut self) -> Result<District> {
         if !self.buffer.is_empty() || self.parts.is_empty() {
@@ -193,7 +211,7 @@ impl<'a> DistrictWriter<'a> {
             parts: self.parts.clone(),
         };
         let index_path = self.dir.join(parts::index_file_name(&self.name));
-        let mut staged = StagedOutputs::new().with_mode(self.overall_mode);
+        let mut staged = self.staged(self.overall_mode);
         let text = serde_json::to_string_pretty(&index).expect("index serialises");
         staged.write(&index_path, |w| w.write_all(text.as_bytes()))?;
         staged.commit()?;

@@ -168,7 +168,7 @@ pub fn snapshot_process(
                         file_label(&record.label)
                     ));
                     // A process's memory is its own: never readable by others.
-                    write_file_brick(backend, &bytes, &facts, &out.join(&rel), 0o600)?;
+                    write_file_brick(backend, &bytes, &facts, &out.join(&rel), 0o600, None)?;
                     record.brick = Some(rel.to_string_lossy().into_owned());
                 } else if opts.mapping_bricks {
                     notes.push(format!(

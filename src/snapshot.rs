@@ -9,7 +9,7 @@ use crate::fold::{fold_file, FoldOptions, OutputTarget};
 use crate::format::brick::{self, BrickHeader};
 use crate::format::parts::PartEntry;
 use crate::format::rts_png::PngCompression;
-use crate::format::staged::StagedOutputs;
+use crate::format::staged::{StagedOutputs, WriteTally};
 use crate::format::{brick_min_side, order_of_side};
 use crate::kernels::Layout;
 use crate::policy::output_mode;
@@ -41,7 +41,8 @@ pub struct SnapshotOptions {
     pub walk: WalkOptions,
     pub max_side: u32,
     pub compression: PngCompression,
-    /// Write `files/ROOT/PATH.brick` for every file (the district is always written).
+    /// Also write `files/ROOT/PATH.brick` for every file (`--file-bricks`; the district is
+    /// always written). Off by default: each adds 4 bytes a byte and pads to a square.
     pub file_bricks: bool,
     /// Publish every file (as `files/ROOT/PATH.rts.png`) and the district parts to this builder root.
     pub publish: Option<PathBuf>,
@@ -55,7 +56,7 @@ impl Default for SnapshotOptions {
             walk: WalkOptions::default(),
             max_side: crate::fold::DEFAULT_MAX_SIDE,
             compression: PngCompression::default(),
-            file_bricks: true,
+            file_bricks: false,
             publish: None,
             llm: None,
         }
@@ -122,6 +123,10 @@ pub struct SnapshotReport {
     pub district_parts: usize,
     pub district_index: PathBuf,
     pub parts_index: PathBuf,
+    /// Bytes written into the output folder, all files together (the builder root's copies,
+    /// with `--publish`, not counted), and that over the bytes read.
+    pub bytes_written: u64,
+    pub written_per_byte_read: f64,
     pub backend: &'static str,
     pub adapter: Option<AdapterDescription>,
     pub seconds: f64,
@@ -233,6 +238,7 @@ pub(crate) fn write_file_brick(
     facts: &ByteFacts,
     path: &Path,
     mode: u32,
+    tally: Option<&WriteTally>,
 ) -> Result<()> {
     let side = brick_min_side(bytes.len() as u64);
     let engine = if (bytes.len() as u64) < GPU_MIN_BYTES {
@@ -242,7 +248,7 @@ pub(crate) fn write_file_brick(
     };
     let texture = engine.fold(Layout::Brick, bytes, order_of_side(side))?;
     let header = BrickHeader::new(side, facts, brick::flags_for(facts));
-    let mut staged = StagedOutputs::new().with_mode(mode);
+    let mut staged = tallied(StagedOutputs::new().with_mode(mode), tally);
     staged.write(path, |w| brick::write_brick(w, &header, &texture))?;
     staged.commit()?;
     Ok(())
@@ -256,6 +262,19 @@ struct FoldedFile {
     tile: Option<String>,
 }
 
+/// `x` to two decimals, for reports.
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// `staged`, counted in `tally` when there is one.
+fn tallied(staged: StagedOutputs, tally: Option<&WriteTally>) -> StagedOutputs {
+    match tally {
+        Some(tally) => staged.with_tally(tally),
+        None => staged,
+    }
+}
+
 /// Reads one file and writes its own brick (and tile, when publishing).
 fn fold_one(
     backend: &Backend,
@@ -263,6 +282,7 @@ fn fold_one(
     names: &[String],
     out: &Path,
     opts: &SnapshotOptions,
+    tally: &WriteTally,
 ) -> std::result::Result<FoldedFile, SkipReason> {
     let read = read_whole(entry)?;
     let facts = byte_facts(&read.bytes);
@@ -270,7 +290,15 @@ fn fold_one(
     let rel = brick_rel_path(&names[entry.root], &entry.rel);
     let brick = if opts.file_bricks {
         let mode = output_mode(read.mode);
-        write_file_brick(backend, &read.bytes, &facts, &out.join(&rel), mode).map_err(as_skip)?;
+        write_file_brick(
+            backend,
+            &read.bytes,
+            &facts,
+            &out.join(&rel),
+            mode,
+            Some(tally),
+        )
+        .map_err(as_skip)?;
         Some(rel.to_string_lossy().into_owned())
     } else {
         None
@@ -284,6 +312,7 @@ fn fold_one(
             &out.join(&rel),
             opts.compression,
             output_mode(read.mode),
+            tally,
         )
         .map_err(as_skip)?;
         Some(rel.to_string_lossy().into_owned())
@@ -318,6 +347,7 @@ pub fn snapshot(
     progress.stage("folding", total_bytes);
     crate::format::staged::create_dir_all(out)?;
     let description = format!("district of {}", names.join(", "));
+    let tally = WriteTally::default();
     let mut district = DistrictWriter::new(
         backend,
         out,
@@ -325,7 +355,8 @@ pub fn snapshot(
         &description,
         opts.max_side,
         opts.compression,
-    );
+    )
+    .with_tally(&tally);
     let mut skipped = found.skipped;
     let mut records: Vec<FileRecord> = Vec::with_capacity(found.files.len());
     let part_size = u64::from(opts.max_side) * u64::from(opts.max_side);
@@ -336,7 +367,7 @@ pub fn snapshot(
         // A batch: files in path order until BATCH_BYTES, or one big file alone.
         if pending[0].size > stream_above {
             let entry = &pending[0];
-            match stream_big_file(backend, entry, &names, out, opts, &mut district) {
+            match stream_big_file(backend, entry, &names, out, opts, &mut district, &tally) {
                 Ok(mut record) => {
                     if let Some(client) = &opts.llm {
                         if let Ok(bytes) = crate::source::read_tree_entry(entry) {
@@ -368,7 +399,7 @@ pub fn snapshot(
         pending = rest;
         let folded: Vec<_> = batch
             .par_iter()
-            .map(|entry| fold_one(backend, entry, &names, out, opts))
+            .map(|entry| fold_one(backend, entry, &names, out, opts, &tally))
             .collect();
         let mut semantics = match &opts.llm {
             Some(client) => {
@@ -444,7 +475,9 @@ pub fn snapshot(
         skipped,
     };
     let index_path = out.join("district.json");
-    let mut staged = StagedOutputs::new().with_mode(district.mode);
+    let mut staged = StagedOutputs::new()
+        .with_mode(district.mode)
+        .with_tally(&tally);
     staged.write(&index_path, |w| {
         serde_json::to_writer(&mut *w, &index).map_err(std::io::Error::other)
     })?;
@@ -466,6 +499,10 @@ pub fn snapshot(
         district_parts: index.parts.len(),
         district_index: index_path,
         parts_index: district.index_path,
+        bytes_written: tally.load(std::sync::atomic::Ordering::Relaxed),
+        written_per_byte_read: round2(
+            tally.load(std::sync::atomic::Ordering::Relaxed) as f64 / bytes.max(1) as f64,
+        ),
         backend: backend.label(),
         adapter: backend.adapter().cloned(),
         seconds,
@@ -542,6 +579,7 @@ fn write_file_tile(
     path: &Path,
     compression: PngCompression,
     mode: u32,
+    tally: &WriteTally,
 ) -> Result<()> {
     use crate::format::rts_png;
     let side = crate::format::rts_min_side(bytes.len() as u64);
@@ -551,7 +589,7 @@ fn write_file_tile(
     let name = rel.to_string_lossy();
     let meta = rts_png::metadata(&name, facts, side, &name, serde_json::Map::new());
     let text = rts_png::ascii_json(&meta);
-    let mut staged = StagedOutputs::new().with_mode(mode);
+    let mut staged = StagedOutputs::new().with_mode(mode).with_tally(tally);
     staged.write(path, |w| rts_png::write_rts_png(w, &image, &text, None))?;
     staged.commit()?;
     Ok(())
@@ -619,6 +657,7 @@ fn stream_big_file(
     out: &Path,
     opts: &SnapshotOptions,
     district: &mut DistrictWriter,
+    tally: &WriteTally,
 ) -> std::result::Result<FileRecord, SkipReason> {
     let brick = if opts.file_bricks {
         let rel = brick_rel_path(&names[entry.root], &entry.rel);
@@ -629,6 +668,8 @@ fn stream_big_file(
         let target = OutputTarget::Brick(out.join(&rel));
         let folded = fold_file(backend, &entry.abs, &target, &fold_opts, &Silent)
             .map_err(|e| SkipReason::ReadError(e.to_string()))?;
+        let written: u64 = folded.outputs.iter().map(|o| o.bytes).sum();
+        tally.fetch_add(written, std::sync::atomic::Ordering::Relaxed);
         // A file bigger than one texture is split; its parts index stands for it.
         let rel = if folded.parts > 1 {
             let mut index = rel.with_extension("").into_os_string();

@@ -25,7 +25,13 @@ pub struct StagedOutputs {
     mode: u32,
     /// Group given to files staged from now on (see [`StagedOutputs::with_group`]).
     group: Option<u32>,
+    /// Where the bytes committed are added up (see [`StagedOutputs::with_tally`]).
+    tally: Option<WriteTally>,
 }
+
+/// Bytes committed by every [`StagedOutputs`] that shares it: what a command wrote in all,
+/// for its summary.
+pub type WriteTally = std::sync::Arc<std::sync::atomic::AtomicU64>;
 
 /// What earlier versions of an output left this process: see [`StagedOutputs::write_from_base`].
 #[derive(Default)]
@@ -149,6 +155,7 @@ impl Default for StagedOutputs {
             staged: Vec::new(),
             mode: 0o644,
             group: None,
+            tally: None,
         }
     }
 }
@@ -611,6 +618,12 @@ impl StagedOutputs {
         Self::default()
     }
 
+    /// The bytes this set commits are added to `tally`.
+    pub fn with_tally(mut self, tally: &WriteTally) -> Self {
+        self.tally = Some(std::sync::Arc::clone(tally));
+        self
+    }
+
     /// Files staged from now on get `mode` (default `0644`); see [`crate::policy::output_mode`].
     pub fn with_mode(mut self, mode: u32) -> Self {
         self.mode = mode;
@@ -793,6 +806,7 @@ impl StagedOutputs {
     /// [`Self::commit`], returning the [`SpareFile`]s the exchanges left (see
     /// [`Self::write_from_base`]).
     pub fn commit_keeping_spares(self) -> Result<(Vec<WrittenFile>, Vec<SpareFile>)> {
+        let tally = self.tally.clone();
         let mut spares = Vec::new();
         let mut written = Vec::with_capacity(self.staged.len());
         // A target may have been swapped for a device since the work began: check them all
@@ -825,6 +839,10 @@ impl StagedOutputs {
             written.push(WrittenFile { path, bytes });
         }
         release_replaced(replaced);
+        if let Some(tally) = tally {
+            let bytes: u64 = written.iter().map(|w| w.bytes).sum();
+            tally.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        }
         Ok((written, spares))
     }
 }

@@ -591,7 +591,9 @@ pub fn run_task(
             let walk = task_walk(task, opts);
             let snap_opts = SnapshotOptions {
                 walk,
-                file_bricks: !extra_bool(task, "no_file_bricks"),
+                // Opt-in, as on the command line; `no_file_bricks` (the old opt-out) is the
+                // default now and still read.
+                file_bricks: extra_bool(task, "file_bricks") && !extra_bool(task, "no_file_bricks"),
                 publish: publish.clone(),
                 llm: llm.clone(),
                 ..Default::default()
@@ -1564,8 +1566,8 @@ fn reproduce_command(
             if walk.one_file_system {
                 cmd += " --one-file-system";
             }
-            if extra_bool(task, "no_file_bricks") {
-                cmd += " --no-file-bricks";
+            if extra_bool(task, "file_bricks") && !extra_bool(task, "no_file_bricks") {
+                cmd += " --file-bricks";
             }
         }
         _ => {

@@ -165,7 +165,7 @@ fn run_tree_task_while(
     let task = tasks.join("t.task.json");
     std::fs::write(
         &task,
-        r#"{"task_id": "t", "type": "convert_directory", "source": "tree", "max_files": 100000}"#,
+        r#"{"task_id": "t", "type": "convert_directory", "source": "tree", "max_files": 100000, "file_bricks": true}"#,
     )
     .unwrap();
     let mut command = if modes_count {

@@ -31,6 +31,7 @@ fn publishing_merges_the_manifest_and_every_tile_decodes() {
         tree.to_str().unwrap(),
         "-o",
         d.join("snap").to_str().unwrap(),
+        "--file-bricks",
         "--publish",
         b,
     ]);

@@ -232,7 +232,7 @@ fn outputs_keep_what_the_source_hid() {
     task(
         &tasks,
         "b",
-        r#"{"task_id": "d", "type": "convert_directory", "source": "tree"}"#,
+        r#"{"task_id": "d", "type": "convert_directory", "source": "tree", "file_bricks": true}"#,
     );
     let run = daemon_batch(&tasks, &out, &[]);
     assert!(run.status.success());
@@ -397,7 +397,7 @@ fn a_walk_through_a_symlinked_root_is_judged_by_the_resolved_paths_too() {
     task(
         &tasks,
         "a",
-        r#"{"task_id": "d", "type": "convert_directory", "source": "link"}"#,
+        r#"{"task_id": "d", "type": "convert_directory", "source": "link", "file_bricks": true}"#,
     );
     let plan = foundry(&[
         "run",

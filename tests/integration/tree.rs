@@ -52,6 +52,7 @@ fn snap(
     let opts = SnapshotOptions {
         walk,
         max_side: 256, // 64 KiB parts, so the fixture spans several
+        file_bricks: true,
         ..Default::default()
     };
     snapshot(backend, &[root.to_path_buf()], out, &opts, &Silent).unwrap()
@@ -294,4 +295,56 @@ fn unreadable_files_are_skipped_and_counted() {
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["files"], 1);
     assert_eq!(report["skipped"]["permission denied"], 2, "{report}");
+}
+
+/// Bytes of every file under `dir`.
+fn bytes_under(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let meta = std::fs::symlink_metadata(e.path()).unwrap();
+            if meta.is_dir() {
+                bytes_under(&e.path())
+            } else {
+                meta.len()
+            }
+        })
+        .sum()
+}
+
+#[test]
+fn a_snapshot_writes_file_bricks_only_when_asked_and_counts_every_byte_it_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = fixture(dir.path());
+    let run = |file_bricks: bool, out: &Path| {
+        let opts = SnapshotOptions {
+            max_side: 256,
+            file_bricks,
+            ..Default::default()
+        };
+        snapshot(
+            &Backend::Cpu,
+            std::slice::from_ref(&root),
+            out,
+            &opts,
+            &Silent,
+        )
+        .unwrap()
+    };
+    let lean = dir.path().join("lean");
+    let report = run(false, &lean);
+    assert!(!lean.join("files").exists(), "no brick per file by default");
+    assert_eq!(report.bytes_written, bytes_under(&lean));
+    let full = dir.path().join("full");
+    let with_bricks = run(true, &full);
+    assert!(full.join("files/root/a/one.txt.brick").exists());
+    assert_eq!(with_bricks.bytes_written, bytes_under(&full));
+    assert!(with_bricks.bytes_written > report.bytes_written + 4 * 300_000);
+    let ratio = report.bytes_written as f64 / report.bytes as f64;
+    assert!(
+        (report.written_per_byte_read - ratio).abs() < 0.01,
+        "{} against {ratio}",
+        report.written_per_byte_read
+    );
 }

@@ -220,7 +220,7 @@ enum Command {
   foundry-gpu run task.yaml --output-root /srv/foundry/out --json
   foundry-gpu run scan.task.json --publish systems/builder
 
-Types: convert_binary, convert_directory, crystallize_system, analyze_system (local heuristics), scan_kernel_modules (+ metadata/silicon_district.json), watch_path (re-folds on change until Ctrl-C, max_refolds or max_cycles), foundry-v2 (any source; CLI options as task fields: max_side, preview_side, palette, legend, sidecars, sections, max_files, max_bytes, include, exclude, one_file_system, no_file_bricks, publish). Outputs go to OUTPUT_ROOT/TASK_ID/. Relative sources resolve against the task file's folder.")]
+Types: convert_binary, convert_directory, crystallize_system, analyze_system (local heuristics), scan_kernel_modules (+ metadata/silicon_district.json), watch_path (re-folds on change until Ctrl-C, max_refolds or max_cycles), foundry-v2 (any source; CLI options as task fields: max_side, preview_side, palette, legend, sidecars, sections, max_files, max_bytes, include, exclude, one_file_system, file_bricks, publish). Outputs go to OUTPUT_ROOT/TASK_ID/. Relative sources resolve against the task file's folder.")]
     Run {
         /// The task file.
         task: PathBuf,
@@ -854,8 +854,11 @@ struct TreeArgs {
     /// Stay on each root's file system.
     #[arg(long)]
     one_file_system: bool,
-    /// Write only the district, not a brick per file.
+    /// Also write a brick per file (files/ROOT/PATH.brick): 4 bytes a byte, padded to a square.
     #[arg(long)]
+    file_bricks: bool,
+    /// The default now (kept so that older scripts still run).
+    #[arg(long, hide = true, conflicts_with = "file_bricks")]
     no_file_bricks: bool,
     /// Publish the .rts.png tiles to this Geometry OS builder root (queue/ + map/manifest.json).
     #[arg(long, value_name = "BUILDER_ROOT")]
@@ -876,7 +879,7 @@ impl TreeArgs {
             },
             max_side,
             compression,
-            file_bricks: !self.no_file_bricks,
+            file_bricks: self.file_bricks,
             publish: self.publish.clone(),
             llm: None,
         }
@@ -1752,6 +1755,12 @@ fn print_snapshot(global: &Global, r: &snapshot::SnapshotReport) {
                 .unwrap_or_default()
         );
     }
+    println!(
+        "  wrote {} into {} ({:.2}x what it read)",
+        human_bytes(r.bytes_written),
+        r.output.display(),
+        r.written_per_byte_read
+    );
     let skipped: u64 = r.skipped.values().sum();
     if skipped > 0 {
         let reasons: Vec<String> = r.skipped.iter().map(|(k, v)| format!("{k} {v}")).collect();
