@@ -39,6 +39,9 @@ pub struct DistrictWriter<'a> {
     overall_mode: u32,
     /// Where the bytes written are added up, if anywhere.
     tally: Option<crate::format::staged::WriteTally>,
+    /// Whether each part is also written as a `.brick` (4 bytes a byte), not only as a
+    /// `.rts.png`.
+    bricks: bool,
 }
 
 /// A finished district.
@@ -48,7 +51,8 @@ pub struct District {
     pub size: u64,
     pub sha256: String,
     pub parts: Vec<PartEntry>,
-    /// Where any byte range of the stream lands in the `.brick` parts.
+    /// Where any byte range of the stream lands in the `.brick` parts (in the `.rts.png`
+    /// parts of a district written without bricks).
     pub layout: TextureLayout,
     /// The most private output mode of any part: what the district's own index gets.
     pub mode: u32,
@@ -83,6 +87,7 @@ impl<'a> DistrictWriter<'a> {
             part_mode: 0o644,
             overall_mode: 0o644,
             tally: None,
+            bricks: true,
         }
     }
 
@@ -122,12 +127,15 @@ impl<'a> DistrictWriter<'a> {
         );
         let backend = self.backend;
         let compression = self.compression;
+        let bricks = self.bricks;
         let (facts, textures) = rayon::join(
             || byte_facts(bytes),
             || -> Result<_> {
                 // Both textures read one staged input: on the GPU, one upload.
                 let input = backend.stage(bytes);
-                let brick = input.fold(Layout::Brick, 0..bytes.len(), order_of_side(brick_side))?;
+                let brick = bricks
+                    .then(|| input.fold(Layout::Brick, 0..bytes.len(), order_of_side(brick_side)))
+                    .transpose()?;
                 let rts = input.fold(Layout::Rts, 0..bytes.len(), order_of_side(rts_side))?;
                 let image = rts_png::encode_texture(rts_side, &rts, compression)
                     .map_err(|e| crate::Error::io(&self.dir, "compress", e))?;
@@ -141,19 +149,25 @@ impl<'a> DistrictWriter<'a> {
         let part_info =
             json!({"index": index, "offset": offset, "size": bytes.len(), "district": self.name});
         let mut staged = self.staged(self.part_mode);
-        let brick_name = format!("{stem}.brick");
-        let header = BrickHeader::new(
-            brick_side,
-            &facts,
-            brick::flags_for(&facts) | brick::flags::HAS_METADATA,
-        );
-        staged.write(&self.dir.join(&brick_name), |w| {
-            brick::write_brick(w, &header, &brick_texture)
-        })?;
-        let sidecar = json!({"version": "1", "name": stem, "part": part_info});
-        staged.write(&brick::sidecar_path(&self.dir.join(&brick_name)), |w| {
-            w.write_all(rts_png::ascii_json(&sidecar).as_bytes())
-        })?;
+        let brick_name = match &brick_texture {
+            Some(texture) => {
+                let brick_name = format!("{stem}.brick");
+                let header = BrickHeader::new(
+                    brick_side,
+                    &facts,
+                    brick::flags_for(&facts) | brick::flags::HAS_METADATA,
+                );
+                staged.write(&self.dir.join(&brick_name), |w| {
+                    brick::write_brick(w, &header, texture)
+                })?;
+                let sidecar = json!({"version": "1", "name": stem, "part": part_info});
+                staged.write(&brick::sidecar_path(&self.dir.join(&brick_name)), |w| {
+                    w.write_all(rts_png::ascii_json(&sidecar).as_bytes())
+                })?;
+                Some(brick_name)
+            }
+            None => None,
+        };
         let rts_name = format!("{stem}.rts.png");
         let mut extra = Map::new();
         extra.insert("part".into(), part_info);
@@ -169,14 +183,25 @@ impl<'a> DistrictWriter<'a> {
             offset,
             size: bytes.len() as u64,
             sha256: facts.sha256_hex(),
-            brick: Some(brick_name),
+            brick: brick_name,
             rts_png: Some(rts_name),
         });
-        self.part_orders.push(order_of_side(brick_side));
+        self.part_orders.push(order_of_side(if self.bricks {
+            brick_side
+        } else {
+            rts_side
+        }));
         self.flushed += self.buffer.len() as u64;
         self.buffer.clear();
         self.part_mode = self.source_mode;
         Ok(())
+    }
+
+    /// Without `.brick` parts: the district is its `.rts.png` parts alone (what the map reads,
+    /// and a quarter of the bytes), and [`District::layout`] places ranges on those.
+    pub fn without_bricks(mut self) -> Self {
+        self.bricks = false;
+        self
     }
 
     /// The bytes the district writes are added to `tally` too.
@@ -222,7 +247,7 @@ impl<'a> DistrictWriter<'a> {
             layout: TextureLayout {
                 part_size: self.part_size as u64,
                 part_orders: self.part_orders,
-                bytes_per_pixel: 1,
+                bytes_per_pixel: if self.bricks { 1 } else { 4 },
             },
             parts: self.parts,
             mode: self.overall_mode,

@@ -44,6 +44,9 @@ pub struct SnapshotOptions {
     /// Also write `files/ROOT/PATH.brick` for every file (`--file-bricks`; the district is
     /// always written). Off by default: each adds 4 bytes a byte and pads to a square.
     pub file_bricks: bool,
+    /// Also write the district's parts as `.brick`s (`--district-brick`): 4 bytes a byte,
+    /// beside the `.rts.png` parts that hold the same bytes in a quarter of the pixels.
+    pub district_brick: bool,
     /// Publish every file (as `files/ROOT/PATH.rts.png`) and the district parts to this builder root.
     pub publish: Option<PathBuf>,
     /// Ask the language model about every file; answers land in `district.json` per file.
@@ -57,6 +60,7 @@ impl Default for SnapshotOptions {
             max_side: crate::fold::DEFAULT_MAX_SIDE,
             compression: PngCompression::default(),
             file_bricks: false,
+            district_brick: false,
             publish: None,
             llm: None,
         }
@@ -87,7 +91,8 @@ pub struct FileRecord {
     /// The file's `.rts.png` tile, written when publishing.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rts_png: Option<String>,
-    /// Squares the file covers in the district's `.brick` parts.
+    /// Squares the file covers in the district's parts: its `.brick`s where they were written,
+    /// else its `.rts.png`s (`district.json`'s `regions_in` says which).
     pub regions: Vec<PixelRegion>,
     /// Local analysis and the language model's answer, with `--llm`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -104,6 +109,8 @@ pub struct DistrictIndex {
     pub sha256: String,
     /// The parts index `foundry-gpu unfold` takes.
     pub parts_index: String,
+    /// Which parts each file's `regions` are squares of: `brick` or `rts_png`.
+    pub regions_in: &'static str,
     pub parts: Vec<PartEntry>,
     pub files: Vec<FileRecord>,
     pub symlinks: Vec<SymlinkEntry>,
@@ -357,6 +364,9 @@ pub fn snapshot(
         opts.compression,
     )
     .with_tally(&tally);
+    if !opts.district_brick {
+        district = district.without_bricks();
+    }
     let mut skipped = found.skipped;
     let mut records: Vec<FileRecord> = Vec::with_capacity(found.files.len());
     let part_size = u64::from(opts.max_side) * u64::from(opts.max_side);
@@ -469,6 +479,11 @@ pub fn snapshot(
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default(),
+        regions_in: if opts.district_brick {
+            "brick"
+        } else {
+            "rts_png"
+        },
         parts: district.parts.clone(),
         files: records,
         symlinks: found.symlinks,

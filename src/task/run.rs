@@ -594,6 +594,7 @@ pub fn run_task(
                 // Opt-in, as on the command line; `no_file_bricks` (the old opt-out) is the
                 // default now and still read.
                 file_bricks: extra_bool(task, "file_bricks") && !extra_bool(task, "no_file_bricks"),
+                district_brick: extra_bool(task, "district_brick"),
                 publish: publish.clone(),
                 llm: llm.clone(),
                 ..Default::default()
@@ -1568,6 +1569,9 @@ fn reproduce_command(
             }
             if extra_bool(task, "file_bricks") && !extra_bool(task, "no_file_bricks") {
                 cmd += " --file-bricks";
+            }
+            if extra_bool(task, "district_brick") {
+                cmd += " --district-brick";
             }
         }
         _ => {

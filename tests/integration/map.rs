@@ -32,6 +32,7 @@ fn publishing_merges_the_manifest_and_every_tile_decodes() {
         "-o",
         d.join("snap").to_str().unwrap(),
         "--file-bricks",
+        "--district-brick",
         "--publish",
         b,
     ]);

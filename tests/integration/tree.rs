@@ -53,6 +53,7 @@ fn snap(
         walk,
         max_side: 256, // 64 KiB parts, so the fixture spans several
         file_bricks: true,
+        district_brick: true,
         ..Default::default()
     };
     snapshot(backend, &[root.to_path_buf()], out, &opts, &Silent).unwrap()
@@ -336,6 +337,23 @@ fn a_snapshot_writes_file_bricks_only_when_asked_and_counts_every_byte_it_wrote(
     let report = run(false, &lean);
     assert!(!lean.join("files").exists(), "no brick per file by default");
     assert_eq!(report.bytes_written, bytes_under(&lean));
+    // Nor a district .brick: its .rts.png parts hold the bytes, and the files' regions are
+    // squares of those.
+    let names = crate::harness::names_in(&lean);
+    assert!(!names.iter().any(|n| n.ends_with(".brick")), "{names:?}");
+    assert_eq!(index(&lean)["regions_in"], "rts_png");
+    let located =
+        foundry_gpu::locate::locate(&lean, foundry_gpu::locate::Query::Region("two.bin".into()))
+            .unwrap();
+    let first = &located.placements[0];
+    let part =
+        foundry_gpu::format::rts_png::RtsPng::read(first.texture.file.as_ref().unwrap()).unwrap();
+    let texel = part.texture[(first.y * part.side + first.x) as usize];
+    assert_eq!(
+        (texel >> (8 * first.channel)) as u8,
+        sample_bytes(70_000, 1)[0],
+        "the first byte of two.bin"
+    );
     let full = dir.path().join("full");
     let with_bricks = run(true, &full);
     assert!(full.join("files/root/a/one.txt.brick").exists());

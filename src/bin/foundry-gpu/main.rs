@@ -220,7 +220,7 @@ enum Command {
   foundry-gpu run task.yaml --output-root /srv/foundry/out --json
   foundry-gpu run scan.task.json --publish systems/builder
 
-Types: convert_binary, convert_directory, crystallize_system, analyze_system (local heuristics), scan_kernel_modules (+ metadata/silicon_district.json), watch_path (re-folds on change until Ctrl-C, max_refolds or max_cycles), foundry-v2 (any source; CLI options as task fields: max_side, preview_side, palette, legend, sidecars, sections, max_files, max_bytes, include, exclude, one_file_system, file_bricks, publish). Outputs go to OUTPUT_ROOT/TASK_ID/. Relative sources resolve against the task file's folder.")]
+Types: convert_binary, convert_directory, crystallize_system, analyze_system (local heuristics), scan_kernel_modules (+ metadata/silicon_district.json), watch_path (re-folds on change until Ctrl-C, max_refolds or max_cycles), foundry-v2 (any source; CLI options as task fields: max_side, preview_side, palette, legend, sidecars, sections, max_files, max_bytes, include, exclude, one_file_system, file_bricks, district_brick, publish). Outputs go to OUTPUT_ROOT/TASK_ID/. Relative sources resolve against the task file's folder.")]
     Run {
         /// The task file.
         task: PathBuf,
@@ -860,6 +860,9 @@ struct TreeArgs {
     /// The default now (kept so that older scripts still run).
     #[arg(long, hide = true, conflicts_with = "file_bricks")]
     no_file_bricks: bool,
+    /// Also write the district's parts as .brick (4 bytes a byte; the .rts.png parts hold the same bytes).
+    #[arg(long)]
+    district_brick: bool,
     /// Publish the .rts.png tiles to this Geometry OS builder root (queue/ + map/manifest.json).
     #[arg(long, value_name = "BUILDER_ROOT")]
     publish: Option<PathBuf>,
@@ -880,6 +883,7 @@ impl TreeArgs {
             max_side,
             compression,
             file_bricks: self.file_bricks,
+            district_brick: self.district_brick,
             publish: self.publish.clone(),
             llm: None,
         }
