@@ -212,11 +212,9 @@ impl<'a> DistrictWriter<'a> {
 
     /// A set of outputs of `mode`, counted in the tally.
     fn staged(&self, mode: u32) -> StagedOutputs {
-        let staged = StagedOutputs::new().with_mode(mode);
-        match &self.tally {
-            Some(tally) => staged.with_tally(tally),
-            None => staged,
-        }
+        StagedOutputs::new()
+            .with_mode(mode)
+            .with_tally(self.tally.as_ref())
     }
 
     /// Writes the last part and the parts index.

@@ -116,7 +116,7 @@ struct Layouts {
     kind: &'static str,
     size: u64,
     textures: Vec<Texture>,
-    holders: Vec<(NamedRange, &'static str, Option<u64>)>,
+    holders: Holders,
 }
 
 /// Answers `query` for `path`: a plain file (mapped as `fold` with default options would
@@ -340,8 +340,7 @@ fn layouts_of(path: &Path) -> Result<Layouts> {
     }
     match crate::format::detect(path)? {
         FileKind::Raw => {
-            let bytes = crate::source::read_input(path)?;
-            let size = bytes.len() as u64;
+            let (size, holders) = plain_file_holders(path)?;
             let planned = crate::fold::planned_parts(size, &crate::fold::FoldOptions::default());
             let mut textures = Vec::new();
             for (part, (range, brick_side, rts_side)) in planned.into_iter().enumerate() {
@@ -356,15 +355,6 @@ fn layouts_of(path: &Path) -> Result<Layouts> {
                     });
                 }
             }
-            let holders = crate::diff::elf_sections(&bytes)
-                .into_iter()
-                .map(|s| (s, "elf_section", None))
-                .chain(
-                    elf_symbols(&bytes)
-                        .into_iter()
-                        .map(|s| (s, "elf_symbol", None)),
-                )
-                .collect();
             Ok(Layouts {
                 kind: "file",
                 size,
@@ -386,6 +376,36 @@ fn layouts_of(path: &Path) -> Result<Layouts> {
             })
         }
     }
+}
+
+/// Named ranges of an input, each with its kind and, for a mapping, its first address.
+type Holders = Vec<(NamedRange, &'static str, Option<u64>)>;
+
+/// A plain file's size and named ranges (its ELF sections and symbols). Only an ELF file (or
+/// a stream, whose size is known once read) is read whole: a 4 GiB disk image is placed from
+/// its size alone.
+fn plain_file_holders(path: &Path) -> Result<(u64, Holders)> {
+    use std::os::unix::fs::FileExt;
+    let (file, meta) = crate::source::open_input(path)?;
+    if meta.is_file() && meta.len() > 0 {
+        let mut magic = [0u8; 4];
+        let elf = file.read_exact_at(&mut magic, 0).is_ok() && &magic == b"\x7fELF";
+        if !elf {
+            return Ok((meta.len(), Vec::new()));
+        }
+    }
+    drop(file);
+    let bytes = crate::source::read_input(path)?;
+    let holders = crate::diff::elf_sections(&bytes)
+        .into_iter()
+        .map(|s| (s, "elf_section", None))
+        .chain(
+            elf_symbols(&bytes)
+                .into_iter()
+                .map(|s| (s, "elf_symbol", None)),
+        )
+        .collect();
+    Ok((bytes.len() as u64, holders))
 }
 
 /// The defined symbols of an ELF file that have a size and bytes in the file (functions,

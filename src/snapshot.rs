@@ -255,7 +255,7 @@ pub(crate) fn write_file_brick(
     };
     let texture = engine.fold(Layout::Brick, bytes, order_of_side(side))?;
     let header = BrickHeader::new(side, facts, brick::flags_for(facts));
-    let mut staged = tallied(StagedOutputs::new().with_mode(mode), tally);
+    let mut staged = StagedOutputs::new().with_mode(mode).with_tally(tally);
     staged.write(path, |w| brick::write_brick(w, &header, &texture))?;
     staged.commit()?;
     Ok(())
@@ -272,14 +272,6 @@ struct FoldedFile {
 /// `x` to two decimals, for reports.
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
-}
-
-/// `staged`, counted in `tally` when there is one.
-fn tallied(staged: StagedOutputs, tally: Option<&WriteTally>) -> StagedOutputs {
-    match tally {
-        Some(tally) => staged.with_tally(tally),
-        None => staged,
-    }
 }
 
 /// Reads one file and writes its own brick (and tile, when publishing).
@@ -492,7 +484,7 @@ pub fn snapshot(
     let index_path = out.join("district.json");
     let mut staged = StagedOutputs::new()
         .with_mode(district.mode)
-        .with_tally(&tally);
+        .with_tally(Some(&tally));
     staged.write(&index_path, |w| {
         serde_json::to_writer(&mut *w, &index).map_err(std::io::Error::other)
     })?;
@@ -604,7 +596,7 @@ fn write_file_tile(
     let name = rel.to_string_lossy();
     let meta = rts_png::metadata(&name, facts, side, &name, serde_json::Map::new());
     let text = rts_png::ascii_json(&meta);
-    let mut staged = StagedOutputs::new().with_mode(mode).with_tally(tally);
+    let mut staged = StagedOutputs::new().with_mode(mode).with_tally(Some(tally));
     staged.write(path, |w| rts_png::write_rts_png(w, &image, &text, None))?;
     staged.commit()?;
     Ok(())

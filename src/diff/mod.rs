@@ -930,20 +930,19 @@ fn write_patched(
 ) -> Result<PatchReport> {
     let mut staged = StagedOutputs::new().with_mode(mode);
     let mut b_sha = [0u8; 32];
-    let mut write_b = Some(write_b);
     // `write_b` names what failed (the patch, A or the output); that error is the one told,
     // not the staging's "could not write".
     let mut failure = None;
-    let staged_write = staged.write(output, |w| {
-        match (write_b.take().expect("written once"))(w) {
-            Ok(sha) => b_sha = sha,
-            Err(e) => {
-                let told = std::io::Error::other(e.to_string());
-                failure = Some(e);
-                return Err(told);
-            }
+    let staged_write = staged.write(output, |w| match write_b(w) {
+        Ok(sha) => {
+            b_sha = sha;
+            Ok(())
         }
-        Ok(())
+        Err(e) => {
+            let told = std::io::Error::other(e.to_string());
+            failure = Some(e);
+            Err(told)
+        }
     });
     if let Some(e) = failure {
         return Err(e);

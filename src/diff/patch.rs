@@ -491,7 +491,6 @@ impl Patch {
         out: &mut dyn Write,
     ) -> std::io::Result<[u8; 32]> {
         use sha2::Digest;
-        use std::os::unix::fs::FileExt;
         let mut hasher = sha2::Sha256::new();
         let mut buffer = vec![0u8; PIECE];
         let mut written = 0u64;
@@ -509,14 +508,11 @@ impl Patch {
             }
             match op {
                 PatchOp::Copy { offset, len } => {
-                    let (mut at, end) = (*offset, offset + len);
-                    while at < end {
-                        let n = PIECE.min((end - at) as usize);
-                        a.read_exact_at(&mut buffer[..n], at)?;
-                        hasher.update(&buffer[..n]);
-                        out.write_all(&buffer[..n])?;
-                        at += n as u64;
-                    }
+                    copy_from_a(a, *offset, *len, &mut buffer, &mut hasher, out).map_err(|e| {
+                        match e {
+                            CopyError::ReadA { error, .. } | CopyError::Write(error) => error,
+                        }
+                    })?;
                 }
                 PatchOp::Data(d) => {
                     hasher.update(d);
@@ -637,6 +633,44 @@ fn split_pieces(mut literals: Vec<u8>, lens: impl DoubleEndedIterator<Item = u64
         .collect();
     pieces.reverse();
     pieces
+}
+
+/// What failed while copying a range of A into B.
+enum CopyError {
+    /// Reading A, for the piece ending at byte `end`.
+    ReadA {
+        error: std::io::Error,
+        end: u64,
+    },
+    Write(std::io::Error),
+}
+
+/// Copies `len` bytes of the file `a` from `offset` into `out`, a piece of `buffer` at a time
+/// (read with `pread`), each piece hashed into `hasher` as it goes: a copy operation applied
+/// without A in memory.
+fn copy_from_a(
+    a: &std::fs::File,
+    offset: u64,
+    len: u64,
+    buffer: &mut [u8],
+    hasher: &mut sha2::Sha256,
+    out: &mut dyn Write,
+) -> std::result::Result<(), CopyError> {
+    use sha2::Digest;
+    use std::os::unix::fs::FileExt;
+    let (mut at, end) = (offset, offset + len);
+    while at < end {
+        let n = buffer.len().min((end - at) as usize);
+        a.read_exact_at(&mut buffer[..n], at)
+            .map_err(|error| CopyError::ReadA {
+                error,
+                end: at + n as u64,
+            })?;
+        hasher.update(&buffer[..n]);
+        out.write_all(&buffer[..n]).map_err(CopyError::Write)?;
+        at += n as u64;
+    }
+    Ok(())
 }
 
 /// An operation before the data section is read: data operations hold only their lengths.
@@ -852,7 +886,6 @@ impl<'a> StreamingPatch<'a> {
     ) -> Result<[u8; 32]> {
         use sha2::Digest;
         use std::io::Read;
-        use std::os::unix::fs::FileExt;
         let bad = |what: String| Error::malformed(self.path, what);
         let broken = |e: std::io::Error| bad(format!("its data section does not decompress: {e}"));
         let section = &self.bytes[self.layout.data_at..];
@@ -871,24 +904,20 @@ impl<'a> StreamingPatch<'a> {
         while let Some(op) = ops.next_op()? {
             match op {
                 Pending::Copy { offset, len } => {
-                    let (mut at, end) = (offset, offset + len);
-                    while at < end {
-                        let n = PIECE.min((end - at) as usize);
-                        a.read_exact_at(&mut buffer[..n], at).map_err(|e| {
-                            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                    copy_from_a(a, offset, len, &mut buffer, &mut hasher, out).map_err(
+                        |e| match e {
+                            CopyError::ReadA { error, end }
+                                if error.kind() == std::io::ErrorKind::UnexpectedEof =>
+                            {
                                 Error::malformed(
                                     a_path,
-                                    format!("changed while the patch was applied: it ended before byte {}", at + n as u64),
+                                    format!("changed while the patch was applied: it ended before byte {end}"),
                                 )
-                            } else {
-                                Error::io(a_path, "read", e)
                             }
-                        })?;
-                        hasher.update(&buffer[..n]);
-                        out.write_all(&buffer[..n])
-                            .map_err(|e| Error::io(out_path, "write", e))?;
-                        at += n as u64;
-                    }
+                            CopyError::ReadA { error, .. } => Error::io(a_path, "read", error),
+                            CopyError::Write(error) => Error::io(out_path, "write", error),
+                        },
+                    )?;
                 }
                 Pending::Data(len) => {
                     let mut left = len;

@@ -465,8 +465,8 @@ fn process_umask() -> Option<u32> {
     u32::from_str_radix(line.trim(), 8).ok()
 }
 
-/// Whether `st` (from `statat`) is the inode `file` holds open.
-fn same_inode(st: &rustix::fs::Stat, file: &File) -> bool {
+/// Whether `st` (from `statat` or `fstat`) is the inode `file` holds open.
+fn same_inode(st: &rustix::fs::Stat, file: impl AsFd) -> bool {
     rustix::fs::fstat(file).is_ok_and(|own| own.st_dev == st.st_dev && own.st_ino == st.st_ino)
 }
 
@@ -618,9 +618,9 @@ impl StagedOutputs {
         Self::default()
     }
 
-    /// The bytes this set commits are added to `tally`.
-    pub fn with_tally(mut self, tally: &WriteTally) -> Self {
-        self.tally = Some(std::sync::Arc::clone(tally));
+    /// The bytes this set commits are added to `tally`, when there is one.
+    pub fn with_tally(mut self, tally: Option<&WriteTally>) -> Self {
+        self.tally = tally.cloned();
         self
     }
 
@@ -690,10 +690,7 @@ impl StagedOutputs {
         if let (Some(spare), Some(last)) = (earlier.spare, earlier.last) {
             let dir = parent_of(path);
             let same_folder = open_confined_dir(dir).is_ok_and(|folder| {
-                rustix::fs::fstat(&folder).is_ok_and(|now| {
-                    rustix::fs::fstat(&spare.temp.folder)
-                        .is_ok_and(|then| (now.st_dev, now.st_ino) == (then.st_dev, then.st_ino))
-                })
+                rustix::fs::fstat(&folder).is_ok_and(|now| same_inode(&now, &spare.temp.folder))
             });
             let fresh_mode = process_umask().map(|umask| self.mode & !umask);
             let leased = (same_folder && Some(spare.final_name()) == path.file_name())
@@ -707,10 +704,7 @@ impl StagedOutputs {
                 // mode under the umask): the source's may have changed since the spare was made.
                 rustix::fs::fchmod(&spare.temp.file, Mode::from_raw_mode(fresh_mode))
                     .map_err(|e| Error::io(path, "set the mode of", e.into()))?;
-                if let Some(gid) = self.group {
-                    // EPERM (not root, not in the group) leaves the process's group: ignored.
-                    let _ = std::os::unix::fs::fchown(&spare.temp.file, None, Some(gid));
-                }
+                self.give_group(&spare.temp.file);
                 let (file, partner) = (keep(&spare.temp.file)?, keep(last)?);
                 self.staged
                     .push(Staged::Exchange(spare.temp, path.to_path_buf(), partner));
@@ -741,6 +735,14 @@ impl StagedOutputs {
         Ok(Some(file))
     }
 
+    /// Gives `file` the group files staged now get, if any (see [`Self::with_group`]).
+    fn give_group(&self, file: &File) {
+        if let Some(gid) = self.group {
+            // EPERM (not root, not in the group) leaves the process's group: ignored.
+            let _ = std::os::unix::fs::fchown(file, None, Some(gid));
+        }
+    }
+
     /// Creates the temporary for `path`, fills it with `fill` and stages it; returns it.
     fn stage_file(
         &mut self,
@@ -753,10 +755,7 @@ impl StagedOutputs {
         let folder = open_confined_dir(dir)?;
         let temp = DirTemporary::create(folder, name, self.mode)
             .map_err(|e| Error::io(dir, "create temporary file", e))?;
-        if let Some(gid) = self.group {
-            // EPERM (not root, not in the group) leaves the process's group: ignored.
-            let _ = std::os::unix::fs::fchown(&temp.file, None, Some(gid));
-        }
+        self.give_group(&temp.file);
         fill(&temp.file).map_err(|e| Error::io(path, "write", e))?;
         self.staged.push(Staged::File(temp, path.to_path_buf()));
         match self.staged.last() {
