@@ -12,6 +12,7 @@
 //! - [`analysis`]: local, deterministic facts about the bytes (entropy, text, ELF, hardening).
 //! - [`llm`], [`semantic`]: the LM Studio client and the `semantic` metadata built from it.
 //! - [`policy`]: what task-driven work may read, write and ask.
+//! - [`locate`], [`view`]: where bytes lie in the textures, and the browser map built on it.
 //!
 //! The library never prints; the `foundry-gpu` binary does.
 
@@ -40,6 +41,7 @@ pub mod semantic;
 pub mod snapshot;
 pub mod source;
 pub mod task;
+pub mod view;
 pub mod watch;
 
 pub use backend::{Backend, BackendChoice, GpuOptions};

@@ -111,8 +111,9 @@ pub struct LocateReport {
     pub holders: Vec<Holder>,
 }
 
-/// An input's textures and the named ranges of its bytes.
-struct Layouts {
+/// An input's textures and the named ranges of its bytes: what `locate` reads once and the
+/// viewer keeps to answer every hover.
+pub struct InputMap {
     kind: &'static str,
     size: u64,
     textures: Vec<Texture>,
@@ -123,7 +124,49 @@ struct Layouts {
 /// fold it), a `.brick`, a `.rts.png`, a parts index, a tree snapshot folder (`district.json`)
 /// or a memory snapshot folder (`regions.json`).
 pub fn locate(path: &Path, query: Query) -> Result<LocateReport> {
-    let layouts = layouts_of(path)?;
+    InputMap::read(path)?.answer(path, query)
+}
+
+impl InputMap {
+    /// Reads what `path` is made of (see [`locate`]): headers and tables, never pixels.
+    pub fn read(path: &Path) -> Result<InputMap> {
+        layouts_of(path)
+    }
+
+    /// Bytes of the input.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// `file`, `brick`, `rts_png`, `parts`, `snapshot` or `memory`.
+    pub fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    /// Every named range of the input: its kind (`file`, `mapping`, `elf_section`,
+    /// `elf_symbol`) and, for a mapping, its first virtual address.
+    pub fn regions(&self) -> impl Iterator<Item = (&NamedRange, &'static str, Option<u64>)> {
+        self.holders
+            .iter()
+            .map(|(range, kind, base)| (range, *kind, *base))
+    }
+
+    /// Names the ELF sections and symbols of `bytes`, the input's own bytes decoded from its
+    /// textures, when nothing else names its regions (a folded binary's `.brick` or
+    /// `.rts.png`, whose headers do not say what they hold).
+    pub fn name_elf_regions(&mut self, bytes: &[u8]) {
+        if self.holders.is_empty() && bytes.len() as u64 == self.size {
+            self.holders = elf_holders(bytes);
+        }
+    }
+
+    /// Answers `query`; `path` only names the input in errors.
+    pub fn answer(&self, path: &Path, query: Query) -> Result<LocateReport> {
+        answer(self, path, query)
+    }
+}
+
+fn answer(layouts: &InputMap, path: &Path, query: Query) -> Result<LocateReport> {
     let region = matches!(query, Query::Region(_));
     let (start, end) = match query {
         Query::Offset(offset) => {
@@ -154,10 +197,10 @@ pub fn locate(path: &Path, query: Query) -> Result<LocateReport> {
             (offset, offset + 1)
         }
         Query::Region(ref name) => {
-            let range = region_named(path, &layouts, name)?;
+            let range = region_named(path, layouts, name)?;
             (range.start, range.end)
         }
-        Query::Pixel { x, y, layout, part } => pixel_bytes(path, &layouts, x, y, layout, part)?,
+        Query::Pixel { x, y, layout, part } => pixel_bytes(path, layouts, x, y, layout, part)?,
     };
     let placements = layouts
         .textures
@@ -180,7 +223,7 @@ pub fn locate(path: &Path, query: Query) -> Result<LocateReport> {
         })
         .collect();
     let holders = if start < end {
-        holders_of(&layouts, start)
+        holders_of(layouts, start)
     } else {
         Vec::new()
     };
@@ -210,7 +253,7 @@ fn place(texture: &Texture, offset: u64) -> Placement {
 }
 
 /// The one named range `name` names (see [`Query::Region`]).
-fn region_named(path: &Path, layouts: &Layouts, name: &str) -> Result<NamedRange> {
+fn region_named(path: &Path, layouts: &InputMap, name: &str) -> Result<NamedRange> {
     let matches = |full: &str, kind: &str| {
         full == name
             || (kind == "file" && full.ends_with(&format!("/{name}")))
@@ -244,7 +287,7 @@ fn region_named(path: &Path, layouts: &Layouts, name: &str) -> Result<NamedRange
 /// The input bytes the pixel `(x, y)` of one texture holds.
 fn pixel_bytes(
     path: &Path,
-    layouts: &Layouts,
+    layouts: &InputMap,
     x: u32,
     y: u32,
     layout: Option<Layout>,
@@ -287,7 +330,7 @@ fn pixel_bytes(
 }
 
 /// What holds `offset`: every named range containing it, outermost (longest) first.
-fn holders_of(layouts: &Layouts, offset: u64) -> Vec<Holder> {
+fn holders_of(layouts: &InputMap, offset: u64) -> Vec<Holder> {
     let mut found: Vec<Holder> = layouts
         .holders
         .iter()
@@ -305,13 +348,13 @@ fn holders_of(layouts: &Layouts, offset: u64) -> Vec<Holder> {
     found
 }
 
-fn layouts_of(path: &Path) -> Result<Layouts> {
+fn layouts_of(path: &Path) -> Result<InputMap> {
     if path.is_dir() {
         if path.join("district.json").is_file() {
             let table = DistrictTable::read(path)?;
             let (size, textures) = textures_of_output(&table.parts_path)?;
             let holders = table.files.into_iter().map(|f| (f, "file", None)).collect();
-            return Ok(Layouts {
+            return Ok(InputMap {
                 kind: "snapshot",
                 size,
                 textures,
@@ -326,7 +369,7 @@ fn layouts_of(path: &Path) -> Result<Layouts> {
                 .into_iter()
                 .map(|(range, address)| (range, "mapping", Some(address)))
                 .collect();
-            return Ok(Layouts {
+            return Ok(InputMap {
                 kind: "memory",
                 size,
                 textures,
@@ -355,7 +398,7 @@ fn layouts_of(path: &Path) -> Result<Layouts> {
                     });
                 }
             }
-            Ok(Layouts {
+            Ok(InputMap {
                 kind: "file",
                 size,
                 textures,
@@ -364,7 +407,7 @@ fn layouts_of(path: &Path) -> Result<Layouts> {
         }
         kind => {
             let (size, textures) = textures_of_output(path)?;
-            Ok(Layouts {
+            Ok(InputMap {
                 kind: match kind {
                     FileKind::Brick => "brick",
                     FileKind::RtsPng => "rts_png",
@@ -396,16 +439,20 @@ fn plain_file_holders(path: &Path) -> Result<(u64, Holders)> {
     }
     drop(file);
     let bytes = crate::source::read_input(path)?;
-    let holders = crate::diff::elf_sections(&bytes)
+    Ok((bytes.len() as u64, elf_holders(&bytes)))
+}
+
+/// The ELF sections and symbols of `bytes` (none when they are not ELF).
+fn elf_holders(bytes: &[u8]) -> Holders {
+    crate::diff::elf_sections(bytes)
         .into_iter()
         .map(|s| (s, "elf_section", None))
         .chain(
-            elf_symbols(&bytes)
+            elf_symbols(bytes)
                 .into_iter()
                 .map(|s| (s, "elf_symbol", None)),
         )
-        .collect();
-    Ok((bytes.len() as u64, holders))
+        .collect()
 }
 
 /// The defined symbols of an ELF file that have a size and bytes in the file (functions,
@@ -519,9 +566,9 @@ fn brick_size_and_side(path: &Path) -> Result<(u64, u32)> {
     Ok((header.original_size, header.width))
 }
 
-/// A `.rts.png`'s source size (its `PixelRTS` metadata's `data_size`) and side, read from the
+/// A `.rts.png`'s side and its `PixelRTS` metadata (the JSON of its text chunk), read from the
 /// chunks before its pixels.
-fn rts_size_and_side(path: &Path) -> Result<(u64, u32)> {
+pub fn rts_side_and_metadata(path: &Path) -> Result<(u32, serde_json::Value)> {
     let (file, _) = crate::source::open_input(path)?;
     let bad = |what: String| Error::malformed(path, what);
     let decoder = png::Decoder::new(std::io::BufReader::new(file));
@@ -541,16 +588,23 @@ fn rts_size_and_side(path: &Path) -> Result<(u64, u32)> {
         .find(|t| t.keyword == rts_png::TEXT_KEY)
         .and_then(|t| t.text.strip_prefix(rts_png::TEXT_KEY))
         .ok_or_else(|| bad(format!("has no {} metadata", rts_png::TEXT_KEY)))?;
-    let metadata: serde_json::Value = serde_json::from_str(text)
+    let metadata = serde_json::from_str(text)
         .map_err(|e| bad(format!("{} metadata is not JSON: {e}", rts_png::TEXT_KEY)))?;
+    Ok((info.width, metadata))
+}
+
+/// A `.rts.png`'s source size (its `PixelRTS` metadata's `data_size`) and side.
+fn rts_size_and_side(path: &Path) -> Result<(u64, u32)> {
+    let (side, metadata) = rts_side_and_metadata(path)?;
     let size = metadata["data_size"]
         .as_u64()
-        .ok_or_else(|| bad("its metadata has no data_size".into()))?;
-    let capacity = u64::from(info.width).pow(2) * 4;
+        .ok_or_else(|| Error::malformed(path, "its metadata has no data_size"))?;
+    let capacity = u64::from(side).pow(2) * 4;
     if size > capacity {
-        return Err(bad(format!(
-            "claims {size} bytes, more than its {capacity} bytes of pixels hold"
-        )));
+        return Err(Error::malformed(
+            path,
+            format!("claims {size} bytes, more than its {capacity} bytes of pixels hold"),
+        ));
     }
-    Ok((size, info.width))
+    Ok((size, side))
 }

@@ -71,7 +71,7 @@ fn channel_count(start: u64, len: u64, c: u64) -> u64 {
     }
 }
 
-fn colour(
+pub(crate) fn colour(
     stats: &RunStats,
     run_start: u64,
     palette: Palette,

@@ -28,4 +28,5 @@ mod tasks;
 mod tree;
 mod twins;
 mod vcdiff;
+mod view;
 mod watch;

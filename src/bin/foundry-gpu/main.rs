@@ -350,6 +350,30 @@ Types: convert_binary, convert_directory, crystallize_system, analyze_system (lo
         #[arg(long, default_value_t = 0)]
         part: usize,
     },
+    /// Show inputs as a deep-zoom map in the browser: hover for offsets, click for hex, go to sections, diffs side by side.
+    #[command(
+        after_help = "Examples:\n  foundry-gpu view /usr/bin/ls --open\n  foundry-gpu view out/ls.rts.png snap/ mem/000/     # pick one in the page\n  foundry-gpu view old/ls new/ls --diff             # side by side, n / p step through the changes\n  foundry-gpu view ls-delta/                        # a diff folder: its A and B\n  foundry-gpu view disk.img --bind 0.0.0.0 --port 8080   # prints a URL with the token it needs\n\nServes 127.0.0.1 on a free port unless told otherwise, only the inputs given, read-only; prints the URL and serves until Ctrl-C. Tiles follow the input: a file rewritten, or an output `watch` replaces, refreshes the changed tiles in the page."
+    )]
+    View {
+        /// Files, .brick, .rts.png, parts indexes, tree or memory snapshot folders, or a diff folder.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// Port to listen on (0: a free one).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// Address to listen on instead of 127.0.0.1; any other than loopback needs a token (made up unless --token is given).
+        #[arg(long)]
+        bind: Option<std::net::IpAddr>,
+        /// The token every API request must carry (?token=); required off loopback.
+        #[arg(long)]
+        token: Option<String>,
+        /// Compare the two inputs and show them side by side, zoom and pan locked.
+        #[arg(long)]
+        diff: bool,
+        /// Open the page in the browser ($BROWSER, else xdg-open).
+        #[arg(long)]
+        open: bool,
+    },
     /// Compare two states: files, bricks/.rts.png, tree snapshots or memory snapshots.
     #[command(
         after_help = "Examples:\n  foundry-gpu diff old/ls new/ls -o ls-delta/\n  foundry-gpu diff snap-monday/ snap-tuesday/ -o week/ --json\n  foundry-gpu diff mem/000/ mem/001/ -o mem/diff-000-001/\n\nOUT gets delta.png (B in byte-class colours, unchanged dimmed, changed yellow, inserted green, moved purple), diff.json (block compare, inserted/deleted/moved/changed ranges, per-region and per-file counts) and a-to-b.patch (foundry-gpu patch A a-to-b.patch -o B rebuilds B bit for bit)."
@@ -1602,6 +1626,39 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 print_diff(&report);
             }
         }
+        Command::View {
+            inputs,
+            port,
+            bind,
+            token,
+            diff,
+            open,
+        } => {
+            let options = foundry_gpu::view::ViewOptions {
+                bind,
+                port,
+                token,
+                diff,
+                ..Default::default()
+            };
+            let view = foundry_gpu::view::start(&inputs, &options)?;
+            drop(bar);
+            if global.json {
+                println!("{}", serde_json::json!({ "url": view.url }));
+            } else {
+                println!("foundry-gpu view: {} (Ctrl-C stops)", view.url);
+            }
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            if open {
+                open_in_browser(&view.url);
+            }
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                let _ = signal_hook::flag::register(signal, Arc::clone(&stop));
+            }
+            view.serve_until(&stop)?;
+        }
         Command::Locate {
             input,
             offset,
@@ -1883,6 +1940,22 @@ fn print_semantic(semantic: &serde_json::Value) {
             "  llm        {status}: {}",
             llm["reason"].as_str().unwrap_or("no reason given")
         ),
+    }
+}
+
+/// Starts the user's browser on `url`; says so when none starts.
+fn open_in_browser(url: &str) {
+    let browser = std::env::var_os("BROWSER").unwrap_or_else(|| "xdg-open".into());
+    if let Err(e) = std::process::Command::new(&browser)
+        .arg(url)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    {
+        eprintln!(
+            "foundry-gpu: could not start {}: {e}; open {url} yourself",
+            browser.to_string_lossy()
+        );
     }
 }
 

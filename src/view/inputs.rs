@@ -1,0 +1,249 @@
+//! What the viewer shows: each input's bytes, what names their regions, its metadata, and the
+//! version it is at; reloaded when the path changes (a file rewritten, a `watch` output
+//! renamed into place), with the byte ranges that changed.
+
+use crate::diff::load_side;
+use crate::error::{Error, Result};
+use crate::locate::InputMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+/// What identifies one state of a path: when any of it changes, the input is read again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stamp(Vec<(u64, u64, u64, i64, i64)>);
+
+impl Stamp {
+    /// The stamp of `path`: the file itself, or for a snapshot folder its table and parts
+    /// index (which `watch` and `mem` replace last, by rename, when they write a new state).
+    pub fn of(path: &Path) -> Stamp {
+        let files: Vec<PathBuf> = if path.is_dir() {
+            ["district.json", "regions.json", "district.parts.json"]
+                .iter()
+                .map(|name| path.join(name))
+                .collect()
+        } else {
+            vec![path.to_path_buf()]
+        };
+        Stamp(
+            files
+                .iter()
+                .filter_map(|f| std::fs::metadata(f).ok())
+                .map(|m| (m.dev(), m.ino(), m.len(), m.mtime(), m.mtime_nsec()))
+                .collect(),
+        )
+    }
+}
+
+/// One state of an input.
+pub struct Loaded {
+    /// Counts the states the viewer has read, from 1.
+    pub version: u64,
+    /// The input's bytes: a file's own, or those its textures decode to.
+    pub bytes: Vec<u8>,
+    /// `file`, `brick`, `rts_png`, `parts`, `district` or `memory`.
+    pub kind: &'static str,
+    /// SHA-256 of `bytes`: known once an output's was verified, computed when first asked
+    /// for a plain file (hashing 1 GiB would hold back the first picture by seconds).
+    sha256: std::sync::OnceLock<[u8; 32]>,
+    /// Files of a snapshot, mappings of a memory snapshot.
+    pub members: Option<usize>,
+    pub map: InputMap,
+    /// A `.rts.png`'s `PixelRTS` metadata or a `.brick`'s sidecar: what `fold` recorded,
+    /// the language model's `semantic` among it.
+    pub metadata: Option<serde_json::Value>,
+    pub stamp: Stamp,
+}
+
+/// One input the viewer was given.
+pub struct Input {
+    pub id: usize,
+    pub path: PathBuf,
+    /// What the page calls it: the path's last component.
+    pub label: String,
+    state: RwLock<Arc<Loaded>>,
+}
+
+/// The largest sidecar read for the info panel.
+const MAX_SIDECAR: u64 = 4 << 20;
+
+impl Input {
+    /// Reads `path` (any input `diff` takes: a file, `.brick`, `.rts.png`, parts index,
+    /// snapshot or memory folder).
+    pub fn open(id: usize, path: &Path) -> Result<Input> {
+        let loaded = load(path, 1)?;
+        let label = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.display().to_string());
+        Ok(Input {
+            id,
+            path: path.to_path_buf(),
+            label,
+            state: RwLock::new(Arc::new(loaded)),
+        })
+    }
+
+    /// The state now shown.
+    pub fn now(&self) -> Arc<Loaded> {
+        Arc::clone(&self.state.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Reads the path again when its stamp changed: the byte ranges that differ from the
+    /// state shown before (merged, at most `MAX_CHANGED_RANGES`; beyond that the whole span
+    /// they cover), or `None` when nothing changed. A path that cannot be read now (half
+    /// written, moved away) keeps its last state and is tried again later.
+    pub fn refresh(&self) -> Option<(u64, Vec<(u64, u64)>)> {
+        let before = self.now();
+        if Stamp::of(&self.path) == before.stamp {
+            return None;
+        }
+        let next = load(&self.path, before.version + 1).ok()?;
+        let changed = changed_ranges(&before.bytes, &next.bytes);
+        let version = next.version;
+        *self.state.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
+        Some((version, changed))
+    }
+}
+
+impl Loaded {
+    /// SHA-256 of the bytes.
+    pub fn sha256(&self) -> [u8; 32] {
+        *self
+            .sha256
+            .get_or_init(|| crate::analysis::sha256(&self.bytes))
+    }
+}
+
+fn load(path: &Path, version: u64) -> Result<Loaded> {
+    // The stamp is taken first: a change made while reading shows as a change next time.
+    let stamp = Stamp::of(path);
+    let plain = path.is_file() && crate::format::detect(path)? == crate::format::FileKind::Raw;
+    let (bytes, kind, sha256, members) = if plain {
+        let bytes = crate::source::read_input(path)?;
+        (bytes, "file", std::sync::OnceLock::new(), None)
+    } else {
+        let side = load_side(&crate::backend::Backend::Cpu, path)?;
+        let members = side.members.as_ref().map(|m| m.len());
+        (
+            side.bytes,
+            side.kind,
+            std::sync::OnceLock::from(side.sha256),
+            members,
+        )
+    };
+    let mut map = InputMap::read(path)?;
+    map.name_elf_regions(&bytes);
+    if map.size() != bytes.len() as u64 {
+        return Err(Error::malformed(
+            path,
+            format!(
+                "changed while read: its textures hold {} bytes and {} were decoded",
+                map.size(),
+                bytes.len()
+            ),
+        ));
+    }
+    let metadata = metadata_of(path, kind);
+    Ok(Loaded {
+        version,
+        bytes,
+        kind,
+        sha256,
+        members,
+        map,
+        metadata,
+        stamp,
+    })
+}
+
+/// What `fold` recorded beside the bytes: a `.rts.png`'s own metadata, or the JSON sidecar of a
+/// `.brick` (`NAME.brick.meta.json`) when there is one.
+fn metadata_of(path: &Path, kind: &str) -> Option<serde_json::Value> {
+    match kind {
+        "rts_png" => crate::locate::rts_side_and_metadata(path)
+            .ok()
+            .map(|(_, m)| m),
+        "brick" => {
+            let mut name = path.as_os_str().to_owned();
+            name.push(".meta.json");
+            let (file, meta) = crate::source::open_input(Path::new(&name)).ok()?;
+            if meta.len() > MAX_SIDECAR {
+                return None;
+            }
+            serde_json::from_reader(std::io::BufReader::new(file)).ok()
+        }
+        _ => None,
+    }
+}
+
+/// At most this many ranges are reported changed; more are reported as the span they cover.
+pub const MAX_CHANGED_RANGES: usize = 256;
+
+/// Granule of the comparison: a changed range is reported to the 4 KiB page holding it.
+const PAGE: usize = 4096;
+
+/// Byte ranges where `before` and `after` differ, by pages, merged; the bytes past the shorter
+/// one's end count as changed.
+pub fn changed_ranges(before: &[u8], after: &[u8]) -> Vec<(u64, u64)> {
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    let common = before.len().min(after.len());
+    for (page, (a, b)) in before[..common]
+        .chunks(PAGE)
+        .zip(after[..common].chunks(PAGE))
+        .enumerate()
+    {
+        if a != b {
+            let start = (page * PAGE) as u64;
+            let end = start + a.len() as u64;
+            match ranges.last_mut() {
+                Some(last) if last.1 == start => last.1 = end,
+                _ => ranges.push((start, end)),
+            }
+        }
+    }
+    let longer = before.len().max(after.len()) as u64;
+    if common as u64 != longer {
+        match ranges.last_mut() {
+            Some(last) if last.1 == common as u64 => last.1 = longer,
+            _ => ranges.push((common as u64, longer)),
+        }
+    }
+    if ranges.len() > MAX_CHANGED_RANGES {
+        let span = (ranges[0].0, ranges[ranges.len() - 1].1);
+        ranges = vec![span];
+    }
+    ranges
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changed_ranges_are_the_pages_that_differ_and_the_tail() {
+        let before = vec![7u8; 5 * PAGE];
+        let mut after = before.clone();
+        after[PAGE + 3] = 0;
+        after[2 * PAGE] = 0;
+        after[4 * PAGE + 9] = 1;
+        assert_eq!(
+            changed_ranges(&before, &after),
+            vec![
+                (PAGE as u64, 3 * PAGE as u64),
+                (4 * PAGE as u64, 5 * PAGE as u64)
+            ]
+        );
+        after.extend_from_slice(&[1, 2, 3]);
+        assert_eq!(
+            changed_ranges(&before, &after).last(),
+            Some(&(4 * PAGE as u64, 5 * PAGE as u64 + 3))
+        );
+        assert!(changed_ranges(&before, &before).is_empty());
+        let shorter = &before[..100];
+        assert_eq!(
+            changed_ranges(&before, shorter),
+            vec![(100, 5 * PAGE as u64)]
+        );
+    }
+}

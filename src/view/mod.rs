@@ -1,0 +1,246 @@
+//! `foundry-gpu view`: a local web server showing any input as a deep-zoom Hilbert map in the
+//! browser: tiles rendered on demand, pixel to bytes and bytes to pixel, search, the analysis,
+//! diffs side by side, and live tiles while the input changes.
+//!
+//! It serves only the inputs it was given, addressed by number (no path ever comes from a
+//! request), read-only, on loopback unless told otherwise, and then only with a token.
+
+pub mod inputs;
+mod routes;
+pub mod tiles;
+
+use crate::error::{Error, Result};
+use inputs::Input;
+use std::future::IntoFuture;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How `view` serves.
+#[derive(Clone, Debug)]
+pub struct ViewOptions {
+    /// Where to listen: `127.0.0.1` on `port` unless given.
+    pub bind: Option<IpAddr>,
+    /// 0 for a free port.
+    pub port: u16,
+    /// The token every request must carry (`?token=`); made up when `bind` is not loopback
+    /// and none is given.
+    pub token: Option<String>,
+    /// Compare the two inputs and show them side by side.
+    pub diff: bool,
+    /// How often the inputs' paths are checked for a new state.
+    pub poll: Duration,
+}
+
+impl Default for ViewOptions {
+    fn default() -> Self {
+        ViewOptions {
+            bind: None,
+            port: 0,
+            token: None,
+            diff: false,
+            poll: Duration::from_millis(250),
+        }
+    }
+}
+
+/// A comparison of the two inputs, made when the viewer starts.
+pub struct DiffView {
+    pub report: crate::diff::DiffReport,
+}
+
+/// A running viewer.
+pub struct RunningView {
+    /// The address to open: `http://HOST:PORT/`, with `?token=` when one is needed.
+    pub url: String,
+    pub addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    stop_polling: Arc<AtomicBool>,
+    server: Option<std::thread::JoinHandle<Result<()>>>,
+    poller: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RunningView {
+    /// Serves until `stop` turns true (checked every 100 ms), then shuts down.
+    pub fn serve_until(mut self, stop: &AtomicBool) -> Result<()> {
+        while !stop.load(Ordering::Relaxed) {
+            if self.server.as_ref().is_some_and(|s| s.is_finished()) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.shut_down()
+    }
+
+    /// Stops the server and the poller, and waits for both.
+    pub fn shut_down(&mut self) -> Result<()> {
+        self.stop_polling.store(true, Ordering::Relaxed);
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(poller) = self.poller.take() {
+            let _ = poller.join();
+        }
+        match self.server.take() {
+            Some(server) => server
+                .join()
+                .unwrap_or_else(|_| Err(Error::Usage("the viewer's server panicked".into()))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for RunningView {
+    fn drop(&mut self) {
+        let _ = self.shut_down();
+    }
+}
+
+/// A token of 128 random bits, in hex.
+fn new_token() -> Result<String> {
+    let mut bytes = [0u8; 16];
+    rustix::rand::getrandom(&mut bytes, rustix::rand::GetRandomFlags::empty())
+        .map_err(|e| Error::Usage(format!("no random bytes for a token: {e}")))?;
+    Ok(hex::encode(bytes))
+}
+
+/// The inputs a list of paths names: a diff folder (`diff.json`) stands for its two sides.
+fn expand_paths(paths: &[PathBuf], diff: bool) -> Result<(Vec<PathBuf>, bool)> {
+    if let [one] = paths {
+        let table = one.join("diff.json");
+        if one.is_dir() && table.is_file() {
+            let (file, meta) = crate::source::open_input(&table)?;
+            if meta.len() > 64 << 20 {
+                return Err(Error::malformed(&table, "is larger than 64 MiB"));
+            }
+            let report: serde_json::Value = serde_json::from_reader(std::io::BufReader::new(file))
+                .map_err(|e| Error::malformed(&table, format!("is not JSON: {e}")))?;
+            let side = |key: &str| {
+                report[key]["path"]
+                    .as_str()
+                    .map(PathBuf::from)
+                    .ok_or_else(|| Error::malformed(&table, format!("names no {key}.path")))
+            };
+            return Ok((vec![side("a")?, side("b")?], true));
+        }
+    }
+    if diff && paths.len() != 2 {
+        return Err(Error::Usage(format!(
+            "--diff compares two inputs, and {} were given",
+            paths.len()
+        )));
+    }
+    Ok((paths.to_vec(), diff))
+}
+
+/// Reads the inputs, starts the server on its own thread and returns at once.
+pub fn start(paths: &[PathBuf], options: &ViewOptions) -> Result<RunningView> {
+    if paths.is_empty() {
+        return Err(Error::Usage("view needs at least one input".into()));
+    }
+    let (paths, diff) = expand_paths(paths, options.diff)?;
+    let inputs: Vec<Arc<Input>> = paths
+        .iter()
+        .enumerate()
+        .map(|(id, path)| Input::open(id, path).map(Arc::new))
+        .collect::<Result<_>>()?;
+    let diff = if diff {
+        // The comparison reads both sides as `diff` does (hashed, with their regions named).
+        let cpu = crate::backend::Backend::Cpu;
+        let (a, b) = crate::diff::load_sides(&cpu, &paths[0], &paths[1])?;
+        let (report, _) =
+            crate::diff::compare(&cpu, &a, &b, &crate::diff::DiffOptions::default(), None)?;
+        Some(DiffView { report })
+    } else {
+        None
+    };
+
+    let ip = options.bind.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let token = match (&options.token, ip.is_loopback()) {
+        (Some(token), _) => Some(token.clone()),
+        (None, true) => None,
+        (None, false) => Some(new_token()?),
+    };
+    let listener = std::net::TcpListener::bind((ip, options.port))
+        .map_err(|e| Error::Usage(format!("cannot listen on {ip}:{}: {e}", options.port)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::Usage(format!("no address for the listener: {e}")))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| Error::Usage(format!("cannot make the listener non-blocking: {e}")))?;
+    let host = match ip {
+        IpAddr::V6(v6) => format!("[{v6}]"),
+        IpAddr::V4(v4) => v4.to_string(),
+    };
+    let url = match &token {
+        Some(token) => format!("http://{host}:{}/?token={token}", addr.port()),
+        None => format!("http://{host}:{}/", addr.port()),
+    };
+
+    let (events, _) = tokio::sync::broadcast::channel(64);
+    let state = Arc::new(routes::AppState::new(
+        inputs.clone(),
+        diff,
+        token,
+        ip.is_loopback().then_some(addr.port()),
+        events.clone(),
+    ));
+    let stop_polling = Arc::new(AtomicBool::new(false));
+    let poller = {
+        let stop = Arc::clone(&stop_polling);
+        let state = Arc::clone(&state);
+        let every = options.poll;
+        std::thread::Builder::new()
+            .name("view-poll".into())
+            .spawn(move || poll_inputs(&state, every, &stop))
+            .map_err(|e| Error::Usage(format!("cannot start the viewer's poller: {e}")))?
+    };
+    let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = std::thread::Builder::new()
+        .name("view-http".into())
+        .spawn(move || -> Result<()> {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .map_err(|e| Error::Usage(format!("no runtime for the viewer: {e}")))?;
+            let served = runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener)
+                    .map_err(|e| Error::Usage(format!("cannot serve on the listener: {e}")))?;
+                // Not a graceful shutdown: a page's event stream never ends by itself, so
+                // waiting for open connections would wait for the browser to close.
+                tokio::select! {
+                    served = axum::serve(listener, routes::router(state)).into_future() => served
+                        .map_err(|e| Error::Usage(format!("the viewer's server stopped: {e}"))),
+                    _ = shutdown_rx => Ok(()),
+                }
+            });
+            runtime.shutdown_timeout(Duration::from_secs(1));
+            served
+        })
+        .map_err(|e| Error::Usage(format!("cannot start the viewer's server: {e}")))?;
+    Ok(RunningView {
+        url,
+        addr,
+        shutdown: Some(shutdown),
+        stop_polling,
+        server: Some(server),
+        poller: Some(poller),
+    })
+}
+
+/// Checks every input's path each `every`; a new state is announced to the pages as the byte
+/// ranges that changed, so they fetch again only the tiles over them.
+fn poll_inputs(state: &routes::AppState, every: Duration, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(every);
+        for input in state.inputs() {
+            if let Some((version, changed)) = input.refresh() {
+                state.announce(input.id, version, changed);
+            }
+        }
+    }
+}
