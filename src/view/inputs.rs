@@ -48,6 +48,9 @@ pub struct Loaded {
     sha256: std::sync::OnceLock<[u8; 32]>,
     /// Files of a snapshot, mappings of a memory snapshot.
     pub members: Option<usize>,
+    /// A snapshot's `district.json` entry of each file, by path: its SHA-256, flags and, with
+    /// `--llm`, its `semantic`.
+    pub records: std::collections::HashMap<String, serde_json::Value>,
     pub map: InputMap,
     /// A `.rts.png`'s `PixelRTS` metadata or a `.brick`'s sidecar: what `fold` recorded,
     /// the language model's `semantic` among it.
@@ -145,7 +148,13 @@ fn load(path: &Path, version: u64) -> Result<Loaded> {
         ));
     }
     let metadata = metadata_of(path, kind);
+    let records = if kind == "district" {
+        district_records(path)?
+    } else {
+        Default::default()
+    };
     Ok(Loaded {
+        records,
         version,
         bytes,
         kind,
@@ -175,6 +184,28 @@ fn metadata_of(path: &Path, kind: &str) -> Option<serde_json::Value> {
         }
         _ => None,
     }
+}
+
+/// The largest `district.json` read (as `diff` reads it).
+const MAX_DISTRICT_TABLE: u64 = 256 << 20;
+
+/// Each file's entry of a snapshot's `district.json`, by path.
+fn district_records(dir: &Path) -> Result<std::collections::HashMap<String, serde_json::Value>> {
+    let table = dir.join("district.json");
+    let (file, meta) = crate::source::open_input(&table)?;
+    if meta.len() > MAX_DISTRICT_TABLE {
+        return Err(Error::malformed(&table, "is larger than 256 MiB"));
+    }
+    let mut index: serde_json::Value = serde_json::from_reader(std::io::BufReader::new(file))
+        .map_err(|e| Error::malformed(&table, format!("not JSON: {e}")))?;
+    let files = match index.get_mut("files").map(serde_json::Value::take) {
+        Some(serde_json::Value::Array(files)) => files,
+        _ => return Err(Error::malformed(&table, "has no files list")),
+    };
+    Ok(files
+        .into_iter()
+        .filter_map(|f| Some((f.get("path")?.as_str()?.to_string(), f)))
+        .collect())
 }
 
 /// At most this many ranges are reported changed; more are reported as the span they cover.

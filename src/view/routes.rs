@@ -154,6 +154,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/input/{id}/regions", get(regions))
         .route("/api/input/{id}/search", get(search))
         .route("/api/input/{id}/info", get(info))
+        .route("/api/input/{id}/holder", get(holder))
         .route("/api/diff", get(diff))
         .route("/api/events", get(events))
         .layer(axum::middleware::from_fn_with_state(
@@ -575,6 +576,52 @@ async fn info(
             "metadata": loaded.metadata,
             "members": loaded.members,
             "version": loaded.version,
+        })
+    })
+    .await
+    .map_err(|e| ApiError::bad(format!("analysis failed: {e}")))?;
+    Ok(Json(answer))
+}
+
+/// The largest holder (file, mapping, section) whose bytes the holder panel analyses.
+const MAX_HOLDER_ANALYSIS: u64 = 256 << 20;
+
+#[derive(Deserialize)]
+struct OffsetParam {
+    offset: u64,
+}
+
+/// What the innermost file, mapping or section holding `offset` is: its local analysis, and
+/// for a snapshot's file its `district.json` entry (with `--llm`, the model's `semantic`).
+async fn holder(
+    State(state): State<Arc<AppState>>,
+    UrlPath(id): UrlPath<usize>,
+    UrlQuery(params): UrlQuery<OffsetParam>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let loaded = state.input(id)?.now();
+    let found = loaded
+        .map
+        .regions()
+        .filter(|(range, kind, _)| {
+            *kind != "elf_symbol" && (range.start..range.end).contains(&params.offset)
+        })
+        .min_by_key(|(range, _, _)| range.end - range.start)
+        .map(|(range, kind, _)| (range.clone(), kind));
+    let Some((range, kind)) = found else {
+        return Ok(Json(json!({ "holder": null })));
+    };
+    let answer = tokio::task::spawn_blocking(move || {
+        let length = range.end - range.start;
+        let analysis = (length <= MAX_HOLDER_ANALYSIS).then(|| {
+            crate::analysis::local::analyze(&loaded.bytes[range.start as usize..range.end as usize])
+        });
+        let record = loaded.records.get(&range.name).cloned();
+        let semantic = record.as_ref().and_then(|r| r.get("semantic").cloned());
+        json!({
+            "holder": { "kind": kind, "name": range.name, "start": range.start, "end": range.end },
+            "analysis": analysis,
+            "record": record,
+            "semantic": semantic,
         })
     })
     .await

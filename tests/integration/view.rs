@@ -506,6 +506,11 @@ fn in_a_real_browser_a_clicked_pixel_shows_its_offset_section_and_bytes() {
         browser.text("#hex-hl"),
         format!("{:02x}", data[offset as usize])
     );
+    // What holds it: the section's own analysis in the "What it is" panel.
+    browser.wait_js(
+        "the holder panel",
+        "document.getElementById('holder-info').textContent.includes('.text [')",
+    );
     // The row holding it is the file's bytes at that row's offset.
     let hex_text = browser.text("#hex");
     let row_start = offset / 16 * 16;
@@ -671,4 +676,50 @@ fn in_a_real_browser_tiles_follow_the_file_and_a_diff_steps_through_its_changes(
     assert_eq!(locked[2], locked[3], "{locked}");
     browser.settle();
     browser.screenshot("view-diff.png");
+}
+
+#[test]
+fn a_snapshot_names_the_file_under_a_byte_and_says_what_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    std::fs::write(tree.join("a.bin"), sample_bytes(20_000, 2)).unwrap();
+    std::fs::write(
+        tree.join("notes.txt"),
+        "plain words for the viewer\n".repeat(300),
+    )
+    .unwrap();
+    let snap = dir.path().join("snap");
+    let made = foundry(&["snapshot", s(&tree), "-o", s(&snap), "--backend", "cpu"]);
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let notes = locate(&snap, Query::Region("notes.txt".into())).unwrap();
+    let view = start(std::slice::from_ref(&snap), &ViewOptions::default()).unwrap();
+    let port = view.addr.port();
+    let (status, body) = get(
+        port,
+        &host(&view),
+        &format!("/api/input/0/holder?offset={}", notes.start + 10),
+    );
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        answer["holder"]["name"]
+            .as_str()
+            .unwrap()
+            .ends_with("/notes.txt"),
+        "{body}"
+    );
+    assert_eq!(answer["holder"]["start"], notes.start);
+    assert_eq!(answer["analysis"]["file_type"], "text", "{body}");
+    let expected = foundry_gpu::analysis::sha256(&std::fs::read(tree.join("notes.txt")).unwrap());
+    assert_eq!(answer["record"]["sha256"], hex::encode(expected));
+    let (_, body) = get(port, &host(&view), "/api/inputs");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["inputs"][0]["kind"],
+        "district"
+    );
 }

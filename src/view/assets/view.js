@@ -346,6 +346,27 @@ async function select(pane, offset, squares, end) {
   const dump = await getJSON(`/api/input/${pane.input.id}/hex`, { offset, len: 256 });
   renderHex(dump);
   drawAll();
+  showHolder(pane, offset);
+}
+
+// The innermost file, mapping or section holding the selected byte: what it is.
+async function showHolder(pane, offset) {
+  const box = el('holder-info');
+  try {
+    const found = await getJSON(`/api/input/${pane.input.id}/holder`, { offset });
+    if (state.selectedOffset !== offset) return;
+    if (!found.holder) { box.replaceChildren(); return; }
+    const h = found.holder;
+    const dl = document.createElement('dl');
+    const add = (k, v) => { if (v === undefined || v === null || v === '') return; const dt = document.createElement('dt'); dt.textContent = k; const dd = document.createElement('dd'); dd.textContent = v; dl.append(dt, dd); };
+    add(h.kind.replace('elf_', ''), `${h.name} [${hex(h.start)}, ${hex(h.end)}) · ${(h.end - h.start).toLocaleString()} bytes`);
+    const a = found.analysis;
+    if (a) { add('its type', a.file_type); add('its entropy', `${a.entropy.toFixed(3)} bits/byte`); add('its strings', a.strings.sample.slice(0, 5).join(' · ')); }
+    if (found.record) { add('its sha256', found.record.sha256); add('its flags', (found.record.flags || []).join(', ')); }
+    const s = found.semantic;
+    if (s) { add('its summary', s.summary); add('its tags', (s.tags || []).join(', ')); add('its risk', s.risk); }
+    box.replaceChildren(dl);
+  } catch (e) { box.textContent = e.message; }
 }
 
 function renderHex(dump) {
