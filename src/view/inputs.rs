@@ -51,6 +51,8 @@ pub struct Loaded {
     /// A snapshot's `district.json` entry of each file, by path: its SHA-256, flags and, with
     /// `--llm`, its `semantic`.
     pub records: std::collections::HashMap<String, serde_json::Value>,
+    /// Runs of 4 KiB blocks of one entropy class, worked out when first asked for.
+    entropy: std::sync::OnceLock<Vec<crate::analysis::local::EntropyRegion>>,
     pub map: InputMap,
     /// A `.rts.png`'s `PixelRTS` metadata or a `.brick`'s sidecar: what `fold` recorded,
     /// the language model's `semantic` among it.
@@ -116,6 +118,12 @@ impl Loaded {
             .sha256
             .get_or_init(|| crate::analysis::sha256(&self.bytes))
     }
+
+    /// The input's entropy regions (`analyze`'s): where its entropy class changes.
+    pub fn entropy_regions(&self) -> &[crate::analysis::local::EntropyRegion] {
+        self.entropy
+            .get_or_init(|| crate::analysis::local::entropy_regions(&self.bytes))
+    }
 }
 
 fn load(path: &Path, version: u64) -> Result<Loaded> {
@@ -154,6 +162,7 @@ fn load(path: &Path, version: u64) -> Result<Loaded> {
         Default::default()
     };
     Ok(Loaded {
+        entropy: std::sync::OnceLock::new(),
         records,
         version,
         bytes,

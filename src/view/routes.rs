@@ -155,6 +155,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/input/{id}/search", get(search))
         .route("/api/input/{id}/info", get(info))
         .route("/api/input/{id}/holder", get(holder))
+        .route("/api/input/{id}/entropy", get(entropy))
         .route("/api/diff", get(diff))
         .route("/api/events", get(events))
         .layer(axum::middleware::from_fn_with_state(
@@ -504,6 +505,37 @@ async fn regions(
     Ok(Json(
         json!({ "regions": list, "left_out": left_out, "version": loaded.version }),
     ))
+}
+
+/// The entropy regions whose edges the page draws: runs of 4 KiB blocks of one class
+/// (constant, normal, high), each with its squares.
+async fn entropy(
+    State(state): State<Arc<AppState>>,
+    UrlPath(id): UrlPath<usize>,
+    UrlQuery(params): UrlQuery<RegionParams>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let loaded = state.input(id)?.now();
+    let (layout, _) = layout_named(params.layout.as_deref().unwrap_or("brick"))?;
+    let answer = tokio::task::spawn_blocking(move || {
+        let geometry = geometry(&loaded, layout);
+        let mut budget = MAX_SQUARES;
+        let regions: Vec<_> = loaded
+            .entropy_regions()
+            .iter()
+            .map_while(|r| {
+                let squares = squares(geometry, r.start, r.end);
+                budget = budget.checked_sub(squares.len())?;
+                Some(json!({
+                    "start": r.start, "end": r.end, "entropy": r.entropy,
+                    "class": r.class, "squares": squares,
+                }))
+            })
+            .collect();
+        json!({ "regions": regions, "version": loaded.version })
+    })
+    .await
+    .map_err(|e| ApiError::bad(format!("entropy failed: {e}")))?;
+    Ok(Json(answer))
 }
 
 #[derive(Deserialize)]

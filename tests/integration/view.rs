@@ -443,6 +443,11 @@ impl Drop for Browser {
     }
 }
 
+/// Clicks the element `css` names.
+async fn click_element(client: &Client, css: &str) -> Result<(), fantoccini::error::CmdError> {
+    client.find(Locator::Css(css)).await?.click().await
+}
+
 /// Zooms in with the `+` key until a cell is at least `px` screen pixels wide.
 fn zoom_until_cells_are(browser: &Browser, px: f64) {
     for _ in 0..40 {
@@ -523,6 +528,15 @@ fn in_a_real_browser_a_clicked_pixel_shows_its_offset_section_and_bytes() {
         .map(|b| format!("{b:02x}"))
         .collect();
     assert!(row.contains(&expected.join(" ")), "{row} vs {expected:?}");
+
+    // Entropy edges: the box loads the input's entropy regions and draws them.
+    browser
+        .run(async { click_element(&browser.client, "#entropy-edges").await })
+        .unwrap();
+    browser.wait_js(
+        "the entropy regions",
+        "foundryView.state.panes[0].entropy.length > 0",
+    );
 
     // Type a section's name: the view flies there and outlines it.
     let rodata = locate(&elf, Query::Region(".rodata".into())).unwrap();
@@ -722,4 +736,58 @@ fn a_snapshot_names_the_file_under_a_byte_and_says_what_it_is() {
         serde_json::from_str::<Value>(&body).unwrap()["inputs"][0]["kind"],
         "district"
     );
+}
+
+#[test]
+fn entropy_edges_are_where_the_class_of_4_kib_blocks_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("mixed.bin");
+    let mut data = vec![0u8; 16 << 10];
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    data.extend((0..32 << 10).map(|_| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state as u8
+    }));
+    data.extend(b"text of ordinary words, repeated. ".repeat(500));
+    std::fs::write(&input, &data).unwrap();
+    let view = start(std::slice::from_ref(&input), &ViewOptions::default()).unwrap();
+    let (status, body) = get(view.addr.port(), &host(&view), "/api/input/0/entropy");
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    let regions: Vec<(String, u64, u64)> = answer["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["class"].as_str().unwrap().to_string(),
+                r["start"].as_u64().unwrap(),
+                r["end"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let len = data.len() as u64;
+    assert_eq!(
+        regions,
+        vec![
+            ("constant".to_string(), 0, 16 << 10),
+            ("high".to_string(), 16 << 10, 48 << 10),
+            ("normal".to_string(), 48 << 10, len),
+        ]
+    );
+    // Each region's squares cover exactly its bytes (one byte a cell).
+    for r in answer["regions"].as_array().unwrap() {
+        let cells: u64 = r["squares"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s[2].as_u64().unwrap() * s[3].as_u64().unwrap())
+            .sum();
+        assert_eq!(
+            cells,
+            r["end"].as_u64().unwrap() - r["start"].as_u64().unwrap()
+        );
+    }
 }

@@ -58,7 +58,7 @@ const el = (id) => document.getElementById(id);
 
 const state = {
   inputs: [], diff: null, legend: null, tileSide: 256,
-  palette: 'byteclass', layout: 'brick', outlines: true,
+  palette: 'byteclass', layout: 'brick', outlines: true, entropyEdges: false,
   // The view both panes share (zoom and pan locked): the whole input is `size` screen pixels
   // wide, and the point at fraction (fx, fy) of it is at the pane's centre.
   view: { size: 512, fx: 0.5, fy: 0.5 },
@@ -76,6 +76,7 @@ class Pane {
     this.input = input;
     this.changes = []; // [{version, ranges}] announced since load
     this.regions = [];
+    this.entropy = [];
     this.hits = [];
     this.tiles = new Map();
     this.el = document.createElement('div');
@@ -246,6 +247,14 @@ class Pane {
         }
       }
     }
+    if (state.entropyEdges) {
+      // Constant runs (padding, fills) and high-entropy runs (packed, compressed, keys);
+      // the edges of both are where the entropy class changes.
+      for (const r of this.entropy) {
+        if (r.class === 'normal' || !r.squares.some((s) => this.visible(this.rect(s)))) continue;
+        this.outline(ctx, r.squares, r.class === 'high' ? 'rgba(255,80,80,0.95)' : 'rgba(90,170,255,0.95)');
+      }
+    }
     if (state.diff && state.diff.changes) this.drawChanges(ctx);
     ctx.lineWidth = 2;
     ctx.strokeStyle = '#ff3df5';
@@ -398,6 +407,13 @@ async function loadRegions() {
   }));
 }
 
+async function loadEntropy() {
+  if (!state.entropyEdges) return;
+  await Promise.all(state.panes.map(async (p) => {
+    try { p.entropy = (await getJSON(`/api/input/${p.input.id}/entropy`, { layout: state.layout })).regions; } catch (e) { p.entropy = []; }
+  }));
+}
+
 async function loadDiff() {
   if (!state.diff) return;
   state.diff = await getJSON('/api/diff', { layout: state.layout });
@@ -501,11 +517,16 @@ function bindControls() {
     const frac = [state.view.fx, state.view.fy];
     state.layout = e.target.value;
     state.selection = null;
-    await Promise.all([loadRegions(), loadDiff()]);
+    await Promise.all([loadRegions(), loadDiff(), loadEntropy()]);
     state.view.fx = frac[0]; state.view.fy = frac[1];
     fit(pane);
   });
   el('outlines').addEventListener('change', (e) => { state.outlines = e.target.checked; drawAll(); });
+  el('entropy-edges').addEventListener('change', async (e) => {
+    state.entropyEdges = e.target.checked;
+    await loadEntropy();
+    drawAll();
+  });
   el('input').addEventListener('change', (e) => { setInputs([Number(e.target.value)]); });
   el('goto').addEventListener('keydown', async (e) => {
     if (e.key !== 'Enter') return;
@@ -558,7 +579,7 @@ async function setInputs(ids) {
   state.panes = ids.map((id, i) => new Pane(i, state.inputs[id]));
   state.panes.forEach(bindPane);
   state.active = 0;
-  await loadRegions();
+  await Promise.all([loadRegions(), loadEntropy()]);
   fit(state.panes[0]);
   showInfo(state.panes[0]);
 }
@@ -575,7 +596,7 @@ function listen() {
       if (resized) { pane.input = fresh; pane.changes = []; }
     }
     state.inputs[change.input] = fresh;
-    await loadRegions();
+    await Promise.all([loadRegions(), loadEntropy()]);
     status(`${fresh.label} changed: version ${change.version}, ${change.changed.length} ranges`);
     drawAll();
   });
