@@ -4,7 +4,7 @@
 use crate::harness::s;
 use std::process::Command;
 
-const COMMANDS: [&str; 17] = [
+const COMMANDS: [&str; 18] = [
     "fold",
     "snapshot",
     "mem",
@@ -16,6 +16,7 @@ const COMMANDS: [&str; 17] = [
     "diff",
     "patch",
     "locate",
+    "view",
     "unfold",
     "info",
     "preview",
