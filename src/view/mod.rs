@@ -106,7 +106,11 @@ fn new_token() -> Result<String> {
     Ok(hex::encode(bytes))
 }
 
-/// The inputs a list of paths names: a diff folder (`diff.json`) stands for its two sides.
+/// Most tiles of a builder root one viewer shows (each is read when the viewer starts).
+const MAX_BUILDER_TILES: usize = 1000;
+
+/// The inputs a list of paths names: a diff folder (`diff.json`) stands for its two sides, a
+/// map builder root (`map/manifest.json`) for its tiles.
 fn expand_paths(paths: &[PathBuf], diff: bool) -> Result<(Vec<PathBuf>, bool)> {
     if let [one] = paths {
         let table = one.join("diff.json");
@@ -124,6 +128,33 @@ fn expand_paths(paths: &[PathBuf], diff: bool) -> Result<(Vec<PathBuf>, bool)> {
                     .ok_or_else(|| Error::malformed(&table, format!("names no {key}.path")))
             };
             return Ok((vec![side("a")?, side("b")?], true));
+        }
+    }
+    // A map builder root: the `.rts.png` tiles published into it, waiting or processed.
+    if let [one] = paths {
+        if one.join("map").join("manifest.json").is_file() {
+            let mut tiles = Vec::new();
+            for folder in ["queue", "processed"] {
+                let Ok(entries) = std::fs::read_dir(one.join(folder)) else {
+                    continue;
+                };
+                for entry in entries.flatten() {
+                    let is_tile = entry.file_name().to_string_lossy().ends_with(".rts.png")
+                        && entry.file_type().is_ok_and(|t| t.is_file());
+                    if is_tile {
+                        tiles.push(entry.path());
+                    }
+                }
+            }
+            tiles.sort();
+            if tiles.is_empty() || tiles.len() > MAX_BUILDER_TILES {
+                return Err(Error::Usage(format!(
+                    "{} is a map builder root with {} tiles in queue/ and processed/; view takes 1 to {MAX_BUILDER_TILES} of them (name the ones to see)",
+                    one.display(),
+                    tiles.len()
+                )));
+            }
+            return Ok((tiles, false));
         }
     }
     if diff && paths.len() != 2 {

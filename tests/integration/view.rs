@@ -791,3 +791,50 @@ fn entropy_edges_are_where_the_class_of_4_kib_blocks_changes() {
         );
     }
 }
+
+#[test]
+fn a_map_builder_root_is_viewed_as_the_tiles_published_into_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let builder = dir.path().join("builder");
+    let input = dir.path().join("published.bin");
+    let data = sample_bytes(30_000, 8);
+    std::fs::write(&input, &data).unwrap();
+    let out = dir.path().join("out");
+    let o = foundry(&["fold", s(&input), "-o", s(&out), "--publish", s(&builder)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let view = start(std::slice::from_ref(&builder), &ViewOptions::default()).unwrap();
+    let (_, body) = get(view.addr.port(), &host(&view), "/api/inputs");
+    let inputs: Value = serde_json::from_str(&body).unwrap();
+    let inputs = inputs["inputs"].as_array().unwrap();
+    assert_eq!(inputs.len(), 1, "{inputs:?}");
+    assert_eq!(inputs[0]["kind"], "rts_png");
+    assert!(
+        inputs[0]["path"].as_str().unwrap().contains("/queue/"),
+        "{inputs:?}"
+    );
+    // The tile decodes to the published bytes.
+    let (_, body) = get(
+        view.addr.port(),
+        &host(&view),
+        "/api/input/0/hex?offset=1000&len=16",
+    );
+    let dump: Value = serde_json::from_str(&body).unwrap();
+    let first = dump["start"].as_u64().unwrap() as usize;
+    assert_eq!(
+        hex::decode(dump["hex"].as_str().unwrap()).unwrap(),
+        data[first..first + 16]
+    );
+    // An empty builder root is an error that says so.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(empty.join("map")).unwrap();
+    std::fs::write(empty.join("map/manifest.json"), "{}").unwrap();
+    let refused = start(std::slice::from_ref(&empty), &ViewOptions::default())
+        .err()
+        .unwrap();
+    assert!(
+        refused
+            .to_string()
+            .contains("map builder root with 0 tiles"),
+        "{refused}"
+    );
+}

@@ -355,7 +355,7 @@ Types: convert_binary, convert_directory, crystallize_system, analyze_system (lo
         after_help = "Examples:\n  foundry-gpu view /usr/bin/ls --open\n  foundry-gpu view out/ls.rts.png snap/ mem/000/     # pick one in the page\n  foundry-gpu view old/ls new/ls --diff             # side by side, n / p step through the changes\n  foundry-gpu view ls-delta/                        # a diff folder: its A and B\n  foundry-gpu view disk.img --bind 0.0.0.0 --port 8080   # prints a URL with the token it needs\n\nServes 127.0.0.1 on a free port unless told otherwise, only the inputs given, read-only; prints the URL and serves until Ctrl-C. Tiles follow the input: a file rewritten, or an output `watch` replaces, refreshes the changed tiles in the page."
     )]
     View {
-        /// Files, .brick, .rts.png, parts indexes, tree or memory snapshot folders, or a diff folder.
+        /// Files, .brick, .rts.png, parts indexes, tree or memory snapshot folders, a diff folder, or a map builder root.
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
         /// Port to listen on (0: a free one).
