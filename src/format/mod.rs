@@ -35,7 +35,23 @@ pub fn detect(path: &Path) -> Result<FileKind> {
         return Ok(FileKind::Raw);
     }
     let mut head = [0u8; 16];
-    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, "read", e))?;
+    // Non-blocking, and judged again on what was opened: a FIFO swapped in after the check
+    // above must neither block this open nor be read.
+    let mut file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(|e| Error::io(path, "read", e))?
+    };
+    if !file
+        .metadata()
+        .map_err(|e| Error::io(path, "read", e))?
+        .is_file()
+    {
+        return Ok(FileKind::Raw);
+    }
     let mut filled = 0;
     while filled < head.len() {
         match file.read(&mut head[filled..]) {

@@ -60,13 +60,44 @@ pub struct Loaded {
     pub stamp: Stamp,
 }
 
+/// What a path was when the viewer was given it: a later state is read only when the path
+/// is still that kind of thing, owned by the same user. A file in a folder others can write
+/// cannot become a symlink to a secret, or someone else's file, behind the viewer's back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Identity {
+    is_symlink: bool,
+    is_dir: bool,
+    owner: u32,
+}
+
+impl Identity {
+    fn of(path: &Path) -> Result<Identity> {
+        let link = std::fs::symlink_metadata(path).map_err(|e| Error::io(path, "open", e))?;
+        let target = std::fs::metadata(path).map_err(|e| Error::io(path, "open", e))?;
+        if !target.is_file() && !target.is_dir() {
+            return Err(Error::malformed(
+                path,
+                "is neither a regular file nor a folder; view shows files and folders",
+            ));
+        }
+        Ok(Identity {
+            is_symlink: link.file_type().is_symlink(),
+            is_dir: target.is_dir(),
+            owner: target.uid(),
+        })
+    }
+}
+
 /// One input the viewer was given.
 pub struct Input {
     pub id: usize,
     pub path: PathBuf,
     /// What the page calls it: the path's last component.
     pub label: String,
+    identity: Identity,
     state: RwLock<Arc<Loaded>>,
+    /// The stamp of the last state that could not be read: not tried again until it changes.
+    failed: std::sync::Mutex<Option<Stamp>>,
 }
 
 /// The largest sidecar read for the info panel.
@@ -76,6 +107,7 @@ impl Input {
     /// Reads `path` (any input `diff` takes: a file, `.brick`, `.rts.png`, parts index,
     /// snapshot or memory folder).
     pub fn open(id: usize, path: &Path) -> Result<Input> {
+        let identity = Identity::of(path)?;
         let loaded = load(path, 1)?;
         let label = path
             .file_name()
@@ -85,7 +117,9 @@ impl Input {
             id,
             path: path.to_path_buf(),
             label,
+            identity,
             state: RwLock::new(Arc::new(loaded)),
+            failed: std::sync::Mutex::new(None),
         })
     }
 
@@ -100,10 +134,26 @@ impl Input {
     /// written, moved away) keeps its last state and is tried again later.
     pub fn refresh(&self) -> Option<(u64, Vec<(u64, u64)>)> {
         let before = self.now();
-        if Stamp::of(&self.path) == before.stamp {
+        let stamp = Stamp::of(&self.path);
+        if stamp == before.stamp {
             return None;
         }
-        let next = load(&self.path, before.version + 1).ok()?;
+        let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        if failed.as_ref() == Some(&stamp) {
+            return None;
+        }
+        // The path must still be what it was (and again after reading, so a swap made while
+        // it was read is not taken either).
+        let same = || Identity::of(&self.path).ok() == Some(self.identity);
+        let next = same()
+            .then(|| load(&self.path, before.version + 1).ok())
+            .flatten()
+            .filter(|_| same());
+        let Some(next) = next else {
+            *failed = Some(stamp);
+            return None;
+        };
+        *failed = None;
         let changed = changed_ranges(&before.bytes, &next.bytes);
         let version = next.version;
         *self.state.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
@@ -183,10 +233,17 @@ fn metadata_of(path: &Path, kind: &str) -> Option<serde_json::Value> {
             .ok()
             .map(|(_, m)| m),
         "brick" => {
+            use std::os::unix::fs::OpenOptionsExt;
             let mut name = path.as_os_str().to_owned();
             name.push(".meta.json");
-            let (file, meta) = crate::source::open_input(Path::new(&name)).ok()?;
-            if meta.len() > MAX_SIDECAR {
+            // The sidecar itself, never what a link planted in its place points to.
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                .open(Path::new(&name))
+                .ok()?;
+            let meta = file.metadata().ok()?;
+            if !meta.is_file() || meta.len() > MAX_SIDECAR {
                 return None;
             }
             serde_json::from_reader(std::io::BufReader::new(file)).ok()

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use inputs::Input;
 use std::future::IntoFuture;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,8 +25,7 @@ pub struct ViewOptions {
     pub bind: Option<IpAddr>,
     /// 0 for a free port.
     pub port: u16,
-    /// The token every request must carry (`?token=`); made up when `bind` is not loopback
-    /// and none is given.
+    /// The token every API request must carry (`?token=`); made up when none is given.
     pub token: Option<String>,
     /// Compare the two inputs and show them side by side.
     pub diff: bool,
@@ -80,9 +79,10 @@ impl RunningView {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        if let Some(poller) = self.poller.take() {
-            let _ = poller.join();
-        }
+        // The poller is not waited for: a read of an input can block (a path swapped for
+        // a FIFO between the checks and the open), and must not keep the viewer from
+        // stopping. It ends at its next turn.
+        drop(self.poller.take());
         match self.server.take() {
             Some(server) => server
                 .join()
@@ -96,6 +96,22 @@ impl Drop for RunningView {
     fn drop(&mut self) {
         let _ = self.shut_down();
     }
+}
+
+/// Shortest token `--token` may give.
+const MIN_TOKEN: usize = 16;
+
+/// A token given with `--token`: long enough, and of characters a URL carries as they are.
+fn check_token(token: &str) -> Result<String> {
+    let plain = token
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b));
+    if token.len() < MIN_TOKEN || !plain {
+        return Err(Error::Usage(format!(
+            "--token must be at least {MIN_TOKEN} characters of A-Z, a-z, 0-9, -, ., _ and ~ (it goes into the URL as it is)"
+        )));
+    }
+    Ok(token.to_string())
 }
 
 /// A token of 128 random bits, in hex.
@@ -122,10 +138,30 @@ fn expand_paths(paths: &[PathBuf], diff: bool) -> Result<(Vec<PathBuf>, bool)> {
             let report: serde_json::Value = serde_json::from_reader(std::io::BufReader::new(file))
                 .map_err(|e| Error::malformed(&table, format!("is not JSON: {e}")))?;
             let side = |key: &str| {
-                report[key]["path"]
+                let named = report[key]["path"]
                     .as_str()
                     .map(PathBuf::from)
-                    .ok_or_else(|| Error::malformed(&table, format!("names no {key}.path")))
+                    .ok_or_else(|| Error::malformed(&table, format!("names no {key}.path")))?;
+                // `diff` records its sides as given: a relative one from the folder it ran
+                // in, tried here from the current folder, then from the diff folder's.
+                let path = if named.is_relative() && !named.exists() {
+                    one.parent().unwrap_or(Path::new(".")).join(&named)
+                } else {
+                    named
+                };
+                // Only a file or a folder: diff.json naming a device would have the viewer
+                // read it to --max-input at every start.
+                match std::fs::metadata(&path) {
+                    Ok(m) if m.is_file() || m.is_dir() => Ok(path),
+                    Ok(_) => Err(Error::malformed(
+                        &table,
+                        format!(
+                            "names {} as {key}, which is neither a file nor a folder",
+                            path.display()
+                        ),
+                    )),
+                    Err(e) => Err(Error::io(&path, "open", e)),
+                }
             };
             return Ok((vec![side("a")?, side("b")?], true));
         }
@@ -189,10 +225,11 @@ pub fn start(paths: &[PathBuf], options: &ViewOptions) -> Result<RunningView> {
     };
 
     let ip = options.bind.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
-    let token = match (&options.token, ip.is_loopback()) {
-        (Some(token), _) => Some(token.clone()),
-        (None, true) => None,
-        (None, false) => Some(new_token()?),
+    // A token even on loopback: every local user can reach 127.0.0.1, and what the viewer
+    // serves is what its own user may read.
+    let token = match &options.token {
+        Some(token) => check_token(token)?,
+        None => new_token()?,
     };
     let listener = std::net::TcpListener::bind((ip, options.port))
         .map_err(|e| Error::Usage(format!("cannot listen on {ip}:{}: {e}", options.port)))?;
@@ -206,17 +243,27 @@ pub fn start(paths: &[PathBuf], options: &ViewOptions) -> Result<RunningView> {
         IpAddr::V6(v6) => format!("[{v6}]"),
         IpAddr::V4(v4) => v4.to_string(),
     };
-    let url = match &token {
-        Some(token) => format!("http://{host}:{}/?token={token}", addr.port()),
-        None => format!("http://{host}:{}/", addr.port()),
-    };
+    let url = format!("http://{host}:{}/?token={token}", addr.port());
+    // On loopback, the names a page of this viewer is reached by (a page of another site
+    // that rebinds its own name to 127.0.0.1 sends that name, and is refused).
+    let allowed_hosts = ip.is_loopback().then(|| {
+        [
+            "127.0.0.1".to_string(),
+            "localhost".into(),
+            "[::1]".into(),
+            host.clone(),
+        ]
+        .iter()
+        .map(|name| format!("{name}:{}", addr.port()))
+        .collect()
+    });
 
     let (events, _) = tokio::sync::broadcast::channel(64);
     let state = Arc::new(routes::AppState::new(
         inputs.clone(),
         diff,
         token,
-        ip.is_loopback().then_some(addr.port()),
+        allowed_hosts,
         events.clone(),
     ));
     let stop_polling = Arc::new(AtomicBool::new(false));

@@ -25,8 +25,13 @@ const PAGE_HTML: &str = include_str!("assets/index.html");
 const PAGE_JS: &str = include_str!("assets/view.js");
 const PAGE_CSS: &str = include_str!("assets/view.css");
 
-/// Tiles kept rendered (each about 10-60 KB of PNG).
-const TILE_CACHE: usize = 4096;
+/// Bytes of rendered tiles kept (a tile of noise is about 260 KB of PNG, of zeros 1 KB).
+const TILE_CACHE_BYTES: usize = 256 << 20;
+
+/// Requests whose work (rendering, searching, analysing) runs at once; the rest wait their
+/// turn. Each of them is parallel inside already, and many at once only pile up threads and
+/// nest the thread pool's jobs on one stack.
+const WORKERS: usize = 2;
 
 /// Most bytes one hex request returns.
 const MAX_HEX: u64 = 4096;
@@ -45,6 +50,7 @@ type TileKey = (usize, u64, &'static str, &'static str, u32, u64, u64);
 struct TileCache {
     tiles: HashMap<TileKey, Arc<Vec<u8>>>,
     order: VecDeque<TileKey>,
+    bytes: usize,
 }
 
 impl TileCache {
@@ -53,12 +59,17 @@ impl TileCache {
     }
 
     fn put(&mut self, key: TileKey, png: Arc<Vec<u8>>) {
-        if self.tiles.insert(key, png).is_none() {
-            self.order.push_back(key);
+        self.bytes += png.len();
+        match self.tiles.insert(key, png) {
+            Some(old) => self.bytes -= old.len(),
+            None => self.order.push_back(key),
         }
-        while self.order.len() > TILE_CACHE {
-            if let Some(old) = self.order.pop_front() {
-                self.tiles.remove(&old);
+        while self.bytes > TILE_CACHE_BYTES {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(png) = self.tiles.remove(&old) {
+                self.bytes -= png.len();
             }
         }
     }
@@ -68,30 +79,31 @@ impl TileCache {
 pub struct AppState {
     inputs: Vec<Arc<Input>>,
     diff: Option<DiffView>,
-    token: Option<String>,
-    /// On loopback: the port, so only `127.0.0.1:PORT`, `localhost:PORT` and `[::1]:PORT` are
-    /// accepted as the Host (a page on another site that rebinds its name to 127.0.0.1 sends
-    /// its own name and is refused).
-    loopback_port: Option<u16>,
+    token: String,
+    /// On loopback: the `HOST:PORT`s accepted as the Host header (a page on another site that
+    /// rebinds its name to 127.0.0.1 sends its own name and is refused).
+    allowed_hosts: Option<Vec<String>>,
     events: tokio::sync::broadcast::Sender<String>,
     tiles: Mutex<TileCache>,
+    work: tokio::sync::Semaphore,
 }
 
 impl AppState {
     pub fn new(
         inputs: Vec<Arc<Input>>,
         diff: Option<DiffView>,
-        token: Option<String>,
-        loopback_port: Option<u16>,
+        token: String,
+        allowed_hosts: Option<Vec<String>>,
         events: tokio::sync::broadcast::Sender<String>,
     ) -> AppState {
         AppState {
             inputs,
             diff,
             token,
-            loopback_port,
+            allowed_hosts,
             events,
             tiles: Mutex::new(TileCache::default()),
+            work: tokio::sync::Semaphore::new(WORKERS),
         }
     }
 
@@ -139,6 +151,21 @@ impl IntoResponse for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
+/// Runs `job` on a blocking thread once one of the [`WORKERS`] turns is free.
+async fn work<T: Send + 'static>(
+    state: &AppState,
+    job: impl FnOnce() -> T + Send + 'static,
+) -> ApiResult<T> {
+    let _turn = state
+        .work
+        .acquire()
+        .await
+        .map_err(|_| ApiError::bad("the viewer is stopping"))?;
+    tokio::task::spawn_blocking(job)
+        .await
+        .map_err(|e| ApiError::bad(format!("the work failed: {e}")))
+}
+
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/", get(page))
@@ -167,16 +194,13 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 /// Refuses a request whose Host is not this loopback server's, or that lacks the token.
 async fn guard(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    if let Some(port) = state.loopback_port {
+    if let Some(allowed) = &state.allowed_hosts {
         let host = request
             .headers()
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .unwrap_or("");
-        let allowed = ["127.0.0.1", "localhost", "[::1]"]
-            .iter()
-            .any(|name| host == format!("{name}:{port}"));
-        if !allowed {
+        if !allowed.iter().any(|name| name == host) {
             return ApiError(
                 StatusCode::FORBIDDEN,
                 format!("host {host:?} is not this viewer's"),
@@ -187,7 +211,8 @@ async fn guard(State(state): State<Arc<AppState>>, request: Request, next: Next)
     // The page and its scripts are the same for everyone and name no input; the API answers
     // only with the token.
     let is_api = request.uri().path().starts_with("/api/");
-    if let Some(token) = state.token.as_ref().filter(|_| is_api) {
+    if is_api {
+        let token = &state.token;
         let given = request
             .uri()
             .query()
@@ -343,10 +368,13 @@ async fn tile(
         .map_err(|_| ApiError::bad("the tile's row is not a number"))?;
     // The page asks with the version it knows changed this tile last; a tile of an older
     // version kept here still shows the same bytes, as nothing changed over it since.
+    // Never a version past the one shown: a tile asked for ahead would be kept under a
+    // version whose bytes it does not show.
+    let shown = input.now().version;
     let version = query
         .get("v")
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| input.now().version);
+        .map_or(shown, |v: u64| v.min(shown));
     let key = (id, version, layout_name, palette_name, z, x, y);
     let cached = state
         .tiles
@@ -357,16 +385,16 @@ async fn tile(
         Some(png) => png,
         None => {
             let loaded = input.now();
-            let png = tokio::task::spawn_blocking(move || -> crate::Result<Vec<u8>> {
+            let png = work(&state, move || -> crate::Result<Vec<u8>> {
                 let image =
                     render_tile(&loaded.bytes, geometry(&loaded, layout), palette, z, x, y)?;
                 let mut png = Vec::with_capacity(64 << 10);
                 crate::format::preview::write_png(&mut png, &image)
                     .map_err(|e| crate::Error::Usage(format!("tile PNG: {e}")))?;
+                png.shrink_to_fit();
                 Ok(png)
             })
-            .await
-            .map_err(|e| ApiError::bad(format!("tile render failed: {e}")))??;
+            .await??;
             let png = Arc::new(png);
             state
                 .tiles
@@ -478,33 +506,36 @@ async fn regions(
 ) -> ApiResult<Json<serde_json::Value>> {
     let loaded = state.input(id)?.now();
     let (layout, _) = layout_named(params.layout.as_deref().unwrap_or("brick"))?;
-    let geometry = geometry(&loaded, layout);
     let with_symbols = params.symbols.unwrap_or(false);
-    let mut budget = MAX_SQUARES;
-    let mut list = Vec::new();
-    let mut left_out = 0usize;
-    for (range, kind, address) in loaded.map.regions() {
-        if kind == "elf_symbol" && !with_symbols {
-            continue;
+    // A snapshot's table can name a million files: built off the server's threads.
+    let answer = work(&state, move || {
+        let geometry = geometry(&loaded, layout);
+        let mut budget = MAX_SQUARES;
+        let mut list = Vec::new();
+        let mut left_out = 0usize;
+        for (range, kind, address) in loaded.map.regions() {
+            if kind == "elf_symbol" && !with_symbols {
+                continue;
+            }
+            let squares = squares(geometry, range.start, range.end);
+            if squares.len() > budget {
+                left_out += 1;
+                continue;
+            }
+            budget -= squares.len();
+            list.push(json!({
+                "kind": kind,
+                "name": range.name,
+                "start": range.start,
+                "end": range.end,
+                "address": address,
+                "squares": squares,
+            }));
         }
-        let squares = squares(geometry, range.start, range.end);
-        if squares.len() > budget {
-            left_out += 1;
-            continue;
-        }
-        budget -= squares.len();
-        list.push(json!({
-            "kind": kind,
-            "name": range.name,
-            "start": range.start,
-            "end": range.end,
-            "address": address,
-            "squares": squares,
-        }));
-    }
-    Ok(Json(
-        json!({ "regions": list, "left_out": left_out, "version": loaded.version }),
-    ))
+        json!({ "regions": list, "left_out": left_out, "version": loaded.version })
+    })
+    .await?;
+    Ok(Json(answer))
 }
 
 /// The entropy regions whose edges the page draws: runs of 4 KiB blocks of one class
@@ -516,7 +547,7 @@ async fn entropy(
 ) -> ApiResult<Json<serde_json::Value>> {
     let loaded = state.input(id)?.now();
     let (layout, _) = layout_named(params.layout.as_deref().unwrap_or("brick"))?;
-    let answer = tokio::task::spawn_blocking(move || {
+    let answer = work(&state, move || {
         let geometry = geometry(&loaded, layout);
         let mut budget = MAX_SQUARES;
         let regions: Vec<_> = loaded
@@ -533,8 +564,7 @@ async fn entropy(
             .collect();
         json!({ "regions": regions, "version": loaded.version })
     })
-    .await
-    .map_err(|e| ApiError::bad(format!("entropy failed: {e}")))?;
+    .await?;
     Ok(Json(answer))
 }
 
@@ -567,7 +597,7 @@ async fn search(
             pattern.len()
         )));
     }
-    let found = tokio::task::spawn_blocking(move || {
+    let found = work(&state, move || {
         let geometry = geometry(&loaded, layout);
         let mut hits = Vec::new();
         let mut count = 0u64;
@@ -580,8 +610,7 @@ async fn search(
         }
         json!({ "hits": hits, "count": count, "len": pattern.len(), "version": loaded.version })
     })
-    .await
-    .map_err(|e| ApiError::bad(format!("search failed: {e}")))?;
+    .await?;
     Ok(Json(found))
 }
 
@@ -592,7 +621,7 @@ async fn info(
     let input = state.input(id)?;
     let loaded = input.now();
     let path = input.path.display().to_string();
-    let answer = tokio::task::spawn_blocking(move || {
+    let answer = work(&state, move || {
         let analysis = crate::analysis::local::analyze(&loaded.bytes);
         let semantic = loaded
             .metadata
@@ -610,8 +639,7 @@ async fn info(
             "version": loaded.version,
         })
     })
-    .await
-    .map_err(|e| ApiError::bad(format!("analysis failed: {e}")))?;
+    .await?;
     Ok(Json(answer))
 }
 
@@ -642,7 +670,7 @@ async fn holder(
     let Some((range, kind)) = found else {
         return Ok(Json(json!({ "holder": null })));
     };
-    let answer = tokio::task::spawn_blocking(move || {
+    let answer = work(&state, move || {
         let length = range.end - range.start;
         let analysis = (length <= MAX_HOLDER_ANALYSIS).then(|| {
             crate::analysis::local::analyze(&loaded.bytes[range.start as usize..range.end as usize])
@@ -656,8 +684,7 @@ async fn holder(
             "semantic": semantic,
         })
     })
-    .await
-    .map_err(|e| ApiError::bad(format!("analysis failed: {e}")))?;
+    .await?;
     Ok(Json(answer))
 }
 
@@ -670,40 +697,48 @@ async fn diff(
     State(state): State<Arc<AppState>>,
     UrlQuery(params): UrlQuery<DiffParams>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let Some(diff) = &state.diff else {
+    if state.diff.is_none() {
         return Err(ApiError::not_found("this viewer shows no diff"));
-    };
+    }
     let (layout, _) = layout_named(params.layout.as_deref().unwrap_or("brick"))?;
-    let (a, b) = (state.inputs[0].now(), state.inputs[1].now());
-    let (ga, gb) = (geometry(&a, layout), geometry(&b, layout));
-    let mut budget = MAX_SQUARES;
-    let changes: Vec<_> = diff
-        .report
-        .ranges
-        .iter()
-        .map(|r| {
-            let side = |range: Option<(u64, u64)>, g: Geometry, budget: &mut usize| {
-                range.map(|(s, e)| {
-                    let mut sq = squares(g, s, e);
-                    sq.truncate(*budget);
-                    *budget -= sq.len();
-                    json!({ "start": s, "end": e, "squares": sq })
-                })
-            };
-            json!({
-                "kind": r.kind,
-                "a": side(r.a, ga, &mut budget),
-                "b": side(r.b, gb, &mut budget),
-                "differing_bytes": r.differing_bytes,
+    let shared = Arc::clone(&state);
+    let answer = work(&state, move || {
+        let Some(diff) = &shared.diff else {
+            return json!({});
+        };
+        let (a, b) = (shared.inputs[0].now(), shared.inputs[1].now());
+        let (ga, gb) = (geometry(&a, layout), geometry(&b, layout));
+        let mut budget = MAX_SQUARES;
+        let mut side = |range: Option<(u64, u64)>, g: Geometry| {
+            range.map(|(s, e)| {
+                let mut sq = squares(g, s, e);
+                sq.truncate(budget);
+                budget -= sq.len();
+                json!({ "start": s, "end": e, "squares": sq })
             })
+        };
+        let changes: Vec<_> = diff
+            .report
+            .ranges
+            .iter()
+            .map(|r| {
+                json!({
+                    "kind": r.kind,
+                    "a": side(r.a, ga),
+                    "b": side(r.b, gb),
+                    "differing_bytes": r.differing_bytes,
+                })
+            })
+            .collect();
+        json!({
+            "changes": changes,
+            "ranges_omitted": diff.report.ranges_omitted,
+            "totals": diff.report.totals,
+            "difference": diff.report.difference,
         })
-        .collect();
-    Ok(Json(json!({
-        "changes": changes,
-        "ranges_omitted": diff.report.ranges_omitted,
-        "totals": diff.report.totals,
-        "difference": diff.report.difference,
-    })))
+    })
+    .await?;
+    Ok(Json(answer))
 }
 
 async fn events(

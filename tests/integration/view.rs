@@ -49,6 +49,24 @@ fn host(view: &RunningView) -> String {
     format!("127.0.0.1:{}", view.addr.port())
 }
 
+/// The token in the URL `view` prints.
+fn token(view: &RunningView) -> String {
+    view.url
+        .split_once("?token=")
+        .map(|(_, t)| t.to_string())
+        .expect("the printed URL carries the token")
+}
+
+/// A GET of the viewer's own API, with its host and token, as its page sends it.
+fn api(view: &RunningView, path: &str) -> (u16, String) {
+    let joiner = if path.contains('?') { '&' } else { '?' };
+    get(
+        view.addr.port(),
+        &host(view),
+        &format!("{path}{joiner}token={}", token(view)),
+    )
+}
+
 /// A small ELF with a named function and a string in `.rodata`.
 fn small_elf(dir: &Path) -> PathBuf {
     gcc(
@@ -69,9 +87,16 @@ fn only_its_own_host_and_only_the_inputs_it_was_given_are_served() {
     let view = start(std::slice::from_ref(&input), &ViewOptions::default()).unwrap();
     let port = view.addr.port();
     assert!(view.addr.ip().is_loopback(), "{}", view.addr);
-    assert_eq!(view.url, format!("http://127.0.0.1:{port}/"));
+    assert_eq!(
+        view.url,
+        format!("http://127.0.0.1:{port}/?token={}", token(&view))
+    );
+    assert_eq!(token(&view).len(), 32, "128 random bits in hex");
 
-    let (status, body) = get(port, &host(&view), "/api/inputs");
+    // Even on loopback, where every local user can connect, the API needs the token.
+    assert_eq!(get(port, &host(&view), "/api/inputs").0, 401);
+    assert_eq!(get(port, &host(&view), "/api/input/0/hex?offset=0").0, 401);
+    let (status, body) = api(&view, "/api/inputs");
     assert_eq!(status, 200, "{body}");
     let inputs: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(inputs["inputs"][0]["size"], 70_000);
@@ -99,7 +124,7 @@ fn only_its_own_host_and_only_the_inputs_it_was_given_are_served() {
         "/api/input/0/tile/brick/../../../etc/passwd/0/0/0.png".to_string(),
         "/src/view/mod.rs".to_string(),
     ] {
-        let (status, body) = get(port, &host(&view), &path);
+        let (status, body) = api(&view, &path);
         assert!(status == 404 || status == 400, "{path}: {status} {body}");
         assert!(
             !body.contains("root:") && !body.contains("do-not-serve"),
@@ -109,21 +134,17 @@ fn only_its_own_host_and_only_the_inputs_it_was_given_are_served() {
     // Read-only: nothing but GET is routed.
     let (status, _) = request(
         port,
-        &format!("POST /api/inputs HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", host(&view)),
+        &format!("POST /api/inputs?token={} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", token(&view), host(&view)),
     );
     assert_eq!(status, 405);
     // Bad parameters are errors that say what is wrong.
-    let (status, body) = get(
-        port,
-        &host(&view),
-        "/api/input/0/tile/brick/sepia/0/0/0.png",
-    );
+    let (status, body) = api(&view, "/api/input/0/tile/brick/sepia/0/0/0.png");
     assert_eq!(status, 400);
     assert!(body.contains("sepia"), "{body}");
-    let (status, body) = get(port, &host(&view), "/api/input/0/hex?offset=70000");
+    let (status, body) = api(&view, "/api/input/0/hex?offset=70000");
     assert_eq!(status, 400);
     assert!(body.contains("past the end"), "{body}");
-    let (status, body) = get(port, &host(&view), "/api/input/0/tile/brick/gray/5/0/0.png");
+    let (status, body) = api(&view, "/api/input/0/tile/brick/gray/5/0/0.png");
     assert_eq!(status, 400, "{body}");
 }
 
@@ -138,12 +159,7 @@ fn off_loopback_every_api_request_needs_the_token() {
     };
     let view = start(&[input], &options).unwrap();
     let port = view.addr.port();
-    let token = view
-        .url
-        .split_once("?token=")
-        .map(|(_, t)| t.to_string())
-        .expect("the printed URL carries the token");
-    assert_eq!(token.len(), 32, "128 random bits in hex");
+    let token = token(&view);
     let any_host = "192.0.2.1:1";
     assert_eq!(get(port, any_host, "/api/inputs").0, 401);
     assert_eq!(get(port, any_host, "/api/inputs?token=wrong").0, 401);
@@ -180,6 +196,52 @@ fn off_loopback_every_api_request_needs_the_token() {
 }
 
 #[test]
+fn a_path_swapped_for_a_symlink_or_a_fifo_is_not_read_and_a_real_rewrite_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("viewed.bin");
+    std::fs::write(&input, sample_bytes(40_000, 3)).unwrap();
+    let secret = dir.path().join("secret.txt");
+    std::fs::write(&secret, "the-secret-the-viewer-must-not-serve").unwrap();
+    let options = ViewOptions {
+        poll: Duration::from_millis(20),
+        ..ViewOptions::default()
+    };
+    let view = start(std::slice::from_ref(&input), &options).unwrap();
+    let version = |view: &RunningView| -> u64 {
+        let (_, body) = api(view, "/api/inputs");
+        serde_json::from_str::<Value>(&body).unwrap()["inputs"][0]["version"]
+            .as_u64()
+            .unwrap()
+    };
+    // A symlink to another file renamed over the input: never read.
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&secret, &link).unwrap();
+    std::fs::rename(&link, &input).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(version(&view), 1);
+    let (_, body) = api(&view, "/api/input/0/search?text=the-secret");
+    assert!(body.contains("\"count\":0"), "{body}");
+    // A FIFO renamed over it: not opened (the poller would wait for a writer), not read.
+    let fifo = dir.path().join("fifo");
+    let c = std::ffi::CString::new(s(&fifo)).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    std::fs::rename(&fifo, &input).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(version(&view), 1);
+    // A regular file renamed over it, as editors and `watch` write: the next state.
+    let fresh = dir.path().join("fresh");
+    std::fs::write(&fresh, sample_bytes(40_000, 4)).unwrap();
+    std::fs::rename(&fresh, &input).unwrap();
+    wait_for(Duration::from_secs(10), "the rewrite read", || {
+        version(&view) == 2
+    });
+    // The viewer still stops at once.
+    let started = std::time::Instant::now();
+    drop(view);
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
 fn the_api_locates_as_locate_does_and_names_sections_of_a_folded_elf() {
     let dir = tempfile::tempdir().unwrap();
     let elf = small_elf(dir.path());
@@ -195,11 +257,7 @@ fn the_api_locates_as_locate_does_and_names_sections_of_a_folded_elf() {
     let view = start(std::slice::from_ref(&image), &ViewOptions::default()).unwrap();
     let port = view.addr.port();
     let offset = text.start + 3;
-    let (status, body) = get(
-        port,
-        &host(&view),
-        &format!("/api/input/0/locate?offset={offset}"),
-    );
+    let (status, body) = api(&view, &format!("/api/input/0/locate?offset={offset}"));
     assert_eq!(status, 200, "{body}");
     let answer: Value = serde_json::from_str(&body).unwrap();
     // The .rts.png's own pixel, as `locate` of the .rts.png gives it.
@@ -220,7 +278,7 @@ fn the_api_locates_as_locate_does_and_names_sections_of_a_folded_elf() {
         .map(|h| h["name"].as_str().unwrap())
         .collect();
     assert!(holders.contains(&".text"), "{holders:?}");
-    let (_, body) = get(port, &host(&view), "/api/input/0/locate?q=add_numbers");
+    let (_, body) = api(&view, "/api/input/0/locate?q=add_numbers");
     let symbol: Value = serde_json::from_str(&body).unwrap();
     let expected = locate(&elf, Query::Region("add_numbers".into())).unwrap();
     assert_eq!(symbol["report"]["start"], expected.start, "{body}");
@@ -231,25 +289,17 @@ fn the_api_locates_as_locate_does_and_names_sections_of_a_folded_elf() {
         .windows(19)
         .position(|w| w == b"foundry-view-banner")
         .unwrap();
-    let (_, body) = get(
-        port,
-        &host(&view),
-        "/api/input/0/search?text=foundry-view-banner",
-    );
+    let (_, body) = api(&view, "/api/input/0/search?text=foundry-view-banner");
     let found: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(found["count"], 1, "{body}");
     assert_eq!(found["hits"][0]["offset"], at);
-    let (_, body) = get(port, &host(&view), "/api/input/0/search?hex=7f454c46");
+    let (_, body) = api(&view, "/api/input/0/search?hex=7f454c46");
     assert_eq!(
         serde_json::from_str::<Value>(&body).unwrap()["hits"][0]["offset"],
         0
     );
     // The hex dump holds the file's bytes.
-    let (_, body) = get(
-        port,
-        &host(&view),
-        &format!("/api/input/0/hex?offset={at}&len=64"),
-    );
+    let (_, body) = api(&view, &format!("/api/input/0/hex?offset={at}&len=64"));
     let dump: Value = serde_json::from_str(&body).unwrap();
     let start = dump["start"].as_u64().unwrap() as usize;
     let bytes = hex::decode(dump["hex"].as_str().unwrap()).unwrap();
@@ -275,7 +325,9 @@ fn the_command_prints_its_url_and_refuses_what_it_cannot_show() {
     let url = printed["url"].as_str().unwrap().to_string();
     let port: u16 = url
         .trim_start_matches("http://127.0.0.1:")
-        .trim_end_matches('/')
+        .split('/')
+        .next()
+        .unwrap()
         .parse()
         .unwrap();
     let (status, body) = get(port, &format!("127.0.0.1:{port}"), "/");
@@ -292,6 +344,15 @@ fn the_command_prints_its_url_and_refuses_what_it_cannot_show() {
     let one = foundry(&["view", s(&input), "--diff"]);
     assert!(!one.status.success());
     assert!(String::from_utf8_lossy(&one.stderr).contains("--diff compares two inputs"));
+    // A token anyone could guess, or one a URL would mangle, is refused.
+    for weak in ["", "short", "has space in it 1234", "percent%20and&amp1234"] {
+        let o = foundry(&["view", s(&input), "--token", weak]);
+        assert!(!o.status.success(), "--token {weak:?}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("--token must be"),
+            "{weak:?}"
+        );
+    }
 }
 
 /// chromedriver and the chromium it drives, headless, with a fresh profile.
@@ -713,9 +774,8 @@ fn a_snapshot_names_the_file_under_a_byte_and_says_what_it_is() {
     let notes = locate(&snap, Query::Region("notes.txt".into())).unwrap();
     let view = start(std::slice::from_ref(&snap), &ViewOptions::default()).unwrap();
     let port = view.addr.port();
-    let (status, body) = get(
-        port,
-        &host(&view),
+    let (status, body) = api(
+        &view,
         &format!("/api/input/0/holder?offset={}", notes.start + 10),
     );
     assert_eq!(status, 200, "{body}");
@@ -731,7 +791,7 @@ fn a_snapshot_names_the_file_under_a_byte_and_says_what_it_is() {
     assert_eq!(answer["analysis"]["file_type"], "text", "{body}");
     let expected = foundry_gpu::analysis::sha256(&std::fs::read(tree.join("notes.txt")).unwrap());
     assert_eq!(answer["record"]["sha256"], hex::encode(expected));
-    let (_, body) = get(port, &host(&view), "/api/inputs");
+    let (_, body) = api(&view, "/api/inputs");
     assert_eq!(
         serde_json::from_str::<Value>(&body).unwrap()["inputs"][0]["kind"],
         "district"
@@ -753,7 +813,7 @@ fn entropy_edges_are_where_the_class_of_4_kib_blocks_changes() {
     data.extend(b"text of ordinary words, repeated. ".repeat(500));
     std::fs::write(&input, &data).unwrap();
     let view = start(std::slice::from_ref(&input), &ViewOptions::default()).unwrap();
-    let (status, body) = get(view.addr.port(), &host(&view), "/api/input/0/entropy");
+    let (status, body) = api(&view, "/api/input/0/entropy");
     assert_eq!(status, 200, "{body}");
     let answer: Value = serde_json::from_str(&body).unwrap();
     let regions: Vec<(String, u64, u64)> = answer["regions"]
@@ -803,7 +863,7 @@ fn a_map_builder_root_is_viewed_as_the_tiles_published_into_it() {
     let o = foundry(&["fold", s(&input), "-o", s(&out), "--publish", s(&builder)]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let view = start(std::slice::from_ref(&builder), &ViewOptions::default()).unwrap();
-    let (_, body) = get(view.addr.port(), &host(&view), "/api/inputs");
+    let (_, body) = api(&view, "/api/inputs");
     let inputs: Value = serde_json::from_str(&body).unwrap();
     let inputs = inputs["inputs"].as_array().unwrap();
     assert_eq!(inputs.len(), 1, "{inputs:?}");
@@ -813,11 +873,7 @@ fn a_map_builder_root_is_viewed_as_the_tiles_published_into_it() {
         "{inputs:?}"
     );
     // The tile decodes to the published bytes.
-    let (_, body) = get(
-        view.addr.port(),
-        &host(&view),
-        "/api/input/0/hex?offset=1000&len=16",
-    );
+    let (_, body) = api(&view, "/api/input/0/hex?offset=1000&len=16");
     let dump: Value = serde_json::from_str(&body).unwrap();
     let first = dump["start"].as_u64().unwrap() as usize;
     assert_eq!(
