@@ -3,7 +3,7 @@
 //! diffs side by side, and live tiles while the input changes.
 //!
 //! It serves only the inputs it was given, addressed by number (no path ever comes from a
-//! request), read-only, on loopback unless told otherwise, and then only with a token.
+//! request), read-only, on loopback unless told otherwise, and always with a token.
 
 pub mod inputs;
 mod routes;

@@ -352,7 +352,7 @@ Types: convert_binary, convert_directory, crystallize_system, analyze_system (lo
     },
     /// Show inputs as a deep-zoom map in the browser: hover for offsets, click for hex, go to sections, diffs side by side.
     #[command(
-        after_help = "Examples:\n  foundry-gpu view /usr/bin/ls --open\n  foundry-gpu view out/ls.rts.png snap/ mem/000/     # pick one in the page\n  foundry-gpu view old/ls new/ls --diff             # side by side, n / p step through the changes\n  foundry-gpu view ls-delta/                        # a diff folder: its A and B\n  foundry-gpu view disk.img --bind 0.0.0.0 --port 8080   # prints a URL with the token it needs\n\nServes 127.0.0.1 on a free port unless told otherwise, only the inputs given, read-only; prints the URL and serves until Ctrl-C. Tiles follow the input: a file rewritten, or an output `watch` replaces, refreshes the changed tiles in the page."
+        after_help = "Examples:\n  foundry-gpu view /usr/bin/ls --open\n  foundry-gpu view out/ls.rts.png snap/ mem/000/     # pick one in the page\n  foundry-gpu view old/ls new/ls --diff             # side by side, n / p step through the changes\n  foundry-gpu view ls-delta/                        # a diff folder: its A and B\n  foundry-gpu view disk.img --bind 0.0.0.0 --port 8080   # listen beyond loopback; the URL holds the token\n\nServes 127.0.0.1 on a free port unless told otherwise, only the inputs given, read-only; prints the URL (with the token every API request needs) and serves until Ctrl-C. Tiles follow the input: a file rewritten, or an output `watch` replaces, refreshes the changed tiles in the page."
     )]
     View {
         /// Files, .brick, .rts.png, parts indexes, tree or memory snapshot folders, a diff folder, or a map builder root.
@@ -361,10 +361,10 @@ Types: convert_binary, convert_directory, crystallize_system, analyze_system (lo
         /// Port to listen on (0: a free one).
         #[arg(long, default_value_t = 0)]
         port: u16,
-        /// Address to listen on instead of 127.0.0.1; any other than loopback needs a token (made up unless --token is given).
+        /// Address to listen on instead of 127.0.0.1.
         #[arg(long)]
         bind: Option<std::net::IpAddr>,
-        /// The token every API request must carry (?token=); required off loopback.
+        /// The token every API request must carry (?token=), at least 16 URL-safe characters; made up when not given.
         #[arg(long)]
         token: Option<String>,
         /// Compare the two inputs and show them side by side, zoom and pan locked.
