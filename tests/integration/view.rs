@@ -255,7 +255,6 @@ fn the_api_locates_as_locate_does_and_names_sections_of_a_folded_elf() {
     let image = out.join("viewed.rts.png");
     let text = locate(&elf, Query::Region(".text".into())).unwrap();
     let view = start(std::slice::from_ref(&image), &ViewOptions::default()).unwrap();
-    let port = view.addr.port();
     let offset = text.start + 3;
     let (status, body) = api(&view, &format!("/api/input/0/locate?offset={offset}"));
     assert_eq!(status, 200, "{body}");
@@ -773,7 +772,6 @@ fn a_snapshot_names_the_file_under_a_byte_and_says_what_it_is() {
     );
     let notes = locate(&snap, Query::Region("notes.txt".into())).unwrap();
     let view = start(std::slice::from_ref(&snap), &ViewOptions::default()).unwrap();
-    let port = view.addr.port();
     let (status, body) = api(
         &view,
         &format!("/api/input/0/holder?offset={}", notes.start + 10),
