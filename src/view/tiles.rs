@@ -10,31 +10,19 @@ use crate::error::{Error, Result};
 use crate::format::preview::{colour, Palette, PreviewImage, ENTROPY_WINDOW};
 use crate::kernels::preview_stats::{preview_stats, EntropyTable, MAX_RUN_LEN};
 use crate::kernels::Layout;
-use serde::Serialize;
 
 /// Pixels on a tile's side.
 pub const TILE_SIDE: u32 = 256;
 
 /// How an input is laid out in the view: one cell a byte (as in its `.brick`) or one cell four
 /// bytes (as in its `.rts.png`), on one curve over the whole input.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Geometry {
-    #[serde(serialize_with = "layout_name")]
     pub layout: Layout,
     /// The curve's order: the layout is `2^order` cells on a side.
     pub order: u32,
     /// Bytes of the input.
     pub size: u64,
-}
-
-fn layout_name<S: serde::Serializer>(
-    layout: &Layout,
-    s: S,
-) -> std::result::Result<S::Ok, S::Error> {
-    s.serialize_str(match layout {
-        Layout::Brick => "brick",
-        Layout::Rts => "rts",
-    })
 }
 
 impl Geometry {
