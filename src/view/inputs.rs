@@ -131,7 +131,8 @@ impl Input {
     /// Reads the path again when its stamp changed: the byte ranges that differ from the
     /// state shown before (merged, at most `MAX_CHANGED_RANGES`; beyond that the whole span
     /// they cover), or `None` when nothing changed. A path that cannot be read now (half
-    /// written, moved away) keeps its last state and is tried again later.
+    /// written, moved away, no longer what it was) keeps its last state, and is tried again
+    /// once its stamp changes again.
     pub fn refresh(&self) -> Option<(u64, Vec<(u64, u64)>)> {
         let before = self.now();
         let stamp = Stamp::of(&self.path);
