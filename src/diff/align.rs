@@ -81,20 +81,72 @@ fn cdc_sizes(block: usize) -> (u32, u32, u32) {
     ((avg / 4).max(64), avg, (avg * 4).max(1024))
 }
 
-/// Chunks of `data[start..]`, hashed, with offsets in `data`.
+/// Chunks of `data[start..]`, hashed, with offsets in `data`; cut on every core (see
+/// [`cut_ends`]) in pieces of at least [`CUT_PIECE`].
 fn cut_from(data: &[u8], start: usize, block: usize) -> Vec<Chunk> {
-    let (min, avg, max) = cdc_sizes(block);
-    let spans: Vec<(usize, usize)> = fastcdc::v2020::FastCDC::new(&data[start..], min, avg, max)
-        .map(|c| (start + c.offset, c.length))
-        .collect();
+    let ends = cut_ends(data, start, block, CUT_PIECE);
+    let starts = std::iter::once(start).chain(ends.iter().copied());
+    let spans: Vec<(usize, usize)> = starts.zip(ends.iter().copied()).collect();
     spans
         .par_iter()
-        .map(|&(offset, len)| Chunk {
+        .map(|&(offset, end)| Chunk {
             offset,
-            len,
-            hash: xxh3_128(&data[offset..offset + len]),
+            len: end - offset,
+            hash: xxh3_128(&data[offset..end]),
         })
         .collect()
+}
+
+/// The smallest piece [`cut_ends`] cuts on its own: large enough that the few chunks cut twice
+/// where pieces meet cost nothing.
+const CUT_PIECE: usize = 4 << 20;
+
+/// The ends of FastCDC's chunks of `data[start..]`, in order: exactly a cut from `start` to the
+/// end, made on every core. A cut is decided by the bytes from the previous cut on (and how
+/// many are left), so a cutter started anywhere makes the same cuts as one from `start` from
+/// the first cut they share. `data` is split into pieces of at least `piece` bytes, each cut
+/// from its own start in parallel until it passes the next piece's start; then, in order, the
+/// cut so far is carried past each piece's start until it lands on one of that piece's cuts,
+/// and that piece's cuts from there on are taken as they are. (Where none is ever shared, as
+/// in long runs of one byte cut at the maximum size from another phase, carrying on is a plain
+/// cut of the rest: slower, never wrong.)
+fn cut_ends(data: &[u8], start: usize, block: usize, piece: usize) -> Vec<usize> {
+    let (min, avg, max) = cdc_sizes(block);
+    let cutter = fastcdc::v2020::FastCDC::new(data, min, avg, max);
+    let cut_at = |at: usize| cutter.cut(at, data.len() - at).1;
+    let len = data.len() - start;
+    let pieces = (len / piece.max(1))
+        .min(4 * rayon::current_num_threads())
+        .max(1);
+    let bounds: Vec<usize> = (0..=pieces).map(|i| start + len * i / pieces).collect();
+    let cuts: Vec<Vec<usize>> = (0..pieces)
+        .into_par_iter()
+        .map(|i| {
+            let (mut at, mut ends) = (bounds[i], Vec::new());
+            while at < bounds[i + 1] {
+                at = cut_at(at);
+                ends.push(at);
+            }
+            ends
+        })
+        .collect();
+    let mut cuts = cuts.into_iter();
+    let mut ends = cuts.next().unwrap_or_default();
+    for next in cuts {
+        let mut at = ends.last().copied().unwrap_or(start);
+        while at < data.len() {
+            if let Ok(shared) = next.binary_search(&at) {
+                ends.extend_from_slice(&next[shared + 1..]);
+                break;
+            }
+            if next.last().is_some_and(|&last| at > last) {
+                break;
+            }
+            at = cut_at(at);
+            ends.push(at);
+        }
+    }
+    ends
 }
 
 /// One side cut into content-defined chunks for a given block: what [`align_chunked`] matches.
@@ -201,9 +253,70 @@ impl Chunking {
     }
 }
 
+impl Chunking {
+    /// The chunking of `b`, given this one of `a`: exactly [`Chunking::of`] `b`, found mostly by
+    /// comparing bytes instead of computing cuts. FastCDC's cut of a chunk is decided by its
+    /// bytes and the one after it (at most `max` bytes in all), and otherwise only by how much
+    /// data is left, capped at `max`. So where `b` repeats a chunk of `a`, byte for byte through
+    /// the byte that decided its cut, and both have at least `max` bytes left, `b` is cut there
+    /// at the same length, and the chunk's hash is the same. Where it does not, `b` is cut by
+    /// content, and following resumes at the `a` chunk after one whose hash a content cut
+    /// matched, or at the `a` chunk that starts where the last shift between them puts it.
+    pub fn follow(&self, a: &[u8], b: &[u8]) -> Chunking {
+        let (min, avg, max) = cdc_sizes(self.block);
+        let max = max as usize;
+        let old = &self.chunks;
+        let by_hash: HashMap<u128, usize> = old
+            .iter()
+            .enumerate()
+            .rev()
+            .map(|(i, c)| (c.hash, i))
+            .collect();
+        let start_at = |offset: usize| old.binary_search_by_key(&offset, |c| c.offset).ok();
+        let cutter = fastcdc::v2020::FastCDC::new(b, min, avg, max as u32);
+        let mut chunks = Vec::with_capacity(old.len());
+        // `next`: the `a` chunk expected at `at`; `shift`: `a` offset minus `b` offset there.
+        let (mut at, mut next, mut shift) = (0usize, (!old.is_empty()).then_some(0), 0isize);
+        while at < b.len() {
+            if let Some(c) = next.map(|i| old[i]) {
+                let decided_by = (c.len + 1).min(max);
+                if c.offset + max <= a.len()
+                    && at + max <= b.len()
+                    && a[c.offset..c.offset + decided_by] == b[at..at + decided_by]
+                {
+                    chunks.push(Chunk { offset: at, ..c });
+                    at += c.len;
+                    next = next.map(|i| i + 1).filter(|&i| i < old.len());
+                    continue;
+                }
+            }
+            let (_, end) = cutter.cut(at, b.len() - at);
+            let hash = xxh3_128(&b[at..end]);
+            chunks.push(Chunk {
+                offset: at,
+                len: end - at,
+                hash,
+            });
+            at = end;
+            next = match by_hash.get(&hash) {
+                Some(&i) => {
+                    shift = old[i].offset as isize - chunks.last().map_or(0, |c| c.offset) as isize;
+                    Some(i + 1).filter(|&i| i < old.len())
+                }
+                None => usize::try_from(at as isize + shift).ok().and_then(start_at),
+            };
+        }
+        Chunking {
+            block: self.block,
+            chunks,
+        }
+    }
+}
+
 /// Aligns `a` and `b` at about `block`-byte granularity.
 pub fn align(a: &[u8], b: &[u8], block: usize) -> Alignment {
-    let (ca, cb) = rayon::join(|| Chunking::of(a, block), || Chunking::of(b, block));
+    let ca = Chunking::of(a, block);
+    let cb = ca.follow(a, b);
     align_chunked(a, &ca, b, &cb)
 }
 
@@ -703,6 +816,114 @@ pub(crate) mod tests {
         now[700_000..741_000].fill(3);
         let stale = Chunking::of(&base, block).recut(&now, &[]);
         assert!(stale.chunks != Chunking::of(&now, block).chunks);
+    }
+
+    #[test]
+    fn a_cut_made_in_pieces_is_a_cut_from_the_start() {
+        // Noise, a long zero run (cut at the maximum size, from whatever phase), text, and a
+        // run of one byte at the very end.
+        let mut data = noise(3 << 20, 13);
+        data[600_000..1_400_000].fill(0);
+        for (i, byte) in data[2 << 20..(2 << 20) + 300_000].iter_mut().enumerate() {
+            *byte = b"text, and more text\n"[i % 20];
+        }
+        let len = data.len();
+        data[len - 70_000..].fill(0xFF);
+        for block in [256, 4096, 65536] {
+            for start in [0, 1, 100_000] {
+                let (min, avg, max) = cdc_sizes(block);
+                let whole: Vec<usize> = fastcdc::v2020::FastCDC::new(&data[start..], min, avg, max)
+                    .map(|c| start + c.offset + c.length)
+                    .collect();
+                for piece in [1000, 77_777, 1 << 20, usize::MAX] {
+                    let ends = cut_ends(&data, start, block, piece);
+                    assert!(ends == whole, "block {block}, start {start}, piece {piece}");
+                }
+            }
+        }
+        assert!(cut_ends(&data, len, 4096, 1000).is_empty());
+        assert!(cut_ends(&[], 0, 4096, 1000).is_empty());
+        // A piece that starts in the zero run, in another phase than the cut from the start,
+        // cuts elsewhere until the run ends: taken as they are, its cuts would be wrong.
+        let (min, avg, max) = cdc_sizes(4096);
+        let whole = cut_ends(&data, 0, 4096, usize::MAX);
+        let from_the_zeros = fastcdc::v2020::FastCDC::new(&data[700_001..], min, avg, max)
+            .map(|c| 700_001 + c.offset + c.length)
+            .take(3);
+        assert!(from_the_zeros
+            .into_iter()
+            .all(|end| whole.binary_search(&end).is_err()));
+    }
+
+    #[test]
+    fn a_cut_that_follows_another_side_is_a_fresh_cut() {
+        // Noise, zero stretches (cut at the maximum size) and text, 3 MiB.
+        let mut base = noise(3 << 20, 7);
+        base[1 << 20..(1 << 20) + 300_000].fill(0);
+        for (i, byte) in base[2 << 20..(2 << 20) + 200_000].iter_mut().enumerate() {
+            *byte = b"a line of text\n"[i % 15];
+        }
+        type Edit = Box<dyn Fn(&mut Vec<u8>)>;
+        let edits: Vec<(&str, Edit)> = vec![
+            ("nothing", Box::new(|_| {})),
+            ("one byte", Box::new(|d| d[500_000] ^= 1)),
+            ("in the zeros", Box::new(|d| d[(1 << 20) + 5000] = 7)),
+            (
+                "12 KiB inserted",
+                Box::new(|d| {
+                    d.splice(1_500_000..1_500_000, noise(12 << 10, 3));
+                }),
+            ),
+            (
+                "5 bytes deleted",
+                Box::new(|d| {
+                    d.drain(900_000..900_005);
+                }),
+            ),
+            (
+                "1 MiB moved to the end",
+                Box::new(|d| {
+                    let block: Vec<u8> = d.drain(300_000..300_000 + (1 << 20)).collect();
+                    d.extend_from_slice(&block);
+                }),
+            ),
+            ("the last byte", Box::new(|d| *d.last_mut().unwrap() ^= 1)),
+            ("truncated", Box::new(|d| d.truncate(2_000_001))),
+            (
+                "grown",
+                Box::new(|d| d.extend_from_slice(&noise(70_000, 9))),
+            ),
+            ("other bytes", Box::new(|d| *d = noise(d.len(), 11))),
+            ("shrunk to 100 bytes", Box::new(|d| d.truncate(100))),
+            ("emptied", Box::new(|d| d.clear())),
+        ];
+        for block in [256, 4096] {
+            let cut = Chunking::of(&base, block);
+            for (what, edit) in &edits {
+                let mut now = base.clone();
+                edit(&mut now);
+                let followed = cut.follow(&base, &now);
+                assert!(
+                    followed.chunks == Chunking::of(&now, block).chunks,
+                    "{what}, block {block}"
+                );
+            }
+            // The byte that decided a cut, changed: the cut moves, and following sees it.
+            for c in &cut.chunks[1..40] {
+                let mut now = base.clone();
+                now[c.offset] ^= 0x5a;
+                let followed = cut.follow(&base, &now);
+                assert!(followed.chunks == Chunking::of(&now, block).chunks);
+            }
+            // Following an empty side cuts by content alone.
+            let empty = Chunking::of(&[], block);
+            assert!(empty.follow(&[], &base).chunks == cut.chunks);
+        }
+        // Followed with the wrong side's bytes, the cuts are wrong: the comparison can fail.
+        let mut now = base.clone();
+        now[700_000..741_000].fill(3);
+        let wrong = Chunking::of(&base, 4096).follow(&now, &now);
+        assert!(wrong.chunks != Chunking::of(&now, 4096).chunks);
     }
 
     fn total(al: &Alignment, kind: Change) -> u64 {

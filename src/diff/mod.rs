@@ -297,13 +297,17 @@ fn load_memory(backend: &Backend, dir: &Path) -> Result<Side> {
     })
 }
 
-/// [`align::align`] of two sides, with the chunkings they carry for `block`.
+/// [`align::align`] of two sides, with the chunkings they carry for `block`; B's, when it has
+/// none, follows A's (see [`align::Chunking::follow`]).
 fn align_sides(a: &Side, b: &Side, block: usize) -> align::Alignment {
-    let chunking = |side: &Side| match side.chunking.as_ref().filter(|c| c.block() == block) {
-        Some(kept) => std::sync::Arc::clone(kept),
-        None => std::sync::Arc::new(align::Chunking::of(&side.bytes, block)),
+    let kept = |side: &Side| {
+        side.chunking
+            .as_ref()
+            .filter(|c| c.block() == block)
+            .map(std::sync::Arc::clone)
     };
-    let (ca, cb) = rayon::join(|| chunking(a), || chunking(b));
+    let ca = kept(a).unwrap_or_else(|| std::sync::Arc::new(align::Chunking::of(&a.bytes, block)));
+    let cb = kept(b).unwrap_or_else(|| std::sync::Arc::new(ca.follow(&a.bytes, &b.bytes)));
     align::align_chunked(&a.bytes, &ca, &b.bytes, &cb)
 }
 
