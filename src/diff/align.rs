@@ -81,72 +81,83 @@ fn cdc_sizes(block: usize) -> (u32, u32, u32) {
     ((avg / 4).max(64), avg, (avg * 4).max(1024))
 }
 
-/// Chunks of `data[start..]`, hashed, with offsets in `data`; cut on every core (see
-/// [`cut_ends`]) in pieces of at least [`CUT_PIECE`].
+/// Chunks of `data[start..]`, hashed, with offsets in `data`: exactly FastCDC's cut from
+/// `start` to the end, made on every core in pieces of at least [`CUT_PIECE`] (see
+/// [`cut_in_pieces`]).
 fn cut_from(data: &[u8], start: usize, block: usize) -> Vec<Chunk> {
-    let ends = cut_ends(data, start, block, CUT_PIECE);
-    let starts = std::iter::once(start).chain(ends.iter().copied());
-    let spans: Vec<(usize, usize)> = starts.zip(ends.iter().copied()).collect();
-    spans
-        .par_iter()
-        .map(|&(offset, end)| Chunk {
-            offset,
-            len: end - offset,
-            hash: xxh3_128(&data[offset..end]),
-        })
-        .collect()
+    cut_from_in_pieces(data, start, block, CUT_PIECE)
 }
 
-/// The smallest piece [`cut_ends`] cuts on its own: large enough that the few chunks cut twice
-/// where pieces meet cost nothing.
-const CUT_PIECE: usize = 4 << 20;
-
-/// The ends of FastCDC's chunks of `data[start..]`, in order: exactly a cut from `start` to the
-/// end, made on every core. A cut is decided by the bytes from the previous cut on (and how
-/// many are left), so a cutter started anywhere makes the same cuts as one from `start` from
-/// the first cut they share. `data` is split into pieces of at least `piece` bytes, each cut
-/// from its own start in parallel until it passes the next piece's start; then, in order, the
-/// cut so far is carried past each piece's start until it lands on one of that piece's cuts,
-/// and that piece's cuts from there on are taken as they are. (Where none is ever shared, as
-/// in long runs of one byte cut at the maximum size from another phase, carrying on is a plain
-/// cut of the rest: slower, never wrong.)
-fn cut_ends(data: &[u8], start: usize, block: usize, piece: usize) -> Vec<usize> {
+fn cut_from_in_pieces(data: &[u8], start: usize, block: usize, piece: usize) -> Vec<Chunk> {
     let (min, avg, max) = cdc_sizes(block);
     let cutter = fastcdc::v2020::FastCDC::new(data, min, avg, max);
-    let cut_at = |at: usize| cutter.cut(at, data.len() - at).1;
-    let len = data.len() - start;
-    let pieces = (len / piece.max(1))
+    let cut_one = |at: usize| {
+        let end = cutter.cut(at, data.len() - at).1;
+        Chunk {
+            offset: at,
+            len: end - at,
+            hash: xxh3_128(&data[at..end]),
+        }
+    };
+    cut_in_pieces(start, data.len(), piece, &cut_one, |from, until| {
+        let mut chunks = Vec::new();
+        let mut at = from;
+        while at < until {
+            let chunk = cut_one(at);
+            at += chunk.len;
+            chunks.push(chunk);
+        }
+        chunks
+    })
+}
+
+/// The smallest piece [`cut_in_pieces`] cuts on its own: large enough that the few chunks cut
+/// twice where pieces meet cost nothing.
+const CUT_PIECE: usize = 4 << 20;
+
+/// A content-defined cut of `start..len` made on every core. A cut is decided by the bytes
+/// from the previous cut on (and how many are left), so a cutter started anywhere makes the
+/// same cuts as one from `start` from the first chunk start they share. The range is split
+/// into pieces of at least `piece` bytes; `cut_piece(from, until)` cuts one from its own start
+/// until a chunk reaches `until`, all pieces in parallel. Then, in order, the cut so far is
+/// carried past each piece's start by `cut_one(at)` until it reaches a chunk start of that
+/// piece, and that piece's chunks from there on are taken as they are. (Where none is ever
+/// shared, as in long runs of one byte cut at the maximum size from another phase, carrying on
+/// is a plain cut of the rest: slower, never wrong.)
+fn cut_in_pieces(
+    start: usize,
+    len: usize,
+    piece: usize,
+    cut_one: &(impl Fn(usize) -> Chunk + Sync),
+    cut_piece: impl Fn(usize, usize) -> Vec<Chunk> + Sync,
+) -> Vec<Chunk> {
+    let span = len - start;
+    let pieces = (span / piece.max(1))
         .min(4 * rayon::current_num_threads())
         .max(1);
-    let bounds: Vec<usize> = (0..=pieces).map(|i| start + len * i / pieces).collect();
-    let cuts: Vec<Vec<usize>> = (0..pieces)
+    let bounds: Vec<usize> = (0..=pieces).map(|i| start + span * i / pieces).collect();
+    let cuts: Vec<Vec<Chunk>> = (0..pieces)
         .into_par_iter()
-        .map(|i| {
-            let (mut at, mut ends) = (bounds[i], Vec::new());
-            while at < bounds[i + 1] {
-                at = cut_at(at);
-                ends.push(at);
-            }
-            ends
-        })
+        .map(|i| cut_piece(bounds[i], bounds[i + 1]))
         .collect();
     let mut cuts = cuts.into_iter();
-    let mut ends = cuts.next().unwrap_or_default();
+    let mut chunks = cuts.next().unwrap_or_default();
     for next in cuts {
-        let mut at = ends.last().copied().unwrap_or(start);
-        while at < data.len() {
-            if let Ok(shared) = next.binary_search(&at) {
-                ends.extend_from_slice(&next[shared + 1..]);
+        let mut at = chunks.last().map_or(start, |c| c.offset + c.len);
+        while at < len {
+            if let Ok(shared) = next.binary_search_by_key(&at, |c| c.offset) {
+                chunks.extend_from_slice(&next[shared..]);
                 break;
             }
-            if next.last().is_some_and(|&last| at > last) {
+            if next.last().is_some_and(|c| at > c.offset) {
                 break;
             }
-            at = cut_at(at);
-            ends.push(at);
+            let chunk = cut_one(at);
+            at += chunk.len;
+            chunks.push(chunk);
         }
     }
-    ends
+    chunks
 }
 
 /// One side cut into content-defined chunks for a given block: what [`align_chunked`] matches.
@@ -263,8 +274,13 @@ impl Chunking {
     /// content, and following resumes at the `a` chunk after one whose hash a content cut
     /// matched, or at the `a` chunk that starts where the last shift between them puts it.
     pub fn follow(&self, a: &[u8], b: &[u8]) -> Chunking {
+        self.follow_in_pieces(a, b, CUT_PIECE)
+    }
+
+    /// [`Chunking::follow`], made on every core in pieces of at least `piece` bytes of `b`
+    /// (see [`cut_in_pieces`]).
+    fn follow_in_pieces(&self, a: &[u8], b: &[u8], piece: usize) -> Chunking {
         let (min, avg, max) = cdc_sizes(self.block);
-        let max = max as usize;
         let old = &self.chunks;
         let by_hash: HashMap<u128, usize> = old
             .iter()
@@ -273,42 +289,49 @@ impl Chunking {
             .map(|(i, c)| (c.hash, i))
             .collect();
         let start_at = |offset: usize| old.binary_search_by_key(&offset, |c| c.offset).ok();
-        let cutter = fastcdc::v2020::FastCDC::new(b, min, avg, max as u32);
-        let mut chunks = Vec::with_capacity(old.len());
-        // `next`: the `a` chunk expected at `at`; `shift`: `a` offset minus `b` offset there.
-        let (mut at, mut next, mut shift) = (0usize, (!old.is_empty()).then_some(0), 0isize);
-        while at < b.len() {
-            if let Some(c) = next.map(|i| old[i]) {
-                let decided_by = (c.len + 1).min(max);
-                if c.offset + max <= a.len()
-                    && at + max <= b.len()
-                    && a[c.offset..c.offset + decided_by] == b[at..at + decided_by]
-                {
-                    chunks.push(Chunk { offset: at, ..c });
-                    at += c.len;
-                    next = next.map(|i| i + 1).filter(|&i| i < old.len());
-                    continue;
-                }
-            }
-            let (_, end) = cutter.cut(at, b.len() - at);
-            let hash = xxh3_128(&b[at..end]);
-            chunks.push(Chunk {
+        let cutter = fastcdc::v2020::FastCDC::new(b, min, avg, max);
+        let max = max as usize;
+        let cut_one = |at: usize| {
+            let end = cutter.cut(at, b.len() - at).1;
+            Chunk {
                 offset: at,
                 len: end - at,
-                hash,
-            });
-            at = end;
-            next = match by_hash.get(&hash) {
-                Some(&i) => {
-                    shift = old[i].offset as isize - chunks.last().map_or(0, |c| c.offset) as isize;
-                    Some(i + 1).filter(|&i| i < old.len())
+                hash: xxh3_128(&b[at..end]),
+            }
+        };
+        let follow_piece = |from: usize, until: usize| {
+            let mut chunks = Vec::new();
+            // `next`: the `a` chunk expected at `at`; `shift`: `a` offset minus `b` offset.
+            let (mut at, mut next, mut shift) = (from, start_at(from), 0isize);
+            while at < until {
+                if let Some(c) = next.map(|i| old[i]) {
+                    let decided_by = (c.len + 1).min(max);
+                    if c.offset + max <= a.len()
+                        && at + max <= b.len()
+                        && a[c.offset..c.offset + decided_by] == b[at..at + decided_by]
+                    {
+                        chunks.push(Chunk { offset: at, ..c });
+                        at += c.len;
+                        next = next.map(|i| i + 1).filter(|&i| i < old.len());
+                        continue;
+                    }
                 }
-                None => usize::try_from(at as isize + shift).ok().and_then(start_at),
-            };
-        }
+                let chunk = cut_one(at);
+                at += chunk.len;
+                next = match by_hash.get(&chunk.hash) {
+                    Some(&i) => {
+                        shift = old[i].offset as isize - chunk.offset as isize;
+                        Some(i + 1).filter(|&i| i < old.len())
+                    }
+                    None => usize::try_from(at as isize + shift).ok().and_then(start_at),
+                };
+                chunks.push(chunk);
+            }
+            chunks
+        };
         Chunking {
             block: self.block,
-            chunks,
+            chunks: cut_in_pieces(0, b.len(), piece, &cut_one, follow_piece),
         }
     }
 }
@@ -836,17 +859,25 @@ pub(crate) mod tests {
                     .map(|c| start + c.offset + c.length)
                     .collect();
                 for piece in [1000, 77_777, 1 << 20, usize::MAX] {
-                    let ends = cut_ends(&data, start, block, piece);
+                    let chunks = cut_from_in_pieces(&data, start, block, piece);
+                    let ends: Vec<usize> = chunks.iter().map(|c| c.offset + c.len).collect();
                     assert!(ends == whole, "block {block}, start {start}, piece {piece}");
+                    let hashed = chunks
+                        .iter()
+                        .all(|c| c.hash == xxh3_128(&data[c.offset..][..c.len]));
+                    assert!(hashed, "block {block}, start {start}, piece {piece}");
                 }
             }
         }
-        assert!(cut_ends(&data, len, 4096, 1000).is_empty());
-        assert!(cut_ends(&[], 0, 4096, 1000).is_empty());
+        assert!(cut_from_in_pieces(&data, len, 4096, 1000).is_empty());
+        assert!(cut_from_in_pieces(&[], 0, 4096, 1000).is_empty());
         // A piece that starts in the zero run, in another phase than the cut from the start,
         // cuts elsewhere until the run ends: taken as they are, its cuts would be wrong.
         let (min, avg, max) = cdc_sizes(4096);
-        let whole = cut_ends(&data, 0, 4096, usize::MAX);
+        let whole: Vec<usize> = cut_from_in_pieces(&data, 0, 4096, usize::MAX)
+            .iter()
+            .map(|c| c.offset + c.len)
+            .collect();
         let from_the_zeros = fastcdc::v2020::FastCDC::new(&data[700_001..], min, avg, max)
             .map(|c| 700_001 + c.offset + c.length)
             .take(3);
@@ -902,11 +933,14 @@ pub(crate) mod tests {
             for (what, edit) in &edits {
                 let mut now = base.clone();
                 edit(&mut now);
-                let followed = cut.follow(&base, &now);
-                assert!(
-                    followed.chunks == Chunking::of(&now, block).chunks,
-                    "{what}, block {block}"
-                );
+                let fresh = Chunking::of(&now, block).chunks;
+                for piece in [10_000, 333_333, usize::MAX] {
+                    let followed = cut.follow_in_pieces(&base, &now, piece);
+                    assert!(
+                        followed.chunks == fresh,
+                        "{what}, block {block}, piece {piece}"
+                    );
+                }
             }
             // The byte that decided a cut, changed: the cut moves, and following sees it.
             for c in &cut.chunks[1..40] {

@@ -563,7 +563,10 @@ pub fn compare(
             opts.block
         )));
     }
-    let (aligned, alignment) = rayon::join(
+    // The alignment is the longest chain of work (cut A, follow it through B, align), so it
+    // starts at once on this thread; the block compare waits to be taken by a free one.
+    let (alignment, aligned) = rayon::join(
+        || align_sides(a, b, opts.block),
         || -> Result<_> {
             match series {
                 Some(series) => {
@@ -584,7 +587,6 @@ pub fn compare(
                 )),
             }
         },
-        || align_sides(a, b, opts.block),
     );
     let (aligned, device) = aligned?;
     let difference = ByteDifference::of(&aligned, a.bytes.len() as u64, b.bytes.len() as u64);
