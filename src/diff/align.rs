@@ -121,7 +121,8 @@ const CUT_PIECE: usize = 4 << 20;
 /// into pieces of at least `piece` bytes; `cut_piece(from, until)` cuts one from its own start
 /// until a chunk reaches `until`, all pieces in parallel. Then, in order, the cut so far is
 /// carried past each piece's start by `cut_one(at)` until it reaches a chunk start of that
-/// piece, and that piece's chunks from there on are taken as they are. (Where none is ever
+/// piece, and that piece's chunks from there on are taken as they are; a cut that passes the
+/// last piece's last chunk start without meeting it is carried to the end. (Where none is ever
 /// shared, as in long runs of one byte cut at the maximum size from another phase, carrying on
 /// is a plain cut of the rest: slower, never wrong.)
 fn cut_in_pieces(
@@ -156,6 +157,13 @@ fn cut_in_pieces(
             at += chunk.len;
             chunks.push(chunk);
         }
+    }
+    // Past the last piece's last chunk start without meeting it: the rest is cut here.
+    let mut at = chunks.last().map_or(start, |c| c.offset + c.len);
+    while at < len {
+        let chunk = cut_one(at);
+        at += chunk.len;
+        chunks.push(chunk);
     }
     chunks
 }
@@ -884,6 +892,61 @@ pub(crate) mod tests {
         assert!(from_the_zeros
             .into_iter()
             .all(|end| whole.binary_search(&end).is_err()));
+    }
+
+    /// Bytes made of stretches of noise and of one repeated byte (cut at the maximum size).
+    fn stretches() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        prop::collection::vec((any::<bool>(), 1usize..6000, any::<u8>()), 0..20).prop_map(|parts| {
+            let mut data = Vec::new();
+            for (i, (repeated, len, byte)) in parts.into_iter().enumerate() {
+                if repeated {
+                    data.extend(std::iter::repeat_n(byte, len));
+                } else {
+                    data.extend(noise(len, i as u64 * 31 + u64::from(byte)));
+                }
+            }
+            data
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+
+        /// Any A, any B made from it by overwrites, insertions, deletions and moves, any piece
+        /// size: A cut in pieces, and B followed in pieces, are the cuts from the start.
+        #[test]
+        fn cuts_in_pieces_and_followed_are_fresh_cuts(
+            a in stretches(),
+            edits in proptest::collection::vec(
+                (0usize..4, proptest::prelude::any::<proptest::sample::Index>(), 0usize..5000, proptest::prelude::any::<proptest::sample::Index>()),
+                0..6,
+            ),
+            piece in 300usize..20_000,
+            block in proptest::sample::select(vec![256usize, 1024, 4096]),
+        ) {
+            let mut b = a.clone();
+            for (kind, at, len, to) in edits {
+                let at = at.index(b.len() + 1);
+                let end = (at + len).min(b.len());
+                match kind {
+                    0 => b[at..end].iter_mut().for_each(|x| *x = x.wrapping_add(1)),
+                    1 => drop(b.splice(at..at, noise(len, len as u64))),
+                    2 => drop(b.drain(at..end)),
+                    _ => {
+                        let moved: Vec<u8> = b.drain(at..end).collect();
+                        let to = to.index(b.len() + 1);
+                        drop(b.splice(to..to, moved));
+                    }
+                }
+            }
+            let cut_a = Chunking::of(&a, block);
+            let in_pieces = cut_from_in_pieces(&a, 0, block, piece);
+            proptest::prop_assert!(in_pieces == cut_a.chunks);
+            let followed = cut_a.follow_in_pieces(&a, &b, piece);
+            let fresh = Chunking::of(&b, block).chunks;
+            proptest::prop_assert!(followed.chunks == fresh);
+        }
     }
 
     #[test]
