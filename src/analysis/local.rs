@@ -558,13 +558,10 @@ mod tests {
     fn strings_found_by_mask_are_those_found_byte_by_byte() {
         // Runs of every length from 0 to 140 around 64-byte block edges, stops of every kind,
         // a last block cut short, and a run that ends the data.
-        let mut state = 7u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut random = crate::diff::align::tests::noise(1 << 16, 7)
+            .into_iter()
+            .cycle();
+        let mut next = move || u64::from_le_bytes(std::array::from_fn(|_| random.next().unwrap()));
         for trial in 0..400 {
             let len = trial * 7 % 900;
             let mut data: Vec<u8> = (0..len)

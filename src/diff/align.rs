@@ -91,14 +91,7 @@ fn cut_from(data: &[u8], start: usize, block: usize) -> Vec<Chunk> {
 fn cut_from_in_pieces(data: &[u8], start: usize, block: usize, piece: usize) -> Vec<Chunk> {
     let (min, avg, max) = cdc_sizes(block);
     let cutter = fastcdc::v2020::FastCDC::new(data, min, avg, max);
-    let cut_one = |at: usize| {
-        let end = cutter.cut(at, data.len() - at).1;
-        Chunk {
-            offset: at,
-            len: end - at,
-            hash: xxh3_128(&data[at..end]),
-        }
-    };
+    let cut_one = |at: usize| chunk_at(&cutter, data, at);
     cut_in_pieces(start, data.len(), piece, &cut_one, |from, until| {
         let mut chunks = Vec::new();
         let mut at = from;
@@ -109,6 +102,16 @@ fn cut_from_in_pieces(data: &[u8], start: usize, block: usize, piece: usize) -> 
         }
         chunks
     })
+}
+
+/// The chunk FastCDC cuts from `at` to the end of `data` (which `cutter` was made over), hashed.
+fn chunk_at(cutter: &fastcdc::v2020::FastCDC, data: &[u8], at: usize) -> Chunk {
+    let end = cutter.cut(at, data.len() - at).1;
+    Chunk {
+        offset: at,
+        len: end - at,
+        hash: xxh3_128(&data[at..end]),
+    }
 }
 
 /// The smallest piece [`cut_in_pieces`] cuts on its own: large enough that the few chunks cut
@@ -299,14 +302,7 @@ impl Chunking {
         let start_at = |offset: usize| old.binary_search_by_key(&offset, |c| c.offset).ok();
         let cutter = fastcdc::v2020::FastCDC::new(b, min, avg, max);
         let max = max as usize;
-        let cut_one = |at: usize| {
-            let end = cutter.cut(at, b.len() - at).1;
-            Chunk {
-                offset: at,
-                len: end - at,
-                hash: xxh3_128(&b[at..end]),
-            }
-        };
+        let cut_one = |at: usize| chunk_at(&cutter, b, at);
         let follow_piece = |from: usize, until: usize| {
             let mut chunks = Vec::new();
             // `next`: the `a` chunk expected at `at`; `shift`: `a` offset minus `b` offset.
@@ -783,14 +779,19 @@ pub(crate) mod tests {
             .collect()
     }
 
-    #[test]
-    fn a_recut_around_changes_is_a_fresh_cut() {
-        // Noise, zero stretches (cut at the maximum size) and text, 3 MiB.
-        let mut base = noise(3 << 20, 5);
+    /// 3 MiB of noise with a zero stretch (cut at the maximum size) and a stretch of text.
+    fn noise_zeros_and_text(seed: u64) -> Vec<u8> {
+        let mut base = noise(3 << 20, seed);
         base[1 << 20..(1 << 20) + 300_000].fill(0);
         for (i, byte) in base[2 << 20..(2 << 20) + 200_000].iter_mut().enumerate() {
             *byte = b"a line of text\n"[i % 15];
         }
+        base
+    }
+
+    #[test]
+    fn a_recut_around_changes_is_a_fresh_cut() {
+        let base = noise_zeros_and_text(5);
         type Edit = Box<dyn Fn(&mut Vec<u8>)>;
         let edits: Vec<(&str, Edit)> = vec![
             ("one byte", Box::new(|d| d[500_000] ^= 1)),
@@ -951,12 +952,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_cut_that_follows_another_side_is_a_fresh_cut() {
-        // Noise, zero stretches (cut at the maximum size) and text, 3 MiB.
-        let mut base = noise(3 << 20, 7);
-        base[1 << 20..(1 << 20) + 300_000].fill(0);
-        for (i, byte) in base[2 << 20..(2 << 20) + 200_000].iter_mut().enumerate() {
-            *byte = b"a line of text\n"[i % 15];
-        }
+        let base = noise_zeros_and_text(7);
         type Edit = Box<dyn Fn(&mut Vec<u8>)>;
         let edits: Vec<(&str, Edit)> = vec![
             ("nothing", Box::new(|_| {})),
