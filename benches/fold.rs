@@ -200,9 +200,6 @@ fn writers(c: &mut Criterion) {
         let mut sink = Vec::with_capacity(len + len / 2);
         encode.throughput(Throughput::Bytes(len as u64));
         for compression in [PngCompression::Fast, PngCompression::Balanced] {
-            if compression == PngCompression::Balanced && len > 16 * MIB {
-                continue; // minutes per sample at this size; the 16 MiB point shows the ratio
-            }
             encode.bench_function(
                 BenchmarkId::new(format!("{compression:?}").to_lowercase(), len / MIB),
                 |b| {
