@@ -11,7 +11,6 @@ pub mod tiles;
 
 use crate::error::{Error, Result};
 use inputs::Input;
-use std::future::IntoFuture;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,6 +30,11 @@ pub struct ViewOptions {
     pub diff: bool,
     /// How often the inputs' paths are checked for a new state.
     pub poll: Duration,
+    /// How long a connection may take to send a request's headers, counted from when the
+    /// server starts waiting for them (a new connection, or one idle after a response).
+    pub header_timeout: Duration,
+    /// The most connections served at once; one past that is closed as it is accepted.
+    pub max_connections: usize,
 }
 
 impl Default for ViewOptions {
@@ -41,6 +45,8 @@ impl Default for ViewOptions {
             token: None,
             diff: false,
             poll: Duration::from_millis(250),
+            header_timeout: Duration::from_secs(10),
+            max_connections: 256,
         }
     }
 }
@@ -276,6 +282,10 @@ pub fn start(paths: &[PathBuf], options: &ViewOptions) -> Result<RunningView> {
             .spawn(move || poll_inputs(&state, every, &stop))
             .map_err(|e| Error::Usage(format!("cannot start the viewer's poller: {e}")))?
     };
+    let limits = ConnectionLimits {
+        header_timeout: options.header_timeout,
+        max_connections: options.max_connections.max(1),
+    };
     let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
     let server = std::thread::Builder::new()
         .name("view-http".into())
@@ -291,8 +301,7 @@ pub fn start(paths: &[PathBuf], options: &ViewOptions) -> Result<RunningView> {
                 // Not a graceful shutdown: a page's event stream never ends by itself, so
                 // waiting for open connections would wait for the browser to close.
                 tokio::select! {
-                    served = axum::serve(listener, routes::router(state)).into_future() => served
-                        .map_err(|e| Error::Usage(format!("the viewer's server stopped: {e}"))),
+                    () = serve_connections(listener, routes::router(state), limits) => Ok(()),
                     _ = shutdown_rx => Ok(()),
                 }
             });
@@ -308,6 +317,50 @@ pub fn start(paths: &[PathBuf], options: &ViewOptions) -> Result<RunningView> {
         server: Some(server),
         poller: Some(poller),
     })
+}
+
+/// What [`serve_connections`] allows each client.
+#[derive(Clone, Copy)]
+struct ConnectionLimits {
+    header_timeout: Duration,
+    max_connections: usize,
+}
+
+/// Serves `router` on `listener`, one task a connection, with the limits `axum::serve` does not
+/// set: at most `max_connections` at once (one more is closed as it is accepted, so a process
+/// that opens connections and sends nothing cannot use up the descriptors), and each request's
+/// headers within `header_timeout` (a connection that sends nothing, or its headers a byte at a
+/// time, is closed). A response, however long (the event stream), is not timed.
+async fn serve_connections(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    limits: ConnectionLimits,
+) {
+    let open = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            // Out of descriptors, or a connection reset before it was taken: wait, go on.
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+            // A client that left, or took too long over its headers, is nothing to report.
+            drop(served);
+            drop(permit);
+        });
+    }
 }
 
 /// Checks every input's path each `every`; a new state is announced to the pages as the byte

@@ -195,6 +195,95 @@ fn off_loopback_every_api_request_needs_the_token() {
     assert!(!second.url.ends_with(&token));
 }
 
+/// Whether the server closed `stream` within `within`: reading ends (or is reset) instead of
+/// waiting. Whatever the server sends first (a response's head) is read past.
+fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut buffer = [0u8; 4096];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+#[test]
+fn a_client_that_sends_no_headers_is_closed_and_connections_are_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("data.bin");
+    std::fs::write(&input, sample_bytes(5000, 1)).unwrap();
+    let connect = |view: &RunningView| TcpStream::connect(("127.0.0.1", view.addr.port())).unwrap();
+    let quick = start(
+        std::slice::from_ref(&input),
+        &ViewOptions {
+            header_timeout: Duration::from_millis(500),
+            ..ViewOptions::default()
+        },
+    )
+    .unwrap();
+    // Nothing sent, and half a request line: both closed once their time is up.
+    let mut silent = connect(&quick);
+    let mut slow = connect(&quick);
+    slow.write_all(b"GET /api/inputs HTTP/1.1\r\n").unwrap();
+    assert!(closed_within(&mut silent, Duration::from_secs(10)));
+    assert!(closed_within(&mut slow, Duration::from_secs(10)));
+    // The page's event stream, once its headers are in, is held past that time.
+    let mut events = connect(&quick);
+    let head = format!(
+        "GET /api/events?token={} HTTP/1.1\r\nHost: {}\r\n\r\n",
+        token(&quick),
+        host(&quick)
+    );
+    events.write_all(head.as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!closed_within(&mut events, Duration::from_millis(500)));
+
+    // At most `max_connections` at once: with three held (and a long time for headers), a
+    // fourth is closed as it is accepted; once they go, requests are served again.
+    let capped = start(
+        &[input],
+        &ViewOptions {
+            max_connections: 3,
+            header_timeout: Duration::from_secs(60),
+            ..ViewOptions::default()
+        },
+    )
+    .unwrap();
+    let mut held: Vec<TcpStream> = (0..3).map(|_| connect(&capped)).collect();
+    let mut fourth = connect(&capped);
+    assert!(closed_within(&mut fourth, Duration::from_secs(10)));
+    // Still open: only the one past the cap was closed.
+    assert!(!closed_within(&mut held[0], Duration::from_millis(300)));
+    drop(held);
+    // Until the server has seen them close, a new connection may be closed too (or reset).
+    let inputs = format!(
+        "GET /api/inputs?token={} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        token(&capped),
+        host(&capped)
+    );
+    wait_for(
+        Duration::from_secs(10),
+        "a request served after the held connections closed",
+        || {
+            let mut stream = connect(&capped);
+            let mut response = Vec::new();
+            stream.write_all(inputs.as_bytes()).is_ok()
+                && stream.read_to_end(&mut response).is_ok()
+                && response.starts_with(b"HTTP/1.1 200")
+        },
+    );
+}
+
 #[test]
 fn a_path_swapped_for_a_symlink_or_a_fifo_is_not_read_and_a_real_rewrite_is() {
     let dir = tempfile::tempdir().unwrap();
