@@ -695,9 +695,26 @@ pub fn fold_bytes_reusing(
     // One input for every kernel of this fold: on the GPU it is uploaded once, and the
     // parts, the preview and the sections outline all read that upload.
     let staged_input = backend.stage(data);
-    // A single part is folded and deflated while the analysis runs beside it.
+    // The first part is folded and deflated while the analysis runs beside it (and, of
+    // several parts, hashed: a single part's facts are the whole file's, which the analysis
+    // computes).
+    let part_outputs = PartOutputs {
+        brick: want_brick,
+        rts: want_rts,
+        keep_rts_texture: false,
+    };
     let ((analysis, facts_of_all), mut first_prepared) = if multi {
-        (crate::analysis::local::analyze_with_facts(data), None)
+        let first = &plans[0];
+        let (analysis, (first_facts, prepared)) = rayon::join(
+            || crate::analysis::local::analyze_with_facts(data),
+            || {
+                rayon::join(
+                    || byte_facts(&data[first.range.clone()]),
+                    || prepare_part(&staged_input, first, part_outputs, opts.compression, &name),
+                )
+            },
+        );
+        (analysis, Some((Some(first_facts), prepared)))
     } else {
         let plan = &plans[0];
         let (analysis, prepared) = rayon::join(
@@ -720,7 +737,7 @@ pub fn fold_bytes_reusing(
                 ),
             },
         );
-        (analysis, Some(prepared))
+        (analysis, Some((None, prepared)))
     };
     let llm_outcome = opts.llm.as_ref().map(|client| {
         client.describe(crate::llm::ArtifactRequest {
@@ -759,21 +776,10 @@ pub fn fold_bytes_reusing(
     progress.stage("folding", data.len() as u64);
     for (i, plan) in plans.iter().enumerate() {
         let bytes = &data[plan.range.clone()];
-        let prepare = || {
-            prepare_part(
-                &staged_input,
-                plan,
-                PartOutputs {
-                    brick: want_brick,
-                    rts: want_rts,
-                    keep_rts_texture: false,
-                },
-                opts.compression,
-                &name,
-            )
-        };
+        let prepare = || prepare_part(&staged_input, plan, part_outputs, opts.compression, &name);
         let (part_facts, prepared) = match first_prepared.take() {
-            Some(prepared) => (facts.clone(), prepared),
+            Some((Some(part_facts), prepared)) => (part_facts, prepared),
+            Some((None, prepared)) => (facts.clone(), prepared),
             // Hashing runs on one core while folding and deflating use the rest.
             None => rayon::join(|| byte_facts(bytes), prepare),
         };
