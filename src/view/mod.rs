@@ -349,6 +349,8 @@ async fn serve_connections(
         let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
             continue;
         };
+        // Tiles are small responses a page waits on: no Nagle delay.
+        let _ = stream.set_nodelay(true);
         let service = hyper_util::service::TowerToHyperService::new(router.clone());
         tokio::spawn(async move {
             let served = hyper::server::conn::http1::Builder::new()
