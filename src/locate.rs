@@ -133,6 +133,12 @@ impl InputMap {
         layouts_of(path)
     }
 
+    /// [`InputMap::read`] of a plain file whose bytes are already in hand: nothing is read
+    /// again, and the sections named are those of these bytes.
+    pub fn of_plain_bytes(bytes: &[u8]) -> InputMap {
+        plain_file_map(bytes.len() as u64, elf_holders(bytes))
+    }
+
     /// Bytes of the input.
     pub fn size(&self) -> u64 {
         self.size
@@ -384,26 +390,7 @@ fn layouts_of(path: &Path) -> Result<InputMap> {
     match crate::format::detect(path)? {
         FileKind::Raw => {
             let (size, holders) = plain_file_holders(path)?;
-            let planned = crate::fold::planned_parts(size, &crate::fold::FoldOptions::default());
-            let mut textures = Vec::new();
-            for (part, (range, brick_side, rts_side)) in planned.into_iter().enumerate() {
-                for (layout, side) in [(Layout::Brick, brick_side), (Layout::Rts, rts_side)] {
-                    textures.push(Texture {
-                        file: None,
-                        layout,
-                        part,
-                        start: range.start,
-                        end: range.end,
-                        side,
-                    });
-                }
-            }
-            Ok(InputMap {
-                kind: "file",
-                size,
-                textures,
-                holders,
-            })
+            Ok(plain_file_map(size, holders))
         }
         kind => {
             let (size, textures) = textures_of_output(path)?;
@@ -418,6 +405,30 @@ fn layouts_of(path: &Path) -> Result<InputMap> {
                 holders: Vec::new(),
             })
         }
+    }
+}
+
+/// A plain file's map: the textures `fold` would make of `size` bytes, and `holders`.
+fn plain_file_map(size: u64, holders: Holders) -> InputMap {
+    let planned = crate::fold::planned_parts(size, &crate::fold::FoldOptions::default());
+    let mut textures = Vec::new();
+    for (part, (range, brick_side, rts_side)) in planned.into_iter().enumerate() {
+        for (layout, side) in [(Layout::Brick, brick_side), (Layout::Rts, rts_side)] {
+            textures.push(Texture {
+                file: None,
+                layout,
+                part,
+                start: range.start,
+                end: range.end,
+                side,
+            });
+        }
+    }
+    InputMap {
+        kind: "file",
+        size,
+        textures,
+        holders,
     }
 }
 

@@ -368,6 +368,15 @@ pub fn analyze_with_facts(data: &[u8]) -> (LocalAnalysis, crate::analysis::ByteF
     (analysis, facts)
 }
 
+/// [`analyze`] of `data` whose entropy regions ([`entropy_regions`]) are already known.
+pub fn analyze_with_entropy_regions(
+    data: &[u8],
+    entropy_regions: Vec<EntropyRegion>,
+) -> LocalAnalysis {
+    let (facts, strings) = rayon::join(|| byte_facts(data), || strings_summary(data));
+    assemble(data, &facts, entropy_regions, strings)
+}
+
 /// The analysis of `data` from its byte facts, entropy regions and strings summary.
 fn assemble(
     data: &[u8],

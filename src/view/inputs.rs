@@ -43,9 +43,6 @@ pub struct Loaded {
     pub bytes: Vec<u8>,
     /// `file`, `brick`, `rts_png`, `parts`, `district` or `memory`.
     pub kind: &'static str,
-    /// SHA-256 of `bytes`: known once an output's was verified, computed when first asked
-    /// for a plain file (hashing 1 GiB would hold back the first picture by seconds).
-    sha256: std::sync::OnceLock<[u8; 32]>,
     /// Files of a snapshot, mappings of a memory snapshot.
     pub members: Option<usize>,
     /// A snapshot's `district.json` entry of each file, by path: its SHA-256, flags and, with
@@ -163,13 +160,6 @@ impl Input {
 }
 
 impl Loaded {
-    /// SHA-256 of the bytes.
-    pub fn sha256(&self) -> [u8; 32] {
-        *self
-            .sha256
-            .get_or_init(|| crate::analysis::sha256(&self.bytes))
-    }
-
     /// The input's entropy regions (`analyze`'s): where its entropy class changes.
     pub fn entropy_regions(&self) -> &[crate::analysis::local::EntropyRegion] {
         self.entropy
@@ -181,21 +171,17 @@ fn load(path: &Path, version: u64) -> Result<Loaded> {
     // The stamp is taken first: a change made while reading shows as a change next time.
     let stamp = Stamp::of(path);
     let plain = path.is_file() && crate::format::detect(path)? == crate::format::FileKind::Raw;
-    let (bytes, kind, sha256, members) = if plain {
+    let (bytes, kind, members, map) = if plain {
         let bytes = crate::source::read_input(path)?;
-        (bytes, "file", std::sync::OnceLock::new(), None)
+        let map = InputMap::of_plain_bytes(&bytes);
+        (bytes, "file", None, map)
     } else {
         let side = load_side(&crate::backend::Backend::Cpu, path)?;
         let members = side.members.as_ref().map(|m| m.len());
-        (
-            side.bytes,
-            side.kind,
-            std::sync::OnceLock::from(side.sha256),
-            members,
-        )
+        let mut map = InputMap::read(path)?;
+        map.name_elf_regions(&side.bytes);
+        (side.bytes, side.kind, members, map)
     };
-    let mut map = InputMap::read(path)?;
-    map.name_elf_regions(&bytes);
     if map.size() != bytes.len() as u64 {
         return Err(Error::malformed(
             path,
@@ -218,7 +204,6 @@ fn load(path: &Path, version: u64) -> Result<Loaded> {
         version,
         bytes,
         kind,
-        sha256,
         members,
         map,
         metadata,

@@ -45,20 +45,23 @@ const MAX_SQUARES: usize = 200_000;
 
 type TileKey = (usize, u64, &'static str, &'static str, u32, u64, u64);
 
+/// A rendered tile: shared by the cache and every response that sends it, never copied.
+type TilePng = axum::body::Bytes;
+
 /// Rendered tiles by input, version, layout, palette and position; oldest dropped first.
 #[derive(Default)]
 struct TileCache {
-    tiles: HashMap<TileKey, Arc<Vec<u8>>>,
+    tiles: HashMap<TileKey, TilePng>,
     order: VecDeque<TileKey>,
     bytes: usize,
 }
 
 impl TileCache {
-    fn get(&self, key: &TileKey) -> Option<Arc<Vec<u8>>> {
+    fn get(&self, key: &TileKey) -> Option<TilePng> {
         self.tiles.get(key).cloned()
     }
 
-    fn put(&mut self, key: TileKey, png: Arc<Vec<u8>>) {
+    fn put(&mut self, key: TileKey, png: TilePng) {
         self.bytes += png.len();
         match self.tiles.insert(key, png) {
             Some(old) => self.bytes -= old.len(),
@@ -269,6 +272,11 @@ fn layout_named(name: &str) -> ApiResult<(Layout, &'static str)> {
     }
 }
 
+/// The `layout=` of an API request: `brick` when not given.
+fn layout_param(name: Option<&str>) -> ApiResult<Layout> {
+    Ok(layout_named(name.unwrap_or("brick"))?.0)
+}
+
 fn palette_named(name: &str) -> ApiResult<(Palette, &'static str)> {
     match name {
         "byteclass" => Ok((Palette::Byteclass, "byteclass")),
@@ -391,16 +399,17 @@ async fn tile(
                 let mut png = Vec::with_capacity(64 << 10);
                 crate::format::preview::write_png(&mut png, &image)
                     .map_err(|e| crate::Error::Usage(format!("tile PNG: {e}")))?;
+                // The cache counts lengths: a tile of zeros must not keep 64 KiB.
                 png.shrink_to_fit();
                 Ok(png)
             })
             .await??;
-            let png = Arc::new(png);
+            let png = TilePng::from(png);
             state
                 .tiles
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .put(key, Arc::clone(&png));
+                .put(key, png.clone());
             png
         }
     };
@@ -409,7 +418,7 @@ async fn tile(
             (header::CONTENT_TYPE, "image/png"),
             (header::CACHE_CONTROL, "private, max-age=3600"),
         ],
-        (*png).clone(),
+        png,
     )
         .into_response())
 }
@@ -451,7 +460,7 @@ async fn locate(
         (None, Some(q)) if !q.trim().is_empty() => parse_goto(q),
         _ => return Err(ApiError::bad("give offset= or q=")),
     };
-    let (layout, _) = layout_named(params.layout.as_deref().unwrap_or("brick"))?;
+    let layout = layout_param(params.layout.as_deref())?;
     let report = loaded.map.answer(&input.path, query)?;
     let mut squares = squares(geometry(&loaded, layout), report.start, report.end);
     squares.truncate(MAX_SQUARES);
@@ -505,7 +514,7 @@ async fn regions(
     UrlQuery(params): UrlQuery<RegionParams>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let loaded = state.input(id)?.now();
-    let (layout, _) = layout_named(params.layout.as_deref().unwrap_or("brick"))?;
+    let layout = layout_param(params.layout.as_deref())?;
     let with_symbols = params.symbols.unwrap_or(false);
     // A snapshot's table can name a million files: built off the server's threads.
     let answer = work(&state, move || {
@@ -546,7 +555,7 @@ async fn entropy(
     UrlQuery(params): UrlQuery<RegionParams>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let loaded = state.input(id)?.now();
-    let (layout, _) = layout_named(params.layout.as_deref().unwrap_or("brick"))?;
+    let layout = layout_param(params.layout.as_deref())?;
     let answer = work(&state, move || {
         let geometry = geometry(&loaded, layout);
         let mut budget = MAX_SQUARES;
@@ -581,7 +590,7 @@ async fn search(
     UrlQuery(params): UrlQuery<SearchParams>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let loaded = state.input(id)?.now();
-    let (layout, _) = layout_named(params.layout.as_deref().unwrap_or("brick"))?;
+    let layout = layout_param(params.layout.as_deref())?;
     let pattern: Vec<u8> = match (&params.text, &params.hex) {
         (Some(text), None) => text.as_bytes().to_vec(),
         (None, Some(digits)) => {
@@ -622,7 +631,12 @@ async fn info(
     let loaded = input.now();
     let path = input.path.display().to_string();
     let answer = work(&state, move || {
-        let analysis = crate::analysis::local::analyze(&loaded.bytes);
+        // The entropy regions are the ones the edges endpoint keeps; the hash is the
+        // analysis's own.
+        let analysis = crate::analysis::local::analyze_with_entropy_regions(
+            &loaded.bytes,
+            loaded.entropy_regions().to_vec(),
+        );
         let semantic = loaded
             .metadata
             .as_ref()
@@ -631,7 +645,7 @@ async fn info(
             "path": path,
             "kind": loaded.kind,
             "size": loaded.bytes.len(),
-            "sha256": hex::encode(loaded.sha256()),
+            "sha256": analysis.sha256,
             "analysis": analysis,
             "semantic": semantic,
             "metadata": loaded.metadata,
@@ -700,7 +714,7 @@ async fn diff(
     if state.diff.is_none() {
         return Err(ApiError::not_found("this viewer shows no diff"));
     }
-    let (layout, _) = layout_named(params.layout.as_deref().unwrap_or("brick"))?;
+    let layout = layout_param(params.layout.as_deref())?;
     let shared = Arc::clone(&state);
     let answer = work(&state, move || {
         let Some(diff) = &shared.diff else {
