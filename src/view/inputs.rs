@@ -2,7 +2,7 @@
 //! version it is at; reloaded when the path changes (a file rewritten, a `watch` output
 //! renamed into place), with the byte ranges that changed.
 
-use crate::diff::load_side;
+use crate::diff::{load_side, load_sides, Side};
 use crate::error::{Error, Result};
 use crate::locate::InputMap;
 use std::os::unix::fs::MetadataExt;
@@ -106,18 +106,42 @@ impl Input {
     pub fn open(id: usize, path: &Path) -> Result<Input> {
         let identity = Identity::of(path)?;
         let loaded = load(path, 1)?;
+        Ok(Input::first(id, path, identity, loaded))
+    }
+
+    /// Inputs 0 and 1 from the two sides of a comparison: each read once, as `diff` reads it
+    /// (decoded, verified, hashed), shown to `compare`, then kept as the inputs' first states.
+    pub fn open_compared<T>(
+        a: &Path,
+        b: &Path,
+        compare: impl FnOnce(&Side, &Side) -> Result<T>,
+    ) -> Result<(Input, Input, T)> {
+        let identities = (Identity::of(a)?, Identity::of(b)?);
+        let stamps = (Stamp::of(a), Stamp::of(b));
+        let (side_a, side_b) = load_sides(&crate::backend::Backend::Cpu, a, b)?;
+        let compared = compare(&side_a, &side_b)?;
+        let first_a = loaded_from_side(a, 1, stamps.0, side_a)?;
+        let first_b = loaded_from_side(b, 1, stamps.1, side_b)?;
+        Ok((
+            Input::first(0, a, identities.0, first_a),
+            Input::first(1, b, identities.1, first_b),
+            compared,
+        ))
+    }
+
+    fn first(id: usize, path: &Path, identity: Identity, loaded: Loaded) -> Input {
         let label = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| path.display().to_string());
-        Ok(Input {
+        Input {
             id,
             path: path.to_path_buf(),
             label,
             identity,
             state: RwLock::new(Arc::new(loaded)),
             failed: std::sync::Mutex::new(None),
-        })
+        }
     }
 
     /// The state now shown.
@@ -171,17 +195,38 @@ fn load(path: &Path, version: u64) -> Result<Loaded> {
     // The stamp is taken first: a change made while reading shows as a change next time.
     let stamp = Stamp::of(path);
     let plain = path.is_file() && crate::format::detect(path)? == crate::format::FileKind::Raw;
-    let (bytes, kind, members, map) = if plain {
+    if plain {
+        // Not hashed: hashing 1 GiB would hold back the first picture by seconds.
         let bytes = crate::source::read_input(path)?;
         let map = InputMap::of_plain_bytes(&bytes);
-        (bytes, "file", None, map)
-    } else {
-        let side = load_side(&crate::backend::Backend::Cpu, path)?;
-        let members = side.members.as_ref().map(|m| m.len());
-        let mut map = InputMap::read(path)?;
-        map.name_elf_regions(&side.bytes);
-        (side.bytes, side.kind, members, map)
-    };
+        return loaded(path, version, stamp, bytes, "file", None, map);
+    }
+    let side = load_side(&crate::backend::Backend::Cpu, path)?;
+    loaded_from_side(path, version, stamp, side)
+}
+
+/// The state a side `diff` loaded stands for, its bytes taken over.
+fn loaded_from_side(path: &Path, version: u64, stamp: Stamp, side: Side) -> Result<Loaded> {
+    if side.kind == "file" {
+        let map = InputMap::of_plain_bytes(&side.bytes);
+        return loaded(path, version, stamp, side.bytes, "file", None, map);
+    }
+    let members = side.members.as_ref().map(|m| m.len());
+    let mut map = InputMap::read(path)?;
+    map.name_elf_regions(&side.bytes);
+    loaded(path, version, stamp, side.bytes, side.kind, members, map)
+}
+
+/// A state from its bytes and map, with what `fold` recorded beside them.
+fn loaded(
+    path: &Path,
+    version: u64,
+    stamp: Stamp,
+    bytes: Vec<u8>,
+    kind: &'static str,
+    members: Option<usize>,
+    map: InputMap,
+) -> Result<Loaded> {
     if map.size() != bytes.len() as u64 {
         return Err(Error::malformed(
             path,

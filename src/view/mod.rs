@@ -214,20 +214,21 @@ pub fn start(paths: &[PathBuf], options: &ViewOptions) -> Result<RunningView> {
         return Err(Error::Usage("view needs at least one input".into()));
     }
     let (paths, diff) = expand_paths(paths, options.diff)?;
-    let inputs: Vec<Arc<Input>> = paths
-        .iter()
-        .enumerate()
-        .map(|(id, path)| Input::open(id, path).map(Arc::new))
-        .collect::<Result<_>>()?;
-    let diff = if diff {
-        // The comparison reads both sides as `diff` does (hashed, with their regions named).
+    let (inputs, diff): (Vec<Arc<Input>>, _) = if diff {
+        // Both sides are read once, as `diff` reads them, compared, and then shown.
         let cpu = crate::backend::Backend::Cpu;
-        let (a, b) = crate::diff::load_sides(&cpu, &paths[0], &paths[1])?;
-        let (report, _) =
-            crate::diff::compare(&cpu, &a, &b, &crate::diff::DiffOptions::default(), None)?;
-        Some(DiffView { report })
+        let options = crate::diff::DiffOptions::default();
+        let (a, b, report) = Input::open_compared(&paths[0], &paths[1], |a, b| {
+            Ok(crate::diff::compare(&cpu, a, b, &options, None)?.0)
+        })?;
+        (vec![Arc::new(a), Arc::new(b)], Some(DiffView { report }))
     } else {
-        None
+        let inputs = paths
+            .iter()
+            .enumerate()
+            .map(|(id, path)| Input::open(id, path).map(Arc::new))
+            .collect::<Result<_>>()?;
+        (inputs, None)
     };
 
     let ip = options.bind.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
