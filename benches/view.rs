@@ -9,7 +9,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use foundry_gpu::format::preview::Palette;
 use foundry_gpu::kernels::Layout;
 use foundry_gpu::view::tiles::{render_tile, Geometry};
-use foundry_gpu::view::{start, ViewOptions};
+use foundry_gpu::view::{start, RunningView, ViewOptions};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -26,12 +26,18 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// GETs `path` from the viewer on `port`; the response's byte count.
-fn get(port: u16, path: &str) -> usize {
+/// GETs `path` from `view`, with the token its URL carries (every API request needs it); the
+/// response's byte count.
+fn get(view: &RunningView, path: &str) -> usize {
+    let port = view.addr.port();
+    let (_, token) = view
+        .url
+        .split_once("?token=")
+        .expect("the URL carries the token");
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+        "GET {path}?token={token} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut response = Vec::new();
@@ -90,10 +96,7 @@ fn view_benches(c: &mut Criterion) {
         floor.push(t.elapsed());
         let t = Instant::now();
         let view = start(std::slice::from_ref(&path), &ViewOptions::default()).unwrap();
-        get(
-            view.addr.port(),
-            "/api/input/0/tile/brick/byteclass/0/0/0.png",
-        );
+        get(&view, "/api/input/0/tile/brick/byteclass/0/0/0.png");
         first.push(t.elapsed());
         drop(view);
     }
@@ -107,7 +110,6 @@ fn view_benches(c: &mut Criterion) {
 
     // Tiles as browsing asks for them: each zoom's window of tiles, none cached before.
     let view = start(std::slice::from_ref(&path), &ViewOptions::default()).unwrap();
-    let port = view.addr.port();
     let bytes = std::fs::read(&path).unwrap();
     let mut samples = Vec::new();
     let mut floors = Vec::new();
@@ -117,7 +119,7 @@ fn view_benches(c: &mut Criterion) {
         for (x, y) in window_tiles(z) {
             let t = Instant::now();
             served += get(
-                port,
+                &view,
                 &format!("/api/input/0/tile/brick/byteclass/{z}/{x}/{y}.png"),
             );
             level.push(t.elapsed());
